@@ -1,0 +1,89 @@
+"""Wires one sidecar together: backend, elector, grant socket, signals.
+
+This is the only place where the core meets the process: it decides what a
+transition does (publish a grant, revoke it) and how the process stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+from sidecar import __version__
+from sidecar.backends import connect
+from sidecar.clock import Clock, MonotonicClock
+from sidecar.config import Config
+from sidecar.elector import Elector, EventSink, Grant, Hooks, Reason, State
+from sidecar.fencing.server import GrantServer
+
+
+class Sidecar:
+    def __init__(self, cfg: Config, log: EventSink, clock: Clock | None = None) -> None:
+        self.cfg = cfg
+        self.log = log
+        self.clock = clock or MonotonicClock()
+        self.server: GrantServer | None = None
+        self.elector: Elector | None = None
+
+    async def _on_grant(self, grant: Grant) -> None:
+        if self.server is not None:
+            await self.server.publish_grant(grant)
+
+    async def _on_stopped(self, grant: Grant, reason: Reason) -> None:
+        if self.server is not None:
+            await self.server.publish_revoke(reason.value)
+
+    async def status(self) -> dict[str, Any]:
+        e = self.elector
+        assert e is not None
+        out: dict[str, Any] = {
+            "election": self.cfg.election,
+            "candidate": self.cfg.candidate_id,
+            "state": e.state.value,
+            "out_of_election": e.out_of_election,
+        }
+        if e.grant is not None and e.state is State.LEADER:
+            out.update(token=e.grant.token, epoch=e.grant.epoch, valid_for_ms=int(e.remaining() * 1000))
+        return out
+
+    def _resign(self) -> bool:
+        assert self.elector is not None
+        accepted = self.elector.resign()
+        self.log.info("resign_requested", accepted=accepted)
+        return accepted
+
+    async def run(self) -> int:
+        backend = await connect(self.cfg, self.clock)
+        hooks = Hooks(started_leading=self._on_grant, renewed=self._on_grant, stopped_leading=self._on_stopped)
+        self.elector = Elector(self.cfg, backend, self.clock, self.log, hooks)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            if self.cfg.socket:
+                self.server = GrantServer(
+                    self.cfg.socket,
+                    election=self.cfg.election,
+                    candidate=self.cfg.candidate_id,
+                    version=__version__,
+                    log=self.log,
+                    on_resign=self._resign,
+                    status=self.status,
+                )
+                await self.server.start()
+            self.log.info("sidecar_started", version=__version__, backend=self.cfg.backend, endpoints=list(self.cfg.endpoints), ttl=self.cfg.ttl)
+            await self.elector.run()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            if self.server is not None:
+                await self.server.close()
+            await backend.close()
+        self.log.info("sidecar_stopped")
+        return 3 if self.elector.out_of_election else 0
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self.log.info("signal_received", signal=sig.name)
+        assert self.elector is not None
+        self.elector.stop()

@@ -1,0 +1,147 @@
+"""The storage seam: a Session owns a lease, an Election uses one.
+
+Every backend (memory, etcd, ZooKeeper) implements these two Protocols and
+passes the same contract tests. The elector never talks to a store directly.
+
+Outcomes are typed, never guessed from messages:
+
+* ``StoreUnavailable``: the store did not answer, or answered with an error
+  that says nothing about our lease. Retrying may help. Timing-critical: the
+  elector keeps its deadline running while these happen.
+* ``SessionExpired``: the store says our lease (or ZooKeeper session) is gone.
+  Every key attached to it is gone too; a new session is needed.
+* ``KeyLost``: our candidate key vanished while the lease lived (resigned
+  elsewhere, evicted by an operator). We lost the race, not the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class BackendError(Exception):
+    """Base class of every error a backend raises on purpose."""
+
+
+class StoreUnavailable(BackendError):
+    """The store could not be reached or did not answer in time."""
+
+
+class SessionExpired(BackendError):
+    """The store reports that our lease or session no longer exists."""
+
+
+class KeyLost(BackendError):
+    """Our candidate key is gone although the session is alive."""
+
+
+@dataclass(frozen=True)
+class Renewal:
+    """One acknowledged keepalive.
+
+    ``sent_at`` is the monotonic time at which the request left this process:
+    the store measures expiry from when it *received* the request, which is
+    later, so a deadline computed from ``sent_at`` is never late.
+    ``ttl`` is what the store says the lease now has (seconds), which may
+    differ from what was asked for.
+    """
+
+    sent_at: float
+    ttl: float
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A candidate key as the store holds it."""
+
+    id: str
+    token: int
+    key: str
+    lease_ttl_remaining: float | None = None
+
+
+@dataclass(frozen=True)
+class Leadership:
+    """What the store proves about a leader: who, which token, which term."""
+
+    id: str
+    token: int
+    epoch: int
+
+
+OnWait = Callable[[Leadership], None]
+"""Called with the current leader (epoch may be 0) whenever a campaign must wait."""
+
+
+class Session(Protocol):
+    """A lease (etcd) or session (ZooKeeper) that keeps candidate keys alive."""
+
+    @property
+    def id(self) -> str:
+        """Store-side identity of the session (lease id in hex for etcd)."""
+        ...
+
+    async def open(self) -> Renewal:
+        """Create the lease. The returned renewal starts the deadline."""
+        ...
+
+    async def keepalive(self) -> Renewal:
+        """One renewal round trip. Raises SessionExpired or StoreUnavailable."""
+        ...
+
+    async def close(self) -> None:
+        """Revoke the lease; every key attached to it is deleted by the store."""
+        ...
+
+
+class Election(Protocol):
+    """One election: candidates queue by creation order, the oldest leads."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def campaign(self, session: Session, candidate_id: str, on_wait: OnWait | None = None) -> Leadership:
+        """Join the queue and return once this candidate leads.
+
+        Blocks while others lead, waking only when its predecessor goes;
+        ``on_wait(leader)`` is called each time it has to wait.
+        The returned epoch was bumped in a transaction that also proved the
+        candidate key still exists.
+        """
+        ...
+
+    async def resign(self) -> None:
+        """Delete our candidate key so the successor takes over at once."""
+        ...
+
+    async def wait_lost(self) -> None:
+        """Return when our candidate key disappears (raises on store errors)."""
+        ...
+
+    async def leader(self) -> Leadership | None:
+        """The current leader as the store sees it, or None."""
+        ...
+
+    async def candidates(self) -> list[Candidate]:
+        """Every candidate, oldest (the leader) first."""
+        ...
+
+    def observe(self) -> AsyncIterator[Leadership | None]:
+        """Yield the leader now and on every change."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections. Does not touch the keys."""
+        ...
+
+
+class Backend(Protocol):
+    """A connection to one store, from which sessions and elections are made."""
+
+    def session(self, ttl: float) -> Session: ...
+
+    def election(self, name: str) -> Election: ...
+
+    async def close(self) -> None: ...

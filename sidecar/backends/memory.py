@@ -1,0 +1,251 @@
+"""An in-process store with etcd's semantics, for unit and contract tests.
+
+Leases expire on the injected clock, keys carry a create revision from one
+global counter, and waiters can block on one key's deletion, so the elector
+sees the same shapes of behaviour as with etcd, in microseconds. Tests can
+take the store down (``fail``: calls raise) or make it silent (``hang``:
+calls never return) to exercise the deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from sidecar.backends.base import (
+    Candidate,
+    KeyLost,
+    Leadership,
+    OnWait,
+    Renewal,
+    Session,
+    SessionExpired,
+    StoreUnavailable,
+)
+from sidecar.clock import Clock, MonotonicClock
+
+
+@dataclass
+class _Key:
+    value: str
+    create_revision: int
+    lease: int
+    deleted: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class MemoryStore:
+    """Shared by every memory Session and Election of one test."""
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.clock = clock or MonotonicClock()
+        self.mode = "up"  # "up", "fail" or "hang"
+        self.revision = 0
+        self.keys: dict[str, _Key] = {}
+        self.plain: dict[str, str] = {}
+        self.leases: dict[int, tuple[float, float]] = {}  # id -> (expires_at, ttl)
+        self.changed = asyncio.Condition()
+        self.delete_wakeups = 0
+        self._lease_ids = itertools.count(0x1000)
+
+    async def gate(self) -> None:
+        """Every call passes here first; it is where outages are injected."""
+        if self.mode == "fail":
+            raise StoreUnavailable("memory store is down")
+        if self.mode == "hang":
+            await asyncio.Event().wait()
+        await self.reap()
+
+    async def reap(self) -> None:
+        now = self.clock.now()
+        for lease_id, (expires_at, _) in list(self.leases.items()):
+            if expires_at <= now:
+                await self.revoke(lease_id)
+
+    async def revoke(self, lease_id: int) -> None:
+        self.leases.pop(lease_id, None)
+        for name, key in list(self.keys.items()):
+            if key.lease == lease_id:
+                await self.delete(name)
+
+    async def delete(self, name: str) -> bool:
+        key = self.keys.pop(name, None)
+        if key is None:
+            return False
+        self.revision += 1
+        key.deleted.set()
+        async with self.changed:
+            self.changed.notify_all()
+        return True
+
+    async def create(self, name: str, value: str, lease: int) -> _Key:
+        if lease not in self.leases:
+            raise SessionExpired(f"lease {lease:x} not found")
+        existing = self.keys.get(name)
+        if existing is not None:
+            return existing
+        self.revision += 1
+        key = _Key(value, self.revision, lease)
+        self.keys[name] = key
+        async with self.changed:
+            self.changed.notify_all()
+        return key
+
+    def under(self, prefix: str) -> list[tuple[str, _Key]]:
+        return sorted(
+            ((k, v) for k, v in self.keys.items() if k.startswith(prefix)),
+            key=lambda kv: kv[1].create_revision,
+        )
+
+    async def run_reaper(self) -> None:
+        """Expire leases as time passes, even when nobody calls the store."""
+        while True:
+            await self.clock.sleep(0.05)
+            if self.mode != "hang":
+                await self.reap()
+
+
+class MemorySession:
+    def __init__(self, store: MemoryStore, ttl: float) -> None:
+        self._store = store
+        self._ttl = ttl
+        self._lease: int | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self._lease:x}" if self._lease is not None else ""
+
+    async def open(self) -> Renewal:
+        sent = self._store.clock.now()
+        await self._store.gate()
+        self._lease = next(self._store._lease_ids)
+        self._store.leases[self._lease] = (self._store.clock.now() + self._ttl, self._ttl)
+        return Renewal(sent, self._ttl)
+
+    async def keepalive(self) -> Renewal:
+        sent = self._store.clock.now()
+        await self._store.gate()
+        lease = self._lease
+        if lease is None or lease not in self._store.leases:
+            raise SessionExpired(f"lease {lease:x} expired")
+        self._store.leases[lease] = (self._store.clock.now() + self._ttl, self._ttl)
+        return Renewal(sent, self._ttl)
+
+    async def close(self) -> None:
+        if self._lease is None:
+            return
+        await self._store.gate()
+        await self._store.revoke(self._lease)
+        self._lease = None
+
+
+class MemoryElection:
+    def __init__(self, store: MemoryStore, name: str) -> None:
+        self._store = store
+        self._name = name
+        self._mine: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def _prefix(self) -> str:
+        return self._name + "/"
+
+    @property
+    def _epoch_key(self) -> str:
+        return self._name + ".epoch"
+
+    async def campaign(self, session: Session, candidate_id: str, on_wait: OnWait | None = None) -> Leadership:
+        await self._store.gate()
+        if not session.id:
+            raise SessionExpired("session not open")
+        name = self._prefix + session.id
+        mine = await self._store.create(name, candidate_id, int(session.id, 16))
+        self._mine = name
+        while True:
+            await self._store.gate()
+            if self._store.keys.get(name) is not mine:
+                raise KeyLost(f"candidate key {name} vanished while campaigning")
+            ahead = [(k, v) for k, v in self._store.under(self._prefix) if v.create_revision < mine.create_revision]
+            if not ahead:
+                break
+            predecessor = ahead[-1][1]
+            if on_wait is not None:
+                on_wait(Leadership(ahead[0][1].value, ahead[0][1].create_revision, 0))
+            await predecessor.deleted.wait()
+            self._store.delete_wakeups += 1
+        # The epoch bump and the ownership check happen in one step, as the
+        # etcd transaction does.
+        epoch = json.loads(self._store.plain.get(self._epoch_key, '{"epoch": 0}'))["epoch"] + 1
+        self._store.plain[self._epoch_key] = json.dumps(
+            {"epoch": epoch, "token": mine.create_revision, "leader": candidate_id}
+        )
+        return Leadership(candidate_id, mine.create_revision, epoch)
+
+    async def resign(self) -> None:
+        if self._mine is None:
+            return
+        await self._store.gate()
+        await self._store.delete(self._mine)
+        self._mine = None
+
+    async def wait_lost(self) -> None:
+        name = self._mine
+        key = self._store.keys.get(name) if name else None
+        if key is None:
+            return
+        await key.deleted.wait()
+
+    def _epoch(self) -> int:
+        return int(json.loads(self._store.plain.get(self._epoch_key, '{"epoch": 0}'))["epoch"])
+
+    async def leader(self) -> Leadership | None:
+        await self._store.gate()
+        keys = self._store.under(self._prefix)
+        if not keys:
+            return None
+        _, key = keys[0]
+        recorded = json.loads(self._store.plain.get(self._epoch_key, '{"epoch": 0, "token": 0}'))
+        # Until the new leader has bumped the epoch, the term is not yet its.
+        epoch = recorded["epoch"] if recorded.get("token") == key.create_revision else 0
+        return Leadership(key.value, key.create_revision, epoch)
+
+    async def candidates(self) -> list[Candidate]:
+        await self._store.gate()
+        now = self._store.clock.now()
+        out = []
+        for name, key in self._store.under(self._prefix):
+            lease = self._store.leases.get(key.lease)
+            out.append(Candidate(key.value, key.create_revision, name, lease[0] - now if lease else None))
+        return out
+
+    async def observe(self) -> AsyncIterator[Leadership | None]:
+        last: object = object()
+        while True:
+            current = await self.leader()
+            if current != last:
+                last = current
+                yield current
+            async with self._store.changed:
+                await self._store.changed.wait()
+
+    async def close(self) -> None:
+        return None
+
+
+class MemoryBackend:
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+
+    def session(self, ttl: float) -> MemorySession:
+        return MemorySession(self.store, ttl)
+
+    def election(self, name: str) -> MemoryElection:
+        return MemoryElection(self.store, name)
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,161 @@
+"""Configuration: one frozen dataclass, one validate().
+
+Every field maps 1:1 to a CLI flag (``--renew-deadline``) and an environment
+variable (``ELECTION_SIDECAR_RENEW_DEADLINE``). Validation rejects unsafe
+timing with one line that names the field and the rule it broke, so a bad
+deploy fails at start-up instead of during a failover.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+ENV_PREFIX = "ELECTION_SIDECAR_"
+BACKENDS = ("etcd", "memory")
+LOG_FORMATS = ("auto", "json", "console")
+ETCD_MIN_TTL = 2.0
+_ENDPOINT = re.compile(r"^(?:(?P<scheme>https?)://)?(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})/?$")
+_ELECTION = re.compile(r"^[A-Za-z0-9_./-]+$")
+
+
+class ConfigError(ValueError):
+    """One broken rule. ``str()`` is the single line an operator sees."""
+
+    def __init__(self, field_name: str, value: object, rule: str) -> None:
+        self.field = field_name
+        self.rule = rule
+        super().__init__(f"invalid config: {field_name}={value!r}: {rule}")
+
+
+def _opt(help_text: str, **extra: Any) -> dict[str, Any]:
+    return {"help": help_text, **extra}
+
+
+@dataclass(frozen=True)
+class Config:
+    backend: str = field(default="etcd", metadata=_opt("Store to campaign through.", choices=BACKENDS))
+    endpoints: tuple[str, ...] = field(
+        default=("127.0.0.1:2379",),
+        metadata=_opt("Store endpoints, comma separated (host:port or http(s)://host:port)."),
+    )
+    election: str = field(default="election-sidecar", metadata=_opt("Election name (etcd key prefix)."))
+    candidate_id: str = field(default="", metadata=_opt("This candidate's identity; defaults to hostname-pid.", flag="id"))
+    ttl: float = field(default=10.0, metadata=_opt("Lease TTL in seconds."))
+    renew_deadline: float = field(
+        default=6.0,
+        metadata=_opt("Seconds after the last acknowledged renewal at which a leader gives up and demotes."),
+    )
+    retry_interval: float = field(default=2.0, metadata=_opt("Seconds between keepalives and retries."))
+    drift: float = field(default=0.01, metadata=_opt("Assumed worst relative clock-rate error between us and the store."))
+    margin: float = field(default=0.5, metadata=_opt("Seconds kept between our deadline and the earliest lease expiry."))
+    kill_grace: float = field(
+        default=2.0,
+        metadata=_opt("Seconds between telling the orchestrator to stop (SIGTERM) and SIGKILL."),
+    )
+    socket: str = field(default="", metadata=_opt("Unix socket for grants to the orchestrator; empty disables it."))
+    ca_file: str = field(default="", metadata=_opt("PEM CA bundle; enables TLS to the store."))
+    cert_file: str = field(default="", metadata=_opt("PEM client certificate for mutual TLS."))
+    key_file: str = field(default="", metadata=_opt("PEM client key for mutual TLS."))
+    tls_server_name: str = field(default="", metadata=_opt("Name to verify in the store's certificate."))
+    request_timeout: float = field(default=0.0, metadata=_opt("Seconds per store request; 0 means retry_interval."))
+    log_format: str = field(default="auto", metadata=_opt("Log format; auto is JSON unless stderr is a terminal.", choices=LOG_FORMATS))
+    log_level: str = field(default="info", metadata=_opt("Lowest level logged.", choices=("debug", "info", "warning", "error")))
+
+    @property
+    def effective_request_timeout(self) -> float:
+        return self.request_timeout or self.retry_interval
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.ca_file)
+
+    @property
+    def grant_validity(self) -> float:
+        """Seconds from a renewal's send time during which the grant is valid."""
+        return self.ttl * (1 - self.drift) - self.margin
+
+
+def env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(Config)]
+
+
+def _finite(name: str, value: float, *, minimum: float | None = None, strict: bool = False) -> None:
+    if not math.isfinite(value):
+        raise ConfigError(name, value, "must be a finite number")
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        raise ConfigError(name, value, f"must be {'>' if strict else '>='} {minimum:g}")
+
+
+def validate(cfg: Config) -> Config:
+    """Return ``cfg`` unchanged or raise ConfigError for the first broken rule."""
+    if cfg.backend not in BACKENDS:
+        raise ConfigError("backend", cfg.backend, f"must be one of {', '.join(BACKENDS)}")
+    if not cfg.endpoints:
+        raise ConfigError("endpoints", "", "needs at least one host:port")
+    for ep in cfg.endpoints:
+        m = _ENDPOINT.match(ep)
+        if not m or not 0 < int(m["port"]) < 65536:
+            raise ConfigError("endpoints", ep, "each endpoint must be host:port or http(s)://host:port")
+        if m["scheme"] == "https" and not cfg.ca_file:
+            raise ConfigError("endpoints", ep, "https endpoints need ca_file (TLS is never enabled without a CA to verify)")
+    if not cfg.election or not _ELECTION.match(cfg.election) or cfg.election.endswith("/"):
+        raise ConfigError("election", cfg.election, "must be non-empty, use only A-Z a-z 0-9 _ . / - and not end with /")
+    if len(cfg.candidate_id) > 253 or any(c.isspace() or not c.isprintable() for c in cfg.candidate_id):
+        raise ConfigError("candidate_id", cfg.candidate_id, "must be at most 253 printable characters without spaces")
+
+    _finite("ttl", cfg.ttl, minimum=0, strict=True)
+    _finite("renew_deadline", cfg.renew_deadline, minimum=0, strict=True)
+    _finite("retry_interval", cfg.retry_interval, minimum=0, strict=True)
+    _finite("margin", cfg.margin, minimum=0)
+    _finite("kill_grace", cfg.kill_grace, minimum=0)
+    _finite("request_timeout", cfg.request_timeout, minimum=0)
+    _finite("drift", cfg.drift, minimum=0)
+    if cfg.drift >= 0.1:
+        raise ConfigError("drift", cfg.drift, "must be below 0.1 (a clock that drifts 10% is broken)")
+    if cfg.backend == "etcd":
+        if cfg.ttl < ETCD_MIN_TTL:
+            raise ConfigError("ttl", cfg.ttl, f"must be >= {ETCD_MIN_TTL:g} s for etcd (its minimum lease TTL)")
+        if cfg.ttl != int(cfg.ttl):
+            raise ConfigError("ttl", cfg.ttl, "must be whole seconds for etcd (leases are granted in seconds)")
+    if not cfg.ttl > cfg.renew_deadline:
+        raise ConfigError("renew_deadline", cfg.renew_deadline, f"must be < ttl ({cfg.ttl:g})")
+    if not cfg.renew_deadline > 1.2 * cfg.retry_interval:
+        raise ConfigError(
+            "retry_interval",
+            cfg.retry_interval,
+            f"renew_deadline ({cfg.renew_deadline:g}) must be > 1.2 * retry_interval",
+        )
+    spare = cfg.ttl * (1 - cfg.drift) - cfg.renew_deadline
+    if spare + 1e-9 < cfg.kill_grace + cfg.margin:
+        raise ConfigError(
+            "renew_deadline",
+            cfg.renew_deadline,
+            f"ttl*(1-drift) - renew_deadline = {spare:.3f}s must be >= kill_grace + margin = "
+            f"{cfg.kill_grace + cfg.margin:.3f}s, or the orchestrator may still run when the lease expires",
+        )
+    if cfg.request_timeout > cfg.renew_deadline:
+        raise ConfigError("request_timeout", cfg.request_timeout, f"must be <= renew_deadline ({cfg.renew_deadline:g})")
+    if bool(cfg.cert_file) != bool(cfg.key_file):
+        raise ConfigError("cert_file" if not cfg.cert_file else "key_file", "", "cert_file and key_file go together")
+    if cfg.cert_file and not cfg.ca_file:
+        raise ConfigError("ca_file", "", "client certificates need ca_file to verify the store")
+    if cfg.log_format not in LOG_FORMATS:
+        raise ConfigError("log_format", cfg.log_format, f"must be one of {', '.join(LOG_FORMATS)}")
+    return cfg
+
+
+def endpoint_hostports(cfg: Config) -> list[str]:
+    """Endpoints stripped of their scheme, as gRPC wants them."""
+    out = []
+    for ep in cfg.endpoints:
+        m = _ENDPOINT.match(ep)
+        assert m is not None  # validate() ran
+        out.append(f"{m['host']}:{m['port']}")
+    return out

@@ -1,0 +1,205 @@
+"""The sidecar's end of the grant protocol: a Unix socket server.
+
+It tells every connected client who leads, resends the grant on every
+renewal (so a grant is also a heartbeat) and sends ``revoke`` the moment
+leadership ends. One misbehaving client gets one ``error`` and is dropped;
+the others are not affected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import stat
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sidecar.elector import EventSink, Grant
+from sidecar.fencing.protocol import CLIENT_TYPES, MAX_FRAME, ProtocolError, decode, encode, grant_message
+
+WRITE_TIMEOUT = 1.0  # a client that does not read for this long is dropped
+
+
+@dataclass
+class Peer:
+    pid: int
+    uid: int
+    gid: int
+    writer: asyncio.StreamWriter
+    acked_seq: int = 0
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end, from the kernel."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return pid, uid, gid
+
+
+def grant_to_message(grant: Grant) -> dict[str, Any]:
+    return grant_message(
+        election=grant.election,
+        candidate=grant.candidate,
+        token=grant.token,
+        epoch=grant.epoch,
+        expires_monotonic=round(grant.expires_monotonic, 6),
+        valid_for_ms=int(grant.valid_for * 1000),
+        seq=grant.seq,
+    )
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """Remove a socket file left by a crashed sidecar, never anything else."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise FileExistsError(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        path.unlink(missing_ok=True)
+        return
+    finally:
+        probe.close()
+    raise FileExistsError(f"{path} is in use by a running process")
+
+
+class GrantServer:
+    def __init__(
+        self,
+        path: str,
+        *,
+        election: str,
+        candidate: str,
+        version: str,
+        log: EventSink,
+        on_resign: Callable[[], bool],
+        status: Callable[[], Awaitable[dict[str, Any]]],
+        mode: int = 0o600,
+        group: int | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self._hello = {"type": "hello", "election": election, "candidate": candidate, "version": version}
+        self._log = log
+        self._on_resign = on_resign
+        self._status = status
+        self._mode = mode
+        self._group = group
+        self._server: asyncio.AbstractServer | None = None
+        self._current: dict[str, Any] = {"type": "follower", "leader": False}
+        self.peers: dict[int, Peer] = {}
+        self._ids = 0
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_socket(self.path)
+        old = os.umask(0o177)  # no window in which the socket is wider than 0600
+        try:
+            self._server = await asyncio.start_unix_server(self._serve, path=str(self.path), limit=MAX_FRAME)
+        finally:
+            os.umask(old)
+        if self._group is not None:
+            os.chown(self.path, -1, self._group)
+        os.chmod(self.path, self._mode)
+        self._log.info("socket_listening", path=str(self.path), mode=oct(self._mode))
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for peer in list(self.peers.values()):
+                peer.writer.close()
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+            self._server = None
+        self.path.unlink(missing_ok=True)
+
+    # -- publishing -----------------------------------------------------
+
+    async def publish_grant(self, grant: Grant) -> None:
+        await self._broadcast(grant_to_message(grant))
+
+    async def publish_follower(self, leader: str | None = None, token: int | None = None, epoch: int | None = None) -> None:
+        msg: dict[str, Any] = {"type": "follower", "leader": False}
+        if leader is not None:
+            msg.update(leader_id=leader, token=token, epoch=epoch)
+        await self._broadcast(msg)
+
+    async def publish_revoke(self, reason: str) -> None:
+        await self._broadcast({"type": "revoke", "reason": reason}, remember=False)
+        self._current = {"type": "follower", "leader": False}
+
+    async def _broadcast(self, msg: dict[str, Any], remember: bool = True) -> None:
+        if remember:
+            self._current = msg
+        frame = encode(msg)
+        await asyncio.gather(*(self._send(peer_id, frame) for peer_id in list(self.peers)))
+
+    async def _send(self, peer_id: int, frame: bytes) -> None:
+        peer = self.peers.get(peer_id)
+        if peer is None:
+            return
+        try:
+            peer.writer.write(frame)
+            async with asyncio.timeout(WRITE_TIMEOUT):
+                await peer.writer.drain()
+        except (OSError, TimeoutError) as exc:
+            self._log.warning("client_dropped", pid=peer.pid, error=str(exc) or type(exc).__name__)
+            self.peers.pop(peer_id, None)
+            peer.writer.close()
+
+    # -- serving one client ---------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        pid, uid, gid = peer_credentials(sock) if sock is not None else (0, -1, -1)
+        self._ids += 1
+        peer_id = self._ids
+        self.peers[peer_id] = Peer(pid, uid, gid, writer)
+        self._log.info("client_connected", pid=pid, uid=uid)
+        try:
+            await self._send(peer_id, encode(self._hello))
+            await self._send(peer_id, encode(self._current))
+            while peer_id in self.peers:
+                try:
+                    line = await reader.readuntil(b"\n")
+                except asyncio.IncompleteReadError as exc:
+                    if exc.partial:
+                        raise ProtocolError("connection closed in the middle of a message") from None
+                    return
+                except asyncio.LimitOverrunError:
+                    raise ProtocolError(f"frame exceeds {MAX_FRAME} bytes") from None
+                await self._handle(peer_id, decode(line, CLIENT_TYPES))
+        except ProtocolError as exc:
+            self._log.warning("client_protocol_error", pid=pid, error=str(exc))
+            with contextlib.suppress(ProtocolError):
+                await self._send(peer_id, encode({"type": "error", "error": str(exc)}))
+        except (ConnectionError, OSError) as exc:
+            self._log.info("client_connection_error", pid=pid, error=str(exc) or type(exc).__name__)
+        finally:
+            self.peers.pop(peer_id, None)
+            writer.close()
+            self._log.info("client_disconnected", pid=pid)
+
+    async def _handle(self, peer_id: int, msg: dict[str, Any]) -> None:
+        kind = msg["type"]
+        if kind == "ack":
+            peer = self.peers.get(peer_id)
+            if peer is not None:
+                peer.acked_seq = max(peer.acked_seq, msg["seq"])
+        elif kind == "resign":
+            accepted = self._on_resign()
+            reply = {"type": "ok", "accepted": accepted}
+            if not accepted:
+                reply["detail"] = "not leader; nothing to resign"
+            await self._send(peer_id, encode(reply))
+        elif kind == "status":
+            await self._send(peer_id, encode({"type": "status", **(await self._status())}))

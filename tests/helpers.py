@@ -1,0 +1,58 @@
+"""Small shared test helpers: an event recorder and condition waits with deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+
+class RecordingSink:
+    """An EventSink that keeps every event for assertions."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, dict[str, Any]]] = []
+
+    def _add(self, level: str, event: str, fields: dict[str, Any]) -> None:
+        self.events.append((level, event, fields))
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._add("info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._add("warning", event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._add("error", event, fields)
+
+    def names(self) -> list[str]:
+        return [e[1] for e in self.events]
+
+    def of(self, name: str) -> list[dict[str, Any]]:
+        return [f for _, e, f in self.events if e == name]
+
+
+async def eventually(
+    cond: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0, interval: float = 0.02, what: str = "condition"
+) -> None:
+    """Poll ``cond`` until true; fail with ``what`` after ``timeout`` real seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = cond()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> None:
+    """Blocking twin of ``eventually`` for synchronous tests."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
