@@ -72,7 +72,13 @@ class Sidecar:
                     status=self.status,
                 )
                 await self.server.start()
-            self.log.info("sidecar_started", version=__version__, backend=self.cfg.backend, endpoints=list(self.cfg.endpoints), ttl=self.cfg.ttl)
+            self.log.info(
+                "sidecar_started",
+                version=__version__,
+                backend=self.cfg.backend,
+                endpoints=list(self.cfg.endpoints),
+                ttl=self.cfg.ttl,
+            )
             await self.elector.run()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):

@@ -8,6 +8,7 @@ deadlines can be handed over as absolute values.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import time
@@ -49,12 +50,10 @@ async def wait_for(clock: Clock, aw: Awaitable[T], timeout: float) -> T:
     if task.done():
         return task.result()
     task.cancel()
-    try:
+    # The operation's own outcome no longer matters: the caller is told it
+    # timed out, which is what happened from its point of view.
+    with contextlib.suppress(asyncio.CancelledError, Exception):
         await task
-    except (asyncio.CancelledError, Exception):
-        # The operation's own outcome no longer matters: the caller is told
-        # it timed out, which is what happened from its point of view.
-        pass
     raise TimeoutError(f"no answer within {timeout:.3f}s")
 
 

@@ -42,15 +42,21 @@ class Config:
         metadata=_opt("Store endpoints, comma separated (host:port or http(s)://host:port)."),
     )
     election: str = field(default="election-sidecar", metadata=_opt("Election name (etcd key prefix)."))
-    candidate_id: str = field(default="", metadata=_opt("This candidate's identity; defaults to hostname-pid.", flag="id"))
+    candidate_id: str = field(
+        default="", metadata=_opt("This candidate's identity; defaults to hostname-pid.", flag="id")
+    )
     ttl: float = field(default=10.0, metadata=_opt("Lease TTL in seconds."))
     renew_deadline: float = field(
         default=6.0,
         metadata=_opt("Seconds after the last acknowledged renewal at which a leader gives up and demotes."),
     )
     retry_interval: float = field(default=2.0, metadata=_opt("Seconds between keepalives and retries."))
-    drift: float = field(default=0.01, metadata=_opt("Assumed worst relative clock-rate error between us and the store."))
-    margin: float = field(default=0.5, metadata=_opt("Seconds kept between our deadline and the earliest lease expiry."))
+    drift: float = field(
+        default=0.01, metadata=_opt("Assumed worst relative clock-rate error between us and the store.")
+    )
+    margin: float = field(
+        default=0.5, metadata=_opt("Seconds kept between our deadline and the earliest lease expiry.")
+    )
     kill_grace: float = field(
         default=2.0,
         metadata=_opt("Seconds between telling the orchestrator to stop (SIGTERM) and SIGKILL."),
@@ -61,8 +67,12 @@ class Config:
     key_file: str = field(default="", metadata=_opt("PEM client key for mutual TLS."))
     tls_server_name: str = field(default="", metadata=_opt("Name to verify in the store's certificate."))
     request_timeout: float = field(default=0.0, metadata=_opt("Seconds per store request; 0 means retry_interval."))
-    log_format: str = field(default="auto", metadata=_opt("Log format; auto is JSON unless stderr is a terminal.", choices=LOG_FORMATS))
-    log_level: str = field(default="info", metadata=_opt("Lowest level logged.", choices=("debug", "info", "warning", "error")))
+    log_format: str = field(
+        default="auto", metadata=_opt("Log format; auto is JSON unless stderr is a terminal.", choices=LOG_FORMATS)
+    )
+    log_level: str = field(
+        default="info", metadata=_opt("Lowest level logged.", choices=("debug", "info", "warning", "error"))
+    )
 
     @property
     def effective_request_timeout(self) -> float:
@@ -104,9 +114,13 @@ def validate(cfg: Config) -> Config:
         if not m or not 0 < int(m["port"]) < 65536:
             raise ConfigError("endpoints", ep, "each endpoint must be host:port or http(s)://host:port")
         if m["scheme"] == "https" and not cfg.ca_file:
-            raise ConfigError("endpoints", ep, "https endpoints need ca_file (TLS is never enabled without a CA to verify)")
+            raise ConfigError(
+                "endpoints", ep, "https endpoints need ca_file (TLS is never enabled without a CA to verify)"
+            )
     if not cfg.election or not _ELECTION.match(cfg.election) or cfg.election.endswith("/"):
-        raise ConfigError("election", cfg.election, "must be non-empty, use only A-Z a-z 0-9 _ . / - and not end with /")
+        raise ConfigError(
+            "election", cfg.election, "must be non-empty, use only A-Z a-z 0-9 _ . / - and not end with /"
+        )
     if len(cfg.candidate_id) > 253 or any(c.isspace() or not c.isprintable() for c in cfg.candidate_id):
         raise ConfigError("candidate_id", cfg.candidate_id, "must be at most 253 printable characters without spaces")
 

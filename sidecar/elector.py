@@ -54,7 +54,7 @@ class State(enum.Enum):
     DEMOTING = "demoting"
 
 
-class Reason(str, enum.Enum):
+class Reason(enum.StrEnum):
     """Why leadership ended; the same words go to the orchestrator."""
 
     LEASE_LOST = "lease-lost"
@@ -175,7 +175,9 @@ class Elector:
         self.counters[f"transition:{state.value}"] += 1
         token = self.grant.token if self.grant else None
         epoch = self.grant.epoch if self.grant else None
-        self._emit("info", "state_changed", from_state=old.value, to_state=state.value, token=token, epoch=epoch, **fields)
+        self._emit(
+            "info", "state_changed", from_state=old.value, to_state=state.value, token=token, epoch=epoch, **fields
+        )
         await self.hooks.state_changed(state)
 
     def _accept(self, renewal: Renewal) -> None:
@@ -231,9 +233,10 @@ class Elector:
             await wait_for(self.clock, self._stop.wait(), seconds)
 
     async def _close_session(self, session: Session) -> None:
+        session_id = session.id
         try:
             await self._stoppable(session.close(), self.cfg.effective_request_timeout)
-            self._emit("info", "session_closed", session=session.id)
+            self._emit("info", "session_closed", session=session_id)
         except (StoreUnavailable, SessionExpired, TimeoutError) as exc:
             # The lease then expires on its own at the store; nothing of ours
             # still acts on it, because we only get here after demoting.
@@ -288,11 +291,11 @@ class Elector:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await campaign
         if keepalive.done():
-            exc = keepalive.exception()
-            if isinstance(exc, _Lost):
-                self._session_lost(exc.reason, str(exc))
-            elif exc is not None:
-                raise exc
+            failure = keepalive.exception()
+            if isinstance(failure, _Lost):
+                self._session_lost(failure.reason, str(failure))
+            elif failure is not None:
+                raise failure
         return None
 
     def _race_lost(self, leader: Leadership) -> None:
@@ -317,7 +320,12 @@ class Elector:
                 await self.clock.sleep(wait)
             now = self.clock.now()
             if now >= self.demote_at:
-                raise _Lost(Reason.BACKEND_UNREACHABLE, f"no renewal acknowledged for {now - self.last_renewal.sent_at:.3f}s" if self.last_renewal else "no renewal")
+                raise _Lost(
+                    Reason.BACKEND_UNREACHABLE,
+                    f"no renewal acknowledged for {now - self.last_renewal.sent_at:.3f}s"
+                    if self.last_renewal
+                    else "no renewal",
+                )
             try:
                 renewal = await self._stoppable(
                     session.keepalive(), min(self.cfg.effective_request_timeout, self.demote_at - now)
@@ -328,7 +336,12 @@ class Elector:
                 failures += 1
                 self.counters["keepalive_failed"] += 1
                 self._store_unreachable("keepalive", exc)
-                self._emit("warning", "keepalive_failed", failures=failures, seconds_to_demote=round(self.demote_at - self.clock.now(), 3))
+                self._emit(
+                    "warning",
+                    "keepalive_failed",
+                    failures=failures,
+                    seconds_to_demote=round(self.demote_at - self.clock.now(), 3),
+                )
                 # Retry soon, but never spin: a refused connection fails fast.
                 await self.clock.sleep(min(self.cfg.retry_interval / 4, max(0.0, self.demote_at - self.clock.now())))
                 continue

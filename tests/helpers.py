@@ -49,7 +49,9 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
-def wait_until(cond: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> None:
+def wait_until(
+    cond: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02, what: str = "condition"
+) -> None:
     """Blocking twin of ``eventually`` for synchronous tests."""
     deadline = time.monotonic() + timeout
     while not cond():

@@ -80,16 +80,15 @@ class EtcdBackend:
         key_file: str = "",
         tls_server_name: str = "",
     ) -> None:
-        tls: dict[str, bytes | None] = {}
-        if ca_file:
-            tls = {"ca_cert": _read(ca_file), "cert_chain": _read(cert_file), "cert_key": _read(key_file)}
         self.client = Etcd3Client(
             endpoints,
             # One attempt per call: we retry ourselves, on our own clock, and a
             # library retry would hide how long the store has been silent.
             rpc_max_attempts=1,
             tls_server_name=tls_server_name or None,
-            **tls,
+            ca_cert=_read(ca_file),
+            cert_chain=_read(cert_file) if ca_file else None,
+            cert_key=_read(key_file) if ca_file else None,
         )
         self.clock = clock
         self.timeout = request_timeout

@@ -1,0 +1,185 @@
+"""Command line: parsing and printing only; the work lives elsewhere.
+
+Every Config field is a flag (``--renew-deadline``) and an environment
+variable (``ELECTION_SIDECAR_RENEW_DEADLINE``), generated from the
+dataclass so the two can never drift apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from sidecar import __version__
+from sidecar.config import Config, ConfigError, env_name, validate
+
+F = Callable[..., Any]
+
+STORE_FIELDS = (
+    "backend",
+    "endpoints",
+    "election",
+    "ca_file",
+    "cert_file",
+    "key_file",
+    "tls_server_name",
+    "request_timeout",
+)
+LOG_FIELDS = ("log_format", "log_level")
+
+
+def _flag(f: dataclasses.Field[Any]) -> str:
+    return "--" + str(f.metadata.get("flag", f.name)).replace("_", "-")
+
+
+def config_options(names: tuple[str, ...] | None = None) -> Callable[[F], F]:
+    """Add one click option per Config field (all, or the ``names`` given)."""
+    chosen = [f for f in dataclasses.fields(Config) if names is None or f.name in names]
+
+    def decorate(fn: F) -> F:
+        for f in reversed(chosen):
+            kind: Any = {float: float, "float": float}.get(f.type, str)
+            if f.metadata.get("choices"):
+                kind = click.Choice(f.metadata["choices"])
+            default = ",".join(f.default) if isinstance(f.default, tuple) else f.default
+            fn = click.option(
+                _flag(f),
+                f.name,
+                type=kind,
+                default=default,
+                show_default=default not in ("", None),
+                envvar=env_name(f.name),
+                show_envvar=True,
+                help=f.metadata.get("help", ""),
+            )(fn)
+        return fn
+
+    return decorate
+
+
+def build_config(values: dict[str, Any]) -> Config:
+    names = {f.name for f in dataclasses.fields(Config)}
+    kwargs = {k: v for k, v in values.items() if k in names}
+    if "endpoints" in kwargs:
+        kwargs["endpoints"] = tuple(e.strip() for e in str(kwargs["endpoints"]).split(",") if e.strip())
+    if "candidate_id" in kwargs and not kwargs["candidate_id"]:
+        kwargs["candidate_id"] = f"{socket.gethostname()}-{os.getpid()}"
+    return validate(Config(**kwargs))
+
+
+def load_config(values: dict[str, Any]) -> Config:
+    """build_config, or one line on stderr and exit status 2."""
+    try:
+        return build_config(values)
+    except ConfigError as exc:
+        click.echo(f"election-sidecar: {exc}", err=True)
+        sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="election-sidecar")
+def main() -> None:
+    """Leader election with fencing grants for one orchestrator per sidecar."""
+
+
+@main.command()
+@config_options()
+def run(**values: Any) -> None:
+    """Campaign until SIGTERM/SIGINT, then hand over and revoke the lease."""
+    from sidecar import log as logmod
+    from sidecar.app import Sidecar
+
+    cfg = load_config(values)
+    logmod.configure(cfg.log_format, cfg.log_level)
+    logger = logmod.get()
+    try:
+        code = asyncio.run(Sidecar(cfg, logger).run())
+    except FileExistsError as exc:
+        click.echo(f"election-sidecar: socket: {exc}", err=True)
+        sys.exit(2)
+    sys.exit(code)
+
+
+@main.command("check-config")
+@config_options()
+def check_config(**values: Any) -> None:
+    """Validate the configuration and print the timing it implies."""
+    cfg = load_config(values)
+    click.echo("config ok")
+    rows = [
+        ("lease ttl", cfg.ttl),
+        ("grant valid for (after each renewal send)", cfg.grant_validity),
+        ("leader demotes after silence of", min(cfg.renew_deadline, cfg.grant_validity - cfg.kill_grace)),
+        ("orchestrator gets to stop before SIGKILL", cfg.kill_grace),
+        ("keepalive every", cfg.retry_interval),
+    ]
+    for label, seconds in rows:
+        click.echo(f"  {label:<44} {seconds:7.3f}s")
+
+
+@main.command()
+@config_options(STORE_FIELDS + LOG_FIELDS)
+@click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def status(output: str, **values: Any) -> None:
+    """Show the leader, its token and epoch, and every candidate."""
+    from sidecar.status import gather, render_table
+
+    cfg = load_config(values)
+    try:
+        view = asyncio.run(gather(cfg))
+    except Exception as exc:  # one line for the operator, whatever broke
+        click.echo(f"election-sidecar: status: {exc}", err=True)
+        sys.exit(1)
+    if output == "json":
+        click.echo(json.dumps(view, indent=2))
+    else:
+        click.echo(render_table(view))
+
+
+@main.command()
+@click.option(
+    "--socket",
+    "socket_path",
+    required=True,
+    envvar=env_name("socket"),
+    show_envvar=True,
+    help="The sidecar's grant socket.",
+)
+@click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for the sidecar's answer.")
+def resign(socket_path: str, timeout: float) -> None:
+    """Ask a running sidecar to hand leadership over to the next candidate."""
+    from sidecar.fencing.oneshot import request
+
+    try:
+        reply = request(socket_path, {"type": "resign"}, timeout)
+    except (OSError, ValueError) as exc:
+        click.echo(f"election-sidecar: resign: {socket_path}: {exc}", err=True)
+        sys.exit(1)
+    if reply.get("accepted"):
+        click.echo("resign accepted: leadership is being handed over")
+        return
+    click.echo(f"resign refused: {reply.get('detail') or reply.get('error') or reply}", err=True)
+    sys.exit(1)
+
+
+@main.command()
+@click.option("--candidates", default=3, show_default=True, type=click.IntRange(2, 9))
+@click.option("--duration", default=20.0, show_default=True, type=click.FloatRange(8, 600), help="Seconds to run.")
+@click.option("--ttl", default=3, show_default=True, type=click.IntRange(2, 60), help="Lease TTL of the demo sidecars.")
+def demo(candidates: int, duration: float, ttl: int) -> None:
+    """Start a throwaway etcd and N sidecars, kill the leader, watch the failover."""
+    from sidecar.demo import run_demo
+
+    sys.exit(run_demo(candidates=candidates, duration=duration, ttl=ttl))
+
+
+if __name__ == "__main__":
+    main()

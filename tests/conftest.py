@@ -1,0 +1,130 @@
+"""Real servers for the tests: testcontainers where a Docker engine answers,
+local processes otherwise. In CI (CI=true) a missing server fails the run;
+elsewhere it skips the tests that need it, saying why."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sidecar.localetcd import EtcdNotFound, LocalEtcd
+
+ETCD_IMAGE = "quay.io/coreos/etcd:v3.5.17"
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def missing(what: str) -> None:
+    if in_ci():
+        pytest.fail(f"{what} (in CI a missing server is a failure, not a skip)")
+    pytest.skip(what)
+
+
+def docker_engine() -> bool:
+    """Use containers only where an engine really answers (a client alone is not enough)."""
+    choice = os.environ.get("ELECTION_SIDECAR_TEST_SERVERS", "auto")
+    if choice == "local":
+        return False
+    try:
+        import docker
+
+        docker.from_env(timeout=2).ping()
+        return True
+    except Exception:
+        if choice == "docker":
+            missing("ELECTION_SIDECAR_TEST_SERVERS=docker but no Docker engine answers")
+        return False
+
+
+@dataclass
+class EtcdServer:
+    """What a test needs to know of an etcd, however it was started."""
+
+    endpoints: list[str]
+    local: LocalEtcd | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _etcd_container() -> Iterator[EtcdServer]:
+    from testcontainers.core.container import DockerContainer
+    from testcontainers.core.waiting_utils import wait_for_logs
+
+    container = (
+        DockerContainer(ETCD_IMAGE)
+        .with_exposed_ports(2379)
+        .with_command("etcd --listen-client-urls http://0.0.0.0:2379 --advertise-client-urls http://127.0.0.1:2379")
+    )
+    with container:
+        wait_for_logs(container, "ready to serve client requests", timeout=30)
+        host = container.get_container_host_ip()
+        yield EtcdServer([f"{host}:{container.get_exposed_port(2379)}"])
+
+
+def _local_etcd(size: int) -> Iterator[EtcdServer]:
+    try:
+        cluster = LocalEtcd(size).start()
+    except EtcdNotFound as exc:
+        missing(str(exc))
+        raise
+    try:
+        yield EtcdServer(cluster.endpoints, cluster)
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def etcd() -> Iterator[EtcdServer]:
+    """One etcd member shared by the session; tests use unique election names."""
+    if docker_engine():
+        yield from _etcd_container()
+    else:
+        yield from _local_etcd(1)
+
+
+@pytest.fixture
+def etcd_cluster() -> Iterator[EtcdServer]:
+    """A fresh 3-member loopback cluster per test: tests kill its members."""
+    yield from _local_etcd(3)
+
+
+@pytest.fixture
+def election_name() -> str:
+    return f"test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    # Unix socket paths must stay under 108 bytes; pytest's tmp_path can be long.
+    short = Path(tempfile.mkdtemp(prefix="es-"))
+    yield short
+    shutil.rmtree(short, ignore_errors=True)
+
+
+_MEASURED: list[tuple[str, str]] = []
+
+
+@pytest.fixture(scope="session")
+def measure() -> Any:
+    """Record a figure to print in the run's summary (latencies, gaps)."""
+
+    def record(name: str, value: str) -> None:
+        _MEASURED.append((name, value))
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _MEASURED:
+        terminalreporter.section("measured")
+        for name, value in _MEASURED:
+            terminalreporter.write_line(f"{name}: {value}")
