@@ -16,23 +16,46 @@ from sidecar.clock import Clock, MonotonicClock
 from sidecar.config import Config
 from sidecar.elector import Elector, EventSink, Grant, Hooks, Reason, State
 from sidecar.fencing.server import GrantServer
+from sidecar.supervisor import Supervisor
 
 
 class Sidecar:
-    def __init__(self, cfg: Config, log: EventSink, clock: Clock | None = None) -> None:
+    def __init__(
+        self, cfg: Config, log: EventSink, clock: Clock | None = None, command: list[str] | None = None
+    ) -> None:
         self.cfg = cfg
         self.log = log
         self.clock = clock or MonotonicClock()
         self.server: GrantServer | None = None
         self.elector: Elector | None = None
+        self.supervisor = Supervisor(
+            cfg, command or [], log, self.clock, peers=self._acked_peers, on_orchestrator_exit=self._orchestrator_gone
+        )
 
-    async def _on_grant(self, grant: Grant) -> None:
+    def _acked_peers(self) -> list[int]:
+        # Only clients that acknowledged a grant are orchestrators; a CLI
+        # asking for status or a resign must never be a kill target.
+        return [p.pid for p in self.server.peers.values() if p.acked_seq > 0] if self.server else []
+
+    def _orchestrator_gone(self) -> None:
+        if self.elector is not None and self.elector.resign():
+            self.log.warning("resigning_without_orchestrator")
+
+    async def _on_started(self, grant: Grant) -> None:
+        await self.supervisor.started_leading(grant)
+        if self.server is not None:
+            await self.server.publish_grant(grant)
+
+    async def _on_renewed(self, grant: Grant) -> None:
+        await self.supervisor.renewed(grant)
         if self.server is not None:
             await self.server.publish_grant(grant)
 
     async def _on_stopped(self, grant: Grant, reason: Reason) -> None:
+        # Tell cooperative clients first: they stop at once, before signals.
         if self.server is not None:
             await self.server.publish_revoke(reason.value)
+        await self.supervisor.stopped_leading(grant, reason)
 
     async def status(self) -> dict[str, Any]:
         e = self.elector
@@ -42,6 +65,10 @@ class Sidecar:
             "candidate": self.cfg.candidate_id,
             "state": e.state.value,
             "out_of_election": e.out_of_election,
+            "orchestrator": {
+                "mode": self.supervisor.mode,
+                "pid": self.supervisor.child.pid if self.supervisor.child else None,
+            },
         }
         if e.grant is not None and e.state is State.LEADER:
             out.update(token=e.grant.token, epoch=e.grant.epoch, valid_for_ms=int(e.remaining() * 1000))
@@ -55,7 +82,7 @@ class Sidecar:
 
     async def run(self) -> int:
         backend = await connect(self.cfg, self.clock)
-        hooks = Hooks(started_leading=self._on_grant, renewed=self._on_grant, stopped_leading=self._on_stopped)
+        hooks = Hooks(started_leading=self._on_started, renewed=self._on_renewed, stopped_leading=self._on_stopped)
         self.elector = Elector(self.cfg, backend, self.clock, self.log, hooks)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -72,6 +99,7 @@ class Sidecar:
                     status=self.status,
                 )
                 await self.server.start()
+            await self.supervisor.start()
             self.log.info(
                 "sidecar_started",
                 version=__version__,
@@ -83,6 +111,7 @@ class Sidecar:
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+            await self.supervisor.close()
             if self.server is not None:
                 await self.server.close()
             await backend.close()

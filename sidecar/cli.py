@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import shutil
 import socket
 import sys
 from collections.abc import Callable
@@ -46,19 +47,21 @@ def config_options(names: tuple[str, ...] | None = None) -> Callable[[F], F]:
 
     def decorate(fn: F) -> F:
         for f in reversed(chosen):
-            kind: Any = {float: float, "float": float}.get(f.type, str)
+            extra: dict[str, Any] = {"type": {"float": float, "bool": bool}.get(str(f.type), str)}
             if f.metadata.get("choices"):
-                kind = click.Choice(f.metadata["choices"])
+                extra["type"] = click.Choice(f.metadata["choices"])
+            if f.type == "bool":
+                extra["is_flag"] = True
             default = ",".join(f.default) if isinstance(f.default, tuple) else f.default
             fn = click.option(
                 _flag(f),
                 f.name,
-                type=kind,
                 default=default,
-                show_default=default not in ("", None),
+                show_default=default not in ("", None, False),
                 envvar=env_name(f.name),
                 show_envvar=True,
                 help=f.metadata.get("help", ""),
+                **extra,
             )(fn)
         return fn
 
@@ -90,18 +93,36 @@ def main() -> None:
     """Leader election with fencing grants for one orchestrator per sidecar."""
 
 
-@main.command()
+@main.command(context_settings={"allow_interspersed_args": False})
 @config_options()
-def run(**values: Any) -> None:
-    """Campaign until SIGTERM/SIGINT, then hand over and revoke the lease."""
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def run(command: tuple[str, ...], **values: Any) -> None:
+    """Campaign until SIGTERM/SIGINT, then hand over and revoke the lease.
+
+    With `-- CMD ARGS`, CMD is the orchestrator: started only while this
+    sidecar leads (or always, with --standby) and stopped, killed if need
+    be, before leadership can pass to anyone else.
+    """
     from sidecar import log as logmod
     from sidecar.app import Sidecar
 
     cfg = load_config(values)
+    if cfg.standby and not command:
+        click.echo("election-sidecar: invalid config: standby=True: needs a command after --", err=True)
+        sys.exit(2)
+    if command and (cfg.kill_pidfile or cfg.kill_peer):
+        click.echo(
+            "election-sidecar: invalid config: command: choose one kill target (command, kill_pidfile or kill_peer)",
+            err=True,
+        )
+        sys.exit(2)
+    if command and shutil.which(command[0]) is None:
+        click.echo(f"election-sidecar: invalid config: command={command[0]!r}: not found or not executable", err=True)
+        sys.exit(2)
     logmod.configure(cfg.log_format, cfg.log_level)
     logger = logmod.get()
     try:
-        code = asyncio.run(Sidecar(cfg, logger).run())
+        code = asyncio.run(Sidecar(cfg, logger, command=list(command)).run())
     except FileExistsError as exc:
         click.echo(f"election-sidecar: socket: {exc}", err=True)
         sys.exit(2)

@@ -62,6 +62,15 @@ class Config:
         metadata=_opt("Seconds between telling the orchestrator to stop (SIGTERM) and SIGKILL."),
     )
     socket: str = field(default="", metadata=_opt("Unix socket for grants to the orchestrator; empty disables it."))
+    standby: bool = field(
+        default=False,
+        metadata=_opt("Run CMD all the time (it learns leadership from the socket) instead of only while leading."),
+    )
+    kill_pidfile: str = field(default="", metadata=_opt("On loss, stop the process whose pid is in this file."))
+    kill_peer: bool = field(
+        default=False,
+        metadata=_opt("On loss, stop the socket clients that acknowledged a grant (needs a shared pid namespace)."),
+    )
     ca_file: str = field(default="", metadata=_opt("PEM CA bundle; enables TLS to the store."))
     cert_file: str = field(default="", metadata=_opt("PEM client certificate for mutual TLS."))
     key_file: str = field(default="", metadata=_opt("PEM client key for mutual TLS."))
@@ -160,6 +169,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("cert_file" if not cfg.cert_file else "key_file", "", "cert_file and key_file go together")
     if cfg.cert_file and not cfg.ca_file:
         raise ConfigError("ca_file", "", "client certificates need ca_file to verify the store")
+    if cfg.kill_peer and not cfg.socket:
+        raise ConfigError("kill_peer", True, "needs socket: the peers are the socket's clients")
+    if cfg.kill_pidfile and cfg.kill_peer:
+        raise ConfigError("kill_pidfile", cfg.kill_pidfile, "choose one kill target: kill_pidfile or kill_peer")
     if cfg.log_format not in LOG_FORMATS:
         raise ConfigError("log_format", cfg.log_format, f"must be one of {', '.join(LOG_FORMATS)}")
     return cfg

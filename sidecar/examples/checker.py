@@ -1,0 +1,121 @@
+"""Reads what the toy orchestrators recorded and proves the safety claims.
+
+* no two orchestrator processes acted (``act`` records) in overlapping
+  intervals; the gap between one leader's last act and the next one's first
+  act is reported and must be positive;
+* tokens only grow from one leader to the next;
+* every act of a self-fencing orchestrator happened before its grant's
+  deadline;
+* the fenced store accepted no write whose token was lower than one it had
+  already accepted.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sidecar.examples.fenced_store import FencedStore
+
+
+@dataclass
+class Interval:
+    writer: str
+    pid: int
+    token: int
+    first: float
+    last: float
+    acts: int = 0
+
+
+@dataclass
+class Verdict:
+    intervals: list[Interval] = field(default_factory=list)
+    gaps: list[float] = field(default_factory=list)  # successor's first act - predecessor's last act
+    violations: list[str] = field(default_factory=list)
+    accepted: int = 0
+    refused: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "leaderships": len(self.intervals),
+            "min_gap_ms": round(min(self.gaps) * 1000, 3) if self.gaps else None,
+            "gaps_ms": [round(g * 1000, 3) for g in self.gaps],
+            "writes_accepted": self.accepted,
+            "stale_writes_refused": self.refused,
+            "violations": self.violations,
+        }
+
+
+def read_records(paths: list[Path]) -> list[dict[str, Any]]:
+    out = []
+    for path in paths:
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue  # a line cut short by SIGKILL
+    return out
+
+
+def intervals_of(records: list[dict[str, Any]]) -> list[Interval]:
+    by_key: dict[tuple[int, int], Interval] = {}
+    for r in records:
+        if r.get("kind") != "act":
+            continue
+        key = (int(r["pid"]), int(r["token"]))
+        iv = by_key.get(key)
+        if iv is None:
+            iv = by_key[key] = Interval(str(r["writer"]), key[0], key[1], r["mono"], r["mono"])
+        iv.first, iv.last = min(iv.first, r["mono"]), max(iv.last, r["mono"])
+        iv.acts += 1
+    return sorted(by_key.values(), key=lambda iv: iv.first)
+
+
+def check(record_files: list[Path], store: Path | None = None) -> Verdict:
+    records = read_records(record_files)
+    v = Verdict(intervals=intervals_of(records))
+    for r in records:
+        if r.get("kind") == "act" and r.get("valid_until") is not None and r["mono"] >= r["valid_until"]:
+            v.violations.append(f"{r['writer']} (pid {r['pid']}) acted after its grant deadline")
+    for prev, nxt in zip(v.intervals, v.intervals[1:], strict=False):
+        if nxt.pid == prev.pid:
+            continue
+        gap = nxt.first - prev.last
+        v.gaps.append(gap)
+        if gap <= 0:
+            v.violations.append(
+                f"overlap: {prev.writer} (token {prev.token}) acted until {prev.last:.6f}, "
+                f"{nxt.writer} (token {nxt.token}) from {nxt.first:.6f}"
+            )
+        if nxt.token <= prev.token:
+            v.violations.append(f"token did not grow: {prev.token} -> {nxt.token}")
+    # Any two intervals of different processes, not only neighbours, must be apart.
+    for i, a in enumerate(v.intervals):
+        for b in v.intervals[i + 2 :]:
+            if b.pid != a.pid and b.first <= a.last:
+                v.violations.append(f"overlap: {a.writer} token {a.token} and {b.writer} token {b.token}")
+    if store is not None and store.exists():
+        fs = FencedStore(store)
+        try:
+            highest = 0
+            for rec in fs.records():
+                if rec.accepted:
+                    v.accepted += 1
+                    if rec.token < highest:
+                        v.violations.append(f"stale write accepted: token {rec.token} after {highest}")
+                    highest = max(highest, rec.token)
+                else:
+                    v.refused += 1
+        finally:
+            fs.close()
+    return v

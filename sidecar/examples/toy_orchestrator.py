@@ -1,0 +1,103 @@
+"""A toy orchestrator: acts only while it holds a valid grant, and says when.
+
+Every ``--interval`` it asks the client library whether it leads; if so it
+records the moment (CLOCK_MONOTONIC) and the token in its record file, then
+writes a token-stamped record to the fenced store. The checker reads those
+files to prove that no two orchestrators acted at once and that the store
+accepted no stale token.
+
+``--no-self-fence`` and ``--ignore-sigterm`` make it misbehave on purpose,
+so tests can show that the sidecar and its watchdog stop it anyway.
+
+    python -m sidecar.examples.toy_orchestrator --store S.db --record R.jsonl
+    (socket and token come from ELECTION_SOCKET / ELECTION_TOKEN under the sidecar)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sidecar.examples.fenced_store import FencedStore
+from sidecar.fencing.client import BlockingGrantClient, monotonic
+
+
+class Recorder:
+    def __init__(self, path: str, writer: str) -> None:
+        # Open for the life of the process, line-buffered: a SIGKILL loses at most a partial line.
+        self.f = Path(path).open("a", buffering=1)  # noqa: SIM115
+        self.writer = writer
+
+    def __call__(self, kind: str, **fields: Any) -> None:
+        line = {"kind": kind, "writer": self.writer, "pid": os.getpid(), "mono": monotonic(), **fields}
+        self.f.write(json.dumps(line) + "\n")
+
+
+def connect(path: str, timeout: float = 10.0) -> BlockingGrantClient:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return BlockingGrantClient(path).connect()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--socket", default=os.environ.get("ELECTION_SOCKET", ""))
+    ap.add_argument("--store", required=True, help="fenced store (SQLite file)")
+    ap.add_argument("--record", required=True, help="where to append what this process did (JSON lines)")
+    ap.add_argument("--id", default=os.environ.get("ELECTION_ID", f"toy-{os.getpid()}"))
+    ap.add_argument("--interval", type=float, default=0.02)
+    ap.add_argument("--no-self-fence", action="store_true", help="act on ELECTION_TOKEN until killed")
+    ap.add_argument("--ignore-sigterm", action="store_true")
+    args = ap.parse_args(argv)
+
+    record = Recorder(args.record, args.id)
+    stop = False
+
+    def on_term(signum: int, frame: object) -> None:
+        nonlocal stop
+        record("sigterm", ignored=args.ignore_sigterm)
+        if not args.ignore_sigterm:
+            stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    record("start", env_token=os.environ.get("ELECTION_TOKEN"))
+    store = FencedStore(args.store)
+    client = None if args.no_self_fence else connect(args.socket)
+    env_token = int(os.environ.get("ELECTION_TOKEN", "0"))
+    while not stop:
+        valid_until = None
+        if client is None:
+            token = env_token
+        else:
+            grant = client.current()
+            token = grant.token if grant is not None else 0
+            valid_until = grant.valid_until if grant is not None else None
+        now = monotonic()
+        if token and (valid_until is None or now < valid_until):
+            # `mono` is taken after the check passed: the moment this process
+            # acted believing it led. The checker proves these never overlap.
+            record("act", token=token, mono=now, valid_until=valid_until)
+            accepted = store.write(token, args.id)
+            if not accepted:
+                record("refused", token=token)
+        elif client is not None and client.closed.is_set():
+            record("sidecar_gone")
+            break
+        time.sleep(args.interval)
+    record("exit")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
