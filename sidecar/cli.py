@@ -195,11 +195,14 @@ def resign(socket_path: str, timeout: float) -> None:
 @click.option("--candidates", default=3, show_default=True, type=click.IntRange(2, 9))
 @click.option("--duration", default=20.0, show_default=True, type=click.FloatRange(8, 600), help="Seconds to run.")
 @click.option("--ttl", default=3, show_default=True, type=click.IntRange(2, 60), help="Lease TTL of the demo sidecars.")
-def demo(candidates: int, duration: float, ttl: int) -> None:
-    """Start a throwaway etcd and N sidecars, kill the leader, watch the failover."""
+@click.option("--keep", is_flag=True, help="Keep the logs and records of the run (the path is printed).")
+def demo(candidates: int, duration: float, ttl: int, keep: bool) -> None:
+    """Start a throwaway etcd and N sidecars with toy orchestrators; kill, freeze
+    and resign the leader in turn; check that no two orchestrators ever acted
+    at once."""
     from sidecar.demo import run_demo
 
-    sys.exit(run_demo(candidates=candidates, duration=duration, ttl=ttl))
+    sys.exit(run_demo(candidates=candidates, duration=duration, ttl=ttl, keep=keep))
 
 
 if __name__ == "__main__":

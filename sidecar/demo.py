@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from sidecar.backends import connect
 from sidecar.backends.base import Leadership
 from sidecar.clock import MonotonicClock
 from sidecar.config import Config
+from sidecar.examples.checker import check
 from sidecar.fencing.oneshot import request
 from sidecar.fleet import SidecarProcess
 from sidecar.localetcd import LocalEtcd
@@ -66,19 +68,39 @@ class Demo:
         self.etcd = LocalEtcd(1)
         self.sidecars: list[SidecarProcess] = []
         self.w = Watch()
+        self.outcome: list[str] = []
+        self.frozen: list[SidecarProcess] = []
+
+    @property
+    def store(self) -> Path:
+        return self.workdir / "fenced-store.db"
+
+    def verdict(self) -> tuple[bool, str]:
+        records = check(sorted(self.workdir.glob("orchestrator-*.jsonl")), self.store)
+        problems = self.w.problems + records.violations
+        gap = min(records.gaps) * 1000 if records.gaps else float("nan")
+        text = (
+            f"{len(self.w.changes)} leaders, at most {self.w.max_claimers} sidecar claimed to lead at once; "
+            f"{len(records.intervals)} orchestrator terms, never overlapping (smallest gap {gap:.0f} ms), "
+            f"{records.accepted} token-stamped writes accepted, no stale token accepted; {'; '.join(self.outcome)}"
+        )
+        if problems:
+            text = "; ".join(problems)
+        ok = not problems and len(self.outcome) == 3 and len(records.intervals) >= 2
+        return ok, text
 
     def by_id(self, candidate: str) -> SidecarProcess:
         return next(s for s in self.sidecars if s.candidate == candidate)
 
     async def sample(self, election: Any) -> Leadership | None:
         leader: Leadership | None = await election.leader()
-        live = [s for s in self.sidecars if s.alive]
-        views = await asyncio.gather(*(asyncio.to_thread(s.status, 1.0) for s in live))
+        live = [s for s in self.sidecars if s.alive and s not in self.frozen]
+        views = await asyncio.gather(*(asyncio.to_thread(s.status, 0.5) for s in live))
         claimers = [s for s, v in zip(live, views, strict=True) if v and v.get("state") == "leader"]
         if len(claimers) > 1:
             # Two answers a few milliseconds apart can straddle a handover;
             # a real double leader is still there when asked again.
-            again = await asyncio.gather(*(asyncio.to_thread(s.status, 1.0) for s in claimers))
+            again = await asyncio.gather(*(asyncio.to_thread(s.status, 0.5) for s in claimers))
             claimers = [s for s, v in zip(claimers, again, strict=True) if v and v.get("state") == "leader"]
         self.w.max_claimers = max(self.w.max_claimers, len(claimers))
         if len(claimers) > 1:
@@ -87,16 +109,28 @@ class Demo:
             self.w.leader = leader
             self.w.changes.append((self.w.t(), leader))
             states = "  ".join(
-                f"{s.candidate}={(v or {}).get('state', 'down') if s.alive else 'killed'}"
+                f"{s.candidate}={self._state_word(s, v)}"
                 for s, v in zip(self.sidecars, await self._views(), strict=True)
             )
             who = "no leader" if leader is None else f"leader {leader.id}  token {leader.token}  epoch {leader.epoch}"
             _say(f"  t+{self.w.t():5.1f}s  {who:<42} [{states}]")
         return leader
 
+    def _state_word(self, s: SidecarProcess, view: dict[str, Any] | None) -> str:
+        if not s.alive:
+            return "killed"
+        if s in self.frozen:
+            return "frozen"
+        return str((view or {}).get("state", "silent"))
+
     async def _views(self) -> list[dict[str, Any] | None]:
         return list(
-            await asyncio.gather(*(asyncio.to_thread(s.status, 1.0) if s.alive else _none() for s in self.sidecars))
+            await asyncio.gather(
+                *(
+                    asyncio.to_thread(s.status, 0.5) if s.alive and s not in self.frozen else _none()
+                    for s in self.sidecars
+                )
+            )
         )
 
     async def wait_leader(
@@ -116,46 +150,64 @@ class Demo:
             await self.sample(election)
             await asyncio.sleep(0.25)
 
-    async def script(self) -> list[str]:
+    async def _step(self, election: Any, leader: Leadership, what: str, act: Any, timeout: float) -> Leadership | None:
+        """Disrupt the leader with ``act``, wait for its successor, report."""
+        _say(f">>> t+{self.w.t():5.1f}s  {what}")
+        t = time.monotonic()
+        await act(self.by_id(leader.id))
+        successor, _ = await self.wait_leader(election, leader, timeout)
+        took = time.monotonic() - t
+        if successor is None:
+            self.w.problems.append(f"no successor within {timeout:.0f}s of: {what}")
+            return None
+        _say(f"    new leader after {took * 1000:.0f} ms: {_moved(leader, successor)}")
+        self.outcome.append(f"{what.split(' ', 1)[0]} {took * 1000:.0f} ms")
+        if not (successor.token > leader.token and successor.epoch > leader.epoch):
+            self.w.problems.append(f"token or epoch did not increase after: {what}")
+        return successor
+
+    async def script(self) -> None:
         cfg = Config(endpoints=tuple(self.etcd.endpoints), election="demo")
         backend = await connect(cfg, MonotonicClock())
+        frozen = self.frozen
+
+        async def sigkill(s: SidecarProcess) -> None:
+            s.signal(signal.SIGKILL)
+
+        async def sigstop(s: SidecarProcess) -> None:
+            s.signal(signal.SIGSTOP)
+            frozen.append(s)
+
+        async def resign(s: SidecarProcess) -> None:
+            await asyncio.to_thread(request, str(s.socket_path), {"type": "resign"})
+
+        steps = [
+            (sigkill, "SIGKILL {id}'s sidecar: its watchdog kills the orchestrator at once; the lease runs out"),
+            (sigstop, "SIGSTOP {id}'s sidecar: frozen, it cannot revoke; its watchdog kills the orchestrator "
+             "by the grant deadline, before the lease can expire"),
+            (resign, "resign {id} through its socket: orchestrator stopped first, then the key goes"),
+        ]  # fmt: skip
         try:
             election = backend.election("demo")
-            first, took = await self.wait_leader(election, None, 10)
-            if first is None:
-                return ["no leader was elected within 10s"]
+            leader, took = await self.wait_leader(election, None, 10)
+            if leader is None:
+                self.w.problems.append("no leader was elected within 10s")
+                return
             _say(f"first leader seen {took:.2f}s after every sidecar was listening on its socket")
-            await self.idle(election, self.duration * 0.25)
-
-            victim = self.by_id(first.id)
-            _say(
-                f">>> t+{self.w.t():5.1f}s  SIGKILL {victim.candidate} (pid {victim.pid}), the leader: "
-                "no goodbye, its lease must run out"
-            )
-            victim.signal(signal.SIGKILL)
-            second, took = await self.wait_leader(election, first, self.ttl + 5)
-            if second is None:
-                return [f"no successor within {self.ttl + 5}s of killing the leader"]
-            _say(f"failover: {_moved(first, second)} in {took:.2f}s (TTL {self.ttl}s)")
-            outcome = [f"SIGKILL failover {took:.2f}s"]
-            if not (second.token > first.token and second.epoch > first.epoch):
-                self.w.problems.append("token or epoch did not increase after the failover")
-            await self.idle(election, self.duration * 0.25)
-
-            _say(f">>> t+{self.w.t():5.1f}s  resign {second.id} through its socket: it hands over at once")
-            t = time.monotonic()
-            await asyncio.to_thread(request, str(self.by_id(second.id).socket_path), {"type": "resign"})
-            third, _ = await self.wait_leader(election, second, 5)
-            took = time.monotonic() - t
-            if third is None:
-                return [*outcome, "no successor within 5s of a resign"]
-            _say(f"handover: {_moved(second, third)} in {took * 1000:.0f}ms")
-            outcome.append(f"resign handover {took * 1000:.0f}ms")
-            if not (third.token > second.token and third.epoch > second.epoch):
-                self.w.problems.append("token or epoch did not increase after the resign")
-            await self.idle(election, max(0.0, self.duration - self.w.t()))
-            return outcome
+            for act, what in steps:
+                await self.idle(election, self.duration / (len(steps) + 1))
+                nxt = await self._step(election, leader, what.format(id=leader.id), act, self.ttl + 5)
+                for s in frozen:
+                    s.signal(signal.SIGCONT)  # back as a candidate; its grant long expired
+                frozen.clear()
+                if nxt is None:
+                    return
+                leader = nxt
+            # Long enough for the last orchestrator to act, so its term is checked too.
+            await self.idle(election, max(2.0, self.duration - self.w.t()))
         finally:
+            for s in frozen:
+                s.signal(signal.SIGCONT)
             await backend.close()
 
     def start(self) -> None:
@@ -163,7 +215,13 @@ class Demo:
         self.etcd.start()
         _say(f"etcd is up at {self.etcd.endpoints[0]} ({self.etcd.binary})")
         for i in range(self.n):
-            s = SidecarProcess(f"sidecar-{i}", self.workdir, self.etcd.endpoints, "demo", demo_timing(self.ttl))
+            toy = [
+                sys.executable, "-m", "sidecar.examples.toy_orchestrator",
+                "--store", str(self.store), "--record", str(self.workdir / f"orchestrator-{i}.jsonl"),
+            ]  # fmt: skip
+            s = SidecarProcess(
+                f"sidecar-{i}", self.workdir, self.etcd.endpoints, "demo", demo_timing(self.ttl), command=toy
+            )
             self.sidecars.append(s.start())
         for s in self.sidecars:
             s.wait_socket()
@@ -185,14 +243,10 @@ def run_demo(candidates: int = 3, duration: float = 20.0, ttl: int = 3, keep: bo
     code = 1
     try:
         demo.start()
-        outcome = asyncio.run(demo.script())
-        problems = demo.w.problems
-        ok = not problems and len(outcome) == 2
-        detail = "; ".join(outcome + problems)
-        _say(
-            f"verdict: {'PASS' if ok else 'FAIL'}: {len(demo.w.changes)} leader changes, "
-            f"at most {demo.w.max_claimers} sidecar claimed to lead at any sample; {detail}"
-        )
+        asyncio.run(demo.script())
+        demo.stop()
+        ok, text = demo.verdict()
+        _say(f"verdict: {'PASS' if ok else 'FAIL'}: {text}")
         code = 0 if ok else 1
     except KeyboardInterrupt:
         _say("interrupted: stopping everything the demo started")
@@ -203,7 +257,9 @@ def run_demo(candidates: int = 3, duration: float = 20.0, ttl: int = 3, keep: bo
             _say(f"  {s.candidate}: {s.tail(3)}")
     finally:
         demo.stop()
-        if not keep:
+        if keep:
+            _say(f"cleaned up: etcd and sidecars stopped; logs and records kept in {workdir}")
+        else:
             shutil.rmtree(workdir, ignore_errors=True)
-        _say("cleaned up: etcd and sidecars stopped, temporary files removed")
+            _say("cleaned up: etcd and sidecars stopped, temporary files removed")
     return code

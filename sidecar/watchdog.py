@@ -24,6 +24,7 @@ import select
 import signal
 import sys
 import time
+from datetime import UTC, datetime
 
 
 def _now() -> float:
@@ -33,6 +34,8 @@ def _now() -> float:
 def _log(event: str, **fields: object) -> None:
     fields.update(event=event, level="warning" if event.startswith("watchdog_fired") else "info", component="watchdog")
     fields["mono"] = round(_now(), 6)
+    # Same shape as the sidecar's structlog lines, so one parser reads both.
+    fields["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
     sys.stderr.write(json.dumps(fields) + "\n")
     sys.stderr.flush()
 

@@ -127,14 +127,6 @@ class GrantServer:
     async def publish_grant(self, grant: Grant) -> None:
         await self._broadcast(grant_to_message(grant))
 
-    async def publish_follower(
-        self, leader: str | None = None, token: int | None = None, epoch: int | None = None
-    ) -> None:
-        msg: dict[str, Any] = {"type": "follower", "leader": False}
-        if leader is not None:
-            msg.update(leader_id=leader, token=token, epoch=epoch)
-        await self._broadcast(msg)
-
     async def publish_revoke(self, reason: str) -> None:
         await self._broadcast({"type": "revoke", "reason": reason}, remember=False)
         self._current = {"type": "follower", "leader": False}

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,28 @@ from tests.conftest import EtcdServer
 from tests.helpers import wait_until
 
 
+def log_events(s: SidecarProcess, event: str) -> list[dict[str, Any]]:
+    out = []
+    for line in s.log_path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("event") == event:
+            rec["t"] = datetime.fromisoformat(rec["timestamp"].replace("Z", "+00:00")).timestamp()
+            out.append(rec)
+    return out
+
+
+def pid_gone(pid: int) -> bool:
+    """True once pid has exited (a zombie waiting for its reaper counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
+
+
 class Fleet:
     def __init__(self, etcd: EtcdServer, election: str, workdir: Path) -> None:
         self.etcd = etcd
@@ -20,11 +45,28 @@ class Fleet:
         self.workdir = workdir
         self.sidecars: list[SidecarProcess] = []
 
-    def start(self, n: int, **kw: Any) -> list[SidecarProcess]:
-        new = [
-            SidecarProcess(f"c{len(self.sidecars) + i}", self.workdir, self.etcd.endpoints, self.election, **kw)
-            for i in range(n)
-        ]
+    @property
+    def store(self) -> Path:
+        return self.workdir / "store.db"
+
+    def record(self, candidate: str) -> Path:
+        return self.workdir / f"{candidate}.jsonl"
+
+    def toy(self, candidate: str, *flags: str) -> list[str]:
+        """The toy orchestrator's command line for one candidate."""
+        return [
+            sys.executable, "-m", "sidecar.examples.toy_orchestrator",
+            "--store", str(self.store), "--record", str(self.record(candidate)), *flags,
+        ]  # fmt: skip
+
+    def start(self, n: int, toy_flags: tuple[str, ...] | None = None, **kw: Any) -> list[SidecarProcess]:
+        """Start n sidecars; with toy_flags, each supervises a toy orchestrator."""
+        new = []
+        for i in range(n):
+            name = f"c{len(self.sidecars) + i}"
+            if toy_flags is not None:
+                kw["command"] = self.toy(name, *toy_flags)
+            new.append(SidecarProcess(name, self.workdir, self.etcd.endpoints, self.election, **kw))
         for s in new:
             s.start()
             self.sidecars.append(s)

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime
 from typing import Any
 
 import pytest
@@ -16,27 +15,14 @@ import pytest
 from sidecar.backends.etcd import EtcdBackend
 from sidecar.clock import MonotonicClock
 from sidecar.elector import Elector, State
-from sidecar.fleet import FAST_TIMING, SidecarProcess, fast_config
+from sidecar.fleet import FAST_TIMING, fast_config
 from sidecar.localetcd import find_binary
 from tests.conftest import EtcdServer
 from tests.helpers import RecordingSink, eventually, wait_until
-from tests.integration.conftest import Fleet
+from tests.integration.conftest import Fleet, log_events
 
 pytestmark = pytest.mark.integration
 TTL = FAST_TIMING["ttl"]
-
-
-def log_events(s: SidecarProcess, event: str) -> list[dict[str, Any]]:
-    out = []
-    for line in s.log_path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if rec.get("event") == event:
-            rec["t"] = datetime.fromisoformat(rec["timestamp"].replace("Z", "+00:00")).timestamp()
-            out.append(rec)
-    return out
 
 
 def cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,148 @@
+"""The sidecar's socket server: what clients get, and what bad clients get."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import stat
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sidecar.elector import Grant
+from sidecar.fencing.protocol import MAX_FRAME
+from sidecar.fencing.server import GrantServer
+from tests.helpers import RecordingSink, eventually
+
+
+class Conn:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def next(self) -> dict[str, Any]:
+        line = await asyncio.wait_for(self.reader.readline(), 2)
+        assert line, "connection closed"
+        out: dict[str, Any] = json.loads(line)
+        return out
+
+    async def closed(self) -> bool:
+        return await asyncio.wait_for(self.reader.read(), 2) == b""
+
+    async def send(self, raw: bytes) -> None:
+        self.writer.write(raw)
+        await self.writer.drain()
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[GrantServer, RecordingSink]]:
+    sink = RecordingSink()
+
+    async def status() -> dict[str, Any]:
+        return {"state": "leader"}
+
+    with tempfile.TemporaryDirectory() as d:
+        srv = GrantServer(
+            str(Path(d) / "g.sock"),
+            election="e",
+            candidate="c",
+            version="t",
+            log=sink,
+            on_resign=lambda: True,
+            status=status,
+        )
+        await srv.start()
+        yield srv, sink
+        await srv.close()
+
+
+async def connect(srv: GrantServer) -> Conn:
+    r, w = await asyncio.open_unix_connection(str(srv.path))
+    c = Conn(r, w)
+    assert (await c.next())["type"] == "hello"
+    return c
+
+
+def a_grant(seq: int = 1) -> Grant:
+    return Grant("e", "c", token=5, epoch=1, expires_monotonic=123.0, valid_for=2.5, seq=seq)
+
+
+async def test_socket_is_private_and_clients_get_state_then_grants(served: tuple[GrantServer, RecordingSink]) -> None:
+    srv, _ = served
+    assert stat.S_IMODE(os.stat(srv.path).st_mode) == 0o600
+    c = await connect(srv)
+    assert (await c.next())["type"] == "follower"
+    await srv.publish_grant(a_grant())
+    g = await c.next()
+    assert g["type"] == "grant" and g["token"] == 5 and g["valid_for_ms"] == 2500 and g["seq"] == 1
+    await c.send(b'{"v":1,"type":"ack","seq":1}\n')
+    await eventually(lambda: any(p.acked_seq == 1 for p in srv.peers.values()), what="ack recorded")
+    late = await connect(srv)
+    assert (await late.next())["type"] == "grant", "a client connecting mid-term gets the grant at once"
+    await srv.publish_revoke("resigned")
+    assert (await c.next()) == {"v": 1, "type": "revoke", "reason": "resigned"}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"this is not json\n",
+        b'{"v":1,"type":"launch-missiles"}\n',
+        b'{"v":2,"type":"status"}\n',
+        b'{"v":1,"type":"ack","seq":"x"}\n',
+        b'{"v":1,"type":"status","pad":"' + b"x" * MAX_FRAME + b'"}\n',
+        b'{"v":1,"type":"sta',  # half a line, then EOF
+    ],
+)
+async def test_bad_client_gets_one_error_and_others_keep_being_served(
+    served: tuple[GrantServer, RecordingSink], bad: bytes
+) -> None:
+    srv, sink = served
+    good = await connect(srv)
+    await good.next()
+    bad_conn = await connect(srv)
+    await bad_conn.next()
+    await bad_conn.send(bad)
+    if not bad.endswith(b"\n"):
+        bad_conn.writer.write_eof()
+    err = await bad_conn.next()
+    assert err["type"] == "error" and err["error"]
+    assert await bad_conn.closed()
+    assert sink.of("client_protocol_error")
+    await srv.publish_grant(a_grant(seq=2))
+    assert (await good.next())["seq"] == 2
+    assert len(srv.peers) == 1
+
+
+async def test_resign_and_status_requests(served: tuple[GrantServer, RecordingSink]) -> None:
+    srv, _ = served
+    c = await connect(srv)
+    await c.next()
+    await c.send(b'{"v":1,"type":"resign"}\n')
+    assert await c.next() == {"v": 1, "type": "ok", "accepted": True}
+    await c.send(b'{"v":1,"type":"status"}\n')
+    assert (await c.next())["state"] == "leader"
+
+
+async def test_stale_socket_file_is_replaced_but_other_files_are_not() -> None:
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "g.sock"
+        dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        dead.bind(str(path))
+        dead.close()  # a crashed sidecar leaves this behind
+        kwargs: dict[str, Any] = {
+            "election": "e", "candidate": "c", "version": "t", "log": RecordingSink(),
+            "on_resign": lambda: False, "status": None,
+        }  # fmt: skip
+        srv = GrantServer(str(path), **kwargs)
+        await srv.start()
+        with pytest.raises(FileExistsError, match="in use"):
+            await GrantServer(str(path), **kwargs).start()
+        await srv.close()
+        path.write_text("not a socket")
+        with pytest.raises(FileExistsError, match="not a socket"):
+            await GrantServer(str(path), **kwargs).start()
