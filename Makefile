@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint clean
+.PHONY: demo demo-zookeeper test lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/election-sidecar demo $(ARGS)
 
+demo-zookeeper: $(STAMP)
+	@scripts/ensure-servers.sh
+	$(BIN)/election-sidecar demo --backend zookeeper $(ARGS)
+
 test: $(STAMP)
+	@scripts/ensure-servers.sh
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: $(STAMP)

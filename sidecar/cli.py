@@ -28,6 +28,8 @@ STORE_FIELDS = (
     "backend",
     "endpoints",
     "election",
+    "zk_chroot",
+    "zk_auth_file",
     "ca_file",
     "cert_file",
     "key_file",
@@ -196,13 +198,14 @@ def resign(socket_path: str, timeout: float) -> None:
 @click.option("--duration", default=20.0, show_default=True, type=click.FloatRange(8, 600), help="Seconds to run.")
 @click.option("--ttl", default=3, show_default=True, type=click.IntRange(2, 60), help="Lease TTL of the demo sidecars.")
 @click.option("--keep", is_flag=True, help="Keep the logs and records of the run (the path is printed).")
-def demo(candidates: int, duration: float, ttl: int, keep: bool) -> None:
-    """Start a throwaway etcd and N sidecars with toy orchestrators; kill, freeze
+@click.option("--backend", type=click.Choice(["etcd", "zookeeper"]), default="etcd", show_default=True)
+def demo(candidates: int, duration: float, ttl: int, keep: bool, backend: str) -> None:
+    """Start a throwaway etcd (or ZooKeeper) and N sidecars with toy orchestrators; kill, freeze
     and resign the leader in turn; check that no two orchestrators ever acted
     at once."""
     from sidecar.demo import run_demo
 
-    sys.exit(run_demo(candidates=candidates, duration=duration, ttl=ttl, keep=keep))
+    sys.exit(run_demo(candidates=candidates, duration=duration, ttl=ttl, keep=keep, backend=backend))
 
 
 if __name__ == "__main__":

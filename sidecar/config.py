@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 ENV_PREFIX = "ELECTION_SIDECAR_"
-BACKENDS = ("etcd", "memory")
+BACKENDS = ("etcd", "zookeeper", "memory")
 LOG_FORMATS = ("auto", "json", "console")
 ETCD_MIN_TTL = 2.0
 _ENDPOINT = re.compile(r"^(?:(?P<scheme>https?)://)?(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})/?$")
@@ -70,6 +70,10 @@ class Config:
     kill_peer: bool = field(
         default=False,
         metadata=_opt("On loss, stop the socket clients that acknowledged a grant (needs a shared pid namespace)."),
+    )
+    zk_chroot: str = field(default="", metadata=_opt("ZooKeeper chroot under which the election lives."))
+    zk_auth_file: str = field(
+        default="", metadata=_opt("File holding user:password for ZooKeeper digest auth (never logged).")
     )
     ca_file: str = field(default="", metadata=_opt("PEM CA bundle; enables TLS to the store."))
     cert_file: str = field(default="", metadata=_opt("PEM client certificate for mutual TLS."))
@@ -142,6 +146,13 @@ def validate(cfg: Config) -> Config:
     _finite("drift", cfg.drift, minimum=0)
     if cfg.drift >= 0.1:
         raise ConfigError("drift", cfg.drift, "must be below 0.1 (a clock that drifts 10% is broken)")
+    if cfg.backend == "zookeeper":
+        if any(ep.startswith(("http://", "https://")) for ep in cfg.endpoints):
+            raise ConfigError(
+                "endpoints", ",".join(cfg.endpoints), "ZooKeeper endpoints are host:port, without a scheme"
+            )
+        if cfg.zk_chroot and not re.match(r"^/?[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*/?$", cfg.zk_chroot):
+            raise ConfigError("zk_chroot", cfg.zk_chroot, "must be a ZooKeeper path like /apps/prod")
     if cfg.backend == "etcd":
         if cfg.ttl < ETCD_MIN_TTL:
             raise ConfigError("ttl", cfg.ttl, f"must be >= {ETCD_MIN_TTL:g} s for etcd (its minimum lease TTL)")

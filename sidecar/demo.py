@@ -1,6 +1,6 @@
-"""`election-sidecar demo`: a failover you can watch, on a throwaway etcd.
+"""`election-sidecar demo`: a failover you can watch, on a throwaway etcd or ZooKeeper.
 
-Starts etcd and N sidecars, prints who leads with which token and epoch,
+Starts the store and N sidecars, prints who leads with which token and epoch,
 SIGKILLs the leader's sidecar (the successor takes over after about one
 TTL), then asks the new leader to resign (the next one takes over at once),
 prints a one-line verdict and removes everything it started, also on Ctrl-C.
@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.backends import connect
-from sidecar.backends.base import Leadership
+from sidecar.backends.base import BackendError, Leadership
 from sidecar.clock import MonotonicClock
 from sidecar.config import Config
 from sidecar.examples.checker import check
 from sidecar.fencing.oneshot import request
 from sidecar.fleet import SidecarProcess
 from sidecar.localetcd import LocalEtcd
+from sidecar.localzk import LocalZooKeeper
 
 
 def demo_timing(ttl: int) -> dict[str, float]:
@@ -60,12 +61,13 @@ def _say(line: str) -> None:
 
 
 class Demo:
-    def __init__(self, candidates: int, duration: float, ttl: int, workdir: Path) -> None:
+    def __init__(self, candidates: int, duration: float, ttl: int, workdir: Path, backend: str = "etcd") -> None:
         self.n = candidates
         self.duration = duration
         self.ttl = ttl
         self.workdir = workdir
-        self.etcd = LocalEtcd(1)
+        self.backend = backend
+        self.store_server: LocalEtcd | LocalZooKeeper = LocalEtcd(1) if backend == "etcd" else LocalZooKeeper(1)
         self.sidecars: list[SidecarProcess] = []
         self.w = Watch()
         self.outcome: list[str] = []
@@ -167,7 +169,7 @@ class Demo:
         return successor
 
     async def script(self) -> None:
-        cfg = Config(endpoints=tuple(self.etcd.endpoints), election="demo")
+        cfg = Config(backend=self.backend, endpoints=tuple(self.store_server.endpoints), election="demo")
         backend = await connect(cfg, MonotonicClock())
         frozen = self.frozen
 
@@ -211,16 +213,23 @@ class Demo:
             await backend.close()
 
     def start(self) -> None:
-        _say(f"election-sidecar demo: a throwaway etcd and {self.n} sidecars (TTL {self.ttl}s) in {self.workdir}")
-        self.etcd.start()
-        _say(f"etcd is up at {self.etcd.endpoints[0]} ({self.etcd.binary})")
+        what = "etcd" if self.backend == "etcd" else "ZooKeeper"
+        _say(f"election-sidecar demo: a throwaway {what} and {self.n} sidecars (TTL {self.ttl}s) in {self.workdir}")
+        self.store_server.start()
+        _say(f"{what} is up at {self.store_server.endpoints[0]}")
         for i in range(self.n):
             toy = [
                 sys.executable, "-m", "sidecar.examples.toy_orchestrator",
                 "--store", str(self.store), "--record", str(self.workdir / f"orchestrator-{i}.jsonl"),
             ]  # fmt: skip
             s = SidecarProcess(
-                f"sidecar-{i}", self.workdir, self.etcd.endpoints, "demo", demo_timing(self.ttl), command=toy
+                f"sidecar-{i}",
+                self.workdir,
+                self.store_server.endpoints,
+                "demo",
+                demo_timing(self.ttl),
+                backend=self.backend,
+                command=toy,
             )
             self.sidecars.append(s.start())
         for s in self.sidecars:
@@ -230,16 +239,18 @@ class Demo:
     def stop(self) -> None:
         for s in self.sidecars:
             s.stop(timeout=5)
-        self.etcd.stop()
+        self.store_server.stop()
 
 
 async def _none() -> None:
     return None
 
 
-def run_demo(candidates: int = 3, duration: float = 20.0, ttl: int = 3, keep: bool = False) -> int:
+def run_demo(
+    candidates: int = 3, duration: float = 20.0, ttl: int = 3, keep: bool = False, backend: str = "etcd"
+) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="election-sidecar-demo-"))
-    demo = Demo(candidates, duration, ttl, workdir)
+    demo = Demo(candidates, duration, ttl, workdir, backend)
     code = 1
     try:
         demo.start()
@@ -251,15 +262,15 @@ def run_demo(candidates: int = 3, duration: float = 20.0, ttl: int = 3, keep: bo
     except KeyboardInterrupt:
         _say("interrupted: stopping everything the demo started")
         code = 130
-    except (RuntimeError, TimeoutError, OSError) as exc:
+    except (RuntimeError, TimeoutError, OSError, BackendError) as exc:
         _say(f"verdict: FAIL: {exc}")
         for s in demo.sidecars:
             _say(f"  {s.candidate}: {s.tail(3)}")
     finally:
         demo.stop()
         if keep:
-            _say(f"cleaned up: etcd and sidecars stopped; logs and records kept in {workdir}")
+            _say(f"cleaned up: store and sidecars stopped; logs and records kept in {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-            _say("cleaned up: etcd and sidecars stopped, temporary files removed")
+            _say("cleaned up: store and sidecars stopped, temporary files removed")
     return code

@@ -135,6 +135,7 @@ class Elector:
         self.demote_at = 0.0
         self.out_of_election = False
         self.current_leader: Leadership | None = None
+        self.session: Session | None = None
         self._log = log
         self._seq = 0
         self._stop = asyncio.Event()
@@ -219,7 +220,12 @@ class Elector:
                     await self._pause(self.cfg.retry_interval)
                     continue
                 self._accept(renewal)
+                self.session = session
                 self._emit("info", "session_opened", session=session.id, ttl=renewal.ttl)
+                if renewal.ttl < self.cfg.ttl:
+                    # Safe (deadlines use the store's figure) but worth knowing:
+                    # the store shortened the TTL, so failovers and demotions come sooner.
+                    self._emit("warning", "store_shortened_ttl", requested=self.cfg.ttl, granted=renewal.ttl)
                 try:
                     await self._with_session(session)
                 finally:
@@ -425,6 +431,8 @@ class Elector:
             try:
                 await self._election.wait_lost()
                 return
+            except SessionExpired:
+                return  # the key went with the session
             except StoreUnavailable as exc:
                 self._store_unreachable("watch-own-key", exc)
                 await self.clock.sleep(self.cfg.retry_interval)

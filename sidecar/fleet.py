@@ -53,6 +53,7 @@ class SidecarProcess:
     endpoints: list[str]
     election: str
     timing: dict[str, float] = field(default_factory=lambda: dict(FAST_TIMING))
+    backend: str = "etcd"
     extra_args: list[str] = field(default_factory=list)
     command: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
@@ -73,7 +74,7 @@ class SidecarProcess:
     def argv(self) -> list[str]:
         args = [
             sys.executable, "-m", "sidecar", "run",
-            "--backend", "etcd",
+            "--backend", self.backend,
             "--endpoints", ",".join(self.endpoints),
             "--election", self.election,
             "--id", self.candidate,

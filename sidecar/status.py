@@ -27,9 +27,8 @@ async def gather(cfg: Config) -> dict[str, Any]:
                 "key": c.key,
                 "lease_ttl_remaining": c.lease_ttl_remaining,
                 "leader": leader is not None and c.token == leader.token,
-                # A key whose lease is gone (or never had one) is not a live
-                # candidate, whatever it says.
-                "stale": c.lease_ttl_remaining is None or c.lease_ttl_remaining <= 0,
+                # A key whose lease is gone is not a live candidate, whatever it says.
+                "stale": c.stale,
             }
             for c in candidates
         ],
@@ -46,7 +45,7 @@ def render_table(view: dict[str, Any]) -> str:
         head += f"leader {lead['id']}  token {lead['token']}  epoch {epoch}"
     rows = [("", "CANDIDATE", "TOKEN", "LEASE LEFT", "STATE")]
     for c in view["candidates"]:
-        ttl = "-" if c["lease_ttl_remaining"] is None else f"{c['lease_ttl_remaining']:.0f}s"
+        ttl = "n/a" if c["lease_ttl_remaining"] is None else f"{c['lease_ttl_remaining']:.0f}s"
         state = "stale" if c["stale"] else ("leader" if c["leader"] else "waiting")
         rows.append(("*" if c["leader"] else "", c["id"], str(c["token"]), ttl, state))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]

@@ -16,8 +16,10 @@ from typing import Any
 import pytest
 
 from sidecar.localetcd import EtcdNotFound, LocalEtcd
+from sidecar.localzk import LocalZooKeeper, ZooKeeperNotFound
 
 ETCD_IMAGE = "quay.io/coreos/etcd:v3.5.17"
+ZK_IMAGE = "zookeeper:3.8"
 
 
 def in_ci() -> bool:
@@ -95,6 +97,49 @@ def etcd() -> Iterator[EtcdServer]:
 def etcd_cluster() -> Iterator[EtcdServer]:
     """A fresh 3-member loopback cluster per test: tests kill its members."""
     yield from _local_etcd(3)
+
+
+@dataclass
+class ZkServer:
+    endpoints: list[str]
+    local: LocalZooKeeper | None = None
+
+
+def _zk_container() -> Iterator[ZkServer]:
+    from testcontainers.core.container import DockerContainer
+    from testcontainers.core.waiting_utils import wait_for_logs
+
+    container = DockerContainer(ZK_IMAGE).with_exposed_ports(2181).with_env("ZOO_TICK_TIME", "200")
+    with container:
+        wait_for_logs(container, "binding to port", timeout=60)
+        yield ZkServer([f"{container.get_container_host_ip()}:{container.get_exposed_port(2181)}"])
+
+
+def _local_zk(size: int) -> Iterator[ZkServer]:
+    try:
+        zk = LocalZooKeeper(size).start()
+    except ZooKeeperNotFound as exc:
+        missing(str(exc))
+        raise
+    try:
+        yield ZkServer(zk.endpoints, zk)
+    finally:
+        zk.stop()
+
+
+@pytest.fixture(scope="session")
+def zookeeper() -> Iterator[ZkServer]:
+    """One ZooKeeper server shared by the session (tickTime 200 ms)."""
+    if docker_engine():
+        yield from _zk_container()
+    else:
+        yield from _local_zk(1)
+
+
+@pytest.fixture
+def zk_ensemble() -> Iterator[ZkServer]:
+    """A fresh 3-server loopback ensemble per test: tests kill its servers."""
+    yield from _local_zk(3)
 
 
 @pytest.fixture

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sidecar.backends.base import Backend
 from sidecar.clock import Clock
 from sidecar.config import Config, endpoint_hostports
+
+
+def zk_auth(cfg: Config) -> list[tuple[str, str]]:
+    """Digest credentials from a file, so they never sit in argv or logs."""
+    if not cfg.zk_auth_file:
+        return []
+    return [("digest", Path(cfg.zk_auth_file).read_text().strip())]
 
 
 async def connect(cfg: Config, clock: Clock) -> Backend:
@@ -20,6 +29,16 @@ async def connect(cfg: Config, clock: Clock) -> Backend:
             key_file=cfg.key_file,
             tls_server_name=cfg.tls_server_name,
         ).connect()
+    if cfg.backend == "zookeeper":
+        from sidecar.backends.zookeeper import ZooKeeperBackend
+
+        return ZooKeeperBackend(
+            endpoint_hostports(cfg),
+            clock,
+            request_timeout=cfg.effective_request_timeout,
+            chroot=cfg.zk_chroot,
+            auth=zk_auth(cfg),
+        )
     if cfg.backend == "memory":
         from sidecar.backends.memory import MemoryBackend, MemoryStore
 

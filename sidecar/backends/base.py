@@ -59,7 +59,8 @@ class Candidate:
     id: str
     token: int
     key: str
-    lease_ttl_remaining: float | None = None
+    lease_ttl_remaining: float | None = None  # None where the store cannot tell (ZooKeeper)
+    stale: bool = False  # its lease or session is gone, though the key is still listed
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,9 @@ class Session(Protocol):
 
 class Election(Protocol):
     """One election: candidates queue by creation order, the oldest leads."""
+
+    wakeups: int
+    """How often a waiting campaign was woken by a change (one per handover)."""
 
     @property
     def name(self) -> str: ...

@@ -320,6 +320,7 @@ class EtcdElection:
                 int(kv.create_revision),  # type: ignore[attr-defined]
                 kv.key.decode(errors="replace"),  # type: ignore[attr-defined]
                 ttl,
+                stale=ttl is None or ttl <= 0,
             )
             for kv, ttl in zip(kvs, ttls, strict=True)
         ]

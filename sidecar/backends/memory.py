@@ -47,7 +47,6 @@ class MemoryStore:
         self.plain: dict[str, str] = {}
         self.leases: dict[int, tuple[float, float]] = {}  # id -> (expires_at, ttl)
         self.changed = asyncio.Condition()
-        self.delete_wakeups = 0
         self._lease_ids = itertools.count(0x1000)
 
     async def gate(self) -> None:
@@ -146,6 +145,7 @@ class MemoryElection:
         self._store = store
         self._name = name
         self._mine: str | None = None
+        self.wakeups = 0
 
     @property
     def name(self) -> str:
@@ -177,7 +177,7 @@ class MemoryElection:
             if on_wait is not None:
                 on_wait(Leadership(ahead[0][1].value, ahead[0][1].create_revision, 0))
             await predecessor.deleted.wait()
-            self._store.delete_wakeups += 1
+            self.wakeups += 1
         # The epoch bump and the ownership check happen in one step, as the
         # etcd transaction does.
         epoch = json.loads(self._store.plain.get(self._epoch_key, '{"epoch": 0}'))["epoch"] + 1
@@ -220,7 +220,8 @@ class MemoryElection:
         out = []
         for name, key in self._store.under(self._prefix):
             lease = self._store.leases.get(key.lease)
-            out.append(Candidate(key.value, key.create_revision, name, lease[0] - now if lease else None))
+            left = lease[0] - now if lease else None
+            out.append(Candidate(key.value, key.create_revision, name, left, stale=left is None or left <= 0))
         return out
 
     async def observe(self) -> AsyncIterator[Leadership | None]:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from sidecar.fleet import SidecarProcess
-from tests.conftest import EtcdServer
+from tests.conftest import EtcdServer, ZkServer
 from tests.helpers import wait_until
 
 
@@ -39,8 +39,9 @@ def pid_gone(pid: int) -> bool:
 
 
 class Fleet:
-    def __init__(self, etcd: EtcdServer, election: str, workdir: Path) -> None:
-        self.etcd = etcd
+    def __init__(self, server: EtcdServer | ZkServer, election: str, workdir: Path, backend: str = "etcd") -> None:
+        self.server = server
+        self.backend = backend
         self.election = election
         self.workdir = workdir
         self.sidecars: list[SidecarProcess] = []
@@ -66,7 +67,9 @@ class Fleet:
             name = f"c{len(self.sidecars) + i}"
             if toy_flags is not None:
                 kw["command"] = self.toy(name, *toy_flags)
-            new.append(SidecarProcess(name, self.workdir, self.etcd.endpoints, self.election, **kw))
+            new.append(
+                SidecarProcess(name, self.workdir, self.server.endpoints, self.election, backend=self.backend, **kw)
+            )
         for s in new:
             s.start()
             self.sidecars.append(s)
@@ -107,5 +110,12 @@ class Fleet:
 @pytest.fixture
 def fleet(etcd: EtcdServer, election_name: str, workdir: Path) -> Iterator[Fleet]:
     f = Fleet(etcd, election_name, workdir)
+    yield f
+    f.stop()
+
+
+@pytest.fixture
+def zk_fleet(zookeeper: ZkServer, election_name: str, workdir: Path) -> Iterator[Fleet]:
+    f = Fleet(zookeeper, election_name, workdir, backend="zookeeper")
     yield f
     f.stop()

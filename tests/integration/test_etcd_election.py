@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 import subprocess
@@ -12,13 +11,10 @@ from typing import Any
 
 import pytest
 
-from sidecar.backends.etcd import EtcdBackend
-from sidecar.clock import MonotonicClock
-from sidecar.elector import Elector, State
-from sidecar.fleet import FAST_TIMING, fast_config
+from sidecar.fleet import FAST_TIMING
 from sidecar.localetcd import find_binary
 from tests.conftest import EtcdServer
-from tests.helpers import RecordingSink, eventually, wait_until
+from tests.helpers import wait_until
 from tests.integration.conftest import Fleet, log_events
 
 pytestmark = pytest.mark.integration
@@ -152,35 +148,6 @@ def test_etcdctl_elect_queues_behind_our_leader(fleet: Fleet, etcd: EtcdServer) 
     finally:
         proc.kill()
         proc.wait()
-
-
-async def test_only_the_successor_wakes_on_a_handover(etcd: EtcdServer, election_name: str) -> None:
-    """Predecessor watches: one leader change wakes one candidate, not all."""
-    clock = MonotonicClock()
-    backend = await EtcdBackend(etcd.endpoints, clock).connect()
-    electors = []
-    tasks = []
-    try:
-        for i in range(6):
-            e = Elector(fast_config(election_name, f"w{i}"), backend, clock, RecordingSink())
-            electors.append(e)
-            tasks.append(asyncio.create_task(e.run()))
-            await eventually(lambda e=e: e.state is not State.FOLLOWER, what="candidate joined")  # type: ignore[misc]
-        await eventually(lambda: sum(e.state is State.LEADER for e in electors) == 1, what="one leader")
-        before = [e.election.wakeups for e in electors]  # type: ignore[attr-defined]
-        leader = next(e for e in electors if e.state is State.LEADER)
-        assert leader.resign()
-        await eventually(
-            lambda: sum(e.state is State.LEADER for e in electors) == 1 and leader.state is not State.LEADER,
-            what="handover",
-        )
-        woke = [e.election.wakeups - b for e, b in zip(electors, before, strict=True)]  # type: ignore[attr-defined]
-        assert sum(woke) == 1, f"wake-ups per candidate: {woke}"
-    finally:
-        for e in electors:
-            e.stop()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await backend.close()
 
 
 def test_cluster_leader_member_killed_never_two_leaders(

@@ -1,0 +1,411 @@
+"""ZooKeeper backend over kazoo, bridged into asyncio.
+
+Layout, readable by kazoo's own ``Election(client, path).contenders()``:
+
+* ``/<election>/<session hex>__lock__<10-digit sequence>``: one
+  ephemeral-sequential node per candidate, data = candidate id;
+* leader = lowest sequence; token = the node's ``czxid`` (ZooKeeper's
+  transaction ids only grow, so a later candidate's node has a higher one);
+* ``/<election>.epoch``: JSON ``{"epoch", "token", "leader"}``, bumped by a
+  ``multi`` that also checks the leader's own node (version 0).
+
+A Session is one ZooKeeper session, that is one KazooClient. kazoo runs
+its own thread; every call here uses kazoo's ``*_async`` API, and results
+and watch events come back to the event loop with
+``loop.call_soon_threadsafe``. Nothing blocks the loop.
+
+The deadline: each keepalive is an explicit round trip (``exists('/')``)
+timed from its send; the TTL is the session timeout the server negotiated
+(it clamps the requested one between 2 and 20 ticks), read from the
+connect handshake. SUSPENDED means "stop trusting now": keepalive raises
+at once, so the deadline keeps running from the last answer; LOST is a
+SessionExpired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import (
+    BadVersionError,
+    KazooException,
+    NodeExistsError,
+    NoNodeError,
+    SessionExpiredError,
+)
+from kazoo.handlers.threading import KazooTimeoutError
+
+from sidecar.backends.base import (
+    Candidate,
+    KeyLost,
+    Leadership,
+    OnWait,
+    Renewal,
+    Session,
+    SessionExpired,
+    StoreUnavailable,
+)
+from sidecar.clock import Clock
+
+NODE_MARK = "__lock__"  # what kazoo's Lock/Election recipes look for
+_SEQ = re.compile(r"__lock__(\d{10})$")
+
+
+@contextlib.contextmanager
+def _store_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except SessionExpiredError as exc:
+        raise SessionExpired(f"zookeeper {what}: session expired") from exc
+    except (KazooException, KazooTimeoutError, TimeoutError, OSError) as exc:
+        raise StoreUnavailable(f"zookeeper {what}: {type(exc).__name__} {exc}".rstrip()) from exc
+
+
+async def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run one kazoo ``*_async`` call and await its result on this loop."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[Any] = loop.create_future()
+
+    def settle(value: Any, error: BaseException | None) -> None:  # on the loop
+        if fut.done():
+            return
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(value)
+
+    def deliver(result: Any) -> None:  # kazoo's thread
+        try:
+            value = result.get_nowait()
+        except BaseException as exc:  # handed to the awaiting coroutine, not lost
+            loop.call_soon_threadsafe(settle, None, exc)
+            return
+        loop.call_soon_threadsafe(settle, value, None)
+
+    fn(*args, **kwargs).rawlink(deliver)
+    return await fut
+
+
+def _watch(loop: asyncio.AbstractEventLoop) -> tuple[asyncio.Event, Callable[[Any], None]]:
+    """An asyncio Event and a kazoo watch callback (kazoo's thread) that sets it."""
+    fired = asyncio.Event()
+
+    def watcher(event: Any) -> None:
+        loop.call_soon_threadsafe(fired.set)
+
+    return fired, watcher
+
+
+def _seq(name: str) -> int:
+    m = _SEQ.search(name)
+    return int(m.group(1)) if m else -1
+
+
+class ZooKeeperBackend:
+    def __init__(
+        self,
+        hosts: list[str],
+        clock: Clock,
+        *,
+        request_timeout: float = 2.0,
+        chroot: str = "",
+        auth: list[tuple[str, str]] | None = None,
+    ) -> None:
+        self.hosts = ",".join(hosts) + (("/" + chroot.strip("/")) if chroot.strip("/") else "")
+        self.clock = clock
+        self.timeout = request_timeout
+        self.auth = auth or []
+        self._observer: ZooKeeperSession | None = None
+
+    def session(self, ttl: float) -> ZooKeeperSession:
+        return ZooKeeperSession(self, ttl)
+
+    def election(self, name: str) -> ZooKeeperElection:
+        return ZooKeeperElection(self, name)
+
+    async def observer(self) -> KazooClient:
+        """A client of our own for reads (status, observe), opened on first use."""
+        if self._observer is None:
+            s = ZooKeeperSession(self, max(self.timeout * 3, 4.0))
+            await s.open()
+            self._observer = s
+        return self._observer.client
+
+    async def close(self) -> None:
+        if self._observer is not None:
+            await self._observer.close()
+            self._observer = None
+
+
+class ZooKeeperSession:
+    def __init__(self, backend: ZooKeeperBackend, ttl: float) -> None:
+        self._b = backend
+        self._ttl = ttl
+        self._client: KazooClient | None = None
+        self._negotiated: float | None = None
+        self._state = KazooState.LOST
+        self._lock = threading.Lock()
+        self._known = threading.Event()
+
+    @property
+    def client(self) -> KazooClient:
+        if self._client is None:
+            raise SessionExpired("session not open")
+        return self._client
+
+    @property
+    def id(self) -> str:
+        if self._client is None or self._client.client_id is None:
+            return ""
+        return f"{self._client.client_id[0]:x}"
+
+    @property
+    def negotiated_timeout(self) -> float | None:
+        return self._negotiated
+
+    def _capture_negotiated(self, client: KazooClient) -> None:
+        # kazoo keeps the negotiated timeout in a local of its handshake; its
+        # read timeout is exactly 2/3 of it (kazoo 2.11). We need the real
+        # value: the server may clamp our request to something shorter.
+        handler = client._connection
+        original = handler._connect
+
+        def connect(*args: Any, **kwargs: Any) -> Any:
+            read_timeout, connect_timeout = original(*args, **kwargs)
+            with self._lock:
+                self._negotiated = read_timeout * 1.5 / 1000.0
+            self._known.set()
+            return read_timeout, connect_timeout
+
+        handler._connect = connect
+
+    def _listen(self, loop: asyncio.AbstractEventLoop) -> Callable[[str], None]:
+        def listener(state: str) -> None:  # kazoo's thread
+            loop.call_soon_threadsafe(setattr, self, "_state", state)
+
+        return listener
+
+    async def open(self) -> Renewal:
+        loop = asyncio.get_running_loop()
+        client = KazooClient(hosts=self._b.hosts, timeout=self._ttl, auth_data=self._b.auth or None)
+        self._capture_negotiated(client)
+        client.add_listener(self._listen(loop))
+        sent = self._b.clock.now()
+        try:
+            with _store_errors("connect"):
+                await asyncio.to_thread(client.start, max(self._b.timeout, 1.0))
+        except StoreUnavailable:
+            await asyncio.to_thread(client.close)
+            raise
+        self._client = client
+        self._state = KazooState.CONNECTED
+        # kazoo reports CONNECTED from inside the handshake, a moment before
+        # the handshake (and our capture of the timeout) has returned.
+        await asyncio.to_thread(self._known.wait, max(self._b.timeout, 1.0))
+        with self._lock:
+            negotiated = self._negotiated
+        if negotiated is None:
+            await self.close()
+            raise StoreUnavailable("zookeeper: could not learn the negotiated session timeout; refusing to trust it")
+        return Renewal(sent, negotiated)
+
+    async def keepalive(self) -> Renewal:
+        client = self.client
+        if self._state == KazooState.LOST:
+            raise SessionExpired("zookeeper session lost")
+        if self._state == KazooState.SUSPENDED:
+            raise StoreUnavailable("zookeeper connection suspended; not trusting the session until it is back")
+        sent = self._b.clock.now()
+        with _store_errors("keepalive"):
+            async with asyncio.timeout(self._b.timeout):
+                await _call(client.exists_async, "/")
+        with self._lock:
+            negotiated = self._negotiated
+        assert negotiated is not None
+        return Renewal(sent, negotiated)
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is None:
+            return
+        # stop() closes the session: the server deletes our ephemerals at once.
+        # Even if it fails, the client's threads stop, so the server expires
+        # the session after its timeout instead of it living on unrenewed.
+        try:
+            with _store_errors("close"):
+                await asyncio.to_thread(client.stop)
+        finally:
+            await asyncio.to_thread(client.close)
+
+
+class ZooKeeperElection:
+    def __init__(self, backend: ZooKeeperBackend, name: str) -> None:
+        self._b = backend
+        self._name = name
+        self.base = "/" + name.strip("/")
+        self.epoch_path = self.base + ".epoch"
+        self._node = ""
+        self._client: KazooClient | None = None
+        self._czxid = 0
+        self.wakeups = 0
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    async def _children(self, client: KazooClient) -> list[str]:
+        with _store_errors("list candidates"):
+            try:
+                names = await _call(client.get_children_async, self.base)
+            except NoNodeError:
+                return []
+        return sorted((n for n in names if _seq(n) >= 0), key=_seq)
+
+    async def campaign(self, session: Session, candidate_id: str, on_wait: OnWait | None = None) -> Leadership:
+        if not isinstance(session, ZooKeeperSession):
+            raise TypeError("a ZooKeeper election needs a ZooKeeper session")
+        client = session.client
+        self._client = client
+        loop = asyncio.get_running_loop()
+        prefix = f"{session.id}{NODE_MARK}"
+        with _store_errors("campaign"):
+            mine = [n for n in await self._children(client) if n.startswith(prefix)]
+            if mine:
+                # A create whose answer was lost did land: keep that place.
+                node = self.base + "/" + mine[0]
+            else:
+                node = await _call(
+                    client.create_async, self.base + "/" + prefix, candidate_id.encode(), None, True, True, True
+                )
+            self._node = node
+            _, stat = await _call(client.get_async, node)
+            self._czxid = int(stat.czxid)
+            while True:
+                names = await self._children(client)
+                own = node.rsplit("/", 1)[1]
+                if own not in names:
+                    raise KeyLost(f"candidate node {node} vanished while campaigning")
+                ahead = names[: names.index(own)]
+                if not ahead:
+                    break
+                if on_wait is not None:
+                    first = await self._leadership(client, ahead[0], with_epoch=False)
+                    if first is not None:
+                        on_wait(first)
+                fired, watcher = _watch(loop)
+                if await _call(client.exists_async, self.base + "/" + ahead[-1], watcher) is None:
+                    continue  # gone between the listing and the watch
+                await fired.wait()
+                self.wakeups += 1
+            epoch = await self._bump_epoch(client, candidate_id)
+        return Leadership(candidate_id, self._czxid, epoch)
+
+    async def _bump_epoch(self, client: KazooClient, candidate_id: str) -> int:
+        while True:
+            try:
+                data, stat = await _call(client.get_async, self.epoch_path)
+            except NoNodeError:
+                with contextlib.suppress(NodeExistsError):
+                    await _call(client.create_async, self.epoch_path, b'{"epoch": 0}', None, False, False, True)
+                continue
+            epoch = int(json.loads(data or b'{"epoch": 0}')["epoch"]) + 1
+            record = json.dumps({"epoch": epoch, "token": self._czxid, "leader": candidate_id}).encode()
+            tx = client.transaction()
+            tx.check(self._node, 0)  # our node exists, unchanged since we created it
+            tx.set_data(self.epoch_path, record, stat.version)
+            results = await _call(tx.commit_async)
+            if not any(isinstance(r, Exception) for r in results):
+                return epoch
+            if isinstance(results[0], NoNodeError | BadVersionError):
+                raise KeyLost(f"candidate node {self._node} vanished before the epoch bump")
+            # The epoch node moved under us: read it again.
+
+    async def resign(self) -> None:
+        if not self._node or self._client is None:
+            return
+        with _store_errors("resign"), contextlib.suppress(NoNodeError):
+            await _call(self._client.delete_async, self._node)
+        self._node = ""
+
+    async def wait_lost(self) -> None:
+        if not self._node or self._client is None:
+            return
+        loop = asyncio.get_running_loop()
+        while True:
+            fired, watcher = _watch(loop)
+            with _store_errors("watch own node"):
+                stat = await _call(self._client.exists_async, self._node, watcher)
+            if stat is None or int(stat.czxid) != self._czxid:
+                return
+            await fired.wait()
+
+    async def _leadership(self, client: KazooClient, name: str, with_epoch: bool = True) -> Leadership | None:
+        with _store_errors("read leader"):
+            try:
+                data, stat = await _call(client.get_async, self.base + "/" + name)
+            except NoNodeError:
+                return None
+            token = int(stat.czxid)
+            epoch = 0
+            if with_epoch:
+                try:
+                    raw, _ = await _call(client.get_async, self.epoch_path)
+                    recorded = json.loads(raw or b"{}")
+                    if recorded.get("token") == token:
+                        epoch = int(recorded["epoch"])
+                except NoNodeError:
+                    pass
+        return Leadership((data or b"").decode(errors="replace"), token, epoch)
+
+    async def leader(self) -> Leadership | None:
+        client = self._client or await self._b.observer()
+        names = await self._children(client)
+        for name in names:  # the first may vanish between the listing and the read
+            lead = await self._leadership(client, name)
+            if lead is not None:
+                return lead
+        return None
+
+    async def candidates(self) -> list[Candidate]:
+        client = self._client or await self._b.observer()
+        out = []
+        for name in await self._children(client):
+            with _store_errors("read candidate"):
+                try:
+                    data, stat = await _call(client.get_async, self.base + "/" + name)
+                except NoNodeError:
+                    continue
+            # An ephemeral node exists exactly as long as its session: never stale,
+            # but ZooKeeper does not tell how long the session has left.
+            node = self.base + "/" + name
+            out.append(Candidate((data or b"").decode(errors="replace"), int(stat.czxid), node, None, stale=False))
+        return out
+
+    async def observe(self) -> AsyncIterator[Leadership | None]:
+        client = self._client or await self._b.observer()
+        loop = asyncio.get_running_loop()
+        last: object = object()
+        while True:
+            fired, watcher = _watch(loop)
+            with _store_errors("watch candidates"):
+                try:
+                    await _call(client.get_children_async, self.base, watcher)
+                except NoNodeError:
+                    await _call(client.exists_async, self.base, watcher)
+                with contextlib.suppress(NoNodeError):
+                    await _call(client.get_async, self.epoch_path, watcher)
+            now = await self.leader()
+            if now != last:
+                last = now
+                yield now
+            await fired.wait()
+
+    async def close(self) -> None:
+        return None
