@@ -10,12 +10,17 @@ import asyncio
 import signal
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from sidecar import __version__
 from sidecar.backends import connect
 from sidecar.clock import Clock, MonotonicClock
 from sidecar.config import Config
 from sidecar.elector import Elector, EventSink, Grant, Hooks, Reason, State
 from sidecar.fencing.server import GrantServer
+from sidecar.http_api import HttpApi
+from sidecar.loopmon import LoopMonitor
+from sidecar.metrics import SidecarMetrics
 from sidecar.supervisor import Supervisor
 
 
@@ -28,8 +33,18 @@ class Sidecar:
         self.clock = clock or MonotonicClock()
         self.server: GrantServer | None = None
         self.elector: Elector | None = None
+        self.registry = CollectorRegistry()
+        self.metrics = SidecarMetrics(self.registry, cfg.election, cfg.candidate_id, cfg.backend)
+        self.loopmon = LoopMonitor(self.metrics.loop_lag_sample)
+        self.http: HttpApi | None = None
         self.supervisor = Supervisor(
-            cfg, command or [], log, self.clock, peers=self._acked_peers, on_orchestrator_exit=self._orchestrator_gone
+            cfg,
+            command or [],
+            log,
+            self.clock,
+            peers=self._acked_peers,
+            on_orchestrator_exit=self._orchestrator_gone,
+            on_kill=self.metrics.orchestrator_kill,
         )
 
     def _acked_peers(self) -> list[int]:
@@ -83,7 +98,13 @@ class Sidecar:
     async def run(self) -> int:
         backend = await connect(self.cfg, self.clock)
         hooks = Hooks(started_leading=self._on_started, renewed=self._on_renewed, stopped_leading=self._on_stopped)
-        self.elector = Elector(self.cfg, backend, self.clock, self.log, hooks)
+        self.elector = Elector(self.cfg, backend, self.clock, self.log, hooks, metrics=self.metrics)
+        elector = self.elector
+        self.metrics.bind(
+            remaining=lambda: elector.remaining() if elector.state is State.LEADER else 0.0,
+            clients=lambda: len(self.server.peers) if self.server else 0,
+        )
+        self.loopmon.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
@@ -100,6 +121,10 @@ class Sidecar:
                 )
                 await self.server.start()
             await self.supervisor.start()
+            if self.cfg.http_addr:
+                self.http = HttpApi(self.cfg, self.elector, self.loopmon, self.registry)
+                port = await self.http.start(self.cfg.http_addr)
+                self.log.info("http_listening", addr=self.cfg.http_addr, port=port)
             self.log.info(
                 "sidecar_started",
                 version=__version__,
@@ -112,6 +137,9 @@ class Sidecar:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             await self.supervisor.close()
+            if self.http is not None:
+                await self.http.close()
+            await self.loopmon.stop()
             if self.server is not None:
                 await self.server.close()
             await backend.close()

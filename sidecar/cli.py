@@ -151,9 +151,14 @@ def check_config(**values: Any) -> None:
 @main.command()
 @config_options(STORE_FIELDS + LOG_FIELDS)
 @click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def status(output: str, **values: Any) -> None:
-    """Show the leader, its token and epoch, and every candidate."""
-    from sidecar.status import gather, render_table
+@click.option("--sidecars", default="", help="Sidecar HTTP base URLs, comma separated: cross-check their /leader.")
+def status(output: str, sidecars: str, **values: Any) -> None:
+    """Show the leader, its token and epoch, and every candidate.
+
+    With --sidecars, also ask each sidecar who it thinks leads and mark any
+    that disagree with the store (exit status 3 if one does).
+    """
+    from sidecar.status import cross_check, fetch_leader_view, gather, render_cross_check, render_table
 
     cfg = load_config(values)
     try:
@@ -161,10 +166,33 @@ def status(output: str, **values: Any) -> None:
     except Exception as exc:  # one line for the operator, whatever broke
         click.echo(f"election-sidecar: status: {exc}", err=True)
         sys.exit(1)
+    urls = [u.strip() for u in sidecars.split(",") if u.strip()]
+    rows = cross_check(view, [{"url": u, **fetch_leader_view(u)} for u in urls]) if urls else []
+    if urls:
+        view["sidecars"] = rows
     if output == "json":
         click.echo(json.dumps(view, indent=2))
     else:
-        click.echo(render_table(view))
+        click.echo(render_table(view) + (render_cross_check(rows) if rows else ""))
+    if any(r["agrees"] is False for r in rows):
+        sys.exit(3)
+
+
+@main.command()
+@config_options(STORE_FIELDS + LOG_FIELDS)
+@click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def watch(output: str, **values: Any) -> None:
+    """Print one line per leader change until interrupted."""
+    from sidecar.status import watch_leader
+
+    cfg = load_config(values)
+    try:
+        asyncio.run(watch_leader(cfg, json_lines=output == "json"))
+    except KeyboardInterrupt:
+        pass
+    except Exception as exc:
+        click.echo(f"election-sidecar: watch: {exc}", err=True)
+        sys.exit(1)
 
 
 @main.command()

@@ -80,6 +80,10 @@ class Config:
     key_file: str = field(default="", metadata=_opt("PEM client key for mutual TLS."))
     tls_server_name: str = field(default="", metadata=_opt("Name to verify in the store's certificate."))
     request_timeout: float = field(default=0.0, metadata=_opt("Seconds per store request; 0 means retry_interval."))
+    http_addr: str = field(
+        default="0.0.0.0:9180",
+        metadata=_opt("host:port for /metrics /healthz /readyz /leader; empty disables; port 0 picks one."),
+    )
     log_format: str = field(
         default="auto", metadata=_opt("Log format; auto is JSON unless stderr is a terminal.", choices=LOG_FORMATS)
     )
@@ -184,6 +188,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("kill_peer", True, "needs socket: the peers are the socket's clients")
     if cfg.kill_pidfile and cfg.kill_peer:
         raise ConfigError("kill_pidfile", cfg.kill_pidfile, "choose one kill target: kill_pidfile or kill_peer")
+    if cfg.http_addr:
+        _, sep, port = cfg.http_addr.rpartition(":")
+        if not sep or not port.isdigit() or int(port) > 65535:
+            raise ConfigError("http_addr", cfg.http_addr, "must be host:port (port 0-65535), or empty to disable")
     if cfg.log_format not in LOG_FORMATS:
         raise ConfigError("log_format", cfg.log_format, f"must be one of {', '.join(LOG_FORMATS)}")
     return cfg

@@ -84,6 +84,40 @@ class EventSink(Protocol):
     def error(self, event: str, **fields: Any) -> Any: ...
 
 
+class ElectorMetrics(Protocol):
+    """What the elector reports for metrics; a Prometheus adapter lives in sidecar/metrics.py."""
+
+    def transition(self, state: State) -> None: ...
+
+    def leading(self, grant: Grant | None) -> None: ...
+
+    def renewed(self, rtt: float) -> None: ...
+
+    def keepalive_failed(self) -> None: ...
+
+    def store_unreachable(self, during: str) -> None: ...
+
+    def race_lost(self) -> None: ...
+
+    def lease_lost(self, reason: Reason, role: str) -> None: ...
+
+
+class NoMetrics:
+    def transition(self, state: State) -> None: ...
+
+    def leading(self, grant: Grant | None) -> None: ...
+
+    def renewed(self, rtt: float) -> None: ...
+
+    def keepalive_failed(self) -> None: ...
+
+    def store_unreachable(self, during: str) -> None: ...
+
+    def race_lost(self) -> None: ...
+
+    def lease_lost(self, reason: Reason, role: str) -> None: ...
+
+
 class KillUnconfirmed(Exception):
     """Raised by a stop hook that could not confirm the orchestrator died.
 
@@ -122,11 +156,14 @@ class Elector:
         clock: Clock,
         log: EventSink,
         hooks: Hooks | None = None,
+        *,
+        metrics: ElectorMetrics | None = None,
     ) -> None:
         self.cfg = cfg
         self.backend = backend
         self.clock = clock
         self.hooks = hooks or Hooks()
+        self.metrics: ElectorMetrics = metrics or NoMetrics()
         self.state = State.FOLLOWER
         self.counters: Counter[str] = Counter()
         self.grant: Grant | None = None
@@ -136,6 +173,8 @@ class Elector:
         self.out_of_election = False
         self.current_leader: Leadership | None = None
         self.session: Session | None = None
+        self.transitioned_at = clock.now()
+        self.backend_up = False  # did the last store call succeed?
         self._log = log
         self._seq = 0
         self._stop = asyncio.Event()
@@ -174,6 +213,8 @@ class Elector:
             return
         old, self.state = self.state, state
         self.counters[f"transition:{state.value}"] += 1
+        self.metrics.transition(state)
+        self.transitioned_at = self.clock.now()
         token = self.grant.token if self.grant else None
         epoch = self.grant.epoch if self.grant else None
         self._emit(
@@ -204,6 +245,8 @@ class Elector:
 
     def _store_unreachable(self, where: str, exc: BaseException) -> None:
         self.counters["store_unreachable"] += 1
+        self.backend_up = False
+        self.metrics.store_unreachable(where)
         self._emit("warning", "store_unreachable", during=where, error=str(exc) or type(exc).__name__)
 
     # -- the loop -------------------------------------------------------
@@ -220,6 +263,8 @@ class Elector:
                     await self._pause(self.cfg.retry_interval)
                     continue
                 self._accept(renewal)
+                self.metrics.renewed(self.clock.now() - renewal.sent_at)
+                self.backend_up = True
                 self.session = session
                 self._emit("info", "session_opened", session=session.id, ttl=renewal.ttl)
                 if renewal.ttl < self.cfg.ttl:
@@ -307,11 +352,13 @@ class Elector:
     def _race_lost(self, leader: Leadership) -> None:
         """Queued behind a live leader: normal, not an outage."""
         self.counters["race_lost"] += 1
+        self.metrics.race_lost()
         self.current_leader = leader
         self._emit("info", "race_lost", leader=leader.id, leader_token=leader.token)
 
     def _session_lost(self, reason: Reason, detail: str) -> None:
         self.counters[f"session_lost:{reason.value}"] += 1
+        self.metrics.lease_lost(reason, "candidate")
         self._emit("warning", "candidate_session_lost", reason=reason.value, detail=detail)
 
     async def _keepalive_loop(self, session: Session) -> None:
@@ -341,6 +388,7 @@ class Elector:
             except (StoreUnavailable, TimeoutError) as exc:
                 failures += 1
                 self.counters["keepalive_failed"] += 1
+                self.metrics.keepalive_failed()
                 self._store_unreachable("keepalive", exc)
                 self._emit(
                     "warning",
@@ -353,9 +401,12 @@ class Elector:
                 continue
             failures = 0
             self.counters["renewals"] += 1
+            self.metrics.renewed(self.clock.now() - renewal.sent_at)
+            self.backend_up = True
             self._accept(renewal)
             if self.state is State.LEADER and self.grant is not None:
                 self.grant = self._next_grant(self._leadership(self.grant))
+                self.metrics.leading(self.grant)
                 await self.hooks.renewed(self.grant)
 
     @staticmethod
@@ -373,6 +424,7 @@ class Elector:
         self._resign.clear()
         self.grant = self._next_grant(lead)
         self.counters["elected"] += 1
+        self.metrics.leading(self.grant)
         await self._set_state(State.LEADER)
         self._emit("info", "elected", token=lead.token, epoch=lead.epoch, valid_for=round(self.grant.valid_for, 3))
         await self.hooks.started_leading(self.grant)
@@ -388,6 +440,9 @@ class Elector:
         reason, detail = self._why_leadership_ended(keepalive, lost, resign)
         grant = self.grant
         self.counters[f"leadership_lost:{reason.value}"] += 1
+        if reason in (Reason.LEASE_LOST, Reason.BACKEND_UNREACHABLE):
+            self.metrics.lease_lost(reason, "leader")
+        self.metrics.leading(None)
         await self._set_state(State.DEMOTING, reason=reason.value, detail=detail)
         try:
             await self.hooks.stopped_leading(grant, reason)

@@ -56,6 +56,7 @@ class SidecarProcess:
     backend: str = "etcd"
     extra_args: list[str] = field(default_factory=list)
     command: list[str] = field(default_factory=list)
+    http_port: int = 0  # 0: no HTTP endpoints
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -80,6 +81,7 @@ class SidecarProcess:
             "--id", self.candidate,
             "--socket", str(self.socket_path),
             "--log-format", "json",
+            "--http-addr", f"127.0.0.1:{self.http_port}" if self.http_port else "",
         ]  # fmt: skip
         for name, value in self.timing.items():
             args += ["--" + name.replace("_", "-"), str(value)]
@@ -125,6 +127,10 @@ class SidecarProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         return self.proc.wait()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
 
     def status(self, timeout: float = 2.0) -> dict[str, Any] | None:
         """The sidecar's own view over its socket, or None if it does not answer."""

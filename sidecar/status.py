@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import urllib.request
+from datetime import UTC, datetime
 from typing import Any
 
 from sidecar.backends import connect
@@ -35,6 +38,58 @@ async def gather(cfg: Config) -> dict[str, Any]:
     }
 
 
+def fetch_leader_view(url: str, timeout: float = 2.0) -> dict[str, Any]:
+    """A sidecar's /leader, or {"error": ...} if it does not answer."""
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/leader", timeout=timeout) as resp:
+            out: dict[str, Any] = json.loads(resp.read())
+            return out
+    except (OSError, ValueError) as exc:
+        return {"error": str(exc)}
+
+
+def cross_check(view: dict[str, Any], sidecars: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Compare each sidecar's own view with the store's; mark disagreement.
+
+    ``sidecars`` holds {"url", ...fetch_leader_view()} per sidecar. A sidecar
+    that says it leads while the store names another leader (or token) is a
+    disagreement; a follower whose idea of the leader is old is only stale.
+    """
+    store = view["leader"]
+    rows = []
+    for sc in sidecars:
+        row: dict[str, Any] = {"url": sc["url"], "candidate": sc.get("candidate"), "state": sc.get("state")}
+        if "error" in sc:
+            row.update(agrees=None, verdict="unreachable", detail=sc["error"])
+        else:
+            believed = sc.get("leader")
+            same = (
+                store is not None
+                and believed is not None
+                and believed["id"] == store["id"]
+                and believed["token"] == store["token"]
+            )
+            if sc.get("state") == "leader":
+                row.update(agrees=same, verdict="agrees" if same else "DISAGREES")
+            elif believed is None or same:
+                row.update(agrees=True, verdict="agrees")
+            else:
+                row.update(agrees=True, verdict="stale view")
+            row["believes"] = believed
+        rows.append(row)
+    return rows
+
+
+def render_cross_check(rows: list[dict[str, Any]]) -> str:
+    lines = ["", "SIDECAR VIEWS"]
+    for r in rows:
+        b = r.get("believes") or {}
+        believed = f"leader {b.get('id')} token {b.get('token')}" if b else "no leader known"
+        who, state = r.get("candidate") or "?", r.get("state") or "-"
+        lines.append(f"  {r['url']:<28} {who:<16} {state:<10} {believed:<28} {r['verdict']}")
+    return "\n".join(lines)
+
+
 def render_table(view: dict[str, Any]) -> str:
     lead = view["leader"]
     head = f"election {view['election']}: "
@@ -53,3 +108,24 @@ def render_table(view: dict[str, Any]) -> str:
     if not view["candidates"]:
         lines.append("(no candidates)")
     return "\n".join(lines)
+
+
+async def watch_leader(cfg: Config, json_lines: bool = False) -> None:
+    """One line per leader change (a leader whose epoch is not yet recorded is skipped)."""
+    backend = await connect(cfg, MonotonicClock())
+    try:
+        async for lead in backend.election(cfg.election).observe():
+            if lead is not None and not lead.epoch:
+                continue  # the new leader records its term a moment later
+            now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            rec: dict[str, Any] = {"time": now, "election": cfg.election, "leader": None}
+            if lead is not None:
+                rec["leader"] = {"id": lead.id, "token": lead.token, "epoch": lead.epoch}
+            if json_lines:
+                print(json.dumps(rec), flush=True)
+            elif lead is None:
+                print(f"{now}  {cfg.election}: no leader", flush=True)
+            else:
+                print(f"{now}  {cfg.election}: leader {lead.id}  token {lead.token}  epoch {lead.epoch}", flush=True)
+    finally:
+        await backend.close()

@@ -203,6 +203,7 @@ class Supervisor:
         *,
         peers: Callable[[], list[int]] | None = None,
         on_orchestrator_exit: Callable[[], Any] | None = None,
+        on_kill: Callable[[str], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.command = command
@@ -216,6 +217,7 @@ class Supervisor:
         self._stopping = False
         self._leading = False
         self.kills: dict[str, int] = {}
+        self._on_kill = on_kill
 
     @property
     def mode(self) -> str:
@@ -275,6 +277,11 @@ class Supervisor:
             return Pids(pids, "socket peers") if pids else None
         return None
 
+    def _count(self, what: str) -> None:
+        self.kills[what] = self.kills.get(what, 0) + 1
+        if self._on_kill is not None:
+            self._on_kill(what)
+
     def _deadlines(self, grant: Grant) -> tuple[float, float]:
         return grant.expires_monotonic - self.cfg.kill_grace, grant.expires_monotonic
 
@@ -320,17 +327,17 @@ class Supervisor:
             self.child = None  # from here on its exit is expected, not a crash
         self.log.info("orchestrator_stopping", target=target.describe(), reason=reason.value, signal="SIGTERM")
         target.signal(signal.SIGTERM)
-        self.kills["SIGTERM"] = self.kills.get("SIGTERM", 0) + 1
+        self._count("SIGTERM")
         how = "SIGTERM"
         if not await target.wait_dead(max(0.0, kill_at - self.clock.now())):
             how = "SIGKILL"
-            self.kills["SIGKILL"] = self.kills.get("SIGKILL", 0) + 1
+            self._count("SIGKILL")
             self.log.warning(
                 "orchestrator_sigkill", target=target.describe(), late=round(self.clock.now() - kill_at, 6)
             )
             target.signal(signal.SIGKILL)
             if not await target.wait_dead(KILL_CONFIRM_TIMEOUT):
-                self.kills["unconfirmed"] = self.kills.get("unconfirmed", 0) + 1
+                self._count("unconfirmed")
                 raise KillUnconfirmed(f"{target.describe()} still alive {KILL_CONFIRM_TIMEOUT}s after SIGKILL")
         self.log.info(
             "orchestrator_stopped",

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from sidecar.fleet import SidecarProcess
+from sidecar.localetcd import free_ports
 from tests.conftest import EtcdServer, ZkServer
 from tests.helpers import wait_until
 
@@ -60,11 +61,15 @@ class Fleet:
             "--store", str(self.store), "--record", str(self.record(candidate)), *flags,
         ]  # fmt: skip
 
-    def start(self, n: int, toy_flags: tuple[str, ...] | None = None, **kw: Any) -> list[SidecarProcess]:
-        """Start n sidecars; with toy_flags, each supervises a toy orchestrator."""
+    def start(
+        self, n: int, toy_flags: tuple[str, ...] | None = None, http: bool = False, **kw: Any
+    ) -> list[SidecarProcess]:
+        """Start n sidecars; with toy_flags, each supervises a toy orchestrator; with http, each serves HTTP."""
         new = []
+        ports = free_ports(n) if http else [0] * n
         for i in range(n):
             name = f"c{len(self.sidecars) + i}"
+            kw["http_port"] = ports[i]
             if toy_flags is not None:
                 kw["command"] = self.toy(name, *toy_flags)
             new.append(

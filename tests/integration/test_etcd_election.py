@@ -179,3 +179,32 @@ def test_cluster_leader_member_killed_never_two_leaders(
         )
     finally:
         f.stop()
+
+
+def test_status_cross_checks_sidecars_and_watch_streams_changes(fleet: Fleet, etcd: EtcdServer) -> None:
+    sidecars = fleet.start(2, http=True)
+    old, _ = fleet.wait_one_leader()
+    urls = ",".join(s.url for s in sidecars) + ",http://127.0.0.1:9"  # the last one answers nothing
+    base = ("--endpoints", ",".join(etcd.endpoints), "--election", fleet.election)
+    res = cli("status", *base, "--sidecars", urls, "-o", "json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    rows = {r["url"]: r for r in json.loads(res.stdout)["sidecars"]}
+    assert rows[old.url]["verdict"] == "agrees" and rows[old.url]["state"] == "leader"
+    assert rows["http://127.0.0.1:9"]["verdict"] == "unreachable"
+    table = cli("status", *base, "--sidecars", urls)
+    assert "SIDECAR VIEWS" in table.stdout and "unreachable" in table.stdout
+
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "sidecar", "watch", *base, "-o", "json"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert watcher.stdout is not None
+        first = json.loads(watcher.stdout.readline())
+        assert first["leader"]["id"] == old.candidate
+        assert cli("resign", "--socket", str(old.socket_path)).returncode == 0
+        second = json.loads(watcher.stdout.readline())
+        assert second["leader"]["id"] != old.candidate
+        assert second["leader"]["epoch"] == first["leader"]["epoch"] + 1
+    finally:
+        watcher.terminate()
+        watcher.wait(5)

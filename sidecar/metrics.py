@@ -1,0 +1,140 @@
+"""Every metric the sidecar exports, in one place. Documented in docs/metrics.md.
+
+The registry is handed in (tests use a fresh one each); the core never
+imports prometheus_client: the elector talks to ``ElectorMetrics``, which
+``SidecarMetrics`` implements here. Every series carries ``election`` and
+``candidate`` labels, the same names the logs use.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from sidecar import __version__
+from sidecar.elector import Grant, Reason, State
+
+PREFIX = "election_"
+# Where the elector talks to the store; each gets a zero series up front so
+# dashboards and alerts see the series before the first error.
+STORE_CALLS = ("session-open", "keepalive", "campaign", "resign", "watch-own-key")
+RTT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+
+
+class SidecarMetrics:
+    def __init__(self, registry: CollectorRegistry, election: str, candidate: str, backend: str) -> None:
+        base = ["election", "candidate"]
+        lv = {"election": election, "candidate": candidate}
+        self._lv = lv
+
+        def g(name: str, doc: str, extra: tuple[str, ...] = ()) -> Gauge:
+            return Gauge(PREFIX + name, doc, [*base, *extra], registry=registry)
+
+        def c(name: str, doc: str, extra: tuple[str, ...] = ()) -> Counter:
+            return Counter(PREFIX + name, doc, [*base, *extra], registry=registry)
+
+        self.is_leader = g("is_leader", "1 while this candidate holds a valid grant, else 0.").labels(**lv)
+        self.epoch = g("leader_epoch", "Epoch (term number) of this candidate's current or last leadership.").labels(
+            **lv
+        )
+        self.token = g("fencing_token", "Fencing token of this candidate's current or last leadership.").labels(**lv)
+        self.lease_remaining = g(
+            "lease_remaining_seconds", "Seconds until this candidate's grant deadline (0 when not leading)."
+        ).labels(**lv)
+        self.keepalive_rtt = Histogram(
+            PREFIX + "keepalive_rtt_seconds",
+            "Round trip of acknowledged keepalives, from send to answer.",
+            base,
+            buckets=RTT_BUCKETS,
+            registry=registry,
+        ).labels(**lv)
+        self.keepalive_failures = c("keepalive_failures_total", "Keepalives that failed or timed out.").labels(**lv)
+        self._transitions = c("transitions_total", "State transitions, by the state entered.", ("to",))
+        self._lease_lost = c(
+            "lease_lost_total",
+            "Leases or sessions lost, or leadership given up for lack of renewals, by reason and role.",
+            ("reason", "role"),
+        )
+        self._store_errors = c("store_unreachable_total", "Store calls that failed or timed out, by call.", ("during",))
+        self.race_lost_total = c("race_lost_total", "Campaigns that found another leader and queued.").labels(**lv)
+        self._kills = c(
+            "orchestrator_kills_total",
+            "Signals sent to the orchestrator on loss; signal=unconfirmed for failed kills.",
+            ("signal",),
+        )
+        self.grant_clients = g("grant_clients", "Clients connected to the grant socket.").labels(**lv)
+        self.backend_up = g("backend_up", "1 if the last store call succeeded, else 0.").labels(**lv)
+        self.loop_lag = g("event_loop_lag_seconds", "Latest event-loop lag (how late a 100 ms timer fired).").labels(
+            **lv
+        )
+        self.loop_lag_hist = Histogram(
+            PREFIX + "event_loop_lag_distribution_seconds",
+            "Distribution of event-loop lag samples.",
+            base,
+            buckets=LAG_BUCKETS,
+            registry=registry,
+        ).labels(**lv)
+        self.last_transition = g("last_transition_timestamp_seconds", "Unix time of the last state transition.").labels(
+            **lv
+        )
+        Info(PREFIX + "build", "Build and configuration facts.", registry=registry).info(
+            {"version": __version__, "backend": backend, "election": election, "candidate": candidate}
+        )
+        self.is_leader.set(0)
+        self.backend_up.set(0)
+        for state in State:
+            self._transitions.labels(**lv, to=state.value)
+        for reason in (Reason.LEASE_LOST, Reason.BACKEND_UNREACHABLE):
+            for role in ("leader", "candidate"):
+                self._lease_lost.labels(**lv, reason=reason.value, role=role)
+        for sig in ("SIGTERM", "SIGKILL", "unconfirmed"):
+            self._kills.labels(**lv, signal=sig)
+        for during in STORE_CALLS:
+            self._store_errors.labels(**lv, during=during)
+
+    # -- ElectorMetrics ---------------------------------------------------
+
+    def transition(self, state: State) -> None:
+        self._transitions.labels(**self._lv, to=state.value).inc()
+        self.last_transition.set(time.time())
+
+    def leading(self, grant: Grant | None) -> None:
+        self.is_leader.set(1 if grant is not None else 0)
+        if grant is not None:
+            self.token.set(grant.token)
+            self.epoch.set(grant.epoch)
+
+    def renewed(self, rtt: float) -> None:
+        self.keepalive_rtt.observe(rtt)
+        self.backend_up.set(1)
+
+    def keepalive_failed(self) -> None:
+        self.keepalive_failures.inc()
+
+    def store_unreachable(self, during: str) -> None:
+        self._store_errors.labels(**self._lv, during=during).inc()
+        self.backend_up.set(0)
+
+    def race_lost(self) -> None:
+        self.race_lost_total.inc()
+        self.backend_up.set(1)
+
+    def lease_lost(self, reason: Reason, role: str) -> None:
+        self._lease_lost.labels(**self._lv, reason=reason.value, role=role).inc()
+
+    # -- the rest of the sidecar ------------------------------------------
+
+    def orchestrator_kill(self, signal: str) -> None:
+        self._kills.labels(**self._lv, signal=signal).inc()
+
+    def bind(self, remaining: Callable[[], float], clients: Callable[[], int]) -> None:
+        """Values read at scrape time from the live sidecar."""
+        self.lease_remaining.set_function(remaining)
+        self.grant_clients.set_function(clients)
+
+    def loop_lag_sample(self, lag: float) -> None:
+        self.loop_lag.set(lag)
+        self.loop_lag_hist.observe(lag)

@@ -1,0 +1,179 @@
+"""A real Prometheus scrapes three real sidecars on real etcd.
+
+After a failover exactly one sidecar reports is_leader, and it is the new
+one; every PromQL expression of the dashboard and the alert rules runs
+against that Prometheus without error (the dashboard's also return data);
+promtool checks and unit-tests the alert rules.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from sidecar.fencing.oneshot import request
+from sidecar.localetcd import free_ports
+from tests.conftest import missing
+from tests.helpers import wait_until
+from tests.integration.conftest import Fleet
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARD = ROOT / "deploy" / "grafana" / "election.json"
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+
+
+def tool(name: str) -> str:
+    path = os.environ.get(f"ELECTION_SIDECAR_{name.upper()}_BIN") or shutil.which(name)
+    if not path:
+        missing(f"{name} not found: apt-get install prometheus")
+    assert path is not None
+    return path
+
+
+class Prometheus:
+    def __init__(self, workdir: Path, targets: list[str]) -> None:
+        self.port = free_ports(1)[0]
+        self.workdir = workdir
+        cfg = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(ALERTS)],
+            "scrape_configs": [{"job_name": "election-sidecar", "static_configs": [{"targets": targets}]}],
+        }
+        (workdir / "prometheus.yml").write_text(yaml.safe_dump(cfg))
+        self.log = (workdir / "prometheus.log").open("wb")
+        self.proc = subprocess.Popen(
+            [
+                tool("prometheus"),
+                f"--config.file={workdir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={workdir / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_until(self.ready, 30, what="prometheus ready")
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready", timeout=1) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def api(self, path: str, **params: str) -> Any:
+        url = f"http://127.0.0.1:{self.port}/api/v1/{path}?" + urllib.parse.urlencode(params)
+        with urllib.request.urlopen(url, timeout=5) as r:
+            body = json.loads(r.read())
+        assert body["status"] == "success", body
+        return body["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        data = self.api("query", query=expr)
+        result: list[dict[str, Any]] = data["result"]
+        return result
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.log.close()
+
+
+@pytest.fixture
+def prometheus_for(workdir: Path) -> Iterator[Any]:
+    started: list[Prometheus] = []
+
+    def start(targets: list[str]) -> Prometheus:
+        p = Prometheus(workdir, targets)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.stop()
+
+
+def dashboard_exprs(election: str) -> list[tuple[str, str]]:
+    dash = json.loads(DASHBOARD.read_text())
+    out = []
+    for panel in dash["panels"]:
+        for target in panel["targets"]:
+            out.append((panel["title"], target["expr"].replace("$election", election)))
+    return out
+
+
+def alert_exprs() -> list[tuple[str, str]]:
+    rules = yaml.safe_load(ALERTS.read_text())
+    return [(r["alert"], r["expr"]) for g in rules["groups"] for r in g["rules"]]
+
+
+def test_failover_is_seen_by_prometheus_and_every_query_runs(fleet: Fleet, prometheus_for: Any, measure: Any) -> None:
+    sidecars = fleet.start(3, toy_flags=(), http=True)
+    prom = prometheus_for([f"127.0.0.1:{s.http_port}" for s in sidecars])
+    sel = f'{{election="{fleet.election}"}}'
+    old, _ = fleet.wait_one_leader()
+
+    def sole_leader(expected: str) -> bool:
+        total = prom.query(f"sum(election_is_leader{sel})")
+        who = prom.query(f"election_is_leader{sel} == 1")
+        return (
+            bool(total) and float(total[0]["value"][1]) == 1 and [r["metric"]["candidate"] for r in who] == [expected]
+        )
+
+    wait_until(lambda: sole_leader(old.candidate), 30, what="prometheus to see the first leader")
+    old.signal(signal.SIGKILL)
+    new, _ = fleet.wait_one_leader(timeout=10, unlike=old.candidate)
+    t = time.monotonic()
+    wait_until(lambda: sole_leader(new.candidate), 30, what="prometheus to see exactly the new leader")
+    measure("prometheus shows the new sole leader after the store did", f"{time.monotonic() - t:.1f} s")
+    # A resign makes transitions and kills to plot.
+    request(str(new.socket_path), {"type": "resign"})
+    third, _ = fleet.wait_one_leader(timeout=10, unlike=new.candidate)
+    wait_until(lambda: sole_leader(third.candidate), 30, what="prometheus to see the third leader")
+    kills = f'election_orchestrator_kills_total{{election="{fleet.election}",signal="SIGTERM"}} > 0'
+    wait_until(lambda: bool(prom.query(kills)), 30, what="the SIGTERM of the resign to be scraped")
+
+    empty = []
+    for title, expr in dashboard_exprs(fleet.election):
+        if not prom.query(expr):
+            empty.append(title)
+    assert not empty, f"dashboard panels without data: {empty}"
+    for _, expr in alert_exprs():
+        prom.query(expr)  # must evaluate; most are (rightly) empty on a healthy election
+    rules = prom.api("rules")
+    health = {r["name"]: r["health"] for g in rules["groups"] for r in g["rules"]}
+    assert health and all(h == "ok" for h in health.values()), health
+
+
+def test_promtool_checks_and_unit_tests_the_alert_rules() -> None:
+    promtool = tool("promtool")
+    check = subprocess.run([promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+    test = subprocess.run(
+        [promtool, "test", "rules", "alerts.test.yml"], cwd=ALERTS.parent, capture_output=True, text=True, check=False
+    )
+    assert test.returncode == 0 and "SUCCESS" in test.stdout, test.stdout + test.stderr
+
+
+def test_dashboard_is_importable_json_with_a_templated_datasource() -> None:
+    dash = json.loads(DASHBOARD.read_text())
+    names = {v["name"]: v for v in dash["templating"]["list"]}
+    assert names["datasource"]["type"] == "datasource" and names["datasource"]["query"] == "prometheus"
+    for panel in dash["panels"]:
+        assert panel["datasource"]["uid"] == "${datasource}"
+        assert all(t["datasource"]["uid"] == "${datasource}" for t in panel["targets"])
+        assert set(panel["gridPos"]) == {"h", "w", "x", "y"}
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
