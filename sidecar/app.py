@@ -7,6 +7,7 @@ transition does (publish a grant, revoke it) and how the process stops.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from typing import Any
 
@@ -100,6 +101,11 @@ class Sidecar:
         hooks = Hooks(started_leading=self._on_started, renewed=self._on_renewed, stopped_leading=self._on_stopped)
         self.elector = Elector(self.cfg, backend, self.clock, self.log, hooks, metrics=self.metrics)
         elector = self.elector
+        if os.environ.get("ELECTION_SIDECAR_UNSAFE_IGNORE_DEADLINE") == "1":
+            # A deliberately broken build, so tests can show the fault checker fails.
+            elector.unsafe_ignore_deadline = True
+            self.supervisor.watchdog_enabled = False
+            self.log.error("unsafe_ignore_deadline", detail="self-fencing disabled: for checker tests only")
         self.metrics.bind(
             remaining=lambda: elector.remaining() if elector.state is State.LEADER else 0.0,
             clients=lambda: len(self.server.peers) if self.server else 0,

@@ -194,6 +194,11 @@ class LocalEtcd:
         self._spawn(m, "existing")
         self.wait_healthy(timeout, [m])
 
+    def start_member(self, m: Member) -> None:
+        """Start a killed member again without waiting (quorum may still be missing)."""
+        if not m.alive:
+            self._spawn(m, "existing")
+
     def stop(self) -> None:
         for m in self.members:
             self.kill(m)

@@ -170,11 +170,28 @@ class LocalZooKeeper:
         except OSError:
             return "(no log)"
 
+    @property
+    def members(self) -> list[Server]:
+        return self.servers
+
+    def wait_healthy(self, timeout: float = 60.0, members: list[Server] | None = None) -> None:
+        self.wait_serving(timeout, members)
+
     def kill(self, s: Server, sig: int = signal.SIGKILL) -> None:
         if s.proc is not None and s.proc.poll() is None:
             s.proc.send_signal(sig)
             if sig in (signal.SIGKILL, signal.SIGTERM):
                 s.proc.wait(timeout=10)
+
+    def restart(self, s: Server, timeout: float = 60.0) -> None:
+        self.kill(s)
+        self._spawn(s)
+        self.wait_serving(timeout, [s])
+
+    def start_member(self, s: Server) -> None:
+        """Start a killed server again without waiting (quorum may still be missing)."""
+        if not s.alive:
+            self._spawn(s)
 
     def stop(self) -> None:
         for s in self.servers:

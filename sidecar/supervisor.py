@@ -157,8 +157,10 @@ class Watchdog:
     def __init__(self, log: EventSink) -> None:
         self._log = log
         self.proc: asyncio.subprocess.Process | None = None
+        self.disabled = True  # until started
 
     async def start(self) -> None:
+        self.disabled = False
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-I",
@@ -168,6 +170,8 @@ class Watchdog:
         )
 
     def _send(self, line: str) -> None:
+        if self.proc is None and self.disabled:
+            return
         if self.proc is None or self.proc.stdin is None or self.proc.returncode is not None:
             raise KillUnconfirmed("the watchdog is not running; the deadline would be unguarded")
         self.proc.stdin.write(line.encode() + b"\n")
@@ -218,6 +222,7 @@ class Supervisor:
         self._leading = False
         self.kills: dict[str, int] = {}
         self._on_kill = on_kill
+        self.watchdog_enabled = True
 
     @property
     def mode(self) -> str:
@@ -232,7 +237,8 @@ class Supervisor:
     async def start(self) -> None:
         if self.mode == "none":
             return
-        await self.watchdog.start()
+        if self.watchdog_enabled:
+            await self.watchdog.start()
         if self.mode == "standby":
             await self._spawn(None)
 

@@ -165,9 +165,14 @@ class EtcdSession:
     async def close(self) -> None:
         if not self._lease:
             return
-        lease, self._lease = self._lease, 0
-        with _store_errors("lease revoke"):
-            await self._b.lease.revoke(lease, timeout=self._b.timeout)
+        try:
+            with _store_errors("lease revoke"):
+                await self._b.lease.revoke(self._lease, timeout=self._b.timeout)
+        except StoreUnavailable as exc:
+            cause = exc.__cause__
+            if not (isinstance(cause, grpc.aio.AioRpcError) and cause.code() == grpc.StatusCode.NOT_FOUND):
+                raise  # keep the id: the caller may try again when the store is back
+        self._lease = 0
 
 
 class EtcdElection:

@@ -1,0 +1,469 @@
+"""The fault campaign: `election-sidecar validate`.
+
+Starts a 3-member etcd cluster (or a 3-server ZooKeeper ensemble), N
+sidecars each supervising a toy orchestrator, and a fault-injecting TCP
+proxy between every sidecar and every store member. Then injects faults
+drawn from the catalogue with a seeded RNG (the seed is printed; the same
+seed replays the same sequence of choices), heals each, and measures:
+
+* failover time: fault injected -> a different sidecar leads (when the
+  fault hit the leader);
+* recovery: fault healed -> exactly one leader again, which must take at
+  most TTL + 1 s.
+
+At the end the checker (sidecar/examples/checker.py) reads what every
+orchestrator recorded and the fenced store: no overlapping terms, no stale
+token accepted, no act after its deadline. Leader claims are compared with
+the store's view at every stable sample. Output: a verdict, counts per
+fault type, failover distributions, as a table and as JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sidecar.backends import connect
+from sidecar.backends.base import BackendError
+from sidecar.clock import MonotonicClock
+from sidecar.config import Config
+from sidecar.examples.checker import check
+from sidecar.fencing.oneshot import request
+from sidecar.fleet import FAST_TIMING, SidecarProcess
+from sidecar.localetcd import LocalEtcd
+from sidecar.localzk import LocalZooKeeper
+from sidecar.tcpproxy import FaultProxy
+
+TTL = FAST_TIMING["ttl"]
+SAMPLE = 0.05
+
+CATALOGUE = {
+    "etcd": [
+        "sidecar-kill", "sidecar-stop", "orchestrator-kill", "orchestrator-stop", "resign",
+        "member-kill", "leader-member-kill", "quorum-loss", "partition", "slow-link",
+    ],
+    "zookeeper": [
+        "sidecar-kill", "zk-session-expiry", "orchestrator-kill", "orchestrator-stop", "resign",
+        "member-kill", "leader-member-kill", "quorum-loss", "partition", "slow-link",
+    ],
+}  # fmt: skip
+
+
+@dataclass
+class FaultResult:
+    n: int
+    kind: str
+    target: str
+    leader_before: str | None
+    token_before: int | None
+    failover_s: float | None = None
+    recovered_s: float | None = None
+    leader_after: str | None = None
+    token_after: int | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+def _pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+def distribution(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    return {
+        "n": len(values),
+        "p50": round(statistics.median(values), 3),
+        "p99": round(_pct(values, 0.99), 3),
+        "max": round(max(values), 3),
+    }
+
+
+class Campaign:
+    def __init__(
+        self,
+        backend: str = "etcd",
+        *,
+        candidates: int = 5,
+        faults: int = 30,
+        seed: int | None = None,
+        workdir: Path | None = None,
+        progress: bool = True,
+        broken: bool = False,
+        kinds: list[str] | None = None,
+        out: Callable[[str], None] = print,
+    ) -> None:
+        self.backend = backend
+        self.n = candidates
+        self.faults = faults
+        self.seed = seed if seed is not None else random.SystemRandom().randrange(1, 2**31)
+        self.rng = random.Random(self.seed)
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="election-sidecar-validate-"))
+        self.progress = progress
+        self.broken = broken
+        self.kinds = kinds or CATALOGUE[backend]
+        self.out = out
+        self.cluster: LocalEtcd | LocalZooKeeper = LocalEtcd(3) if backend == "etcd" else LocalZooKeeper(3)
+        self.proxies: dict[str, list[FaultProxy]] = {}
+        self.sidecars: list[SidecarProcess] = []
+        self.results: list[FaultResult] = []
+        self.disagreements: list[str] = []
+        self.samples = 0
+        self.frozen: set[str] = set()  # SIGSTOPped: not asked, they cannot answer
+        self.election: Any = None
+
+    # -- set-up -----------------------------------------------------------
+
+    @property
+    def store_path(self) -> Path:
+        return self.workdir / "fenced-store.db"
+
+    def record_path(self, name: str) -> Path:
+        return self.workdir / f"{name}.jsonl"
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.cluster.start)
+        env = {"ELECTION_SIDECAR_UNSAFE_IGNORE_DEADLINE": "1"} if self.broken else {}
+        for i in range(self.n):
+            name = f"s{i}"
+            proxies = []
+            for m in self.cluster.members:
+                p = FaultProxy("127.0.0.1", m.client_port)
+                await p.start()
+                proxies.append(p)
+            self.proxies[name] = proxies
+            toy = [
+                sys.executable, "-m", "sidecar.examples.toy_orchestrator",
+                "--store", str(self.store_path), "--record", str(self.record_path(name)),
+                *(["--no-self-fence"] if self.broken else []),
+            ]  # fmt: skip
+            sc = SidecarProcess(
+                name, self.workdir, [p.address for p in proxies], "campaign", dict(FAST_TIMING),
+                backend=self.backend, command=toy,
+            )  # fmt: skip
+            self.sidecars.append(sc)
+            self._env = env
+            sc.start(env)
+        for sc in self.sidecars:
+            await asyncio.to_thread(sc.wait_socket)
+        cfg = Config(backend=self.backend, endpoints=tuple(self.cluster.endpoints), election="campaign")
+        self._backend = await connect(cfg, MonotonicClock())
+        self.election = self._backend.election("campaign")
+
+    async def stop(self) -> None:
+        for sc in self.sidecars:
+            sc.signal(signal.SIGCONT)
+        await asyncio.gather(*(asyncio.to_thread(sc.stop, 10) for sc in self.sidecars))
+        for proxies in self.proxies.values():
+            for p in proxies:
+                await p.close()
+        if getattr(self, "_backend", None) is not None:
+            await self._backend.close()
+        await asyncio.to_thread(self.cluster.stop)
+
+    # -- observing --------------------------------------------------------
+
+    async def claims(self) -> list[tuple[SidecarProcess, dict[str, Any]]]:
+        live = [s for s in self.sidecars if s.alive and s.candidate not in self.frozen]
+        views = await asyncio.gather(*(asyncio.to_thread(s.status, 0.5) for s in live))
+        return [(s, v) for s, v in zip(live, views, strict=True) if v and v.get("state") == "leader"]
+
+    async def store_leader(self) -> tuple[str, int] | None:
+        try:
+            lead = await asyncio.wait_for(self.election.leader(), 2)
+        except (BackendError, TimeoutError):
+            return None
+        return (lead.id, lead.token) if lead is not None else None
+
+    async def wait_single_leader(
+        self, timeout: float, unlike: str | None = None
+    ) -> tuple[float, str | None, int | None]:
+        """Seconds until exactly one sidecar (other than ``unlike``) leads, stably."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            claim = await self.claims()
+            if len(claim) == 1 and claim[0][0].candidate != unlike:
+                took = time.monotonic() - t0
+                s, view = claim[0]
+                await self.compare_with_store(s.candidate, int(view["token"]))
+                return took, s.candidate, int(view["token"])
+            await asyncio.sleep(SAMPLE)
+        return timeout, None, None
+
+    async def compare_with_store(self, candidate: str, token: int) -> None:
+        """A stable sidecar view must match the store's."""
+        for _ in range(20):
+            store = await self.store_leader()
+            self.samples += 1
+            if store == (candidate, token):
+                return
+            await asyncio.sleep(SAMPLE)  # the store may not have caught up with a handover yet
+        self.disagreements.append(f"sidecar {candidate} leads with token {token}; store says {store}")
+
+    def leader_sidecar(self, name: str | None) -> SidecarProcess | None:
+        return next((s for s in self.sidecars if s.candidate == name), None)
+
+    # -- the catalogue ----------------------------------------------------
+
+    async def inject(
+        self, kind: str, leader: SidecarProcess | None, view: dict[str, Any] | None
+    ) -> tuple[str, Callable[[], Awaitable[None]], float]:
+        """Apply a fault; return (target, heal, hold seconds)."""
+        hold_long = TTL + 1.0
+        cluster = self.cluster
+
+        async def nothing() -> None:
+            return None
+
+        if kind == "sidecar-kill" and leader:
+            leader.signal(signal.SIGKILL)
+
+            async def restart() -> None:
+                if leader.proc is not None:
+                    await asyncio.to_thread(leader.proc.wait)
+                leader.start(self._env)
+                await asyncio.to_thread(leader.wait_socket)
+
+            return leader.candidate, restart, hold_long
+        if kind in ("sidecar-stop", "zk-session-expiry") and leader:
+            leader.signal(signal.SIGSTOP)
+            self.frozen.add(leader.candidate)
+
+            async def cont() -> None:
+                leader.signal(signal.SIGCONT)
+                self.frozen.discard(leader.candidate)
+
+            return leader.candidate, cont, hold_long + (1.0 if kind == "zk-session-expiry" else 0.0)
+        if kind in ("orchestrator-kill", "orchestrator-stop") and leader and view:
+            pid = (view.get("orchestrator") or {}).get("pid")
+            if not pid:
+                return "none", nothing, 0.0
+            sig = signal.SIGKILL if kind == "orchestrator-kill" else signal.SIGSTOP
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                return "gone", nothing, 0.0
+
+            async def cont_child() -> None:
+                if sig == signal.SIGSTOP:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGCONT)
+
+            return f"{leader.candidate}/orchestrator", cont_child, 1.0
+        if kind == "resign" and leader:
+            with contextlib.suppress(OSError, ValueError):
+                await asyncio.to_thread(request, str(leader.socket_path), {"type": "resign"}, 2.0)
+            return leader.candidate, nothing, 0.0
+        if kind in ("member-kill", "leader-member-kill"):
+            raft_leader = await asyncio.to_thread(cluster.leader)
+            members = [m for m in cluster.members if getattr(m, "alive", False)]
+            if kind == "leader-member-kill":
+                victims = [raft_leader] if raft_leader else members[:1]
+            else:
+                others = [m for m in members if m is not raft_leader] or members
+                victims = [self.rng.choice(others)]
+            return await self._kill_members(victims, 1.0)
+        if kind == "quorum-loss":
+            members = [m for m in cluster.members if getattr(m, "alive", False)]
+            victims = self.rng.sample(members, 2)
+            return await self._kill_members(victims, hold_long)
+        if kind in ("partition", "slow-link"):
+            victim = leader if (leader and kind == "partition") else self.rng.choice(self.sidecars)
+            proxies = self.proxies[victim.candidate]
+            for p in proxies:
+                if kind == "partition":
+                    p.partition()
+                else:
+                    p.slow(0.3)
+
+            async def heal_links() -> None:
+                for p in proxies:
+                    p.heal()
+
+            return victim.candidate, heal_links, hold_long if kind == "partition" else 2.0
+        return "none", nothing, 0.0
+
+    async def _kill_members(self, victims: list[Any], hold: float) -> tuple[str, Callable[[], Awaitable[None]], float]:
+        cluster = self.cluster
+        for m in victims:
+            await asyncio.to_thread(cluster.kill, m)  # type: ignore[arg-type]
+
+        async def restart() -> None:
+            for m in victims:
+                await asyncio.to_thread(cluster.start_member, m)  # type: ignore[arg-type]
+            await asyncio.to_thread(cluster.wait_healthy, 60.0)
+
+        names = ",".join(str(getattr(m, "name", getattr(m, "myid", "?"))) for m in victims)
+        return f"store {names}", restart, hold
+
+    # -- the run ----------------------------------------------------------
+
+    async def one(self, n: int, kind: str) -> FaultResult:
+        claim = await self.claims()
+        leader, view = claim[0] if len(claim) == 1 else (None, None)
+        r = FaultResult(n, kind, "", leader.candidate if leader else None, int(view["token"]) if view else None)
+        t0 = time.monotonic()
+        r.target, heal, hold = await self.inject(kind, leader, view)
+        hits_leader = r.target.split("/")[0] == r.leader_before and kind not in ("orchestrator-stop", "slow-link")
+        hits_leader = hits_leader or kind in ("resign", "orchestrator-kill")
+        # During the hold, watch for the failover (a different sidecar leading).
+        end = t0 + hold
+        while time.monotonic() < end or (
+            hits_leader and r.failover_s is None and time.monotonic() < t0 + hold + TTL + 2
+        ):
+            claim = await self.claims()
+            if len(claim) > 1:
+                r.problems.append(f"{len(claim)} sidecars claim leadership: {[s.candidate for s, _ in claim]}")
+            if hits_leader and r.failover_s is None and len(claim) == 1 and claim[0][0].candidate != r.leader_before:
+                r.failover_s = round(time.monotonic() - t0, 3)
+            if time.monotonic() >= end and not hits_leader:
+                break
+            await asyncio.sleep(SAMPLE)
+        await heal()
+        took, r.leader_after, r.token_after = await self.wait_single_leader(TTL + 10)
+        r.recovered_s = round(took, 3)
+        if r.leader_after is None:
+            r.problems.append("no single leader 10 s after heal")
+        elif took > TTL + 1.0:
+            r.problems.append(f"single leader only {took:.2f}s after heal (limit TTL + 1 = {TTL + 1:g}s)")
+        if r.token_after is not None and r.token_before is not None and r.token_after < r.token_before:
+            r.problems.append(f"token went backwards: {r.token_before} -> {r.token_after}")
+        return r
+
+    def _bar(self, done: int, r: FaultResult) -> None:
+        if not self.progress:
+            return
+        width = 24
+        filled = int(width * done / self.faults)
+        fail = f"failover {r.failover_s:.2f}s " if r.failover_s is not None else ""
+        verdict = "ok" if not r.problems else "PROBLEM: " + "; ".join(r.problems)
+        self.out(
+            f"[{'#' * filled}{'.' * (width - filled)}] {done}/{self.faults} {r.kind:<19} {r.target:<16} "
+            f"{fail}recovered {r.recovered_s:.2f}s {verdict}"
+        )
+
+    async def run(self) -> dict[str, Any]:
+        self.out(
+            f"validate: {self.backend}, {self.n} sidecars, {self.faults} faults, seed {self.seed} "
+            f"(replay: --seed {self.seed}), TTL {TTL:g}s, work dir {self.workdir}"
+        )
+        await self.start()
+        try:
+            await self.wait_single_leader(30)
+            for i in range(1, self.faults + 1):
+                kind = self.rng.choice(self.kinds)
+                r = await self.one(i, kind)
+                self.results.append(r)
+                self._bar(i, r)
+                await asyncio.sleep(0.3)
+        finally:
+            await self.stop()
+        return self.report()
+
+    def report(self) -> dict[str, Any]:
+        v = check(sorted(self.workdir.glob("s*.jsonl")), self.store_path)
+        violations = list(v.violations) + list(self.disagreements)
+        for r in self.results:
+            violations += [f"fault {r.n} ({r.kind}): {p}" for p in r.problems]
+        kills_late = []
+        for sc in self.sidecars:
+            for line in sc.log_path.read_text(errors="replace").splitlines():
+                if '"kill_unconfirmed"' in line:
+                    violations.append(f"{sc.candidate}: an orchestrator kill was not confirmed")
+                if '"watchdog_fired_kill"' in line:
+                    late = json.loads(line).get("late_by", 0)
+                    kills_late.append(late)
+                    if late >= FAST_TIMING["margin"]:
+                        violations.append(f"{sc.candidate}: watchdog SIGKILL {late:.3f}s after the grant deadline")
+        per_kind: dict[str, dict[str, Any]] = {}
+        for kind in sorted({r.kind for r in self.results}):
+            rs = [r for r in self.results if r.kind == kind]
+            per_kind[kind] = {
+                "count": len(rs),
+                "problems": sum(bool(r.problems) for r in rs),
+                "failover_s": distribution([r.failover_s for r in rs if r.failover_s is not None]),
+                "recovery_s": distribution([r.recovered_s for r in rs if r.recovered_s is not None]),
+            }
+        return {
+            "verdict": "PASS" if not violations else "FAIL",
+            "backend": self.backend,
+            "seed": self.seed,
+            "sidecars": self.n,
+            "faults": len(self.results),
+            "ttl_s": TTL,
+            "violations": violations,
+            "checker": v.summary(),
+            "store_comparisons": self.samples,
+            "watchdog_kill_late_s_max": round(max(kills_late), 4) if kills_late else None,
+            "per_fault": per_kind,
+            "failover_s": distribution([r.failover_s for r in self.results if r.failover_s is not None]),
+            "recovery_s": distribution([r.recovered_s for r in self.results if r.recovered_s is not None]),
+            "results": [asdict(r) for r in self.results],
+        }
+
+
+def render(report: dict[str, Any]) -> str:
+    ck = report["checker"]
+    overlaps = sum("overlap" in x for x in report["violations"])
+    stale = sum("stale write accepted" in x for x in report["violations"])
+    lines = [
+        f"verdict: {report['verdict']}  ({report['backend']}, {report['faults']} faults, seed {report['seed']}, "
+        f"{report['sidecars']} sidecars, TTL {report['ttl_s']:g}s)",
+        f"orchestrator terms {ck['leaderships']}, overlapping pairs {overlaps}, smallest gap {ck['min_gap_ms']} ms; "
+        f"writes accepted {ck['writes_accepted']}, stale writes refused {ck['stale_writes_refused']}, "
+        f"stale writes accepted {stale}; store comparisons {report['store_comparisons']}",
+        "",
+        f"{'FAULT':<20} {'COUNT':>5} {'PROBLEMS':>8}  {'FAILOVER p50/p99/max s':<26} {'RECOVERY p50/p99/max s':<26}",
+    ]
+
+    def d(x: dict[str, float] | None) -> str:
+        return "-" if not x else f"{x['p50']:.2f}/{x['p99']:.2f}/{x['max']:.2f}"
+
+    for kind, row in report["per_fault"].items():
+        lines.append(
+            f"{kind:<20} {row['count']:>5} {row['problems']:>8}  {d(row['failover_s']):<26} {d(row['recovery_s']):<26}"
+        )
+    lines.append(
+        f"{'all':<20} {report['faults']:>5} {'':>8}  {d(report['failover_s']):<26} {d(report['recovery_s']):<26}"
+    )
+    if report["violations"]:
+        lines += ["", "violations:", *(f"  - {v}" for v in report["violations"][:50])]
+    return "\n".join(lines)
+
+
+def run_campaign(
+    backend: str, *, candidates: int, faults: int, seed: int | None, report_path: str, progress: bool, keep: bool,
+    broken: bool = False, kinds: list[str] | None = None,
+) -> int:  # fmt: skip
+    c = Campaign(
+        backend, candidates=candidates, faults=faults, seed=seed, progress=progress, broken=broken, kinds=kinds
+    )
+    try:
+        report = asyncio.run(c.run())
+    except KeyboardInterrupt:
+        print("interrupted: everything the campaign started was stopped")
+        return 130
+    finally:
+        if not keep:
+            shutil.rmtree(c.workdir, ignore_errors=True)
+    text = render(report)
+    print(text)
+    if report_path:
+        Path(report_path).write_text(json.dumps(report, indent=2))
+        print(f"report written to {report_path}")
+    if keep:
+        print(f"logs and records kept in {c.workdir}")
+    return 0 if report["verdict"] == "PASS" else 1
