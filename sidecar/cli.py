@@ -275,7 +275,7 @@ def validate_command(
             keep=keep,
             broken=unsafe_broken,
             kinds=kinds,
-        )  # fmt: skip
+        )
     )
 
 

@@ -9,6 +9,7 @@ prints a one-line verdict and removes everything it started, also on Ctrl-C.
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import signal
 import sys
@@ -249,6 +250,7 @@ async def _none() -> None:
 def run_demo(
     candidates: int = 3, duration: float = 20.0, ttl: int = 3, keep: bool = False, backend: str = "etcd"
 ) -> int:
+    logging.getLogger("kazoo").setLevel(logging.CRITICAL)  # our own faults make it chatter
     workdir = Path(tempfile.mkdtemp(prefix="election-sidecar-demo-"))
     demo = Demo(candidates, duration, ttl, workdir, backend)
     code = 1

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -444,10 +445,17 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _quiet_libraries() -> None:
+    # The harness's own store client sees the injected outages too; its
+    # reconnect chatter is not a finding.
+    logging.getLogger("kazoo").setLevel(logging.CRITICAL)
+
+
 def run_campaign(
     backend: str, *, candidates: int, faults: int, seed: int | None, report_path: str, progress: bool, keep: bool,
     broken: bool = False, kinds: list[str] | None = None,
 ) -> int:  # fmt: skip
+    _quiet_libraries()
     c = Campaign(
         backend, candidates=candidates, faults=faults, seed=seed, progress=progress, broken=broken, kinds=kinds
     )

@@ -30,6 +30,24 @@ def configure(fmt: str = "auto", level: str = "info", stream: Any = None) -> Non
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
+    route_stdlib("warning" if level != "debug" else "debug")
+
+
+class _ToStructlog(logging.Handler):
+    """Libraries (kazoo, grpc) log through stdlib logging; keep one format."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = record.levelname.lower()
+        log = structlog.get_logger().bind(logger=record.name)
+        getattr(log, level if level in ("debug", "info", "warning", "error") else "error")(
+            "library_log", message=record.getMessage()
+        )
+
+
+def route_stdlib(level: str = "warning") -> None:
+    root = logging.getLogger()
+    root.handlers[:] = [_ToStructlog()]
+    root.setLevel(_LEVELS.get(level, logging.WARNING))
 
 
 def get(**bound: Any) -> Any:

@@ -1,0 +1,341 @@
+"""Benchmarks, each printed as a ratio against a peer measured in the same run.
+
+    .venv/bin/python bench/bench.py [--rounds 20] [--idle 60] [--only handover,failover,wakeups,footprint]
+
+* handover: resign -> the successor's orchestrator holds a grant (its client
+  library received it), against `etcdctl elect` handing over on the same
+  etcd (SIGINT the leader -> the successor prints its key) and against
+  kazoo's Election on the same ZooKeeper (the leader's function returns ->
+  the successor's function runs);
+* failover: SIGKILL the leader's sidecar -> successor elected, against TTL;
+* wakeups: 50 candidates, one handover: watch events delivered to waiting
+  candidates, against a whole-prefix watch (every waiter wakes);
+* footprint: RSS and CPU of an idle leader and follower over --idle seconds,
+  and start-to-campaign time, against `etcdctl elect` as a process.
+
+No timed assertions live here or in the tests; these numbers go to
+bench/RESULTS.md with the command that produced them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sidecar.backends.etcd import EtcdBackend  # noqa: E402
+from sidecar.clock import MonotonicClock  # noqa: E402
+from sidecar.elector import Elector, State  # noqa: E402
+from sidecar.fencing.client import BlockingGrantClient  # noqa: E402
+from sidecar.fencing.oneshot import request  # noqa: E402
+from sidecar.fleet import FAST_TIMING, SidecarProcess, fast_config  # noqa: E402
+from sidecar.localetcd import LocalEtcd, find_binary  # noqa: E402
+from sidecar.localzk import LocalZooKeeper  # noqa: E402
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def med(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def p(xs: list[float]) -> str:
+    return f"median {med(xs) * 1000:.1f} ms (min {min(xs) * 1000:.1f}, max {max(xs) * 1000:.1f}, n={len(xs)})"
+
+
+class Quiet:
+    """A structlog-shaped sink that drops everything."""
+
+    def info(self, *a: Any, **k: Any) -> None: ...
+    def warning(self, *a: Any, **k: Any) -> None: ...
+    def error(self, *a: Any, **k: Any) -> None: ...
+
+
+def wait(cond: Any, timeout: float = 20.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise TimeoutError("benchmark condition not reached")
+        time.sleep(0.002)
+
+
+# -- handover ---------------------------------------------------------------
+
+
+def our_handover(endpoints: list[str], backend: str, rounds: int, workdir: Path) -> list[float]:
+    """resign -> successor's client library holds a grant."""
+    election = f"bench-{backend}-{os.getpid()}"
+    sidecars = [
+        SidecarProcess(f"h{i}", workdir, endpoints, election, dict(FAST_TIMING), backend=backend).start()
+        for i in range(2)
+    ]
+    try:
+        for s in sidecars:
+            s.wait_socket()
+        clients = [BlockingGrantClient(str(s.socket_path)).connect() for s in sidecars]
+        out = []
+        for _ in range(rounds):
+            wait(lambda: sum(c.current() is not None for c in clients) == 1)
+            leader = next(i for i, c in enumerate(clients) if c.current() is not None)
+            succ = clients[1 - leader]
+            t = time.monotonic()
+            request(str(sidecars[leader].socket_path), {"type": "resign"})
+            wait(lambda succ=succ: succ.current() is not None)
+            out.append(time.monotonic() - t)
+            time.sleep(0.2)
+        for c in clients:
+            c.close()
+        return out
+    finally:
+        for s in sidecars:
+            s.stop()
+
+
+def etcdctl_handover(endpoints: list[str], rounds: int) -> list[float]:
+    """SIGINT the `etcdctl elect` leader -> the waiting one prints its key."""
+    etcdctl = find_binary("etcdctl")
+    name = f"bench-etcdctl-{os.getpid()}"
+    out = []
+
+    def start(val: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [etcdctl, "--endpoints", ",".join(endpoints), "elect", name, val],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+
+    leader = start("a")
+    assert leader.stdout is not None
+    leader.stdout.readline()  # it leads
+    for i in range(rounds):
+        waiting = start(f"w{i}")
+        time.sleep(0.3)  # let it queue behind the leader
+        t = time.monotonic()
+        leader.send_signal(signal.SIGINT)
+        assert waiting.stdout is not None
+        waiting.stdout.readline()
+        out.append(time.monotonic() - t)
+        leader.wait()
+        leader = waiting
+    leader.send_signal(signal.SIGINT)
+    leader.wait()
+    return out
+
+
+def kazoo_handover(endpoints: list[str], rounds: int) -> list[float]:
+    """The leader's function returns -> the waiting contender's function runs."""
+    from kazoo.client import KazooClient
+    from kazoo.recipe.election import Election
+
+    path = f"/bench-kazoo-{os.getpid()}"
+    clients = [KazooClient(hosts=",".join(endpoints)) for _ in range(2)]
+    for c in clients:
+        c.start(10)
+    release = [threading.Event(), threading.Event()]
+    stop = threading.Event()
+    started: list[float] = []
+    current = [-1]
+    won = threading.Semaphore(0)
+
+    def run(i: int) -> None:
+        election = Election(clients[i], path, f"k{i}")
+
+        def lead() -> None:
+            started.append(time.monotonic())
+            current[0] = i
+            won.release()
+            release[i].wait()
+            release[i].clear()
+
+        while not stop.is_set():
+            election.run(lead)
+
+    for i in range(2):
+        threading.Thread(target=run, args=(i,), daemon=True).start()
+    won.acquire()
+    out = []
+    for _ in range(rounds):
+        time.sleep(0.2)
+        n = len(started)
+        t = time.monotonic()
+        release[current[0]].set()
+        won.acquire()
+        out.append(started[n] - t)
+    stop.set()
+    for r in release:
+        r.set()
+    for c in clients:
+        c.stop()
+        c.close()
+    return out
+
+
+# -- failover, wakeups, footprint --------------------------------------------
+
+
+def our_failover(endpoints: list[str], rounds: int, workdir: Path) -> list[float]:
+    out = []
+    election = f"bench-failover-{os.getpid()}"
+    sidecars = [SidecarProcess(f"f{i}", workdir, endpoints, election, dict(FAST_TIMING)).start() for i in range(2)]
+    try:
+        for s in sidecars:
+            s.wait_socket()
+        for _ in range(rounds):
+
+            def leaders() -> list[SidecarProcess]:
+                return [s for s in sidecars if s.alive and (s.status(0.5) or {}).get("state") == "leader"]
+
+            wait(lambda: len(leaders()) == 1)
+            old = leaders()[0]
+            time.sleep(FAST_TIMING["retry_interval"] * 1.5)
+            t = time.monotonic()
+            old.signal(signal.SIGKILL)
+            wait(lambda old=old: any(s is not old for s in leaders()), 30)
+            out.append(time.monotonic() - t)
+            new = SidecarProcess(f"f{len(sidecars)}", workdir, endpoints, election, dict(FAST_TIMING)).start()
+            new.wait_socket()
+            sidecars.append(new)
+        return out
+    finally:
+        for s in sidecars:
+            s.stop()
+
+
+async def our_wakeups(endpoints: list[str], n: int) -> tuple[int, int]:
+    clock = MonotonicClock()
+    backend = await EtcdBackend(endpoints, clock).connect()
+    election = f"bench-wake-{os.getpid()}"
+    electors = [Elector(fast_config(election, f"w{i}"), backend, clock, Quiet()) for i in range(n)]
+    tasks = []
+    try:
+        for e in electors:
+            tasks.append(asyncio.create_task(e.run()))
+            while e.state is State.FOLLOWER:
+                await asyncio.sleep(0.005)
+        while sum(e.state is State.LEADER for e in electors) != 1:
+            await asyncio.sleep(0.01)
+        before = sum(e.election.wakeups for e in electors)
+        leader = next(e for e in electors if e.state is State.LEADER)
+        leader.resign()
+        while not any(e.state is State.LEADER and e is not leader for e in electors):
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.5)
+        return sum(e.election.wakeups for e in electors) - before, n - 1
+    finally:
+        for e in electors:
+            e.stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await backend.close()
+
+
+def proc_stats(pid: int) -> tuple[float, int]:
+    """(CPU seconds, RSS bytes) of pid and its children's threads."""
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(stat[11]) + int(stat[12])) / TICKS
+    rss = int(stat[21]) * os.sysconf("SC_PAGE_SIZE")
+    return cpu, rss
+
+
+def footprint(endpoints: list[str], idle: float, workdir: Path) -> dict[str, Any]:
+    election = f"bench-idle-{os.getpid()}"
+    t0 = time.monotonic()
+    sidecars = [SidecarProcess(f"i{i}", workdir, endpoints, election, dict(FAST_TIMING)).start() for i in range(2)]
+    etcdctl = subprocess.Popen(
+        [find_binary("etcdctl"), "--endpoints", ",".join(endpoints), "elect", election + "-ctl", "x"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        starts = []
+        for s in sidecars:
+            wait(lambda s=s: '"campaigning"' in s.log_path.read_text(errors="replace"), 30)
+            starts.append(time.monotonic() - t0)
+        time.sleep(2)
+        before = {s.candidate: proc_stats(s.pid) for s in sidecars}
+        ctl_before = proc_stats(etcdctl.pid)
+        time.sleep(idle)
+        res: dict[str, Any] = {"start_to_campaign_s": [round(x, 3) for x in starts]}
+        for s in sidecars:
+            cpu, rss = proc_stats(s.pid)
+            role = (s.status() or {}).get("state", "?")
+            res[role] = {
+                "cpu_pct": round(100 * (cpu - before[s.candidate][0]) / idle, 3),
+                "rss_mib": round(rss / 2**20, 1),
+            }
+        cpu, rss = proc_stats(etcdctl.pid)
+        res["etcdctl_elect"] = {
+            "cpu_pct": round(100 * (cpu - ctl_before[0]) / idle, 3),
+            "rss_mib": round(rss / 2**20, 1),
+        }
+        return res
+    finally:
+        etcdctl.send_signal(signal.SIGINT)
+        etcdctl.wait()
+        for s in sidecars:
+            s.stop()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--idle", type=float, default=60.0)
+    ap.add_argument("--only", default="handover,failover,wakeups,footprint")
+    ap.add_argument("--json", default="", help="also write the numbers here")
+    args = ap.parse_args()
+    only = set(args.only.split(","))
+    results: dict[str, Any] = {"date": datetime.now().isoformat(timespec="seconds"), "ttl_s": FAST_TIMING["ttl"]}
+    workdir = Path(tempfile.mkdtemp(prefix="es-bench-"))
+    with LocalEtcd(1) as etcd, LocalZooKeeper(1) as zk:
+        if "handover" in only:
+            ours_etcd = our_handover(etcd.endpoints, "etcd", args.rounds, workdir)
+            ctl = etcdctl_handover(etcd.endpoints, args.rounds)
+            ours_zk = our_handover(zk.endpoints, "zookeeper", args.rounds, workdir)
+            kz = kazoo_handover(zk.endpoints, args.rounds)
+            print(f"handover, ours on etcd (resign -> successor's client holds a grant): {p(ours_etcd)}")
+            print(f"handover, etcdctl elect (SIGINT -> successor prints):              {p(ctl)}")
+            print(f"  ratio ours/etcdctl: {med(ours_etcd) / med(ctl):.2f}")
+            print(f"handover, ours on ZooKeeper:                                       {p(ours_zk)}")
+            print(f"handover, kazoo Election (function returns -> next one runs):      {p(kz)}")
+            print(f"  ratio ours/kazoo: {med(ours_zk) / med(kz):.2f}")
+            results["handover_ms"] = {
+                k: round(med(v) * 1000, 2) for k, v in
+                {"ours_etcd": ours_etcd, "etcdctl": ctl, "ours_zookeeper": ours_zk, "kazoo": kz}.items()
+            }  # fmt: skip
+        if "failover" in only:
+            fo = our_failover(etcd.endpoints, max(3, args.rounds // 4), workdir)
+            ttl = FAST_TIMING["ttl"]
+            print(f"crash failover (SIGKILL leader -> successor leads), TTL {ttl:g}s: {p(fo)}")
+            print(f"  ratio to TTL: {med(fo) / ttl:.2f}")
+            results["failover_s"] = {
+                "median": round(med(fo), 3),
+                "max": round(max(fo), 3),
+                "ratio_to_ttl": round(med(fo) / ttl, 3),
+            }
+        if "wakeups" in only:
+            woke, herd = asyncio.run(our_wakeups(etcd.endpoints, 50))
+            print(f"wake-ups per leader change, 50 candidates: {woke} (a whole-prefix watch wakes {herd})")
+            print(f"  ratio: {woke / herd:.3f}")
+            results["wakeups"] = {"ours": woke, "prefix_watch": herd}
+        if "footprint" in only:
+            fp = footprint(etcd.endpoints, args.idle, workdir)
+            print(f"footprint over {args.idle:g}s idle: {json.dumps(fp)}")
+            results["footprint"] = fp
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
