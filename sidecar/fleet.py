@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -139,9 +140,18 @@ class SidecarProcess:
         except (OSError, ValueError):
             return None
 
+    def listening(self) -> bool:
+        """True once the grant socket accepts connections (the file alone is not enough)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(self.socket_path))
+            except OSError:
+                return False
+        return True
+
     def wait_socket(self, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
-        while not self.socket_path.exists():
+        while not self.listening():
             if not self.alive:
                 raise RuntimeError(f"sidecar {self.candidate} exited: {self.tail()}")
             if time.monotonic() > deadline:
