@@ -163,8 +163,9 @@ def kazoo_handover(endpoints: list[str], rounds: int) -> list[float]:
         while not stop.is_set():
             election.run(lead)
 
-    for i in range(2):
-        threading.Thread(target=run, args=(i,), daemon=True).start()
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(2)]
+    for thread in threads:
+        thread.start()
     won.acquire()
     out = []
     for _ in range(rounds):
@@ -177,6 +178,8 @@ def kazoo_handover(endpoints: list[str], rounds: int) -> list[float]:
     stop.set()
     for r in release:
         r.set()
+    for thread in threads:
+        thread.join(5)  # let the last holder release its lock before the clients go
     for c in clients:
         c.stop()
         c.close()
