@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from sidecar import __version__
 from sidecar.backends import connect
 from sidecar.clock import Clock, MonotonicClock
-from sidecar.config import Config
+from sidecar.config import Config, allowed_uids, socket_gid
 from sidecar.elector import Elector, EventSink, Grant, Hooks, Reason, State
 from sidecar.fencing.server import GrantServer
 from sidecar.http_api import HttpApi
@@ -124,6 +124,10 @@ class Sidecar:
                     log=self.log,
                     on_resign=self._resign,
                     status=self.status,
+                    mode=0o660 if self.cfg.socket_group else 0o600,
+                    group=socket_gid(self.cfg),
+                    allow_uids=allowed_uids(self.cfg),
+                    on_refused=self.metrics.grant_clients_refused.inc,
                 )
                 await self.server.start()
             await self.supervisor.start()
@@ -150,6 +154,8 @@ class Sidecar:
                 await self.server.close()
             await backend.close()
         self.log.info("sidecar_stopped")
+        if self.elector.forbidden:
+            return 2
         return 3 if self.elector.out_of_election else 0
 
     def _on_signal(self, sig: signal.Signals) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from sidecar import __version__
-from sidecar.config import Config, ConfigError, env_name, validate
+from sidecar.config import Config, ConfigError, check_files, env_name, unknown_env, validate
 
 F = Callable[..., Any]
 
@@ -30,6 +30,8 @@ STORE_FIELDS = (
     "election",
     "zk_chroot",
     "zk_auth_file",
+    "etcd_user",
+    "etcd_password_file",
     "ca_file",
     "cert_file",
     "key_file",
@@ -82,8 +84,14 @@ def build_config(values: dict[str, Any]) -> Config:
 
 def load_config(values: dict[str, Any]) -> Config:
     """build_config, or one line on stderr and exit status 2."""
+    typos = unknown_env(dict(os.environ))
+    if typos:
+        click.echo(f"election-sidecar: invalid config: environment {typos[0]}: not a known setting", err=True)
+        sys.exit(2)
     try:
-        return build_config(values)
+        cfg = build_config(values)
+        check_files(cfg)
+        return cfg
     except ConfigError as exc:
         click.echo(f"election-sidecar: {exc}", err=True)
         sys.exit(2)
@@ -193,6 +201,31 @@ def watch(output: str, **values: Any) -> None:
     except Exception as exc:
         click.echo(f"election-sidecar: watch: {exc}", err=True)
         sys.exit(1)
+
+
+@main.command()
+@config_options(STORE_FIELDS + LOG_FIELDS)
+@click.option("--candidate", "candidate", required=True, help="Candidate id to evict (as `status` lists it).")
+def evict(candidate: str, **values: Any) -> None:
+    """Revoke a stuck candidate's lease (etcd) or delete its node (ZooKeeper).
+
+    Uses the same credentials as the sidecars' writes; the candidate's
+    sidecar sees its key go and demotes, like after a lease expiry.
+    """
+    from sidecar.backends.base import BackendError, StoreForbidden
+    from sidecar.status import evict as evict_candidate
+
+    cfg = load_config(values)
+    try:
+        gone = asyncio.run(evict_candidate(cfg, candidate))
+    except BackendError as exc:
+        click.echo(f"election-sidecar: evict: {exc}", err=True)
+        sys.exit(2 if isinstance(exc, StoreForbidden) else 1)
+    if not gone:
+        click.echo(f"election-sidecar: evict: no candidate {candidate!r} in election {cfg.election!r}", err=True)
+        sys.exit(1)
+    for key in gone:
+        click.echo(f"evicted {candidate}: {key}")
 
 
 @main.command()

@@ -9,6 +9,7 @@ deploy fails at start-up instead of during a failover.
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -62,6 +63,15 @@ class Config:
         metadata=_opt("Seconds between telling the orchestrator to stop (SIGTERM) and SIGKILL."),
     )
     socket: str = field(default="", metadata=_opt("Unix socket for grants to the orchestrator; empty disables it."))
+    socket_group: str = field(
+        default="", metadata=_opt("Group (name or gid) that may also use the socket; makes it mode 0660.")
+    )
+    allow_uid: str = field(
+        default="",
+        metadata=_opt(
+            "Comma-separated uids, besides our own and root, allowed on the socket (checked by SO_PEERCRED)."
+        ),
+    )
     standby: bool = field(
         default=False,
         metadata=_opt("Run CMD all the time (it learns leadership from the socket) instead of only while leading."),
@@ -74,6 +84,11 @@ class Config:
     zk_chroot: str = field(default="", metadata=_opt("ZooKeeper chroot under which the election lives."))
     zk_auth_file: str = field(
         default="", metadata=_opt("File holding user:password for ZooKeeper digest auth (never logged).")
+    )
+    etcd_user: str = field(default="", metadata=_opt("etcd user for username/password auth."))
+    etcd_password_file: str = field(
+        default="",
+        metadata=_opt("File holding the etcd password (or set ELECTION_SIDECAR_ETCD_PASSWORD); never logged."),
     )
     ca_file: str = field(default="", metadata=_opt("PEM CA bundle; enables TLS to the store."))
     cert_file: str = field(default="", metadata=_opt("PEM client certificate for mutual TLS."))
@@ -184,6 +199,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("cert_file" if not cfg.cert_file else "key_file", "", "cert_file and key_file go together")
     if cfg.cert_file and not cfg.ca_file:
         raise ConfigError("ca_file", "", "client certificates need ca_file to verify the store")
+    if cfg.allow_uid and not all(u.strip().isdigit() for u in cfg.allow_uid.split(",") if u.strip()):
+        raise ConfigError("allow_uid", cfg.allow_uid, "must be comma-separated numeric uids")
     if cfg.kill_peer and not cfg.socket:
         raise ConfigError("kill_peer", True, "needs socket: the peers are the socket's clients")
     if cfg.kill_pidfile and cfg.kill_peer:
@@ -205,3 +222,65 @@ def endpoint_hostports(cfg: Config) -> list[str]:
         assert m is not None  # validate() ran
         out.append(f"{m['host']}:{m['port']}")
     return out
+
+
+def allowed_uids(cfg: Config) -> set[int]:
+    return {int(u) for u in cfg.allow_uid.split(",") if u.strip()}
+
+
+def socket_gid(cfg: Config) -> int | None:
+    """The gid named by socket_group, or None. Raises ConfigError for an unknown group."""
+    if not cfg.socket_group:
+        return None
+    if cfg.socket_group.isdigit():
+        return int(cfg.socket_group)
+    import grp
+
+    try:
+        return grp.getgrnam(cfg.socket_group).gr_gid
+    except KeyError:
+        raise ConfigError("socket_group", cfg.socket_group, "no such group") from None
+
+
+# Environment variables with our prefix that are not config fields but are
+# read elsewhere (secrets, test and tool locations).
+OTHER_ENV = {
+    "ETCD_PASSWORD",
+    "UNSAFE_IGNORE_DEADLINE",
+    "TEST_SERVERS",
+    "ETCD_BIN",
+    "ETCDCTL_BIN",
+    "ZK_CLASSPATH",
+    "PROMETHEUS_BIN",
+    "PROMTOOL_BIN",
+}
+
+
+def unknown_env(environ: dict[str, str]) -> list[str]:
+    """Our-prefix variables that name nothing we know: likely typos."""
+    known = {env_name(n) for n in field_names()} | {ENV_PREFIX + n for n in OTHER_ENV}
+    return sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)
+
+
+def check_files(cfg: Config) -> None:
+    """Every file the config names must be readable now, not at the first failover."""
+    for name in ("ca_file", "cert_file", "key_file", "zk_auth_file", "etcd_password_file"):
+        path = getattr(cfg, name)
+        if not path:
+            continue
+        try:
+            with open(path, "rb") as f:
+                head = f.read(64)
+        except OSError as exc:
+            raise ConfigError(name, path, f"cannot be read: {exc.strerror}") from None
+        if name in ("ca_file", "cert_file", "key_file") and b"-----BEGIN" not in head:
+            raise ConfigError(name, path, "is not a PEM file")
+    if cfg.etcd_user and not (cfg.etcd_password_file or os.environ.get(ENV_PREFIX + "ETCD_PASSWORD")):
+        raise ConfigError("etcd_password_file", "", "etcd_user needs a password file or ELECTION_SIDECAR_ETCD_PASSWORD")
+
+
+def etcd_password(cfg: Config) -> str:
+    if cfg.etcd_password_file:
+        with open(cfg.etcd_password_file) as f:
+            return f.read().strip()
+    return os.environ.get(ENV_PREFIX + "ETCD_PASSWORD", "")

@@ -41,6 +41,7 @@ from sidecar.backends.base import (
     Renewal,
     Session,
     SessionExpired,
+    StoreForbidden,
     StoreUnavailable,
 )
 from sidecar.clock import Clock, wait_for
@@ -171,6 +172,7 @@ class Elector:
         self.expires = 0.0
         self.demote_at = 0.0
         self.out_of_election = False
+        self.forbidden: str = ""  # why the store refused us, if it did; fatal
         self.current_leader: Leadership | None = None
         self.session: Session | None = None
         self.transitioned_at = clock.now()
@@ -255,7 +257,23 @@ class Elector:
     # -- the loop -------------------------------------------------------
 
     async def run(self) -> None:
-        """Campaign until stop(). Raises only on bugs, never on store outages."""
+        """Campaign until stop(). Raises only on bugs, never on store outages.
+
+        A store that refuses our credentials or rights (StoreForbidden) ends
+        the run: retrying cannot fix configuration, and the operator should
+        see it at once (``forbidden`` says why).
+        """
+        try:
+            await self._run()
+        except StoreForbidden as exc:
+            self._forbid(exc)
+
+    def _forbid(self, exc: StoreForbidden) -> None:
+        self.forbidden = str(exc)
+        self.out_of_election = True
+        self._emit("error", "store_forbidden", error=str(exc))
+
+    async def _run(self) -> None:
         try:
             while not self._stop.is_set() and not self.out_of_election:
                 session = self.backend.session(self.cfg.ttl)
@@ -294,7 +312,7 @@ class Elector:
             self._emit("info", "session_closed", session=session_id)
         except SessionExpired:
             self._emit("info", "session_closed", session=session_id, already_expired=True)
-        except (StoreUnavailable, TimeoutError) as exc:
+        except (StoreUnavailable, StoreForbidden, TimeoutError) as exc:
             # The lease then expires on its own at the store; nothing of ours
             # still acts on it, because we only get here after demoting. We
             # revoke it once the store answers again: its key may head the
@@ -306,7 +324,7 @@ class Elector:
         for session in list(self._orphans):
             try:
                 await self._stoppable(session.close(), self.cfg.effective_request_timeout)
-            except (StoreUnavailable, TimeoutError):
+            except (StoreUnavailable, StoreForbidden, TimeoutError):
                 continue  # still unreachable: next time
             except SessionExpired:
                 pass
@@ -317,7 +335,7 @@ class Elector:
         """Campaign and lead on one session until it is lost or we stop."""
         keepalive = asyncio.create_task(self._keepalive_loop(session), name="keepalive")
         try:
-            while not self._stop.is_set():
+            while not self._stop.is_set() and not self.out_of_election:
                 await self._set_state(State.CANDIDATE)
                 lead = await self._campaign_once(session, keepalive)
                 if lead is None:
@@ -353,6 +371,10 @@ class Elector:
             except SessionExpired as exc:
                 keepalive.cancel()
                 self._session_lost(Reason.LEASE_LOST, str(exc))
+                return None
+            except StoreForbidden as exc:
+                self._forbid(exc)
+                keepalive.cancel()
                 return None
             except StoreUnavailable as exc:
                 self._store_unreachable("campaign", exc)
@@ -407,6 +429,10 @@ class Elector:
                 )
             except SessionExpired as exc:
                 raise _Lost(Reason.LEASE_LOST, str(exc)) from exc
+            except StoreForbidden as exc:
+                # Demote the normal way (orchestrator first), then stay out.
+                self._forbid(exc)
+                raise _Lost(Reason.BACKEND_UNREACHABLE, str(exc)) from exc
             except (StoreUnavailable, TimeoutError) as exc:
                 failures += 1
                 self.counters["keepalive_failed"] += 1
@@ -510,13 +536,13 @@ class Elector:
                 return
             except SessionExpired:
                 return  # the key went with the session
-            except StoreUnavailable as exc:
+            except (StoreUnavailable, StoreForbidden) as exc:
                 self._store_unreachable("watch-own-key", exc)
                 await self.clock.sleep(self.cfg.retry_interval)
 
     async def _election_resign_quietly(self) -> None:
         try:
             await self._stoppable(self._election.resign(), self.cfg.effective_request_timeout)
-        except (StoreUnavailable, TimeoutError) as exc:
+        except (StoreUnavailable, StoreForbidden, TimeoutError) as exc:
             # The key goes when the lease does; the successor waits at most TTL.
             self._store_unreachable("resign", exc)

@@ -68,11 +68,14 @@ class Member:
     peer_port: int
     data_dir: Path
     log_path: Path
+    metrics_port: int = 0
+    scheme: str = "http"
     proc: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
-        return f"127.0.0.1:{self.client_port}"
+        host = f"127.0.0.1:{self.client_port}"
+        return host if self.scheme == "http" else f"{self.scheme}://{host}"
 
     @property
     def alive(self) -> bool:
@@ -85,6 +88,9 @@ class LocalEtcd:
 
     size: int = 1
     binary: str = ""
+    # Client TLS: {"cert": path, "key": path, "ca": path}; with "ca", clients
+    # must present a certificate signed by it.
+    tls: dict[str, str] | None = None
     members: list[Member] = field(default_factory=list)
     _tmp: Path | None = None
     _cluster_args: list[str] = field(default_factory=list)
@@ -96,11 +102,20 @@ class LocalEtcd:
     def start(self, timeout: float = 30.0) -> LocalEtcd:
         self.binary = self.binary or find_binary("etcd")
         self._tmp = Path(tempfile.mkdtemp(prefix="election-sidecar-etcd-"))
-        ports = free_ports(2 * self.size)
+        ports = free_ports(3 * self.size)
+        scheme = "https" if self.tls else "http"
         for i in range(self.size):
             name = f"m{i}"
             self.members.append(
-                Member(name, ports[2 * i], ports[2 * i + 1], self._tmp / name, self._tmp / f"{name}.log")
+                Member(
+                    name,
+                    ports[3 * i],
+                    ports[3 * i + 1],
+                    self._tmp / name,
+                    self._tmp / f"{name}.log",
+                    metrics_port=ports[3 * i + 2],
+                    scheme=scheme,
+                )
             )
         initial = ",".join(f"{m.name}=http://127.0.0.1:{m.peer_port}" for m in self.members)
         self._cluster_args = ["--initial-cluster", initial, "--initial-cluster-token", self._tmp.name]
@@ -118,8 +133,10 @@ class LocalEtcd:
             self.binary,
             "--name", m.name,
             "--data-dir", str(m.data_dir),
-            "--listen-client-urls", f"http://127.0.0.1:{m.client_port}",
-            "--advertise-client-urls", f"http://127.0.0.1:{m.client_port}",
+            "--listen-client-urls", f"{m.scheme}://127.0.0.1:{m.client_port}",
+            "--advertise-client-urls", f"{m.scheme}://127.0.0.1:{m.client_port}",
+            # Plain-HTTP /health and /metrics, so health checks need no client certificate.
+            "--listen-metrics-urls", f"http://127.0.0.1:{m.metrics_port}",
             "--listen-peer-urls", f"http://127.0.0.1:{m.peer_port}",
             "--initial-advertise-peer-urls", f"http://127.0.0.1:{m.peer_port}",
             "--initial-cluster-state", state,
@@ -127,6 +144,7 @@ class LocalEtcd:
             "--election-timeout", str(ELECTION_MS),
             "--unsafe-no-fsync",
             *self._cluster_args,
+            *self._tls_args(),
         ]  # fmt: skip
         log = m.log_path.open("ab")
         try:
@@ -134,8 +152,17 @@ class LocalEtcd:
         finally:
             log.close()
 
+    def _tls_args(self) -> list[str]:
+        if not self.tls:
+            return []
+        args = ["--cert-file", self.tls["cert"], "--key-file", self.tls["key"]]
+        if self.tls.get("ca"):
+            args += ["--client-cert-auth", "--trusted-ca-file", self.tls["ca"]]
+        return args
+
     def _get(self, m: Member, path: str, body: dict[str, object] | None = None) -> dict[str, object]:
-        url = f"http://{m.endpoint}{path}"
+        port = m.metrics_port if path == "/health" else m.client_port
+        url = f"http://127.0.0.1:{port}{path}"
         data = json.dumps(body).encode() if body is not None else None
         with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=1.0) as resp:
             out: dict[str, object] = json.loads(resp.read())

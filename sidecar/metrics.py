@@ -66,6 +66,9 @@ class SidecarMetrics:
             ("signal",),
         )
         self.grant_clients = g("grant_clients", "Clients connected to the grant socket.").labels(**lv)
+        self.grant_clients_refused = c(
+            "grant_clients_refused_total", "Socket clients refused because their uid is not allowed."
+        ).labels(**lv)
         self.backend_up = g("backend_up", "1 if the last store call succeeded, else 0.").labels(**lv)
         self.loop_lag = g("event_loop_lag_seconds", "Latest event-loop lag (how late a 100 ms timer fired).").labels(
             **lv

@@ -129,3 +129,11 @@ async def watch_leader(cfg: Config, json_lines: bool = False) -> None:
                 print(f"{now}  {cfg.election}: leader {lead.id}  token {lead.token}  epoch {lead.epoch}", flush=True)
     finally:
         await backend.close()
+
+
+async def evict(cfg: Config, candidate_id: str) -> list[str]:
+    backend = await connect(cfg, MonotonicClock())
+    try:
+        return await backend.election(cfg.election).evict(candidate_id)
+    finally:
+        await backend.close()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from sidecar.backends.base import Backend
 from sidecar.clock import Clock
-from sidecar.config import Config, endpoint_hostports
+from sidecar.config import Config, endpoint_hostports, etcd_password
 
 
 def zk_auth(cfg: Config) -> list[tuple[str, str]]:
@@ -28,6 +28,8 @@ async def connect(cfg: Config, clock: Clock) -> Backend:
             cert_file=cfg.cert_file,
             key_file=cfg.key_file,
             tls_server_name=cfg.tls_server_name,
+            user=cfg.etcd_user,
+            password=etcd_password(cfg) if cfg.etcd_user else "",
         ).connect()
     if cfg.backend == "zookeeper":
         from sidecar.backends.zookeeper import ZooKeeperBackend

@@ -29,6 +29,11 @@ class StoreUnavailable(BackendError):
     """The store could not be reached or did not answer in time."""
 
 
+class StoreForbidden(BackendError):
+    """The store refused our credentials or our rights: a configuration
+    problem that retrying will not fix. The message never holds secrets."""
+
+
 class SessionExpired(BackendError):
     """The store reports that our lease or session no longer exists."""
 
@@ -130,6 +135,14 @@ class Election(Protocol):
 
     async def candidates(self) -> list[Candidate]:
         """Every candidate, oldest (the leader) first."""
+        ...
+
+    async def evict(self, candidate_id: str) -> list[str]:
+        """Admin: end every candidacy of ``candidate_id`` as a lease expiry would.
+
+        etcd revokes the candidate's lease; ZooKeeper deletes its node (our
+        ACL lets only our identity do that). Returns the keys removed.
+        """
         ...
 
     def observe(self) -> AsyncIterator[Leadership | None]:

@@ -24,11 +24,14 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 from etcd3aio import (
     Etcd3Client,
     EtcdError,
+    EtcdPermissionDeniedError,
+    EtcdUnauthenticatedError,
     SortOrder,
     SortTarget,
     WatchFilter,
@@ -43,10 +46,12 @@ from sidecar.backends.base import (
     Renewal,
     Session,
     SessionExpired,
+    StoreForbidden,
     StoreUnavailable,
 )
 from sidecar.clock import Clock
 
+TOKEN_REFRESH = 120.0  # seconds; etcd's simple tokens live 300 s by default
 _DELETE = 1  # mvccpb.Event.EventType.DELETE
 
 
@@ -55,11 +60,19 @@ def _store_errors(what: str) -> Iterator[None]:
     """Turn every transport failure into StoreUnavailable, naming the call."""
     try:
         yield
-    except (EtcdError, grpc.aio.AioRpcError, TimeoutError, OSError) as exc:
-        detail = str(exc) or type(exc).__name__
-        if isinstance(exc, grpc.aio.AioRpcError):
-            detail = f"{exc.code().name}: {exc.details()}"
-        raise StoreUnavailable(f"etcd {what}: {detail}") from exc
+    except (EtcdUnauthenticatedError, EtcdPermissionDeniedError) as exc:
+        raise StoreForbidden(f"etcd {what}: {exc}") from exc
+    except grpc.aio.AioRpcError as exc:
+        details = exc.details() or ""
+        if exc.code() == grpc.StatusCode.INVALID_ARGUMENT and "user name is empty" in details:
+            raise StoreForbidden(
+                f"etcd {what}: authentication required (etcd has auth enabled; set --etcd-user)"
+            ) from exc
+        if exc.code() == grpc.StatusCode.INVALID_ARGUMENT and "authentication failed" in details:
+            raise StoreForbidden(f"etcd {what}: authentication failed (wrong user or password)") from exc
+        raise StoreUnavailable(f"etcd {what}: {exc.code().name}: {details}") from exc
+    except (EtcdError, TimeoutError, OSError) as exc:
+        raise StoreUnavailable(f"etcd {what}: {str(exc) or type(exc).__name__}") from exc
 
 
 def _read(path: str) -> bytes | None:
@@ -79,7 +92,12 @@ class EtcdBackend:
         cert_file: str = "",
         key_file: str = "",
         tls_server_name: str = "",
+        user: str = "",
+        password: str = "",
     ) -> None:
+        self._user = user
+        self._password = password
+        self._refresher: Any = None
         self.client = Etcd3Client(
             endpoints,
             # One attempt per call: we retry ourselves, on our own clock, and a
@@ -100,6 +118,16 @@ class EtcdBackend:
             self._connected = True
         return self
 
+    async def authenticate(self) -> None:
+        """Log in once (then keep the token fresh); a no-op without a user."""
+        if not self._user or self._refresher is not None:
+            return
+        refresher = self.client.token_refresher(self._user, self._password, interval=TOKEN_REFRESH)
+        with _store_errors(f"authenticate as {self._user!r}"):
+            async with asyncio.timeout(self.timeout):
+                await refresher.__aenter__()
+        self._refresher = refresher
+
     def session(self, ttl: float) -> EtcdSession:
         return EtcdSession(self, int(ttl))
 
@@ -107,6 +135,9 @@ class EtcdBackend:
         return EtcdElection(self, name)
 
     async def close(self) -> None:
+        if self._refresher is not None:
+            await self._refresher.__aexit__(None, None, None)
+            self._refresher = None
         if self._connected:
             await self.client.close()
             self._connected = False
@@ -138,6 +169,7 @@ class EtcdSession:
         return f"{self._lease:x}" if self._lease else ""
 
     async def open(self) -> Renewal:
+        await self._b.authenticate()
         sent = self._b.clock.now()
         with _store_errors("lease grant"):
             resp = await self._b.lease.grant(self._ttl, timeout=self._b.timeout)
@@ -190,6 +222,7 @@ class EtcdElection:
         return self._name
 
     async def _candidate_kvs(self) -> tuple[list[object], int]:
+        await self._b.authenticate()
         with _store_errors("range"):
             resp = await self._b.kv.get(
                 self._prefix,
@@ -329,6 +362,20 @@ class EtcdElection:
             )
             for kv, ttl in zip(kvs, ttls, strict=True)
         ]
+
+    async def evict(self, candidate_id: str) -> list[str]:
+        kvs, _ = await self._candidate_kvs()
+        gone = []
+        for kv in kvs:
+            if kv.value.decode(errors="replace") != candidate_id:  # type: ignore[attr-defined]
+                continue
+            with _store_errors("evict"):
+                if kv.lease:  # type: ignore[attr-defined]
+                    await self._b.lease.revoke(int(kv.lease), timeout=self._b.timeout)  # type: ignore[attr-defined]
+                else:
+                    await self._b.kv.delete(kv.key, timeout=self._b.timeout)  # type: ignore[attr-defined]
+            gone.append(kv.key.decode(errors="replace"))  # type: ignore[attr-defined]
+        return gone
 
     async def observe(self) -> AsyncIterator[Leadership | None]:
         current = await self.leader()

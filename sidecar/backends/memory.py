@@ -224,6 +224,13 @@ class MemoryElection:
             out.append(Candidate(key.value, key.create_revision, name, left, stale=left is None or left <= 0))
         return out
 
+    async def evict(self, candidate_id: str) -> list[str]:
+        await self._store.gate()
+        gone = [(name, key) for name, key in self._store.under(self._prefix) if key.value == candidate_id]
+        for _, key in gone:
+            await self._store.revoke(key.lease)
+        return [name for name, _ in gone]
+
     async def observe(self) -> AsyncIterator[Leadership | None]:
         last: object = object()
         while True:

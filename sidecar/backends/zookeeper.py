@@ -34,13 +34,16 @@ from typing import Any
 
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import (
+    AuthFailedError,
     BadVersionError,
     KazooException,
+    NoAuthError,
     NodeExistsError,
     NoNodeError,
     SessionExpiredError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.security import make_acl, make_digest_acl
 
 from sidecar.backends.base import (
     Candidate,
@@ -50,6 +53,7 @@ from sidecar.backends.base import (
     Renewal,
     Session,
     SessionExpired,
+    StoreForbidden,
     StoreUnavailable,
 )
 from sidecar.clock import Clock
@@ -64,6 +68,8 @@ def _store_errors(what: str) -> Iterator[None]:
         yield
     except SessionExpiredError as exc:
         raise SessionExpired(f"zookeeper {what}: session expired") from exc
+    except (NoAuthError, AuthFailedError) as exc:
+        raise StoreForbidden(f"zookeeper {what}: {type(exc).__name__} (credentials or ACL)") from exc
     except (KazooException, KazooTimeoutError, TimeoutError, OSError) as exc:
         raise StoreUnavailable(f"zookeeper {what}: {type(exc).__name__} {exc}".rstrip()) from exc
 
@@ -123,6 +129,13 @@ class ZooKeeperBackend:
         self.timeout = request_timeout
         self.auth = auth or []
         self._observer: ZooKeeperSession | None = None
+        # With digest auth, our nodes are ours alone to change or delete;
+        # anyone may read them (status, kazoo's contenders()).
+        self.acl: list[Any] | None = None
+        digests = [cred for scheme, cred in self.auth if scheme == "digest"]
+        if digests:
+            user, _, password = digests[0].partition(":")
+            self.acl = [make_digest_acl(user, password, all=True), make_acl("world", "anyone", read=True)]
 
     def session(self, ttl: float) -> ZooKeeperSession:
         return ZooKeeperSession(self, ttl)
@@ -282,7 +295,7 @@ class ZooKeeperElection:
                 node = self.base + "/" + mine[0]
             else:
                 node = await _call(
-                    client.create_async, self.base + "/" + prefix, candidate_id.encode(), None, True, True, True
+                    client.create_async, self.base + "/" + prefix, candidate_id.encode(), self._b.acl, True, True, True
                 )
             self._node = node
             _, stat = await _call(client.get_async, node)
@@ -313,7 +326,7 @@ class ZooKeeperElection:
                 data, stat = await _call(client.get_async, self.epoch_path)
             except NoNodeError:
                 with contextlib.suppress(NodeExistsError):
-                    await _call(client.create_async, self.epoch_path, b'{"epoch": 0}', None, False, False, True)
+                    await _call(client.create_async, self.epoch_path, b'{"epoch": 0}', self._b.acl, False, False, True)
                 continue
             epoch = int(json.loads(data or b'{"epoch": 0}')["epoch"]) + 1
             record = json.dumps({"epoch": epoch, "token": self._czxid, "leader": candidate_id}).encode()
@@ -387,6 +400,16 @@ class ZooKeeperElection:
             node = self.base + "/" + name
             out.append(Candidate((data or b"").decode(errors="replace"), int(stat.czxid), node, None, stale=False))
         return out
+
+    async def evict(self, candidate_id: str) -> list[str]:
+        client = self._client or await self._b.observer()
+        gone = []
+        for c in await self.candidates():
+            if c.id == candidate_id:
+                with _store_errors("evict"), contextlib.suppress(NoNodeError):
+                    await _call(client.delete_async, c.key)
+                gone.append(c.key)
+        return gone
 
     async def observe(self) -> AsyncIterator[Leadership | None]:
         client = self._client or await self._b.observer()

@@ -23,6 +23,8 @@ from sidecar.elector import EventSink, Grant
 from sidecar.fencing.protocol import CLIENT_TYPES, MAX_FRAME, ProtocolError, decode, encode, grant_message
 
 WRITE_TIMEOUT = 1.0  # a client that does not read for this long is dropped
+FRAME_TIMEOUT = 5.0  # a started frame must end within this
+MAX_CLIENTS = 64
 
 
 @dataclass
@@ -52,6 +54,16 @@ def grant_to_message(grant: Grant) -> dict[str, Any]:
         valid_for_ms=int(grant.valid_for * 1000),
         seq=grant.seq,
     )
+
+
+def check_socket_dir(directory: Path) -> None:
+    """Refuse a directory where anyone could swap our socket for theirs."""
+    st = directory.stat()
+    if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+        raise FileExistsError(
+            f"{directory} is world-writable without the sticky bit: anyone could replace the socket; "
+            "use a private directory (e.g. an emptyDir shared only by the pod's containers)"
+        )
 
 
 def _remove_stale_socket(path: Path) -> None:
@@ -86,6 +98,8 @@ class GrantServer:
         status: Callable[[], Awaitable[dict[str, Any]]],
         mode: int = 0o600,
         group: int | None = None,
+        allow_uids: set[int] | None = None,
+        on_refused: Callable[[], None] | None = None,
     ) -> None:
         self.path = Path(path)
         self._hello = {"type": "hello", "election": election, "candidate": candidate, "version": version}
@@ -98,9 +112,14 @@ class GrantServer:
         self._current: dict[str, Any] = {"type": "follower", "leader": False}
         self.peers: dict[int, Peer] = {}
         self._ids = 0
+        # Our own user, and root (which can open the socket anyway).
+        self._allow_uids = (allow_uids or set()) | {os.getuid(), 0}
+        self.refused = 0
+        self._on_refused = on_refused
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        check_socket_dir(self.path.parent)
         _remove_stale_socket(self.path)
         old = os.umask(0o177)  # no window in which the socket is wider than 0600
         try:
@@ -152,9 +171,47 @@ class GrantServer:
 
     # -- serving one client ---------------------------------------------
 
+    def _allowed(self, uid: int) -> bool:
+        return uid in self._allow_uids
+
+    async def _next_line(self, reader: asyncio.StreamReader) -> bytes | None:
+        """One frame, or None on a clean EOF between frames.
+
+        Waiting for a frame to start has no time limit (clients mostly
+        listen); once it has started it must end within FRAME_TIMEOUT, so a
+        client that trickles half a line cannot hold a slot for ever.
+        """
+        first = await reader.read(1)
+        if not first:
+            return None
+        try:
+            async with asyncio.timeout(FRAME_TIMEOUT):
+                rest = await reader.readuntil(b"\n")
+        except TimeoutError:
+            raise ProtocolError(f"frame not finished within {FRAME_TIMEOUT:g}s") from None
+        except asyncio.IncompleteReadError:
+            raise ProtocolError("connection closed in the middle of a message") from None
+        except asyncio.LimitOverrunError:
+            raise ProtocolError(f"frame exceeds {MAX_FRAME} bytes") from None
+        return first + rest
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
         pid, uid, gid = peer_credentials(sock) if sock is not None else (0, -1, -1)
+        if not self._allowed(uid):
+            self.refused += 1
+            if self._on_refused is not None:
+                self._on_refused()
+            self._log.warning("client_refused", pid=pid, uid=uid, allowed_uids=sorted(self._allow_uids))
+            with contextlib.suppress(OSError):
+                writer.write(encode({"type": "error", "error": f"uid {uid} is not allowed on this socket"}))
+                await writer.drain()
+            writer.close()
+            return
+        if len(self.peers) >= MAX_CLIENTS:
+            self._log.warning("client_refused", pid=pid, uid=uid, reason="too many clients")
+            writer.close()
+            return
         self._ids += 1
         peer_id = self._ids
         self.peers[peer_id] = Peer(pid, uid, gid, writer)
@@ -163,14 +220,9 @@ class GrantServer:
             await self._send(peer_id, encode(self._hello))
             await self._send(peer_id, encode(self._current))
             while peer_id in self.peers:
-                try:
-                    line = await reader.readuntil(b"\n")
-                except asyncio.IncompleteReadError as exc:
-                    if exc.partial:
-                        raise ProtocolError("connection closed in the middle of a message") from None
+                line = await self._next_line(reader)
+                if line is None:
                     return
-                except asyncio.LimitOverrunError:
-                    raise ProtocolError(f"frame exceeds {MAX_FRAME} bytes") from None
                 await self._handle(peer_id, decode(line, CLIENT_TYPES))
         except ProtocolError as exc:
             self._log.warning("client_protocol_error", pid=pid, error=str(exc))

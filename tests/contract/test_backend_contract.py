@@ -107,3 +107,16 @@ async def test_observe_reports_each_new_leader(contender: Contender) -> None:
         await eventually(lambda: seen[-1:] == [new.cfg.candidate_id], what="observe shows the successor")
     finally:
         task.cancel()
+
+
+async def test_evict_ends_a_candidacy_like_an_expiry(contender: Contender) -> None:
+    await contender.join(2)
+    old = await contender.one_leader()
+    assert old.grant is not None
+    before = old.grant
+    gone = await old.election.evict(old.cfg.candidate_id)
+    assert len(gone) == 1
+    new = await contender.one_leader(unlike=old)
+    assert new.grant is not None and new.grant.token > before.token
+    await eventually(lambda: old.counters["leadership_lost:lease-lost"] == 1, what="evicted leader saw lease-lost")
+    assert await old.election.evict("nobody-by-that-name") == []

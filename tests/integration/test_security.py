@@ -1,0 +1,214 @@
+"""TLS, client certificates, RBAC and ACLs against real servers; secrets stay secret."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sidecar.fleet import FAST_TIMING, SidecarProcess
+from sidecar.localetcd import LocalEtcd, find_binary, free_ports
+from tests.conftest import ZkServer
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.integration
+SECRET = "s3cr3t-Pa55w0rd-never-logged"
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A CA, a server certificate for localhost/127.0.0.1, a good and a foreign client certificate."""
+    d = tmp_path_factory.mktemp("pki")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+            "-keyout", "ca.key", "-out", "ca.crt", cwd=d)  # fmt: skip
+    (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n")
+    for name in ("server", "client"):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
+                "-out", f"{name}.csr", cwd=d)  # fmt: skip
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                "-days", "2", "-extfile", "san.ext", "-out", f"{name}.crt", cwd=d)  # fmt: skip
+    # A client certificate from a CA the server does not trust.
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=rogue",
+            "-keyout", "rogue.key", "-out", "rogue.crt", cwd=d)  # fmt: skip
+    return {p.stem + p.suffix.replace(".", "_"): p for p in d.iterdir()}
+
+
+@pytest.fixture(scope="module")
+def tls_etcd(certs: dict[str, Path]) -> Iterator[LocalEtcd]:
+    tls = {"cert": str(certs["server_crt"]), "key": str(certs["server_key"]), "ca": str(certs["ca_crt"])}
+    with LocalEtcd(1, tls=tls) as etcd:
+        yield etcd
+
+
+def tls_args(certs: dict[str, Path], client: str = "client") -> list[str]:
+    return [
+        "--ca-file", str(certs["ca_crt"]), "--cert-file", str(certs[f"{client}_crt"]),
+        "--key-file", str(certs[f"{client}_key"]), "--tls-server-name", "localhost",
+    ]  # fmt: skip
+
+
+def log_text(s: SidecarProcess) -> str:
+    return s.log_path.read_text(errors="replace")
+
+
+def test_sidecar_leads_over_mutual_tls(tls_etcd: LocalEtcd, certs: dict[str, Path], workdir: Path) -> None:
+    s = SidecarProcess("t0", workdir, tls_etcd.endpoints, "tls", dict(FAST_TIMING), extra_args=tls_args(certs)).start()
+    try:
+        wait_until(lambda: (s.status() or {}).get("state") == "leader", 20, what="leader over mTLS")
+    finally:
+        s.stop()
+
+
+def test_untrusted_client_certificate_is_refused_clearly(
+    tls_etcd: LocalEtcd, certs: dict[str, Path], workdir: Path
+) -> None:
+    s = SidecarProcess("t1", workdir, tls_etcd.endpoints, "tls-bad", dict(FAST_TIMING),
+                       extra_args=tls_args(certs, "rogue")).start()  # fmt: skip
+    try:
+        wait_until(lambda: '"store_unreachable"' in log_text(s), 20, what="a store_unreachable line")
+        assert (s.status() or {}).get("state") != "leader"
+        line = next(json.loads(x) for x in log_text(s).splitlines() if '"store_unreachable"' in x)
+        assert line["during"] == "session-open" and "UNAVAILABLE" in line["error"]
+    finally:
+        s.stop()
+
+
+def test_missing_certificate_file_fails_at_start(tls_etcd: LocalEtcd, workdir: Path) -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "sidecar", "run", "--endpoints", tls_etcd.endpoints[0],
+         "--ca-file", "/nonexistent/ca.pem"],
+        capture_output=True, text=True, timeout=20, check=False,
+    )  # fmt: skip
+    assert (
+        res.returncode == 2
+        and res.stderr.count("\n") == 1
+        and "ca_file" in res.stderr
+        and "cannot be read" in res.stderr
+    )
+
+
+@pytest.fixture(scope="module")
+def rbac_etcd() -> Iterator[tuple[LocalEtcd, str]]:
+    """etcd with auth on: root, alice (read-write on the election), bob (no rights)."""
+    with LocalEtcd(1) as etcd:
+        ep = etcd.endpoints[0]
+        ctl = find_binary("etcdctl")
+
+        def run(*args: str, user: str = "") -> None:
+            auth = ["--user", user] if user else []
+            subprocess.run([ctl, "--endpoints", ep, *auth, *args], check=True, capture_output=True, timeout=20)
+
+        run("user", "add", "root:rootpw")
+        run("user", "grant-role", "root", "root")
+        run("auth", "enable")
+        root = "root:rootpw"
+        run("user", "add", f"alice:{SECRET}", user=root)
+        run("user", "add", "bob:bobpw", user=root)
+        run("role", "add", "elector", user=root)
+        run("role", "grant-permission", "elector", "--prefix=true", "readwrite", "rbac", user=root)
+        run("user", "grant-role", "alice", "elector", user=root)
+        yield etcd, ep
+
+
+def test_rbac_user_with_rights_leads_and_the_password_never_shows(
+    rbac_etcd: tuple[LocalEtcd, str], workdir: Path
+) -> None:
+    _, ep = rbac_etcd
+    pw = workdir / "etcd-password"
+    pw.write_text(SECRET + "\n")
+    pw.chmod(0o600)
+    port = free_ports(1)[0]
+    s = SidecarProcess("alice-1", workdir, [ep], "rbac", dict(FAST_TIMING), http_port=port,
+                       extra_args=["--etcd-user", "alice", "--etcd-password-file", str(pw)]).start()  # fmt: skip
+    try:
+        wait_until(lambda: (s.status() or {}).get("state") == "leader", 20, what="alice leads")
+        evict = [
+            sys.executable,
+            "-m",
+            "sidecar",
+            "evict",
+            "--endpoints",
+            ep,
+            "--election",
+            "rbac",
+            "--candidate",
+            "alice-1",
+        ]
+        res = subprocess.run(evict, capture_output=True, text=True, timeout=20, check=False)
+        assert res.returncode == 2, res.stderr
+        assert "authentication required" in res.stderr, res.stderr
+        for path in ("/leader", "/metrics", "/healthz"):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                assert SECRET not in r.read().decode()
+        assert SECRET not in log_text(s)
+        # With the same credentials as the sidecars, evict works and the candidate loses its lease.
+        res = subprocess.run(
+            [*evict, "--etcd-user", "alice", "--etcd-password-file", str(pw)],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+        assert res.returncode == 0, res.stderr
+        wait_until(lambda: '"reason": "lease-lost"' in log_text(s), 15, what="evicted leader demotes")
+        assert SECRET not in log_text(s) and SECRET not in res.stdout + res.stderr
+    finally:
+        s.stop()
+
+
+@pytest.mark.parametrize(
+    ("user", "password", "words"), [("bob", "bobpw", "permission denied"), ("alice", "wrong", "authentication failed")]
+)
+def test_user_without_rights_or_with_a_wrong_password_is_refused(
+    rbac_etcd: tuple[LocalEtcd, str], workdir: Path, user: str, password: str, words: str
+) -> None:
+    _, ep = rbac_etcd
+    pw = workdir / f"{user}-password"
+    pw.write_text(password)
+    res = subprocess.run(
+        [sys.executable, "-m", "sidecar", "run", "--endpoints", ep, "--election", "rbac", "--id", user,
+         "--http-addr", "", "--etcd-user", user, "--etcd-password-file", str(pw), "--log-format", "json",
+         *[f"--{k.replace('_', '-')}={v}" for k, v in FAST_TIMING.items()]],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert res.returncode == 2, res.stderr[-2000:]
+    forbidden = [json.loads(x) for x in res.stderr.splitlines() if '"store_forbidden"' in x]
+    assert forbidden and words in forbidden[0]["error"].lower()
+    # Nothing of the attempted password appears, not even as part of an argv dump.
+    assert f"{user}:{password}" not in res.stderr and f'"{password}"' not in res.stderr
+
+
+def test_zookeeper_nodes_belong_to_our_identity(zookeeper: ZkServer, workdir: Path) -> None:
+    from kazoo.client import KazooClient
+    from kazoo.exceptions import NoAuthError
+    from kazoo.recipe.election import Election
+
+    auth = workdir / "zk-auth"
+    auth.write_text(f"elector:{SECRET}")
+    s = SidecarProcess("zk-acl", workdir, zookeeper.endpoints, "acl-test", dict(FAST_TIMING), backend="zookeeper",
+                       extra_args=["--zk-auth-file", str(auth)]).start()  # fmt: skip
+    other = KazooClient(hosts=",".join(zookeeper.endpoints), auth_data=[("digest", "mallory:other")])
+    other.start(10)
+    try:
+        wait_until(lambda: (s.status() or {}).get("state") == "leader", 20, what="leader with digest auth")
+        assert Election(other, "/acl-test").contenders() == ["zk-acl"]  # anyone may read
+        (node,) = other.get_children("/acl-test")
+        with pytest.raises(NoAuthError):
+            other.delete(f"/acl-test/{node}")
+        with pytest.raises(NoAuthError):
+            other.set("/acl-test.epoch", b'{"epoch": 99}')
+        assert (s.status() or {}).get("state") == "leader"
+        assert SECRET not in log_text(s)
+    finally:
+        other.stop()
+        other.close()
+        s.stop()
