@@ -192,6 +192,7 @@ async def test_slow_loris_client_is_cut_off_and_others_served(
 ) -> None:
     srv, sink, _ = open_server
     monkeypatch.setattr(server_mod, "FRAME_TIMEOUT", 0.2)
+    assert not sink.of("client_protocol_error")
     r, w = await asyncio.open_unix_connection(str(srv.path))
     await r.readline()
     await r.readline()
@@ -200,6 +201,7 @@ async def test_slow_loris_client_is_cut_off_and_others_served(
     err = await asyncio.wait_for(r.readline(), 3)
     assert b"not finished" in err
     assert await asyncio.wait_for(r.read(), 3) == b""
+    assert "not finished" in sink.of("client_protocol_error")[0]["error"]
     r2, w2 = await asyncio.open_unix_connection(str(srv.path))
     assert b"hello" in await r2.readline()
     w2.close()
