@@ -243,6 +243,10 @@ class Demo:
         self.store_server.stop()
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 async def _none() -> None:
     return None
 
@@ -251,6 +255,7 @@ def run_demo(
     candidates: int = 3, duration: float = 20.0, ttl: int = 3, keep: bool = False, backend: str = "etcd"
 ) -> int:
     logging.getLogger("kazoo").setLevel(logging.CRITICAL)  # our own faults make it chatter
+    signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM cleans up like Ctrl-C
     workdir = Path(tempfile.mkdtemp(prefix="election-sidecar-demo-"))
     demo = Demo(candidates, duration, ttl, workdir, backend)
     code = 1

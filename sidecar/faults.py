@@ -445,6 +445,10 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C
+
+
 def _quiet_libraries() -> None:
     # The harness's own store client sees the injected outages too; its
     # reconnect chatter is not a finding.
@@ -456,6 +460,7 @@ def run_campaign(
     broken: bool = False, kinds: list[str] | None = None,
 ) -> int:  # fmt: skip
     _quiet_libraries()
+    signal.signal(signal.SIGTERM, _interrupt)
     c = Campaign(
         backend, candidates=candidates, faults=faults, seed=seed, progress=progress, broken=broken, kinds=kinds
     )
