@@ -127,8 +127,8 @@ class _Callbacks:
         return False
 
 
-class GrantClient:
-    """asyncio client. ``await client.connect()`` then use ``current()`` etc."""
+class _ClientBase:
+    """What both front ends share: the state machine, callbacks and checks."""
 
     def __init__(
         self,
@@ -141,6 +141,35 @@ class GrantClient:
         self.path = path
         self.state = GrantState(clock)
         self._cb = _Callbacks(on_lead, on_lose)
+
+    def current(self) -> ClientGrant | None:
+        """The grant in force, or None."""
+        return self.state.current()
+
+    def check(self) -> ClientGrant:
+        """The grant in force, or raise NotLeader with the reason."""
+        g = self.current()
+        if g is None:
+            raise NotLeader(self.state.last_reason)
+        return g
+
+    @property
+    def token(self) -> int:
+        return self.check().token
+
+
+class GrantClient(_ClientBase):
+    """asyncio client. ``await client.connect()`` then use ``current()`` etc."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        on_lead: Callable[[ClientGrant], Any] | None = None,
+        on_lose: Callable[[str], Any] | None = None,
+        clock: Callable[[], float] = monotonic,
+    ) -> None:
+        super().__init__(path, on_lead=on_lead, on_lose=on_lose, clock=clock)
         self._changed = asyncio.Event()
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
@@ -165,19 +194,6 @@ class GrantClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-    def current(self) -> ClientGrant | None:
-        return self.state.current()
-
-    def check(self) -> ClientGrant:
-        g = self.state.current()
-        if g is None:
-            raise NotLeader(self.state.last_reason)
-        return g
-
-    @property
-    def token(self) -> int:
-        return self.check().token
 
     async def send(self, msg: dict[str, Any]) -> None:
         if self._writer is None:
@@ -269,7 +285,7 @@ class GrantClient:
             watcher.cancel()
 
 
-class BlockingGrantClient:
+class BlockingGrantClient(_ClientBase):
     """Thread-based twin of GrantClient for code without an event loop."""
 
     def __init__(
@@ -280,9 +296,7 @@ class BlockingGrantClient:
         on_lose: Callable[[str], Any] | None = None,
         clock: Callable[[], float] = monotonic,
     ) -> None:
-        self.path = path
-        self.state = GrantState(clock)
-        self._cb = _Callbacks(on_lead, on_lose)
+        super().__init__(path, on_lead=on_lead, on_lose=on_lose, clock=clock)
         self._lock = threading.Condition()
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -320,15 +334,8 @@ class BlockingGrantClient:
             return self.state.current()
 
     def check(self) -> ClientGrant:
-        with self._lock:
-            g = self.state.current()
-            if g is None:
-                raise NotLeader(self.state.last_reason)
-            return g
-
-    @property
-    def token(self) -> int:
-        return self.check().token
+        with self._lock:  # one consistent read of grant and reason (the lock is re-entrant)
+            return super().check()
 
     def send(self, msg: dict[str, Any]) -> None:
         if self._sock is None:

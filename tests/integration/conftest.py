@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -106,6 +107,17 @@ class Fleet:
 
         wait_until(one, timeout, what=f"exactly one leader (other than {unlike})")
         return found[0]
+
+    def never_two_leaders(self, seconds: float) -> set[str]:
+        """Sample for ``seconds``: never more than one claimer; return who led."""
+        seen: set[str] = set()
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            claim = self.claimers()
+            assert len(claim) <= 1, f"two leaders: {[s.candidate for s, _ in claim]}"
+            seen.update(s.candidate for s, _ in claim)
+            time.sleep(0.05)
+        return seen
 
     def stop(self) -> None:
         for s in self.sidecars:

@@ -162,13 +162,7 @@ def test_cluster_leader_member_killed_never_two_leaders(
         raft_leader = local.leader()
         assert raft_leader is not None
         local.kill(raft_leader)
-        t = time.monotonic()
-        seen: set[str] = set()
-        while time.monotonic() - t < 3 * TTL:
-            claim = f.claimers()
-            assert len(claim) <= 1, f"two leaders: {[s.candidate for s, _ in claim]}"
-            seen.update(s.candidate for s, _ in claim)
-            time.sleep(0.05)
+        seen = f.never_two_leaders(3 * TTL)
         now, view = f.wait_one_leader(timeout=TTL + 5)
         assert view["token"] >= first_view["token"]
         if now.candidate != first.candidate:
