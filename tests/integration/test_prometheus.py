@@ -147,11 +147,14 @@ def test_failover_is_seen_by_prometheus_and_every_query_runs(fleet: Fleet, prome
 
     empty = []
     for title, expr in dashboard_exprs(fleet.election):
-        if not prom.query(expr):
+        series = prom.query(expr)
+        measure(f"PromQL panel '{title}'", f"{len(series)} series")
+        if not series:
             empty.append(title)
     assert not empty, f"dashboard panels without data: {empty}"
-    for _, expr in alert_exprs():
-        prom.query(expr)  # must evaluate; most are (rightly) empty on a healthy election
+    for name, expr in alert_exprs():
+        firing = prom.query(expr)  # must evaluate; most are (rightly) empty on a healthy election
+        measure(f"PromQL alert {name}", f"evaluates, {len(firing)} series now")
     rules = prom.api("rules")
     health = {r["name"]: r["health"] for g in rules["groups"] for r in g["rules"]}
     assert health and all(h == "ok" for h in health.values()), health
