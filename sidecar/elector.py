@@ -322,6 +322,7 @@ class Elector:
 
     async def _revoke_orphans(self) -> None:
         for session in list(self._orphans):
+            session_id = session.id
             try:
                 await self._stoppable(session.close(), self.cfg.effective_request_timeout)
             except (StoreUnavailable, StoreForbidden, TimeoutError):
@@ -329,7 +330,7 @@ class Elector:
             except SessionExpired:
                 pass
             self._orphans.remove(session)
-            self._emit("info", "orphan_session_revoked", session=session.id)
+            self._emit("info", "orphan_session_revoked", session=session_id)
 
     async def _with_session(self, session: Session) -> None:
         """Campaign and lead on one session until it is lost or we stop."""
