@@ -245,3 +245,17 @@ async def test_grant_is_resent_on_every_renewal_with_rising_seq(h: Harness) -> N
     assert len(grants) >= 4
     assert [g.seq for g in grants] == sorted({g.seq for g in grants})
     assert all(g.expires_monotonic < grants[-1].expires_monotonic for g in grants[:-1])
+
+
+async def test_a_lease_that_could_not_be_revoked_is_revoked_when_the_store_returns(h: Harness) -> None:
+    a, sink = h.elector("a")
+    await h.clock.advance(0.1)
+    first_lease = next(iter(h.store.leases))
+    h.store.mode = "hang"
+    await h.clock.advance(8)  # demoted; the revoke hung and timed out
+    assert sink.of("session_close_failed")
+    h.store.mode = "up"
+    await h.clock.advance(6)  # the next session-open attempt comes within a retry cycle (4 s)
+    assert sink.of("orphan_session_revoked")[0]["session"] == f"{first_lease:x}"
+    assert first_lease not in h.store.leases
+    assert state(a) in (State.CANDIDATE, State.LEADER)
