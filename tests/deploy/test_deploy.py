@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -95,13 +96,23 @@ def check_pod(pod: dict[str, Any], where: str) -> None:
     values = dict(a[2:].split("=", 1) for a in args[1:] if "=" in a)
     env = {e["name"] for e in sc.get("env", [])}
     assert "endpoints" in values or "ELECTION_SIDECAR_ENDPOINTS" in env, f"{where}: no endpoints"
-    # The rendered flags must pass the sidecar's own config validation.
-    check_args = [a.replace("$(POD_NAME)", "pod-0") for a in args[1:]]
+    # The rendered flags must pass the sidecar's own config validation. Files
+    # they name live in the pod (Secrets); stand-ins with the right shape here.
+    stand_ins = Path(tempfile.mkdtemp(prefix="es-deploy-"))
+    check_args = []
+    for arg in args[1:]:
+        name, eq, value = arg.replace("$(POD_NAME)", "pod-0").partition("=")
+        if value.startswith("/etc/election/"):
+            stand_in = stand_ins / value.strip("/").replace("/", "_")
+            stand_in.write_text("-----BEGIN CERTIFICATE-----\n" if value.endswith((".crt", ".key")) else "user:pw\n")
+            value = str(stand_in)
+        check_args.append(name + eq + value)
     if "endpoints" not in values:
         check_args.append("--endpoints=etcd:2379")
     res = subprocess.run(
         [sys.executable, "-m", "sidecar", "check-config", *check_args], capture_output=True, text=True, check=False
     )
+    shutil.rmtree(stand_ins)
     assert res.returncode == 0, f"{where}: {res.stderr}"
 
     port = int(values["http-addr"].rsplit(":", 1)[1])
