@@ -82,6 +82,11 @@ async def test_store_view_matches_the_electors(contender: Contender) -> None:
     lead = await election.leader()
     assert lead is not None
     assert (lead.id, lead.token, lead.epoch) == (leader.cfg.candidate_id, leader.grant.token, leader.grant.epoch)
+
+    async def all_queued() -> bool:
+        return len(await election.candidates()) == len(electors)
+
+    await eventually(all_queued, what="every candidate's key in the store")  # joined = campaigning, not yet written
     candidates = await election.candidates()
     assert candidates[0].id == leader.cfg.candidate_id
     assert sorted(c.id for c in candidates) == sorted(e.cfg.candidate_id for e in electors)

@@ -42,7 +42,10 @@ def test_exactly_one_leader_among_candidates(fleet: Fleet) -> None:
 def test_status_cli_shows_leader_token_epoch_and_candidates(fleet: Fleet, etcd: EtcdServer) -> None:
     fleet.start(3)
     leader, view = fleet.wait_one_leader()
-    res = cli("status", "--endpoints", ",".join(etcd.endpoints), "--election", fleet.election, "-o", "json")
+    status = ("status", "--endpoints", ",".join(etcd.endpoints), "--election", fleet.election, "-o", "json")
+    # The others may still be connecting when the first one leads.
+    wait_until(lambda: len(json.loads(cli(*status).stdout)["candidates"]) == 3, 15, what="all three queued")
+    res = cli(*status)
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert out["election"] == fleet.election

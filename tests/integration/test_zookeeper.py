@@ -52,7 +52,10 @@ def test_kazoo_election_lists_our_candidates_leader_first(zk_fleet: Fleet, zooke
     kc = KazooClient(hosts=",".join(zookeeper.endpoints))
     kc.start(5)
     try:
-        contenders = KazooElection(kc, "/" + zk_fleet.election).contenders()
+        election = KazooElection(kc, "/" + zk_fleet.election)
+        # The others may still be connecting when the first one leads.
+        wait_until(lambda: len(election.contenders()) == 3, 15, what="all three candidates queued")
+        contenders = election.contenders()
     finally:
         kc.stop()
         kc.close()
