@@ -9,7 +9,6 @@ prints a one-line verdict and removes everything it started, also on Ctrl-C.
 from __future__ import annotations
 
 import asyncio
-import logging
 import shutil
 import signal
 import sys
@@ -25,7 +24,7 @@ from sidecar.clock import MonotonicClock
 from sidecar.config import Config
 from sidecar.examples.checker import check
 from sidecar.fencing.oneshot import request
-from sidecar.fleet import SidecarProcess
+from sidecar.fleet import SidecarProcess, claiming, harness_process, statuses
 from sidecar.localetcd import LocalEtcd
 from sidecar.localzk import LocalZooKeeper
 
@@ -72,7 +71,7 @@ class Demo:
         self.sidecars: list[SidecarProcess] = []
         self.w = Watch()
         self.outcome: list[str] = []
-        self.frozen: list[SidecarProcess] = []
+        self.frozen: set[str] = set()  # SIGSTOPped: not asked, they cannot answer
 
     @property
     def store(self) -> Path:
@@ -92,19 +91,22 @@ class Demo:
         ok = not problems and len(self.outcome) == 3 and len(records.intervals) >= 2
         return ok, text
 
+    def thaw(self) -> None:
+        for name in self.frozen:
+            self.by_id(name).signal(signal.SIGCONT)
+        self.frozen.clear()
+
     def by_id(self, candidate: str) -> SidecarProcess:
         return next(s for s in self.sidecars if s.candidate == candidate)
 
     async def sample(self, election: Any) -> Leadership | None:
         leader: Leadership | None = await election.leader()
-        live = [s for s in self.sidecars if s.alive and s not in self.frozen]
-        views = await asyncio.gather(*(asyncio.to_thread(s.status, 0.5) for s in live))
-        claimers = [s for s, v in zip(live, views, strict=True) if v and v.get("state") == "leader"]
+        views = await statuses(self.sidecars, self.frozen)
+        claimers = [s for s, _ in claiming(self.sidecars, views)]
         if len(claimers) > 1:
             # Two answers a few milliseconds apart can straddle a handover;
             # a real double leader is still there when asked again.
-            again = await asyncio.gather(*(asyncio.to_thread(s.status, 0.5) for s in claimers))
-            claimers = [s for s, v in zip(claimers, again, strict=True) if v and v.get("state") == "leader"]
+            claimers = [s for s, _ in claiming(claimers, await statuses(claimers))]
         self.w.max_claimers = max(self.w.max_claimers, len(claimers))
         if len(claimers) > 1:
             self.w.problems.append(f"t+{self.w.t():.1f}s: {', '.join(s.candidate for s in claimers)} all claim to lead")
@@ -112,8 +114,7 @@ class Demo:
             self.w.leader = leader
             self.w.changes.append((self.w.t(), leader))
             states = "  ".join(
-                f"{s.candidate}={self._state_word(s, v)}"
-                for s, v in zip(self.sidecars, await self._views(), strict=True)
+                f"{s.candidate}={self._state_word(s, v)}" for s, v in zip(self.sidecars, views, strict=True)
             )
             who = "no leader" if leader is None else f"leader {leader.id}  token {leader.token}  epoch {leader.epoch}"
             _say(f"  t+{self.w.t():5.1f}s  {who:<42} [{states}]")
@@ -122,19 +123,9 @@ class Demo:
     def _state_word(self, s: SidecarProcess, view: dict[str, Any] | None) -> str:
         if not s.alive:
             return "killed"
-        if s in self.frozen:
+        if s.candidate in self.frozen:
             return "frozen"
         return str((view or {}).get("state", "silent"))
-
-    async def _views(self) -> list[dict[str, Any] | None]:
-        return list(
-            await asyncio.gather(
-                *(
-                    asyncio.to_thread(s.status, 0.5) if s.alive and s not in self.frozen else _none()
-                    for s in self.sidecars
-                )
-            )
-        )
 
     async def wait_leader(
         self, election: Any, unlike: Leadership | None, timeout: float
@@ -172,14 +163,13 @@ class Demo:
     async def script(self) -> None:
         cfg = Config(backend=self.backend, endpoints=tuple(self.store_server.endpoints), election="demo")
         backend = await connect(cfg, MonotonicClock())
-        frozen = self.frozen
 
         async def sigkill(s: SidecarProcess) -> None:
             s.signal(signal.SIGKILL)
 
         async def sigstop(s: SidecarProcess) -> None:
             s.signal(signal.SIGSTOP)
-            frozen.append(s)
+            self.frozen.add(s.candidate)
 
         async def resign(s: SidecarProcess) -> None:
             await asyncio.to_thread(request, str(s.socket_path), {"type": "resign"})
@@ -200,17 +190,14 @@ class Demo:
             for act, what in steps:
                 await self.idle(election, self.duration / (len(steps) + 1))
                 nxt = await self._step(election, leader, what.format(id=leader.id), act, self.ttl + 5)
-                for s in frozen:
-                    s.signal(signal.SIGCONT)  # back as a candidate; its grant long expired
-                frozen.clear()
+                self.thaw()  # back as a candidate; its grant long expired
                 if nxt is None:
                     return
                 leader = nxt
             # Long enough for the last orchestrator to act, so its term is checked too.
             await self.idle(election, max(2.0, self.duration - self.w.t()))
         finally:
-            for s in frozen:
-                s.signal(signal.SIGCONT)
+            self.thaw()
             await backend.close()
 
     def start(self) -> None:
@@ -243,19 +230,10 @@ class Demo:
         self.store_server.stop()
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-async def _none() -> None:
-    return None
-
-
 def run_demo(
     candidates: int = 3, duration: float = 20.0, ttl: int = 3, keep: bool = False, backend: str = "etcd"
 ) -> int:
-    logging.getLogger("kazoo").setLevel(logging.CRITICAL)  # our own faults make it chatter
-    signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM cleans up like Ctrl-C
+    harness_process()
     workdir = Path(tempfile.mkdtemp(prefix="election-sidecar-demo-"))
     demo = Demo(candidates, duration, ttl, workdir, backend)
     code = 1

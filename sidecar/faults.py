@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import os
 import random
 import shutil
@@ -43,7 +42,7 @@ from sidecar.clock import MonotonicClock
 from sidecar.config import Config
 from sidecar.examples.checker import check
 from sidecar.fencing.oneshot import request
-from sidecar.fleet import FAST_TIMING, SidecarProcess
+from sidecar.fleet import FAST_TIMING, SidecarProcess, claiming, harness_process, statuses
 from sidecar.localetcd import LocalEtcd
 from sidecar.localzk import LocalZooKeeper
 from sidecar.tcpproxy import FaultProxy
@@ -178,9 +177,7 @@ class Campaign:
     # -- observing --------------------------------------------------------
 
     async def claims(self) -> list[tuple[SidecarProcess, dict[str, Any]]]:
-        live = [s for s in self.sidecars if s.alive and s.candidate not in self.frozen]
-        views = await asyncio.gather(*(asyncio.to_thread(s.status, 0.5) for s in live))
-        return [(s, v) for s, v in zip(live, views, strict=True) if v and v.get("state") == "leader"]
+        return claiming(self.sidecars, await statuses(self.sidecars, self.frozen))
 
     async def store_leader(self) -> tuple[str, int] | None:
         try:
@@ -445,22 +442,11 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C
-
-
-def _quiet_libraries() -> None:
-    # The harness's own store client sees the injected outages too; its
-    # reconnect chatter is not a finding.
-    logging.getLogger("kazoo").setLevel(logging.CRITICAL)
-
-
 def run_campaign(
     backend: str, *, candidates: int, faults: int, seed: int | None, report_path: str, progress: bool, keep: bool,
     broken: bool = False, kinds: list[str] | None = None,
 ) -> int:  # fmt: skip
-    _quiet_libraries()
-    signal.signal(signal.SIGTERM, _interrupt)
+    harness_process()
     c = Campaign(
         backend, candidates=candidates, faults=faults, seed=seed, progress=progress, broken=broken, kinds=kinds
     )

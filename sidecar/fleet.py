@@ -7,18 +7,22 @@ reaches only the parent, which then stops them in order.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sidecar.config import Config, validate
 from sidecar.fencing.oneshot import request
+from sidecar.localetcd import log_tail
 
 # Fast timing for throwaway elections: a dead leader is replaced in about
 # TTL seconds, and every safety rule of config.validate() still holds.
@@ -159,7 +163,39 @@ class SidecarProcess:
             time.sleep(0.02)
 
     def tail(self, lines: int = 5) -> str:
-        try:
-            return " | ".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_path, lines)
+
+
+async def statuses(
+    sidecars: list[SidecarProcess], skip: Collection[str] = (), timeout: float = 0.5
+) -> list[dict[str, Any] | None]:
+    """Each sidecar's own view, asked in parallel; None for a dead, skipped or silent one."""
+
+    async def one(s: SidecarProcess) -> dict[str, Any] | None:
+        if not s.alive or s.candidate in skip:
+            return None
+        return await asyncio.to_thread(s.status, timeout)
+
+    return list(await asyncio.gather(*(one(s) for s in sidecars)))
+
+
+def claiming(
+    sidecars: list[SidecarProcess], views: list[dict[str, Any] | None]
+) -> list[tuple[SidecarProcess, dict[str, Any]]]:
+    """The sidecars whose view says they lead, with that view."""
+    return [(s, v) for s, v in zip(sidecars, views, strict=True) if v and v.get("state") == "leader"]
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def harness_process() -> None:
+    """Set-up for the demo and the campaign, which inject faults themselves.
+
+    SIGTERM cleans up like Ctrl-C (servers and sidecars are stopped), and
+    the reconnect chatter of our own store client during those faults is
+    not news.
+    """
+    signal.signal(signal.SIGTERM, _interrupt)
+    logging.getLogger("kazoo").setLevel(logging.CRITICAL)

@@ -61,6 +61,14 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def log_tail(path: Path, lines: int = 5) -> str:
+    """The last lines of a process's log on one line, for error messages."""
+    try:
+        return " | ".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
 @dataclass
 class Member:
     name: str
@@ -189,10 +197,7 @@ class LocalEtcd:
             time.sleep(0.05)
 
     def tail(self, m: Member, lines: int = 5) -> str:
-        try:
-            return " | ".join(m.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return log_tail(m.log_path, lines)
 
     def leader(self) -> Member | None:
         """The member that is raft leader now, asked of any live member."""

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sidecar.localetcd import free_ports
+from sidecar.localetcd import free_ports, log_tail
 
 TICK_MS = 200
 JARS = ("zookeeper.jar", "zookeeper-jute.jar", "slf4j-api.jar", "slf4j-simple.jar")
@@ -165,10 +165,7 @@ class LocalZooKeeper:
         return next((s for s in self.servers if s.alive and self.mode(s) == "leader"), None)
 
     def tail(self, s: Server, lines: int = 5) -> str:
-        try:
-            return " | ".join(s.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return log_tail(s.log_path, lines)
 
     @property
     def members(self) -> list[Server]:
