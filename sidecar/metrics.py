@@ -36,6 +36,9 @@ class SidecarMetrics:
         def c(name: str, doc: str, extra: tuple[str, ...] = ()) -> Counter:
             return Counter(PREFIX + name, doc, [*base, *extra], registry=registry)
 
+        def h(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(PREFIX + name, doc, base, buckets=buckets, registry=registry)
+
         self.is_leader = g("is_leader", "1 while this candidate holds a valid grant, else 0.").labels(**lv)
         self.epoch = g("leader_epoch", "Epoch (term number) of this candidate's current or last leadership.").labels(
             **lv
@@ -44,12 +47,8 @@ class SidecarMetrics:
         self.lease_remaining = g(
             "lease_remaining_seconds", "Seconds until this candidate's grant deadline (0 when not leading)."
         ).labels(**lv)
-        self.keepalive_rtt = Histogram(
-            PREFIX + "keepalive_rtt_seconds",
-            "Round trip of acknowledged keepalives, from send to answer.",
-            base,
-            buckets=RTT_BUCKETS,
-            registry=registry,
+        self.keepalive_rtt = h(
+            "keepalive_rtt_seconds", "Round trip of acknowledged keepalives, from send to answer.", RTT_BUCKETS
         ).labels(**lv)
         self.keepalive_failures = c("keepalive_failures_total", "Keepalives that failed or timed out.").labels(**lv)
         self._transitions = c("transitions_total", "State transitions, by the state entered.", ("to",))
@@ -73,12 +72,8 @@ class SidecarMetrics:
         self.loop_lag = g("event_loop_lag_seconds", "Latest event-loop lag (how late a 100 ms timer fired).").labels(
             **lv
         )
-        self.loop_lag_hist = Histogram(
-            PREFIX + "event_loop_lag_distribution_seconds",
-            "Distribution of event-loop lag samples.",
-            base,
-            buckets=LAG_BUCKETS,
-            registry=registry,
+        self.loop_lag_hist = h(
+            "event_loop_lag_distribution_seconds", "Distribution of event-loop lag samples.", LAG_BUCKETS
         ).labels(**lv)
         self.last_transition = g("last_transition_timestamp_seconds", "Unix time of the last state transition.").labels(
             **lv

@@ -7,19 +7,15 @@ import urllib.request
 from datetime import UTC, datetime
 from typing import Any
 
-from sidecar.backends import connect
-from sidecar.clock import MonotonicClock
+from sidecar.backends import connected
 from sidecar.config import Config
 
 
 async def gather(cfg: Config) -> dict[str, Any]:
-    backend = await connect(cfg, MonotonicClock())
-    try:
+    async with connected(cfg) as backend:
         election = backend.election(cfg.election)
         leader = await election.leader()
         candidates = await election.candidates()
-    finally:
-        await backend.close()
     return {
         "election": cfg.election,
         "leader": None if leader is None else {"id": leader.id, "token": leader.token, "epoch": leader.epoch},
@@ -112,8 +108,7 @@ def render_table(view: dict[str, Any]) -> str:
 
 async def watch_leader(cfg: Config, json_lines: bool = False) -> None:
     """One line per leader change (a leader whose epoch is not yet recorded is skipped)."""
-    backend = await connect(cfg, MonotonicClock())
-    try:
+    async with connected(cfg) as backend:
         async for lead in backend.election(cfg.election).observe():
             if lead is not None and not lead.epoch:
                 continue  # the new leader records its term a moment later
@@ -127,13 +122,8 @@ async def watch_leader(cfg: Config, json_lines: bool = False) -> None:
                 print(f"{now}  {cfg.election}: no leader", flush=True)
             else:
                 print(f"{now}  {cfg.election}: leader {lead.id}  token {lead.token}  epoch {lead.epoch}", flush=True)
-    finally:
-        await backend.close()
 
 
 async def evict(cfg: Config, candidate_id: str) -> list[str]:
-    backend = await connect(cfg, MonotonicClock())
-    try:
+    async with connected(cfg) as backend:
         return await backend.election(cfg.election).evict(candidate_id)
-    finally:
-        await backend.close()

@@ -220,7 +220,6 @@ class Supervisor:
         self._reaper: asyncio.Task[None] | None = None
         self._stopping = False
         self._leading = False
-        self.kills: dict[str, int] = {}
         self._on_kill = on_kill
         self.watchdog_enabled = True
 
@@ -284,7 +283,6 @@ class Supervisor:
         return None
 
     def _count(self, what: str) -> None:
-        self.kills[what] = self.kills.get(what, 0) + 1
         if self._on_kill is not None:
             self._on_kill(what)
 

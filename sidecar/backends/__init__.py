@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from sidecar.backends.base import Backend
-from sidecar.clock import Clock
+from sidecar.clock import Clock, MonotonicClock
 from sidecar.config import Config, endpoint_hostports, etcd_password
 
 
@@ -14,6 +16,16 @@ def zk_auth(cfg: Config) -> list[tuple[str, str]]:
     if not cfg.zk_auth_file:
         return []
     return [("digest", Path(cfg.zk_auth_file).read_text().strip())]
+
+
+@contextlib.asynccontextmanager
+async def connected(cfg: Config) -> AsyncIterator[Backend]:
+    """A backend for one CLI command, closed when it is done."""
+    backend = await connect(cfg, MonotonicClock())
+    try:
+        yield backend
+    finally:
+        await backend.close()
 
 
 async def connect(cfg: Config, clock: Clock) -> Backend:

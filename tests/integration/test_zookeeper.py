@@ -16,7 +16,7 @@ from kazoo.recipe.election import Election as KazooElection
 
 from sidecar.backends.zookeeper import ZooKeeperBackend
 from sidecar.clock import MonotonicClock
-from sidecar.examples.checker import check
+from sidecar.examples.checker import check, read_records
 from sidecar.fleet import FAST_TIMING
 from sidecar.localzk import TICK_MS
 from tests.conftest import ZkServer
@@ -85,9 +85,7 @@ def toys_ok(fleet: Fleet) -> list[float]:
 
 
 def acting(path: Path, token: int) -> bool:
-    if not path.exists():
-        return False
-    return any(r["kind"] == "act" and r["token"] == token for r in map(json.loads, path.read_text().splitlines()))
+    return any(r["kind"] == "act" and r["token"] == token for r in read_records([path]))
 
 
 def test_crashed_leader_is_replaced_after_the_session_timeout(zk_fleet: Fleet, measure: Any) -> None:
