@@ -175,7 +175,6 @@ class Elector:
         self.forbidden: str = ""  # why the store refused us, if it did; fatal
         self.current_leader: Leadership | None = None
         self.session: Session | None = None
-        self.transitioned_at = clock.now()
         self.backend_up = False  # did the last store call succeed?
         # Only for proving the fault checker can fail: never demote at the deadline.
         self.unsafe_ignore_deadline = False
@@ -219,7 +218,6 @@ class Elector:
         old, self.state = self.state, state
         self.counters[f"transition:{state.value}"] += 1
         self.metrics.transition(state)
-        self.transitioned_at = self.clock.now()
         token = self.grant.token if self.grant else None
         epoch = self.grant.epoch if self.grant else None
         self._emit(

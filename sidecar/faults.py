@@ -131,12 +131,15 @@ class Campaign:
     def store_path(self) -> Path:
         return self.workdir / "fenced-store.db"
 
+    @property
+    def sidecar_env(self) -> dict[str, str]:
+        return {"ELECTION_SIDECAR_UNSAFE_IGNORE_DEADLINE": "1"} if self.broken else {}
+
     def record_path(self, name: str) -> Path:
         return self.workdir / f"{name}.jsonl"
 
     async def start(self) -> None:
         await asyncio.to_thread(self.cluster.start)
-        env = {"ELECTION_SIDECAR_UNSAFE_IGNORE_DEADLINE": "1"} if self.broken else {}
         for i in range(self.n):
             name = f"s{i}"
             proxies = []
@@ -155,8 +158,7 @@ class Campaign:
                 backend=self.backend, command=toy,
             )  # fmt: skip
             self.sidecars.append(sc)
-            self._env = env
-            sc.start(env)
+            sc.start(self.sidecar_env)
         for sc in self.sidecars:
             await asyncio.to_thread(sc.wait_socket)
         cfg = Config(backend=self.backend, endpoints=tuple(self.cluster.endpoints), election="campaign")
@@ -232,7 +234,7 @@ class Campaign:
             async def restart() -> None:
                 if leader.proc is not None:
                     await asyncio.to_thread(leader.proc.wait)
-                leader.start(self._env)
+                leader.start(self.sidecar_env)
                 await asyncio.to_thread(leader.wait_socket)
 
             return leader.candidate, restart, hold_long

@@ -95,9 +95,7 @@ class HttpApi:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host or "0.0.0.0", int(port))
         await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else int(port)
+        self.port = int(self._runner.addresses[0][1])  # the real port when 0 was asked for
         return self.port
 
     async def close(self) -> None:

@@ -221,11 +221,6 @@ class LocalEtcd:
             if sig in (signal.SIGKILL, signal.SIGTERM):
                 m.proc.wait(timeout=10)
 
-    def restart(self, m: Member, timeout: float = 30.0) -> None:
-        self.kill(m)
-        self._spawn(m, "existing")
-        self.wait_healthy(timeout, [m])
-
     def start_member(self, m: Member) -> None:
         """Start a killed member again without waiting (quorum may still be missing)."""
         if not m.alive:

@@ -180,11 +180,6 @@ class LocalZooKeeper:
             if sig in (signal.SIGKILL, signal.SIGTERM):
                 s.proc.wait(timeout=10)
 
-    def restart(self, s: Server, timeout: float = 60.0) -> None:
-        self.kill(s)
-        self._spawn(s)
-        self.wait_serving(timeout, [s])
-
     def start_member(self, s: Server) -> None:
         """Start a killed server again without waiting (quorum may still be missing)."""
         if not s.alive:

@@ -154,8 +154,7 @@ def read_pidfile(path: str) -> list[int]:
 class Watchdog:
     """The sidecar's end of the watchdog pipe."""
 
-    def __init__(self, log: EventSink) -> None:
-        self._log = log
+    def __init__(self) -> None:
         self.proc: asyncio.subprocess.Process | None = None
         self.disabled = True  # until started
 
@@ -215,7 +214,7 @@ class Supervisor:
         self.clock = clock
         self.peers = peers
         self.on_exit = on_orchestrator_exit
-        self.watchdog = Watchdog(log)
+        self.watchdog = Watchdog()
         self.child: asyncio.subprocess.Process | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._stopping = False

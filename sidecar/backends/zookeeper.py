@@ -179,10 +179,6 @@ class ZooKeeperSession:
             return ""
         return f"{self._client.client_id[0]:x}"
 
-    @property
-    def negotiated_timeout(self) -> float | None:
-        return self._negotiated
-
     def _capture_negotiated(self, client: KazooClient) -> None:
         # kazoo keeps the negotiated timeout in a local of its handshake; its
         # read timeout is exactly 2/3 of it (kazoo 2.11). We need the real

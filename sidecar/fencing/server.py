@@ -15,7 +15,7 @@ import socket
 import stat
 import struct
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,6 @@ class Peer:
     gid: int
     writer: asyncio.StreamWriter
     acked_seq: int = 0
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
