@@ -42,9 +42,9 @@ from sidecar.clock import MonotonicClock  # noqa: E402
 from sidecar.elector import Elector, State  # noqa: E402
 from sidecar.fencing.client import BlockingGrantClient  # noqa: E402
 from sidecar.fencing.oneshot import request  # noqa: E402
-from sidecar.fleet import FAST_TIMING, SidecarProcess, fast_config  # noqa: E402
-from sidecar.localetcd import LocalEtcd, find_binary  # noqa: E402
-from sidecar.localzk import LocalZooKeeper  # noqa: E402
+from sidecar_harness.fleet import FAST_TIMING, SidecarProcess, fast_config  # noqa: E402
+from sidecar_harness.localetcd import LocalEtcd, find_binary  # noqa: E402
+from sidecar_harness.localzk import LocalZooKeeper  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

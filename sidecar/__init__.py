@@ -1,3 +1,8 @@
 """election-sidecar: leader election with fencing grants and kill-before-successor."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("election-sidecar")  # the one place it is kept: pyproject.toml
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"

@@ -11,7 +11,6 @@ import asyncio
 import dataclasses
 import json
 import os
-import shutil
 import socket
 import sys
 from collections.abc import Callable
@@ -72,24 +71,24 @@ def config_options(names: tuple[str, ...] | None = None) -> Callable[[F], F]:
     return decorate
 
 
-def build_config(values: dict[str, Any]) -> Config:
+def build_config(values: dict[str, Any], command: tuple[str, ...] | None = None) -> Config:
     names = {f.name for f in dataclasses.fields(Config)}
     kwargs = {k: v for k, v in values.items() if k in names}
     if "endpoints" in kwargs:
         kwargs["endpoints"] = tuple(e.strip() for e in str(kwargs["endpoints"]).split(",") if e.strip())
     if "candidate_id" in kwargs and not kwargs["candidate_id"]:
         kwargs["candidate_id"] = f"{socket.gethostname()}-{os.getpid()}"
-    return validate(Config(**kwargs))
+    return validate(Config(**kwargs), command)
 
 
-def load_config(values: dict[str, Any]) -> Config:
+def load_config(values: dict[str, Any], command: tuple[str, ...] | None = None) -> Config:
     """build_config, or one line on stderr and exit status 2."""
     typos = unknown_env(dict(os.environ))
     if typos:
         click.echo(f"election-sidecar: invalid config: environment {typos[0]}: not a known setting", err=True)
         sys.exit(2)
     try:
-        cfg = build_config(values)
+        cfg = build_config(values, command)
         check_files(cfg)
         return cfg
     except ConfigError as exc:
@@ -97,7 +96,33 @@ def load_config(values: dict[str, Any]) -> Config:
         sys.exit(2)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+PLUGIN_GROUP = "election_sidecar.commands"
+
+
+class PluginGroup(click.Group):
+    """Our commands plus those other packages add through entry points.
+
+    The test harness adds ``demo`` and ``validate`` this way, so the runtime
+    never imports it; a plugin is imported only when its command runs.
+    """
+
+    def _plugins(self) -> dict[str, Any]:
+        from importlib.metadata import entry_points
+
+        return {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._plugins()})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        found = super().get_command(ctx, cmd_name)
+        if found is not None:
+            return found
+        ep = self._plugins().get(cmd_name)
+        return ep.load() if ep is not None else None
+
+
+@click.group(cls=PluginGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="election-sidecar")
 def main() -> None:
     """Leader election with fencing grants for one orchestrator per sidecar."""
@@ -116,19 +141,7 @@ def run(command: tuple[str, ...], **values: Any) -> None:
     from sidecar import log as logmod
     from sidecar.app import Sidecar
 
-    cfg = load_config(values)
-    if cfg.standby and not command:
-        click.echo("election-sidecar: invalid config: standby=True: needs a command after --", err=True)
-        sys.exit(2)
-    if command and (cfg.kill_pidfile or cfg.kill_peer):
-        click.echo(
-            "election-sidecar: invalid config: command: choose one kill target (command, kill_pidfile or kill_peer)",
-            err=True,
-        )
-        sys.exit(2)
-    if command and shutil.which(command[0]) is None:
-        click.echo(f"election-sidecar: invalid config: command={command[0]!r}: not found or not executable", err=True)
-        sys.exit(2)
+    cfg = load_config(values, command)
     logmod.configure(cfg.log_format, cfg.log_level)
     logger = logmod.get()
     try:
@@ -252,64 +265,6 @@ def resign(socket_path: str, timeout: float) -> None:
         return
     click.echo(f"resign refused: {reply.get('detail') or reply.get('error') or reply}", err=True)
     sys.exit(1)
-
-
-@main.command()
-@click.option("--candidates", default=3, show_default=True, type=click.IntRange(2, 9))
-@click.option("--duration", default=20.0, show_default=True, type=click.FloatRange(8, 600), help="Seconds to run.")
-@click.option("--ttl", default=3, show_default=True, type=click.IntRange(2, 60), help="Lease TTL of the demo sidecars.")
-@click.option("--keep", is_flag=True, help="Keep the logs and records of the run (the path is printed).")
-@click.option("--backend", type=click.Choice(["etcd", "zookeeper"]), default="etcd", show_default=True)
-def demo(candidates: int, duration: float, ttl: int, keep: bool, backend: str) -> None:
-    """Start a throwaway etcd (or ZooKeeper) and N sidecars with toy orchestrators; kill, freeze
-    and resign the leader in turn; check that no two orchestrators ever acted
-    at once."""
-    from sidecar.demo import run_demo
-
-    sys.exit(run_demo(candidates=candidates, duration=duration, ttl=ttl, keep=keep, backend=backend))
-
-
-@main.command("validate")
-@click.option("--backend", type=click.Choice(["etcd", "zookeeper"]), default="etcd", show_default=True)
-@click.option("--candidates", default=5, show_default=True, type=click.IntRange(2, 20))
-@click.option("--faults", default=30, show_default=True, type=click.IntRange(1, 100000))
-@click.option("--seed", type=int, default=None, help="Replay a campaign; printed at the start of every run.")
-@click.option("--report", "report_path", default="", help="Write the full report here as JSON.")
-@click.option("--progress/--no-progress", default=True, show_default=True)
-@click.option("--keep", is_flag=True, help="Keep logs and records (the path is printed).")
-@click.option("--only", default="", help="Comma-separated fault kinds to draw from (default: the whole catalogue).")
-@click.option("--unsafe-broken", is_flag=True, hidden=True, help="Disable self-fencing: proves the checker can fail.")
-def validate_command(
-    backend: str, candidates: int, faults: int, seed: int | None, report_path: str, progress: bool, keep: bool,
-    only: str, unsafe_broken: bool,
-) -> None:  # fmt: skip
-    """Run the fault campaign and check that no two orchestrators ever acted at once.
-
-    Starts a 3-member store cluster, N sidecars with toy orchestrators and a
-    fault-injecting proxy per sidecar; injects seeded random faults (kills,
-    freezes, resigns, store member and quorum loss, partitions, slow links);
-    exits 0 only if the checker finds no violation.
-    """
-    from sidecar.faults import CATALOGUE, run_campaign
-
-    kinds = [k.strip() for k in only.split(",") if k.strip()] or None
-    unknown = sorted(set(kinds or []) - set(CATALOGUE[backend]))
-    if unknown:
-        click.echo(f"election-sidecar: validate: unknown fault kinds {unknown}; known: {CATALOGUE[backend]}", err=True)
-        sys.exit(2)
-    sys.exit(
-        run_campaign(
-            backend,
-            candidates=candidates,
-            faults=faults,
-            seed=seed,
-            report_path=report_path,
-            progress=progress,
-            keep=keep,
-            broken=unsafe_broken,
-            kinds=kinds,
-        )
-    )
 
 
 if __name__ == "__main__":

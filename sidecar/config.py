@@ -11,13 +11,15 @@ from __future__ import annotations
 import math
 import os
 import re
+import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from sidecar import backends
+
 ENV_PREFIX = "ELECTION_SIDECAR_"
-BACKENDS = ("etcd", "zookeeper", "memory")
 LOG_FORMATS = ("auto", "json", "console")
-ETCD_MIN_TTL = 2.0
 _ENDPOINT = re.compile(r"^(?:(?P<scheme>https?)://)?(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})/?$")
 _ELECTION = re.compile(r"^[A-Za-z0-9_./-]+$")
 
@@ -37,7 +39,7 @@ def _opt(help_text: str, **extra: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Config:
-    backend: str = field(default="etcd", metadata=_opt("Store to campaign through.", choices=BACKENDS))
+    backend: str = field(default="etcd", metadata=_opt("Store to campaign through.", choices=tuple(backends.BUILTIN)))
     endpoints: tuple[str, ...] = field(
         default=("127.0.0.1:2379",),
         metadata=_opt("Store endpoints, comma separated (host:port or http(s)://host:port)."),
@@ -135,10 +137,14 @@ def _finite(name: str, value: float, *, minimum: float | None = None, strict: bo
         raise ConfigError(name, value, f"must be {'>' if strict else '>='} {minimum:g}")
 
 
-def validate(cfg: Config) -> Config:
-    """Return ``cfg`` unchanged or raise ConfigError for the first broken rule."""
-    if cfg.backend not in BACKENDS:
-        raise ConfigError("backend", cfg.backend, f"must be one of {', '.join(BACKENDS)}")
+def validate(cfg: Config, command: Sequence[str] | None = None) -> Config:
+    """Return ``cfg`` unchanged or raise ConfigError for the first broken rule.
+
+    ``command`` is the orchestrator of ``run -- CMD`` (empty: none); None
+    skips the rules about it, for commands that start no orchestrator.
+    """
+    if cfg.backend not in backends.known():
+        raise ConfigError("backend", cfg.backend, f"must be one of {', '.join(backends.known())}")
     if not cfg.endpoints:
         raise ConfigError("endpoints", "", "needs at least one host:port")
     for ep in cfg.endpoints:
@@ -165,18 +171,7 @@ def validate(cfg: Config) -> Config:
     _finite("drift", cfg.drift, minimum=0)
     if cfg.drift >= 0.1:
         raise ConfigError("drift", cfg.drift, "must be below 0.1 (a clock that drifts 10% is broken)")
-    if cfg.backend == "zookeeper":
-        if any(ep.startswith(("http://", "https://")) for ep in cfg.endpoints):
-            raise ConfigError(
-                "endpoints", ",".join(cfg.endpoints), "ZooKeeper endpoints are host:port, without a scheme"
-            )
-        if cfg.zk_chroot and not re.match(r"^/?[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*/?$", cfg.zk_chroot):
-            raise ConfigError("zk_chroot", cfg.zk_chroot, "must be a ZooKeeper path like /apps/prod")
-    if cfg.backend == "etcd":
-        if cfg.ttl < ETCD_MIN_TTL:
-            raise ConfigError("ttl", cfg.ttl, f"must be >= {ETCD_MIN_TTL:g} s for etcd (its minimum lease TTL)")
-        if cfg.ttl != int(cfg.ttl):
-            raise ConfigError("ttl", cfg.ttl, "must be whole seconds for etcd (leases are granted in seconds)")
+    backends.load(cfg.backend).check_config(cfg)
     if not cfg.ttl > cfg.renew_deadline:
         raise ConfigError("renew_deadline", cfg.renew_deadline, f"must be < ttl ({cfg.ttl:g})")
     if not cfg.renew_deadline > 1.2 * cfg.retry_interval:
@@ -211,7 +206,19 @@ def validate(cfg: Config) -> Config:
             raise ConfigError("http_addr", cfg.http_addr, "must be host:port (port 0-65535), or empty to disable")
     if cfg.log_format not in LOG_FORMATS:
         raise ConfigError("log_format", cfg.log_format, f"must be one of {', '.join(LOG_FORMATS)}")
+    socket_gid(cfg)  # an unknown group fails here, not after the socket exists
+    if command is not None:
+        _check_command(cfg, command)
     return cfg
+
+
+def _check_command(cfg: Config, command: Sequence[str]) -> None:
+    if cfg.standby and not command:
+        raise ConfigError("standby", True, "needs a command after --")
+    if command and (cfg.kill_pidfile or cfg.kill_peer):
+        raise ConfigError("command", " ".join(command), "choose one kill target: command, kill_pidfile or kill_peer")
+    if command and shutil.which(command[0]) is None:
+        raise ConfigError("command", command[0], "not found or not executable")
 
 
 def endpoint_hostports(cfg: Config) -> list[str]:

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from sidecar.localetcd import EtcdNotFound, LocalEtcd
-from sidecar.localzk import LocalZooKeeper, ZooKeeperNotFound
+from sidecar_harness.localetcd import EtcdNotFound, LocalEtcd
+from sidecar_harness.localzk import LocalZooKeeper, ZooKeeperNotFound
 
 ETCD_IMAGE = "quay.io/coreos/etcd:v3.5.17"
 ZK_IMAGE = "zookeeper:3.8"

@@ -50,6 +50,7 @@ from sidecar.backends.base import (
     StoreUnavailable,
 )
 from sidecar.clock import Clock
+from sidecar.config import Config, ConfigError, endpoint_hostports, etcd_password
 
 TOKEN_REFRESH = 120.0  # seconds; etcd's simple tokens live 300 s by default
 _DELETE = 1  # mvccpb.Event.EventType.DELETE
@@ -397,3 +398,29 @@ class EtcdElection:
 
     async def close(self) -> None:
         return None
+
+
+# -- the registry's entry points (sidecar/backends/__init__.py) -------------
+
+MIN_TTL = 2.0  # etcd's own minimum lease TTL
+
+
+def check_config(cfg: Config) -> None:
+    if cfg.ttl < MIN_TTL:
+        raise ConfigError("ttl", cfg.ttl, f"must be >= {MIN_TTL:g} s for etcd (its minimum lease TTL)")
+    if cfg.ttl != int(cfg.ttl):
+        raise ConfigError("ttl", cfg.ttl, "must be whole seconds for etcd (leases are granted in seconds)")
+
+
+async def connect(cfg: Config, clock: Clock) -> EtcdBackend:
+    return await EtcdBackend(
+        endpoint_hostports(cfg),
+        clock,
+        request_timeout=cfg.effective_request_timeout,
+        ca_file=cfg.ca_file,
+        cert_file=cfg.cert_file,
+        key_file=cfg.key_file,
+        tls_server_name=cfg.tls_server_name,
+        user=cfg.etcd_user,
+        password=etcd_password(cfg) if cfg.etcd_user else "",
+    ).connect()

@@ -30,6 +30,7 @@ import json
 import re
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from kazoo.client import KazooClient, KazooState
@@ -57,6 +58,7 @@ from sidecar.backends.base import (
     StoreUnavailable,
 )
 from sidecar.clock import Clock
+from sidecar.config import Config, ConfigError, endpoint_hostports
 
 NODE_MARK = "__lock__"  # what kazoo's Lock/Election recipes look for
 _SEQ = re.compile(r"__lock__(\d{10})$")
@@ -428,3 +430,32 @@ class ZooKeeperElection:
 
     async def close(self) -> None:
         return None
+
+
+# -- the registry's entry points (sidecar/backends/__init__.py) -------------
+
+_CHROOT = re.compile(r"^/?[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*/?$")
+
+
+def check_config(cfg: Config) -> None:
+    if any(ep.startswith(("http://", "https://")) for ep in cfg.endpoints):
+        raise ConfigError("endpoints", ",".join(cfg.endpoints), "ZooKeeper endpoints are host:port, without a scheme")
+    if cfg.zk_chroot and not _CHROOT.match(cfg.zk_chroot):
+        raise ConfigError("zk_chroot", cfg.zk_chroot, "must be a ZooKeeper path like /apps/prod")
+
+
+def zk_auth(cfg: Config) -> list[tuple[str, str]]:
+    """Digest credentials from a file, so they never sit in argv or logs."""
+    if not cfg.zk_auth_file:
+        return []
+    return [("digest", Path(cfg.zk_auth_file).read_text().strip())]
+
+
+async def connect(cfg: Config, clock: Clock) -> ZooKeeperBackend:
+    return ZooKeeperBackend(
+        endpoint_hostports(cfg),
+        clock,
+        request_timeout=cfg.effective_request_timeout,
+        chroot=cfg.zk_chroot,
+        auth=zk_auth(cfg),
+    )

@@ -14,11 +14,11 @@ import pytest
 
 from sidecar.backends.base import Backend, Session
 from sidecar.backends.etcd import EtcdBackend
-from sidecar.backends.memory import MemoryBackend, MemoryStore
 from sidecar.backends.zookeeper import ZooKeeperBackend, ZooKeeperSession
 from sidecar.clock import MonotonicClock
 from sidecar.config import Config, validate
 from sidecar.elector import Elector, State
+from sidecar_harness.memory import MemoryBackend, MemoryStore
 from tests.conftest import EtcdServer, ZkServer
 from tests.helpers import RecordingSink, eventually
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from sidecar.fleet import SidecarProcess
-from sidecar.localetcd import free_ports
+from sidecar_harness.fleet import SidecarProcess
+from sidecar_harness.localstore import free_ports
 from tests.conftest import EtcdServer, ZkServer
 from tests.helpers import wait_until
 
@@ -58,7 +58,7 @@ class Fleet:
     def toy(self, candidate: str, *flags: str) -> list[str]:
         """The toy orchestrator's command line for one candidate."""
         return [
-            sys.executable, "-m", "sidecar.examples.toy_orchestrator",
+            sys.executable, "-m", "sidecar_harness.toy_orchestrator",
             "--store", str(self.store), "--record", str(self.record(candidate)), *flags,
         ]  # fmt: skip
 

@@ -26,5 +26,5 @@ def test_demo_fails_over_three_ways_and_leaves_nothing_behind(backend: str, requ
         assert ">>> " in out and step in out
     assert "no stale token accepted" in out and "never overlapping" in out
     assert set(Path("/tmp").glob("election-sidecar-*")) <= before, "the demo left files behind"
-    leftover = subprocess.run(["pgrep", "-f", "sidecar.examples.toy_orchestrator"], capture_output=True, check=False)
+    leftover = subprocess.run(["pgrep", "-f", "sidecar_harness.toy_orchestrator"], capture_output=True, check=False)
     assert leftover.returncode == 1, f"orchestrators still running: {leftover.stdout!r}"

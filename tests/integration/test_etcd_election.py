@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from sidecar.fleet import FAST_TIMING
-from sidecar.localetcd import find_binary
+from sidecar_harness.fleet import FAST_TIMING
+from sidecar_harness.localetcd import find_binary
 from tests.conftest import EtcdServer
 from tests.helpers import wait_until
 from tests.integration.conftest import Fleet, log_events

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from sidecar.examples.checker import Verdict, check, read_records
-from sidecar.fleet import FAST_TIMING
+from sidecar_harness.checker import Verdict, check, read_records
+from sidecar_harness.fleet import FAST_TIMING
 from tests.helpers import wait_until
 from tests.integration.conftest import Fleet, log_events, pid_gone
 

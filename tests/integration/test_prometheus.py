@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from sidecar.fencing.oneshot import request
-from sidecar.localetcd import free_ports
+from sidecar_harness.localstore import free_ports
 from tests.conftest import missing
 from tests.helpers import wait_until
 from tests.integration.conftest import Fleet

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.fleet import FAST_TIMING, SidecarProcess
-from sidecar.localetcd import LocalEtcd, find_binary, free_ports
+from sidecar_harness.fleet import FAST_TIMING, SidecarProcess
+from sidecar_harness.localetcd import LocalEtcd, find_binary
+from sidecar_harness.localstore import free_ports
 from tests.conftest import ZkServer
 from tests.helpers import wait_until
 

@@ -16,9 +16,9 @@ from kazoo.recipe.election import Election as KazooElection
 
 from sidecar.backends.zookeeper import ZooKeeperBackend
 from sidecar.clock import MonotonicClock
-from sidecar.examples.checker import check, read_records
-from sidecar.fleet import FAST_TIMING
-from sidecar.localzk import TICK_MS
+from sidecar_harness.checker import check, read_records
+from sidecar_harness.fleet import FAST_TIMING
+from sidecar_harness.localzk import TICK_MS
 from tests.conftest import ZkServer
 from tests.helpers import wait_until
 from tests.integration.conftest import Fleet, log_events

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sidecar.examples.checker import check
-from sidecar.examples.fenced_store import FencedStore
+from sidecar_harness.checker import check
+from sidecar_harness.fenced_store import FencedStore
 
 
 def write(path: Path, *acts: tuple[int, int, float]) -> None:

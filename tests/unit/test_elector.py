@@ -8,10 +8,10 @@ from dataclasses import replace
 
 import pytest
 
-from sidecar.backends.memory import MemoryBackend, MemoryStore
 from sidecar.clock import FakeClock
 from sidecar.config import Config, validate
 from sidecar.elector import Elector, Grant, Hooks, KillUnconfirmed, Reason, State
+from sidecar_harness.memory import MemoryBackend, MemoryStore
 from tests.helpers import RecordingSink
 
 CFG = validate(

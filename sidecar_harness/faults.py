@@ -11,7 +11,7 @@ seed replays the same sequence of choices), heals each, and measures:
 * recovery: fault healed -> exactly one leader again, which must take at
   most TTL + 1 s.
 
-At the end the checker (sidecar/examples/checker.py) reads what every
+At the end the checker (sidecar_harness/checker.py) reads what every
 orchestrator recorded and the fenced store: no overlapping terms, no stale
 token accepted, no act after its deadline. Leader claims are compared with
 the store's view at every stable sample. Output: a verdict, counts per
@@ -40,12 +40,12 @@ from sidecar.backends import connect
 from sidecar.backends.base import BackendError
 from sidecar.clock import MonotonicClock
 from sidecar.config import Config
-from sidecar.examples.checker import check
 from sidecar.fencing.oneshot import request
-from sidecar.fleet import FAST_TIMING, SidecarProcess, claiming, harness_process, statuses
-from sidecar.localetcd import LocalEtcd
-from sidecar.localzk import LocalZooKeeper
-from sidecar.tcpproxy import FaultProxy
+from sidecar_harness.checker import check
+from sidecar_harness.fleet import FAST_TIMING, SidecarProcess, claiming, harness_process, statuses
+from sidecar_harness.localetcd import LocalEtcd
+from sidecar_harness.localzk import LocalZooKeeper
+from sidecar_harness.proxy import FaultProxy
 
 TTL = FAST_TIMING["ttl"]
 SAMPLE = 0.05
@@ -149,7 +149,7 @@ class Campaign:
                 proxies.append(p)
             self.proxies[name] = proxies
             toy = [
-                sys.executable, "-m", "sidecar.examples.toy_orchestrator",
+                sys.executable, "-m", "sidecar_harness.toy_orchestrator",
                 "--store", str(self.store_path), "--record", str(self.record_path(name)),
                 *(["--no-self-fence"] if self.broken else []),
             ]  # fmt: skip

@@ -22,7 +22,7 @@ from typing import Any
 
 from sidecar.config import Config, validate
 from sidecar.fencing.oneshot import request
-from sidecar.localetcd import log_tail
+from sidecar_harness.localstore import log_tail
 
 # Fast timing for throwaway elections: a dead leader is replaced in about
 # TTL seconds, and every safety rule of config.validate() still holds.

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sidecar.examples.fenced_store import FencedStore
+from sidecar_harness.fenced_store import FencedStore
 
 
 @dataclass

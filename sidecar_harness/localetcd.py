@@ -12,14 +12,13 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from sidecar_harness.localstore import LocalMember, ProcessGroup, free_ports, spawn_logged
 
 # Faster than etcd's defaults, so that failover tests take seconds; the
 # minimum lease TTL follows (1.5 election timeouts).
@@ -48,50 +47,21 @@ def find_binary(name: str = "etcd") -> str:
     raise EtcdNotFound(f"no {name} binary: {how}")
 
 
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def log_tail(path: Path, lines: int = 5) -> str:
-    """The last lines of a process's log on one line, for error messages."""
-    try:
-        return " | ".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
 @dataclass
-class Member:
-    name: str
-    client_port: int
-    peer_port: int
-    data_dir: Path
-    log_path: Path
+class Member(LocalMember):
+    peer_port: int = 0
+    data_dir: Path = Path()
     metrics_port: int = 0
     scheme: str = "http"
-    proc: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
         host = f"127.0.0.1:{self.client_port}"
         return host if self.scheme == "http" else f"{self.scheme}://{host}"
 
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
 
 @dataclass
-class LocalEtcd:
+class LocalEtcd(ProcessGroup):
     """One member (size=1) or a loopback cluster of ``size`` members."""
 
     size: int = 1
@@ -102,10 +72,6 @@ class LocalEtcd:
     members: list[Member] = field(default_factory=list)
     _tmp: Path | None = None
     _cluster_args: list[str] = field(default_factory=list)
-
-    @property
-    def endpoints(self) -> list[str]:
-        return [m.endpoint for m in self.members]
 
     def start(self, timeout: float = 30.0) -> LocalEtcd:
         self.binary = self.binary or find_binary("etcd")
@@ -118,9 +84,9 @@ class LocalEtcd:
                 Member(
                     name,
                     ports[3 * i],
-                    ports[3 * i + 1],
-                    self._tmp / name,
                     self._tmp / f"{name}.log",
+                    peer_port=ports[3 * i + 1],
+                    data_dir=self._tmp / name,
                     metrics_port=ports[3 * i + 2],
                     scheme=scheme,
                 )
@@ -154,11 +120,11 @@ class LocalEtcd:
             *self._cluster_args,
             *self._tls_args(),
         ]  # fmt: skip
-        log = m.log_path.open("ab")
-        try:
-            m.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        finally:
-            log.close()
+        m.proc = spawn_logged(args, m.log_path)
+
+    def _respawn(self, m: LocalMember) -> None:
+        assert isinstance(m, Member)
+        self._spawn(m, "existing")
 
     def _tls_args(self) -> list[str]:
         if not self.tls:
@@ -182,22 +148,19 @@ class LocalEtcd:
         except (OSError, ValueError):
             return False
 
-    def wait_healthy(self, timeout: float = 30.0, members: list[Member] | None = None) -> None:
+    def wait_healthy(self, timeout: float = 30.0, members: list[LocalMember] | None = None) -> None:
         deadline = time.monotonic() + timeout
         pending = list(members or [m for m in self.members if m.alive])
         while pending:
             for m in pending:
                 if not m.alive:
                     raise RuntimeError(f"etcd member {m.name} exited: {self.tail(m)}")
-            pending = [m for m in pending if not self.healthy(m)]
+            pending = [m for m in pending if not (isinstance(m, Member) and self.healthy(m))]
             if not pending:
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"etcd members {[m.name for m in pending]} not healthy after {timeout}s")
             time.sleep(0.05)
-
-    def tail(self, m: Member, lines: int = 5) -> str:
-        return log_tail(m.log_path, lines)
 
     def leader(self) -> Member | None:
         """The member that is raft leader now, asked of any live member."""
@@ -214,27 +177,3 @@ class LocalEtcd:
             if leader_id and leader_id == member_id:
                 return m
         return None
-
-    def kill(self, m: Member, sig: int = signal.SIGKILL) -> None:
-        if m.proc is not None and m.proc.poll() is None:
-            m.proc.send_signal(sig)
-            if sig in (signal.SIGKILL, signal.SIGTERM):
-                m.proc.wait(timeout=10)
-
-    def start_member(self, m: Member) -> None:
-        """Start a killed member again without waiting (quorum may still be missing)."""
-        if not m.alive:
-            self._spawn(m, "existing")
-
-    def stop(self) -> None:
-        for m in self.members:
-            self.kill(m)
-        if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            self._tmp = None
-
-    def __enter__(self) -> LocalEtcd:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -26,6 +26,7 @@ from sidecar.backends.base import (
     StoreUnavailable,
 )
 from sidecar.clock import Clock, MonotonicClock
+from sidecar.config import Config
 
 
 @dataclass
@@ -257,3 +258,14 @@ class MemoryBackend:
 
     async def close(self) -> None:
         return None
+
+
+# -- the registry's entry points (sidecar/backends/__init__.py) -------------
+
+
+def check_config(cfg: Config) -> None:
+    """Any timing the generic rules allow: tests use sub-second TTLs."""
+
+
+async def connect(cfg: Config, clock: Clock) -> MemoryBackend:
+    return MemoryBackend(MemoryStore(clock))

@@ -22,11 +22,11 @@ from sidecar.backends import connect
 from sidecar.backends.base import BackendError, Leadership
 from sidecar.clock import MonotonicClock
 from sidecar.config import Config
-from sidecar.examples.checker import check
 from sidecar.fencing.oneshot import request
-from sidecar.fleet import SidecarProcess, claiming, harness_process, statuses
-from sidecar.localetcd import LocalEtcd
-from sidecar.localzk import LocalZooKeeper
+from sidecar_harness.checker import check
+from sidecar_harness.fleet import SidecarProcess, claiming, harness_process, statuses
+from sidecar_harness.localetcd import LocalEtcd
+from sidecar_harness.localzk import LocalZooKeeper
 
 
 def demo_timing(ttl: int) -> dict[str, float]:
@@ -207,7 +207,7 @@ class Demo:
         _say(f"{what} is up at {self.store_server.endpoints[0]}")
         for i in range(self.n):
             toy = [
-                sys.executable, "-m", "sidecar.examples.toy_orchestrator",
+                sys.executable, "-m", "sidecar_harness.toy_orchestrator",
                 "--store", str(self.store), "--record", str(self.workdir / f"orchestrator-{i}.jsonl"),
             ]  # fmt: skip
             s = SidecarProcess(

@@ -9,7 +9,7 @@ accepted no stale token.
 ``--no-self-fence`` and ``--ignore-sigterm`` make it misbehave on purpose,
 so tests can show that the sidecar and its watchdog stop it anyway.
 
-    python -m sidecar.examples.toy_orchestrator --store S.db --record R.jsonl
+    python -m sidecar_harness.toy_orchestrator --store S.db --record R.jsonl
     (socket and token come from ELECTION_SOCKET / ELECTION_TOKEN under the sidecar)
 """
 
@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sidecar.examples.fenced_store import FencedStore
 from sidecar.fencing.client import BlockingGrantClient, monotonic
+from sidecar_harness.fenced_store import FencedStore
 
 
 class Recorder:

@@ -1,0 +1,133 @@
+"""What every throwaway store (etcd members, ZooKeeper servers) shares.
+
+A ``LocalStore`` is a set of member processes on loopback ports, each with
+a log file in one temporary directory that ``stop()`` removes. The demo,
+the fault campaign and the tests only use what is declared here, so they
+work on either store without knowing which.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, Self
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct loopback ports that were free a moment ago."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def log_tail(path: Path, lines: int = 5) -> str:
+    """The last lines of a process's log on one line, for error messages."""
+    try:
+        return " | ".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@dataclass
+class LocalMember:
+    """One store process: its name, its client endpoint and its log."""
+
+    name: str
+    client_port: int
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class LocalStore(Protocol):
+    """A store the harness can start, fault and stop (etcd or ZooKeeper)."""
+
+    members: Sequence[LocalMember]
+
+    @property
+    def endpoints(self) -> list[str]: ...
+
+    def start(self, timeout: float = ...) -> Self: ...
+
+    def wait_healthy(self, timeout: float = ..., members: list[LocalMember] | None = None) -> None: ...
+
+    def leader(self) -> LocalMember | None: ...
+
+    def tail(self, m: LocalMember, lines: int = 5) -> str: ...
+
+    def kill(self, m: LocalMember, sig: int = signal.SIGKILL) -> None: ...
+
+    def start_member(self, m: LocalMember) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class ProcessGroup:
+    """Start/stop/kill shared by the local stores; subclasses spawn members."""
+
+    _tmp: Path | None
+    members: Sequence[LocalMember]
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [m.endpoint for m in self.members]
+
+    def tail(self, m: LocalMember, lines: int = 5) -> str:
+        return log_tail(m.log_path, lines)
+
+    def kill(self, m: LocalMember, sig: int = signal.SIGKILL) -> None:
+        if m.proc is not None and m.proc.poll() is None:
+            m.proc.send_signal(sig)
+            if sig in (signal.SIGKILL, signal.SIGTERM):
+                m.proc.wait(timeout=10)
+
+    def _respawn(self, m: LocalMember) -> None:
+        raise NotImplementedError
+
+    def start_member(self, m: LocalMember) -> None:
+        """Start a killed member again without waiting (quorum may still be missing)."""
+        if not m.alive:
+            self._respawn(m)
+
+    def stop(self) -> None:
+        for m in self.members:
+            self.kill(m)
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def __enter__(self) -> Self:
+        start = getattr(self, "start")  # noqa: B009 - each store's start() takes its own timeout default
+        started: Self = start()
+        return started
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def spawn_logged(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start a server in its own session with stdout and stderr appended to its log."""
+    log = log_path.open("ab")
+    try:
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    finally:
+        log.close()
