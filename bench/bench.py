@@ -39,9 +39,10 @@ sys.path.insert(0, str(ROOT))
 
 from sidecar.backends.etcd import EtcdBackend  # noqa: E402
 from sidecar.clock import MonotonicClock  # noqa: E402
-from sidecar.elector import Elector, State  # noqa: E402
+from sidecar.elector import Elector  # noqa: E402
 from sidecar.fencing.client import BlockingGrantClient  # noqa: E402
 from sidecar.fencing.oneshot import request  # noqa: E402
+from sidecar.model import State  # noqa: E402
 from sidecar_harness.fleet import FAST_TIMING, SidecarProcess, fast_config  # noqa: E402
 from sidecar_harness.localetcd import LocalEtcd, find_binary  # noqa: E402
 from sidecar_harness.localzk import LocalZooKeeper  # noqa: E402

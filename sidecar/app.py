@@ -17,11 +17,12 @@ from sidecar import __version__
 from sidecar.backends import connect
 from sidecar.clock import Clock, MonotonicClock
 from sidecar.config import Config, allowed_uids, socket_gid
-from sidecar.elector import Elector, EventSink, Grant, Hooks, Reason, State
+from sidecar.elector import Elector, Hooks
 from sidecar.fencing.server import GrantServer
 from sidecar.http_api import HttpApi
 from sidecar.loopmon import LoopMonitor
 from sidecar.metrics import SidecarMetrics
+from sidecar.model import EventSink, Grant, Reason, State
 from sidecar.supervisor import Supervisor
 
 

@@ -160,8 +160,8 @@ def check_config(**values: Any) -> None:
     click.echo("config ok")
     rows = [
         ("lease ttl", cfg.ttl),
-        ("grant valid for (after each renewal send)", cfg.grant_validity),
-        ("leader demotes after silence of", min(cfg.renew_deadline, cfg.grant_validity - cfg.kill_grace)),
+        ("grant valid for (after each renewal send)", cfg.timing.grant_validity(cfg.ttl)),
+        ("leader demotes after silence of", cfg.timing.demote_after(cfg.ttl)),
         ("orchestrator gets to stop before SIGKILL", cfg.kill_grace),
         ("keepalive every", cfg.retry_interval),
     ]

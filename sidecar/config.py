@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from sidecar import backends
+from sidecar.model import Timing
 
 ENV_PREFIX = "ELECTION_SIDECAR_"
 LOG_FORMATS = ("auto", "json", "console")
@@ -113,13 +114,8 @@ class Config:
         return self.request_timeout or self.retry_interval
 
     @property
-    def tls(self) -> bool:
-        return bool(self.ca_file)
-
-    @property
-    def grant_validity(self) -> float:
-        """Seconds from a renewal's send time during which the grant is valid."""
-        return self.ttl * (1 - self.drift) - self.margin
+    def timing(self) -> Timing:
+        return Timing(self.renew_deadline, self.drift, self.margin, self.kill_grace)
 
 
 def env_name(field_name: str) -> str:
@@ -180,12 +176,12 @@ def validate(cfg: Config, command: Sequence[str] | None = None) -> Config:
             cfg.retry_interval,
             f"renew_deadline ({cfg.renew_deadline:g}) must be > 1.2 * retry_interval",
         )
-    spare = cfg.ttl * (1 - cfg.drift) - cfg.renew_deadline
-    if spare + 1e-9 < cfg.kill_grace + cfg.margin:
+    spare = cfg.timing.grant_validity(cfg.ttl) - cfg.renew_deadline
+    if spare + 1e-9 < cfg.kill_grace:
         raise ConfigError(
             "renew_deadline",
             cfg.renew_deadline,
-            f"ttl*(1-drift) - renew_deadline = {spare:.3f}s must be >= kill_grace + margin = "
+            f"ttl*(1-drift) - renew_deadline = {spare + cfg.margin:.3f}s must be >= kill_grace + margin = "
             f"{cfg.kill_grace + cfg.margin:.3f}s, or the orchestrator may still run when the lease expires",
         )
     if cfg.request_timeout > cfg.renew_deadline:

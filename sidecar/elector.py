@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -37,7 +36,6 @@ from sidecar.backends.base import (
     Backend,
     Election,
     KeyLost,
-    Leadership,
     Renewal,
     Session,
     SessionExpired,
@@ -46,43 +44,7 @@ from sidecar.backends.base import (
 )
 from sidecar.clock import Clock, wait_for
 from sidecar.config import Config
-
-
-class State(enum.Enum):
-    FOLLOWER = "follower"
-    CANDIDATE = "candidate"
-    LEADER = "leader"
-    DEMOTING = "demoting"
-
-
-class Reason(enum.StrEnum):
-    """Why leadership ended; the same words go to the orchestrator."""
-
-    LEASE_LOST = "lease-lost"
-    RESIGNED = "resigned"
-    BACKEND_UNREACHABLE = "backend-unreachable"
-    SHUTDOWN = "shutdown"
-
-
-@dataclass(frozen=True)
-class Grant:
-    election: str
-    candidate: str
-    token: int
-    epoch: int
-    expires_monotonic: float
-    valid_for: float
-    seq: int
-
-
-class EventSink(Protocol):
-    """Where the elector reports what happened (a structlog logger fits)."""
-
-    def info(self, event: str, **fields: Any) -> Any: ...
-
-    def warning(self, event: str, **fields: Any) -> Any: ...
-
-    def error(self, event: str, **fields: Any) -> Any: ...
+from sidecar.model import EventSink, Grant, KillUnconfirmed, Leadership, Reason, State, StoreCall
 
 
 class ElectorMetrics(Protocol):
@@ -96,7 +58,7 @@ class ElectorMetrics(Protocol):
 
     def keepalive_failed(self) -> None: ...
 
-    def store_unreachable(self, during: str) -> None: ...
+    def store_unreachable(self, during: StoreCall) -> None: ...
 
     def race_lost(self) -> None: ...
 
@@ -112,19 +74,11 @@ class NoMetrics:
 
     def keepalive_failed(self) -> None: ...
 
-    def store_unreachable(self, during: str) -> None: ...
+    def store_unreachable(self, during: StoreCall) -> None: ...
 
     def race_lost(self) -> None: ...
 
     def lease_lost(self, reason: Reason, role: str) -> None: ...
-
-
-class KillUnconfirmed(Exception):
-    """Raised by a stop hook that could not confirm the orchestrator died.
-
-    The elector then stays out of the election: campaigning again could
-    let a second orchestrator act beside one that may still be alive.
-    """
 
 
 async def _nothing(*_: object) -> None:
@@ -228,8 +182,8 @@ class Elector:
     def _accept(self, renewal: Renewal) -> None:
         cfg = self.cfg
         self.last_renewal = renewal
-        self.expires = renewal.sent_at + renewal.ttl * (1 - cfg.drift) - cfg.margin
-        self.demote_at = min(renewal.sent_at + cfg.renew_deadline, self.expires - cfg.kill_grace)
+        self.expires = cfg.timing.expires(renewal.sent_at, renewal.ttl)
+        self.demote_at = cfg.timing.demote_at(renewal.sent_at, renewal.ttl)
 
     def _next_grant(self, lead: Leadership) -> Grant:
         self._seq += 1
@@ -239,18 +193,17 @@ class Elector:
             token=lead.token,
             epoch=lead.epoch,
             expires_monotonic=self.expires,
-            valid_for=max(0.0, self.expires - self.clock.now()),
             seq=self._seq,
         )
 
     async def _stoppable(self, aw: Awaitable[Any], timeout: float) -> Any:
         return await wait_for(self.clock, aw, timeout)
 
-    def _store_unreachable(self, where: str, exc: BaseException) -> None:
+    def _store_unreachable(self, where: StoreCall, exc: BaseException) -> None:
         self.counters["store_unreachable"] += 1
         self.backend_up = False
         self.metrics.store_unreachable(where)
-        self._emit("warning", "store_unreachable", during=where, error=str(exc) or type(exc).__name__)
+        self._emit("warning", "store_unreachable", during=where.value, error=str(exc) or type(exc).__name__)
 
     # -- the loop -------------------------------------------------------
 
@@ -278,7 +231,7 @@ class Elector:
                 try:
                     renewal = await self._stoppable(session.open(), self.cfg.effective_request_timeout)
                 except (StoreUnavailable, TimeoutError) as exc:
-                    self._store_unreachable("session-open", exc)
+                    self._store_unreachable(StoreCall.SESSION_OPEN, exc)
                     await self._pause(self.cfg.retry_interval)
                     continue
                 self._accept(renewal)
@@ -376,7 +329,7 @@ class Elector:
                 keepalive.cancel()
                 return None
             except StoreUnavailable as exc:
-                self._store_unreachable("campaign", exc)
+                self._store_unreachable(StoreCall.CAMPAIGN, exc)
                 await self._pause(self.cfg.retry_interval)
                 return None
         campaign.cancel()
@@ -436,7 +389,7 @@ class Elector:
                 failures += 1
                 self.counters["keepalive_failed"] += 1
                 self.metrics.keepalive_failed()
-                self._store_unreachable("keepalive", exc)
+                self._store_unreachable(StoreCall.KEEPALIVE, exc)
                 self._emit(
                     "warning",
                     "keepalive_failed",
@@ -473,7 +426,13 @@ class Elector:
         self.counters["elected"] += 1
         self.metrics.leading(self.grant)
         await self._set_state(State.LEADER)
-        self._emit("info", "elected", token=lead.token, epoch=lead.epoch, valid_for=round(self.grant.valid_for, 3))
+        self._emit(
+            "info",
+            "elected",
+            token=lead.token,
+            epoch=lead.epoch,
+            valid_for=round(self.grant.valid_for(self.clock.now()), 3),
+        )
         await self.hooks.started_leading(self.grant)
 
         lost = asyncio.create_task(self._own_key_gone(), name="own-key-gone")
@@ -536,7 +495,7 @@ class Elector:
             except SessionExpired:
                 return  # the key went with the session
             except (StoreUnavailable, StoreForbidden) as exc:
-                self._store_unreachable("watch-own-key", exc)
+                self._store_unreachable(StoreCall.WATCH_OWN_KEY, exc)
                 await self.clock.sleep(self.cfg.retry_interval)
 
     async def _election_resign_quietly(self) -> None:
@@ -544,4 +503,4 @@ class Elector:
             await self._stoppable(self._election.resign(), self.cfg.effective_request_timeout)
         except (StoreUnavailable, StoreForbidden, TimeoutError) as exc:
             # The key goes when the lease does; the successor waits at most TTL.
-            self._store_unreachable("resign", exc)
+            self._store_unreachable(StoreCall.RESIGN, exc)

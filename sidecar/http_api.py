@@ -16,8 +16,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from sidecar.config import Config
-from sidecar.elector import Elector, State
+from sidecar.elector import Elector
 from sidecar.loopmon import LoopMonitor
+from sidecar.model import State
 
 MAX_LOOP_LAG = 1.0  # seconds; beyond this renewals and heartbeats are at risk
 

@@ -14,12 +14,9 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from sidecar import __version__
-from sidecar.elector import Grant, Reason, State
+from sidecar.model import Grant, Reason, State, StoreCall
 
 PREFIX = "election_"
-# Where the elector talks to the store; each gets a zero series up front so
-# dashboards and alerts see the series before the first error.
-STORE_CALLS = ("session-open", "keepalive", "campaign", "resign", "watch-own-key")
 RTT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
@@ -85,12 +82,13 @@ class SidecarMetrics:
         self.backend_up.set(0)
         for state in State:
             self._transitions.labels(**lv, to=state.value)
-        for reason in (Reason.LEASE_LOST, Reason.BACKEND_UNREACHABLE):
+        # Zero series up front, so dashboards and alerts see them before the first event.
+        for reason in (r for r in Reason if r.unasked):
             for role in ("leader", "candidate"):
                 self._lease_lost.labels(**lv, reason=reason.value, role=role)
         for sig in ("SIGTERM", "SIGKILL", "unconfirmed"):
             self._kills.labels(**lv, signal=sig)
-        for during in STORE_CALLS:
+        for during in StoreCall:
             self._store_errors.labels(**lv, during=during)
 
     # -- ElectorMetrics ---------------------------------------------------
@@ -112,8 +110,8 @@ class SidecarMetrics:
     def keepalive_failed(self) -> None:
         self.keepalive_failures.inc()
 
-    def store_unreachable(self, during: str) -> None:
-        self._store_errors.labels(**self._lv, during=during).inc()
+    def store_unreachable(self, during: StoreCall) -> None:
+        self._store_errors.labels(**self._lv, during=during.value).inc()
         self.backend_up.set(0)
 
     def race_lost(self) -> None:

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 from sidecar.clock import Clock
 from sidecar.config import Config
-from sidecar.elector import EventSink, Grant, KillUnconfirmed, Reason
+from sidecar.model import EventSink, Grant, KillUnconfirmed, Reason
 
 KILL_CONFIRM_TIMEOUT = 2.0  # after SIGKILL, how long death may take to show
 RESTART_BACKOFF = 1.0

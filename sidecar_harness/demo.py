@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.backends import connect
-from sidecar.backends.base import BackendError, Leadership
+from sidecar.backends.base import BackendError
 from sidecar.clock import MonotonicClock
 from sidecar.config import Config
 from sidecar.fencing.oneshot import request
+from sidecar.model import Leadership
 from sidecar_harness.checker import check
 from sidecar_harness.fleet import SidecarProcess, claiming, harness_process, statuses
 from sidecar_harness.localetcd import LocalEtcd

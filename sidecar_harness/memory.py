@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from sidecar.backends.base import (
     Candidate,
     KeyLost,
-    Leadership,
     OnWait,
     Renewal,
     Session,
@@ -27,6 +26,7 @@ from sidecar.backends.base import (
 )
 from sidecar.clock import Clock, MonotonicClock
 from sidecar.config import Config
+from sidecar.model import Leadership
 
 
 @dataclass

@@ -20,6 +20,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from sidecar.model import Leadership
+
 
 class BackendError(Exception):
     """Base class of every error a backend raises on purpose."""
@@ -66,15 +68,6 @@ class Candidate:
     key: str
     lease_ttl_remaining: float | None = None  # None where the store cannot tell (ZooKeeper)
     stale: bool = False  # its lease or session is gone, though the key is still listed
-
-
-@dataclass(frozen=True)
-class Leadership:
-    """What the store proves about a leader: who, which token, which term."""
-
-    id: str
-    token: int
-    epoch: int
 
 
 OnWait = Callable[[Leadership], None]

@@ -41,7 +41,6 @@ from etcd3aio import (
 from sidecar.backends.base import (
     Candidate,
     KeyLost,
-    Leadership,
     OnWait,
     Renewal,
     Session,
@@ -51,6 +50,7 @@ from sidecar.backends.base import (
 )
 from sidecar.clock import Clock
 from sidecar.config import Config, ConfigError, endpoint_hostports, etcd_password
+from sidecar.model import Leadership
 
 TOKEN_REFRESH = 120.0  # seconds; etcd's simple tokens live 300 s by default
 _DELETE = 1  # mvccpb.Event.EventType.DELETE

@@ -49,7 +49,6 @@ from kazoo.security import make_acl, make_digest_acl
 from sidecar.backends.base import (
     Candidate,
     KeyLost,
-    Leadership,
     OnWait,
     Renewal,
     Session,
@@ -59,6 +58,7 @@ from sidecar.backends.base import (
 )
 from sidecar.clock import Clock
 from sidecar.config import Config, ConfigError, endpoint_hostports
+from sidecar.model import Leadership
 
 NODE_MARK = "__lock__"  # what kazoo's Lock/Election recipes look for
 _SEQ = re.compile(r"__lock__(\d{10})$")

@@ -13,12 +13,14 @@ import json
 import math
 from typing import Any
 
+from sidecar.model import Reason
+
 VERSION = 1
 MAX_FRAME = 16 * 1024  # bytes per line, newline included
 
 SERVER_TYPES = frozenset({"hello", "grant", "follower", "revoke", "status", "error", "ok"})
 CLIENT_TYPES = frozenset({"ack", "resign", "status"})
-REVOKE_REASONS = frozenset({"lease-lost", "resigned", "backend-unreachable", "shutdown"})
+REVOKE_REASONS = frozenset(r.value for r in Reason)
 
 # Required fields and their types, per message type.
 _INT = (int,)

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sidecar.elector import EventSink, Grant
+from sidecar.clock import Clock, MonotonicClock
 from sidecar.fencing.protocol import CLIENT_TYPES, MAX_FRAME, ProtocolError, decode, encode, grant_message
+from sidecar.model import EventSink, Grant
 
 WRITE_TIMEOUT = 1.0  # a client that does not read for this long is dropped
 FRAME_TIMEOUT = 5.0  # a started frame must end within this
@@ -43,14 +44,15 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     return pid, uid, gid
 
 
-def grant_to_message(grant: Grant) -> dict[str, Any]:
+def grant_to_message(grant: Grant, now: float) -> dict[str, Any]:
+    """The grant as sent at ``now``: valid_for_ms is what is left then, never a cached figure."""
     return grant_message(
         election=grant.election,
         candidate=grant.candidate,
         token=grant.token,
         epoch=grant.epoch,
         expires_monotonic=round(grant.expires_monotonic, 6),
-        valid_for_ms=int(grant.valid_for * 1000),
+        valid_for_ms=int(grant.valid_for(now) * 1000),
         seq=grant.seq,
     )
 
@@ -99,6 +101,7 @@ class GrantServer:
         group: int | None = None,
         allow_uids: set[int] | None = None,
         on_refused: Callable[[], None] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.path = Path(path)
         self._hello = {"type": "hello", "election": election, "candidate": candidate, "version": version}
@@ -108,12 +111,13 @@ class GrantServer:
         self._mode = mode
         self._group = group
         self._server: asyncio.AbstractServer | None = None
-        self._current: dict[str, Any] = {"type": "follower", "leader": False}
+        self._clock = clock or MonotonicClock()
+        # What a client is told on connect: the live grant, or that we follow.
+        self._grant: Grant | None = None
         self.peers: dict[int, Peer] = {}
         self._ids = 0
         # Our own user, and root (which can open the socket anyway).
         self._allow_uids = (allow_uids or set()) | {os.getuid(), 0}
-        self.refused = 0
         self._on_refused = on_refused
 
     async def start(self) -> None:
@@ -142,17 +146,24 @@ class GrantServer:
 
     # -- publishing -----------------------------------------------------
 
+    def current(self) -> bytes:
+        """The state message for a client now (computed per send: valid_for_ms shrinks)."""
+        if self._grant is None:
+            return encode({"type": "follower", "leader": False})
+        return encode(grant_to_message(self._grant, self._clock.now()))
+
     async def publish_grant(self, grant: Grant) -> None:
-        await self._broadcast(grant_to_message(grant))
+        self._grant = grant
+        await self._broadcast(encode(grant_to_message(grant, self._clock.now())))
 
     async def publish_revoke(self, reason: str) -> None:
-        await self._broadcast({"type": "revoke", "reason": reason}, remember=False)
-        self._current = {"type": "follower", "leader": False}
+        # Switch first: a client that connects from here on is told "follower"
+        # and never sees the old grant; everyone already connected (a snapshot
+        # taken after the switch) gets the revoke.
+        self._grant = None
+        await self._broadcast(encode({"type": "revoke", "reason": reason}))
 
-    async def _broadcast(self, msg: dict[str, Any], remember: bool = True) -> None:
-        if remember:
-            self._current = msg
-        frame = encode(msg)
+    async def _broadcast(self, frame: bytes) -> None:
         await asyncio.gather(*(self._send(peer_id, frame) for peer_id in list(self.peers)))
 
     async def _send(self, peer_id: int, frame: bytes) -> None:
@@ -198,7 +209,6 @@ class GrantServer:
         sock = writer.get_extra_info("socket")
         pid, uid, gid = peer_credentials(sock) if sock is not None else (0, -1, -1)
         if not self._allowed(uid):
-            self.refused += 1
             if self._on_refused is not None:
                 self._on_refused()
             self._log.warning("client_refused", pid=pid, uid=uid, allowed_uids=sorted(self._allow_uids))
@@ -217,7 +227,7 @@ class GrantServer:
         self._log.info("client_connected", pid=pid, uid=uid)
         try:
             await self._send(peer_id, encode(self._hello))
-            await self._send(peer_id, encode(self._current))
+            await self._send(peer_id, self.current())
             while peer_id in self.peers:
                 line = await self._next_line(reader)
                 if line is None:

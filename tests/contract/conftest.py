@@ -17,7 +17,8 @@ from sidecar.backends.etcd import EtcdBackend
 from sidecar.backends.zookeeper import ZooKeeperBackend, ZooKeeperSession
 from sidecar.clock import MonotonicClock
 from sidecar.config import Config, validate
-from sidecar.elector import Elector, State
+from sidecar.elector import Elector
+from sidecar.model import State
 from sidecar_harness.memory import MemoryBackend, MemoryStore
 from tests.conftest import EtcdServer, ZkServer
 from tests.helpers import RecordingSink, eventually

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from sidecar.elector import State
+from sidecar.model import State
 from tests.contract.conftest import Contender
 from tests.helpers import eventually
 

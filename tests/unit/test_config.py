@@ -14,7 +14,7 @@ from sidecar.config import Config, ConfigError, validate
 
 def test_defaults_are_safe() -> None:
     cfg = validate(Config())
-    assert cfg.grant_validity == pytest.approx(10 * 0.99 - 0.5)
+    assert cfg.timing.grant_validity(cfg.ttl) == pytest.approx(10 * 0.99 - 0.5)
 
 
 @pytest.mark.parametrize(

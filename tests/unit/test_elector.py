@@ -10,7 +10,8 @@ import pytest
 
 from sidecar.clock import FakeClock
 from sidecar.config import Config, validate
-from sidecar.elector import Elector, Grant, Hooks, KillUnconfirmed, Reason, State
+from sidecar.elector import Elector, Hooks
+from sidecar.model import Grant, KillUnconfirmed, Reason, State
 from sidecar_harness.memory import MemoryBackend, MemoryStore
 from tests.helpers import RecordingSink
 

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from sidecar.elector import Grant
+from sidecar.clock import FakeClock
 from sidecar.fencing.protocol import MAX_FRAME
 from sidecar.fencing.server import GrantServer
+from sidecar.model import Grant
 from tests.helpers import RecordingSink, eventually
 
 
@@ -38,9 +39,13 @@ class Conn:
         await self.writer.drain()
 
 
+CLOCK = FakeClock(100.0)
+
+
 @pytest.fixture
 async def served() -> AsyncIterator[tuple[GrantServer, RecordingSink]]:
     sink = RecordingSink()
+    CLOCK._now = 100.0
 
     async def status() -> dict[str, Any]:
         return {"state": "leader"}
@@ -54,6 +59,7 @@ async def served() -> AsyncIterator[tuple[GrantServer, RecordingSink]]:
             log=sink,
             on_resign=lambda: True,
             status=status,
+            clock=CLOCK,
         )
         await srv.start()
         yield srv, sink
@@ -68,7 +74,7 @@ async def connect(srv: GrantServer) -> Conn:
 
 
 def a_grant(seq: int = 1) -> Grant:
-    return Grant("e", "c", token=5, epoch=1, expires_monotonic=123.0, valid_for=2.5, seq=seq)
+    return Grant("e", "c", token=5, epoch=1, expires_monotonic=102.5, seq=seq)
 
 
 async def test_socket_is_private_and_clients_get_state_then_grants(served: tuple[GrantServer, RecordingSink]) -> None:
@@ -146,3 +152,42 @@ async def test_stale_socket_file_is_replaced_but_other_files_are_not() -> None:
         path.write_text("not a socket")
         with pytest.raises(FileExistsError, match="not a socket"):
             await GrantServer(str(path), **kwargs).start()
+
+
+async def test_a_client_connecting_later_is_told_the_time_left_then(served: tuple[GrantServer, RecordingSink]) -> None:
+    """valid_for_ms is computed at each send: a cached grant re-sent 2 s later says 0.5 s, not 2.5 s."""
+    srv, _ = served
+    await srv.publish_grant(a_grant())
+    CLOCK._now += 2.0  # an outage: no renewal, the grant ages
+    late = await connect(srv)
+    g = await late.next()
+    assert g["type"] == "grant" and g["valid_for_ms"] == 500, g
+
+
+async def test_a_client_connecting_during_a_revoke_never_keeps_the_old_grant(
+    served: tuple[GrantServer, RecordingSink],
+) -> None:
+    """One slow reader holds the revoke broadcast for up to WRITE_TIMEOUT; a client that
+    connects meanwhile must end up told it is not leader, not left with the grant."""
+    srv, _ = served
+    slow = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.connect(str(srv.path))  # never reads: its buffer fills and the server's drain waits
+    try:
+        await eventually(lambda: len(srv.peers) == 1, what="slow client registered")
+        await srv.publish_grant(a_grant())
+        # Fill the slow reader's buffers so the next broadcast waits on it.
+        next(iter(srv.peers.values())).writer.write(b"x" * 1024 * 1024 + b"\n")
+        revoking = asyncio.create_task(srv.publish_revoke("lease-lost"))
+        await asyncio.sleep(0.05)
+        assert not revoking.done(), "the slow reader should hold the broadcast"
+        late = await connect(srv)
+        first = await late.next()
+        if first["type"] == "grant":
+            # Acceptable only if the revoke follows on the same connection.
+            assert (await late.next())["type"] == "revoke", "got the old grant and never the revoke"
+        else:
+            assert first["type"] in ("follower", "revoke"), first
+        await revoking
+    finally:
+        slow.close()

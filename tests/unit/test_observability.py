@@ -12,10 +12,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from sidecar.clock import FakeClock
-from sidecar.elector import Elector, State
+from sidecar.elector import Elector
 from sidecar.http_api import HttpApi
 from sidecar.loopmon import LoopMonitor
 from sidecar.metrics import SidecarMetrics
+from sidecar.model import State
 from sidecar_harness.memory import MemoryBackend, MemoryStore
 from tests.helpers import RecordingSink
 from tests.unit.test_elector import CFG
