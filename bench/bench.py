@@ -32,7 +32,7 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -231,13 +231,13 @@ async def our_wakeups(endpoints: list[str], n: int) -> tuple[int, int]:
                 await asyncio.sleep(0.005)
         while sum(e.state is State.LEADER for e in electors) != 1:
             await asyncio.sleep(0.01)
-        before = sum(e.election.wakeups for e in electors)
+        before = sum(cast(Any, e.election).wakeups for e in electors)
         leader = next(e for e in electors if e.state is State.LEADER)
         leader.resign()
         while not any(e.state is State.LEADER and e is not leader for e in electors):
             await asyncio.sleep(0.005)
         await asyncio.sleep(0.5)
-        return sum(e.election.wakeups for e in electors) - before, n - 1
+        return sum(cast(Any, e.election).wakeups for e in electors) - before, n - 1
     finally:
         for e in electors:
             e.stop()

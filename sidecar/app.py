@@ -7,8 +7,10 @@ transition does (publish a grant, revoke it) and how the process stops.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
+from dataclasses import astuple
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -19,11 +21,18 @@ from sidecar.clock import Clock, MonotonicClock
 from sidecar.config import Config, allowed_uids, socket_gid
 from sidecar.elector import Elector, Hooks
 from sidecar.fencing.server import GrantServer
-from sidecar.http_api import HttpApi
+from sidecar.http_api import HttpApi, leader_view
 from sidecar.loopmon import LoopMonitor
 from sidecar.metrics import SidecarMetrics
-from sidecar.model import EventSink, Grant, Reason, State
+from sidecar.model import EventSink, Grant, Reason, Timing
 from sidecar.supervisor import Supervisor
+
+
+class NeverDemote(Timing):
+    """The deliberately broken build's timing: a silent store never demotes the leader."""
+
+    def demote_at(self, sent_at: float, ttl: float) -> float:
+        return math.inf
 
 
 class Sidecar:
@@ -47,12 +56,17 @@ class Sidecar:
             peers=self._acked_peers,
             on_orchestrator_exit=self._orchestrator_gone,
             on_kill=self.metrics.orchestrator_kill,
+            on_guard_lost=self._guard_lost,
         )
 
     def _acked_peers(self) -> list[int]:
         # Only clients that acknowledged a grant are orchestrators; a CLI
         # asking for status or a resign must never be a kill target.
         return [p.pid for p in self.server.peers.values() if p.acked_seq > 0] if self.server else []
+
+    def _guard_lost(self, detail: str) -> None:
+        if self.elector is not None:
+            self.elector.guard_lost(detail)
 
     def _orchestrator_gone(self) -> None:
         if self.elector is not None and self.elector.resign():
@@ -68,27 +82,23 @@ class Sidecar:
         if self.server is not None:
             await self.server.publish_grant(grant)
 
-    async def _on_stopped(self, grant: Grant, reason: Reason) -> None:
+    async def _on_stopped(self, grant: Grant, reason: Reason) -> bool:
         # Tell cooperative clients first: they stop at once, before signals.
         if self.server is not None:
             await self.server.publish_revoke(reason.value)
-        await self.supervisor.stopped_leading(grant, reason)
+        return await self.supervisor.stopped_leading(grant, reason)
 
     async def status(self) -> dict[str, Any]:
-        e = self.elector
-        assert e is not None
-        out: dict[str, Any] = {
-            "election": self.cfg.election,
-            "candidate": self.cfg.candidate_id,
-            "state": e.state.value,
-            "out_of_election": e.out_of_election,
-            "orchestrator": {
-                "mode": self.supervisor.mode,
-                "pid": self.supervisor.child.pid if self.supervisor.child else None,
-            },
+        """The socket's `status` answer: the same view as /leader, plus the orchestrator."""
+        assert self.elector is not None
+        snap = self.elector.snapshot()
+        out = leader_view(snap)
+        if snap.grant is not None:
+            out.update(token=snap.grant.token, epoch=snap.grant.epoch, valid_for_ms=out["deadline"]["valid_for_ms"])
+        out["orchestrator"] = {
+            "mode": self.supervisor.mode,
+            "pid": self.supervisor.child.pid if self.supervisor.child else None,
         }
-        if e.grant is not None and e.state is State.LEADER:
-            out.update(token=e.grant.token, epoch=e.grant.epoch, valid_for_ms=int(e.remaining() * 1000))
         return out
 
     def _resign(self) -> bool:
@@ -99,16 +109,22 @@ class Sidecar:
 
     async def run(self) -> int:
         backend = await connect(self.cfg, self.clock)
-        hooks = Hooks(started_leading=self._on_started, renewed=self._on_renewed, stopped_leading=self._on_stopped)
-        self.elector = Elector(self.cfg, backend, self.clock, self.log, hooks, metrics=self.metrics)
-        elector = self.elector
+        hooks = Hooks(
+            started_leading=self._on_started,
+            renewed=self._on_renewed,
+            stopped_leading=self._on_stopped,
+            ready=self.supervisor.ready,
+        )
+        timing = self.cfg.timing
         if os.environ.get("ELECTION_SIDECAR_UNSAFE_IGNORE_DEADLINE") == "1":
             # A deliberately broken build, so tests can show the fault checker fails.
-            elector.unsafe_ignore_deadline = True
+            timing = NeverDemote(*astuple(timing))
             self.supervisor.watchdog_enabled = False
             self.log.error("unsafe_ignore_deadline", detail="self-fencing disabled: for checker tests only")
+        self.elector = Elector(self.cfg, backend, self.clock, self.log, hooks, metrics=self.metrics, timing=timing)
+        elector = self.elector
         self.metrics.bind(
-            remaining=lambda: elector.remaining() if elector.state is State.LEADER else 0.0,
+            remaining=lambda: elector.snapshot().remaining,
             clients=lambda: len(self.server.peers) if self.server else 0,
         )
         self.loopmon.start()
@@ -127,6 +143,7 @@ class Sidecar:
                     status=self.status,
                     mode=0o660 if self.cfg.socket_group else 0o600,
                     group=socket_gid(self.cfg),
+                    clock=self.clock,
                     allow_uids=allowed_uids(self.cfg),
                     on_refused=self.metrics.grant_clients_refused.inc,
                 )
@@ -155,9 +172,7 @@ class Sidecar:
                 await self.server.close()
             await backend.close()
         self.log.info("sidecar_stopped")
-        if self.elector.forbidden:
-            return 2
-        return 3 if self.elector.out_of_election else 0
+        return 2 if self.elector.forbidden else 0
 
     def _on_signal(self, sig: signal.Signals) -> None:
         self.log.info("signal_received", signal=sig.name)

@@ -2,25 +2,29 @@
 
 No lease-based election can by itself guarantee that only one process acts
 as leader: a process may pause after it last checked. The elector therefore
-never trusts anything but its own deadline, computed from the *send time*
-of the last keepalive the store acknowledged:
+trusts nothing but the deadline of its ``Lease`` (sidecar/lease.py), computed
+from the *send* time of the last acknowledged renewal (``sidecar.model.Timing``).
 
-    expires  = sent + ttl * (1 - drift) - margin     (handed to the orchestrator)
-    demote_at = min(sent + renew_deadline, expires - kill_grace)
+Two rules carry the safety argument, and this module is where they hold:
 
-The store cannot expire the lease before ``sent + ttl`` (it counts from when
-it received the request, later than ``sent``). At ``demote_at`` a leader that
-could not renew stops, whether or not the store ever answers again, which
-leaves ``kill_grace`` for the orchestrator to stop and ``margin`` for the
-kill to land before anyone else can win.
+* **Every exit from LEADER goes through one path** (``_lead`` -> ``_demote``):
+  a lost lease, a silent store, a deleted key, a resign, a shutdown, a dead
+  watchdog, a hook that raised, a bug, a cancellation. Each becomes a
+  ``Loss`` value; the ``stopped_leading`` hook stops the orchestrator and
+  confirms its death before anything lets a successor start.
+* **Nothing hands over while an orchestrator may live.** If the stop hook
+  cannot confirm death, the elector neither resigns nor revokes: it abandons
+  the lease (the store expires it after its TTL, when our grant is long
+  past), stays out of the election, and rejoins by itself once the
+  ``ready`` hook says the orchestrator is confirmed gone.
 
 Losing a race and losing the store are different outcomes: the first is
 normal queueing (``race_lost``, info), the second is an outage
 (``store_unreachable``, warning). Both are counted separately.
 
-The core never imports logging or metrics libraries: an ``EventSink`` is
-handed in, and ``Hooks`` let the caller act on transitions (publish grants,
-kill the orchestrator).
+The core never imports logging or metrics libraries: an ``EventSink`` and
+``ElectorMetrics`` are handed in, and ``Hooks`` let the caller act on
+transitions (publish grants, stop the orchestrator).
 """
 
 from __future__ import annotations
@@ -44,7 +48,20 @@ from sidecar.backends.base import (
 )
 from sidecar.clock import Clock, wait_for
 from sidecar.config import Config
-from sidecar.model import EventSink, Grant, KillUnconfirmed, Leadership, Reason, State, StoreCall
+from sidecar.lease import Lease, Orphans
+from sidecar.model import (
+    EventSink,
+    Grant,
+    GuardLost,
+    KillUnconfirmed,
+    Leadership,
+    Loss,
+    Reason,
+    Snapshot,
+    State,
+    StoreCall,
+    Timing,
+)
 
 
 class ElectorMetrics(Protocol):
@@ -64,6 +81,8 @@ class ElectorMetrics(Protocol):
 
     def lease_lost(self, reason: Reason, role: str) -> None: ...
 
+    def kill_unconfirmed(self, active: bool) -> None: ...
+
 
 class NoMetrics:
     def transition(self, state: State) -> None: ...
@@ -80,27 +99,36 @@ class NoMetrics:
 
     def lease_lost(self, reason: Reason, role: str) -> None: ...
 
+    def kill_unconfirmed(self, active: bool) -> None: ...
+
 
 async def _nothing(*_: object) -> None:
     return None
 
 
+async def _always_ready() -> str:
+    return ""
+
+
 @dataclass
 class Hooks:
-    """Async callbacks, each awaited in order; a slow hook delays the elector."""
+    """Async callbacks, each awaited in order; a slow hook delays the elector.
+
+    ``started_leading`` and ``renewed`` may raise: ``GuardLost`` ends the term
+    with ``watchdog-lost``, anything else with ``internal-error``; either way
+    the orchestrator is stopped first. ``stopped_leading`` returns only once
+    the orchestrator is stopped: True (or None: nothing to stop) when its
+    death is confirmed, False (or KillUnconfirmed) when not. ``ready`` says
+    why the sidecar may not campaign now ("" when it may); it is asked
+    before every campaign and, while out of the election, every retry
+    interval, so it is where a failed kill is retried and a dead watchdog
+    respawned.
+    """
 
     started_leading: Callable[[Grant], Awaitable[None]] = _nothing
     renewed: Callable[[Grant], Awaitable[None]] = _nothing
-    # Must return only when the orchestrator is known to have stopped, or
-    # raise KillUnconfirmed.
-    stopped_leading: Callable[[Grant, Reason], Awaitable[None]] = _nothing
-    state_changed: Callable[[State], Awaitable[None]] = _nothing
-
-
-class _Lost(Exception):
-    def __init__(self, reason: Reason, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
+    stopped_leading: Callable[[Grant, Reason], Awaitable[bool | None]] = _nothing
+    ready: Callable[[], Awaitable[str]] = _always_ready
 
 
 class Elector:
@@ -113,34 +141,33 @@ class Elector:
         hooks: Hooks | None = None,
         *,
         metrics: ElectorMetrics | None = None,
+        timing: Timing | None = None,
     ) -> None:
-        self.cfg = cfg
-        self.backend = backend
-        self.clock = clock
-        self.hooks = hooks or Hooks()
-        self.metrics: ElectorMetrics = metrics or NoMetrics()
-        self.state = State.FOLLOWER
-        self.counters: Counter[str] = Counter()
-        self.grant: Grant | None = None
-        self.last_renewal: Renewal | None = None
-        self.expires = 0.0
-        self.demote_at = 0.0
-        self.out_of_election = False
-        self.forbidden: str = ""  # why the store refused us, if it did; fatal
-        self.current_leader: Leadership | None = None
-        self.session: Session | None = None
-        self.backend_up = False  # did the last store call succeed?
-        # Only for proving the fault checker can fail: never demote at the deadline.
-        self.unsafe_ignore_deadline = False
-        self._orphans: list[Session] = []  # sessions we could not revoke; retried later
+        self._cfg = cfg
+        self._backend = backend
+        self._clock = clock
+        self._hooks = hooks or Hooks()
+        self._metrics: ElectorMetrics = metrics or NoMetrics()
+        self._timing = timing or cfg.timing
         self._log = log
+        self._fields = {"election": cfg.election, "candidate": cfg.candidate_id}
+        self._election: Election = backend.election(cfg.election)
+        self._orphans = Orphans(clock, cfg.effective_request_timeout)
+        self._counters: Counter[str] = Counter()
+        self._state = State.FOLLOWER
+        self._grant: Grant | None = None
+        self._lease: Lease | None = None
+        self._leader_seen: Leadership | None = None
+        self._backend_up = False  # did the last store call succeed?
+        self._forbidden = ""  # why the store refused us, if it did: fatal
+        self._unconfirmed = ""  # an orchestrator whose death is not confirmed: no handover
+        self._out = ""  # why we are out of the election now
+        self._term: asyncio.Future[Loss] | None = None
         self._seq = 0
         self._stop = asyncio.Event()
         self._resign = asyncio.Event()
-        self._election: Election = backend.election(cfg.election)
-        self._fields = {"election": cfg.election, "candidate": cfg.candidate_id}
 
-    # -- public control -------------------------------------------------
+    # -- public control and views ------------------------------------------
 
     def stop(self) -> None:
         """Leave the election: demote if leading, resign, revoke the lease."""
@@ -148,345 +175,378 @@ class Elector:
 
     def resign(self) -> bool:
         """Hand leadership over; we rejoin the queue at its end. False if not leader."""
-        if self.state is not State.LEADER:
+        if self._state is not State.LEADER:
             return False
         self._resign.set()
         return True
+
+    def guard_lost(self, detail: str) -> None:
+        """The watchdog died: end the term now rather than at the next renewal."""
+        self._end_term(Loss(Reason.WATCHDOG_LOST, detail))
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def counters(self) -> Counter[str]:
+        """Event counts, for tests and benchmarks (metrics go through ElectorMetrics)."""
+        return self._counters
+
+    @property
+    def forbidden(self) -> str:
+        return self._forbidden
 
     @property
     def election(self) -> Election:
         return self._election
 
-    def remaining(self) -> float:
-        """Seconds our current grant (or session) stays valid; 0 once passed."""
-        return max(0.0, self.expires - self.clock.now())
+    @property
+    def session(self) -> Session | None:
+        """The session we hold now (the CLI and tests name it; the elector alone renews it)."""
+        return self._lease.session if self._lease is not None else None
 
-    # -- helpers --------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        lease = self._lease
+        leading = self._state is State.LEADER and self._grant is not None
+        g = self._grant
+        return Snapshot(
+            election=self._cfg.election,
+            candidate=self._cfg.candidate_id,
+            at=self._clock.now(),
+            state=self._state,
+            grant=self._grant if leading else None,
+            leader=Leadership(g.candidate, g.token, g.epoch) if leading and g else self._leader_seen,
+            demote_at=lease.demote_at if lease is not None else 0.0,
+            renewed_at=lease.last.sent_at if lease is not None else 0.0,
+            backend_up=self._backend_up,
+            out_of_election=self._out,
+        )
+
+    # -- reporting -----------------------------------------------------------
 
     def _emit(self, level: str, event: str, **fields: Any) -> None:
         getattr(self._log, level)(event, **self._fields, **fields)
 
-    async def _set_state(self, state: State, **fields: Any) -> None:
-        if state is self.state:
+    def _set_state(self, state: State, **fields: Any) -> None:
+        if state is self._state:
             return
-        old, self.state = self.state, state
-        self.counters[f"transition:{state.value}"] += 1
-        self.metrics.transition(state)
-        token = self.grant.token if self.grant else None
-        epoch = self.grant.epoch if self.grant else None
+        old, self._state = self._state, state
+        self._counters[f"transition:{state.value}"] += 1
+        self._metrics.transition(state)
+        token = self._grant.token if self._grant else None
+        epoch = self._grant.epoch if self._grant else None
         self._emit(
             "info", "state_changed", from_state=old.value, to_state=state.value, token=token, epoch=epoch, **fields
         )
-        await self.hooks.state_changed(state)
-
-    def _accept(self, renewal: Renewal) -> None:
-        cfg = self.cfg
-        self.last_renewal = renewal
-        self.expires = cfg.timing.expires(renewal.sent_at, renewal.ttl)
-        self.demote_at = cfg.timing.demote_at(renewal.sent_at, renewal.ttl)
-
-    def _next_grant(self, lead: Leadership) -> Grant:
-        self._seq += 1
-        return Grant(
-            election=self.cfg.election,
-            candidate=self.cfg.candidate_id,
-            token=lead.token,
-            epoch=lead.epoch,
-            expires_monotonic=self.expires,
-            seq=self._seq,
-        )
-
-    async def _stoppable(self, aw: Awaitable[Any], timeout: float) -> Any:
-        return await wait_for(self.clock, aw, timeout)
 
     def _store_unreachable(self, where: StoreCall, exc: BaseException) -> None:
-        self.counters["store_unreachable"] += 1
-        self.backend_up = False
-        self.metrics.store_unreachable(where)
+        self._counters["store_unreachable"] += 1
+        self._backend_up = False
+        self._metrics.store_unreachable(where)
         self._emit("warning", "store_unreachable", during=where.value, error=str(exc) or type(exc).__name__)
 
-    # -- the loop -------------------------------------------------------
+    # LeaseReport
+    def renewal_acknowledged(self, renewal: Renewal) -> None:
+        self._counters["renewals"] += 1
+        self._metrics.renewed(self._clock.now() - renewal.sent_at)
+        self._backend_up = True
+
+    def renewal_failed(self, failures: int, seconds_to_demote: float, exc: BaseException) -> None:
+        self._counters["keepalive_failed"] += 1
+        self._metrics.keepalive_failed()
+        self._store_unreachable(StoreCall.KEEPALIVE, exc)
+        self._emit("warning", "keepalive_failed", failures=failures, seconds_to_demote=seconds_to_demote)
+
+    def forbidden_by_store(self, exc: StoreForbidden) -> None:
+        self._forbidden = str(exc)
+        self._set_out(f"store refused our credentials or rights: {exc}")
+        self._emit("error", "store_forbidden", error=str(exc))
+
+    def _set_out(self, why: str) -> None:
+        if why != self._out:
+            self._out = why
+            if why:
+                self._emit("warning", "out_of_election", why=why)
+
+    # -- the loop ----------------------------------------------------------
 
     async def run(self) -> None:
         """Campaign until stop(). Raises only on bugs, never on store outages.
 
         A store that refuses our credentials or rights (StoreForbidden) ends
-        the run: retrying cannot fix configuration, and the operator should
-        see it at once (``forbidden`` says why).
+        the run: retrying cannot fix configuration (``forbidden`` says why).
         """
         try:
-            await self._run()
-        except StoreForbidden as exc:
-            self._forbid(exc)
-
-    def _forbid(self, exc: StoreForbidden) -> None:
-        self.forbidden = str(exc)
-        self.out_of_election = True
-        self._emit("error", "store_forbidden", error=str(exc))
-
-    async def _run(self) -> None:
-        try:
-            while not self._stop.is_set() and not self.out_of_election:
-                session = self.backend.session(self.cfg.ttl)
-                try:
-                    renewal = await self._stoppable(session.open(), self.cfg.effective_request_timeout)
-                except (StoreUnavailable, TimeoutError) as exc:
-                    self._store_unreachable(StoreCall.SESSION_OPEN, exc)
-                    await self._pause(self.cfg.retry_interval)
+            while not self._stop.is_set() and not self._forbidden:
+                if not await self._may_campaign():
+                    await self._pause(self._cfg.retry_interval)
                     continue
-                self._accept(renewal)
-                self.metrics.renewed(self.clock.now() - renewal.sent_at)
-                self.backend_up = True
-                self.session = session
-                self._emit("info", "session_opened", session=session.id, ttl=renewal.ttl)
-                await self._revoke_orphans()
-                if renewal.ttl < self.cfg.ttl:
-                    # Safe (deadlines use the store's figure) but worth knowing:
-                    # the store shortened the TTL, so failovers and demotions come sooner.
-                    self._emit("warning", "store_shortened_ttl", requested=self.cfg.ttl, granted=renewal.ttl)
-                try:
-                    await self._with_session(session)
-                finally:
-                    await self._close_session(session)
+                lease = await self._open_lease()
+                if lease is None:
+                    await self._pause(self._cfg.retry_interval)
+                    continue
+                await self._with_lease(lease)
         finally:
-            await self._set_state(State.FOLLOWER)
+            self._set_state(State.FOLLOWER)
             await self._election.close()
+
+    async def _may_campaign(self) -> bool:
+        """Ask the hooks whether we may campaign; track why not."""
+        why = await self._hooks.ready()
+        if self._unconfirmed and not why:
+            self._emit("info", "orchestrator_confirmed_stopped", was=self._unconfirmed)
+            self._unconfirmed = ""
+            self._metrics.kill_unconfirmed(False)
+        elif self._unconfirmed and not why.startswith(self._unconfirmed):
+            why = f"{self._unconfirmed}; {why}"
+        self._set_out(why)
+        return not why
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await wait_for(self.clock, self._stop.wait(), seconds)
+            await wait_for(self._clock, self._stop.wait(), seconds)
 
-    async def _close_session(self, session: Session) -> None:
-        session_id = session.id
+    async def _open_lease(self) -> Lease | None:
+        session = self._backend.session(self._cfg.ttl)
         try:
-            await self._stoppable(session.close(), self.cfg.effective_request_timeout)
-            self._emit("info", "session_closed", session=session_id)
-        except SessionExpired:
-            self._emit("info", "session_closed", session=session_id, already_expired=True)
-        except (StoreUnavailable, StoreForbidden, TimeoutError) as exc:
-            # The lease then expires on its own at the store; nothing of ours
-            # still acts on it, because we only get here after demoting. We
-            # revoke it once the store answers again: its key may head the
-            # queue and would otherwise block the others until it expires.
-            self._orphans.append(session)
-            self._emit("warning", "session_close_failed", session=session_id, error=str(exc) or type(exc).__name__)
+            renewal = await wait_for(self._clock, session.open(), self._cfg.effective_request_timeout)
+        except StoreForbidden as exc:
+            self.forbidden_by_store(exc)
+            return None
+        except (StoreUnavailable, TimeoutError) as exc:
+            self._store_unreachable(StoreCall.SESSION_OPEN, exc)
+            return None
+        lease = Lease(
+            session,
+            renewal,
+            timing=self._timing,
+            retry_interval=self._cfg.retry_interval,
+            request_timeout=self._cfg.effective_request_timeout,
+            clock=self._clock,
+            report=self,
+        )
+        self._metrics.renewed(self._clock.now() - renewal.sent_at)
+        self._backend_up = True
+        self._emit("info", "session_opened", session=session.id, ttl=renewal.ttl)
+        for orphan in await self._orphans.revoke():
+            self._emit("info", "orphan_session_revoked", session=orphan)
+        if renewal.ttl < self._cfg.ttl:
+            # Safe (deadlines use the store's figure) but worth knowing:
+            # the store shortened the TTL, so failovers and demotions come sooner.
+            self._emit("warning", "store_shortened_ttl", requested=self._cfg.ttl, granted=renewal.ttl)
+        return lease
 
-    async def _revoke_orphans(self) -> None:
-        for session in list(self._orphans):
-            session_id = session.id
-            try:
-                await self._stoppable(session.close(), self.cfg.effective_request_timeout)
-            except (StoreUnavailable, StoreForbidden, TimeoutError):
-                continue  # still unreachable: next time
-            except SessionExpired:
-                pass
-            self._orphans.remove(session)
-            self._emit("info", "orphan_session_revoked", session=session_id)
-
-    async def _with_session(self, session: Session) -> None:
-        """Campaign and lead on one session until it is lost or we stop."""
-        keepalive = asyncio.create_task(self._keepalive_loop(session), name="keepalive")
+    async def _with_lease(self, lease: Lease) -> None:
+        """Campaign and lead on one lease until it ends, we stop or must step out."""
+        self._lease = lease
+        lease.start(self._renewed)
         try:
-            while not self._stop.is_set() and not self.out_of_election:
-                await self._set_state(State.CANDIDATE)
-                lead = await self._campaign_once(session, keepalive)
+            while not self._stop.is_set() and not self._forbidden and not lease.lost.done():
+                if not await self._may_campaign():
+                    return  # leave the queue (the lease is revoked below); the outer loop waits
+                self._set_state(State.CANDIDATE)
+                lead = await self._campaign(lease)
                 if lead is None:
-                    if keepalive.done():
-                        return
                     continue
-                reason = await self._lead(lead, keepalive)
-                if reason in (Reason.LEASE_LOST, Reason.BACKEND_UNREACHABLE) or self.out_of_election:
+                end, confirmed = await self._lead(lead, lease)
+                if not confirmed:
+                    return  # no resign, no revoke: the lease is abandoned below
+                if end.reason in (Reason.LEASE_LOST, Reason.BACKEND_UNREACHABLE):
                     return
+                # Resigned, shutting down, watchdog lost, internal error: our
+                # orchestrator is confirmed stopped, so the successor may start now.
+                await self._resign_key()
         finally:
-            keepalive.cancel()
-            with contextlib.suppress(asyncio.CancelledError, _Lost):
-                await keepalive
+            self._lease = None
+            await self._end_lease(lease)
+            self._set_state(State.FOLLOWER)
 
-    async def _campaign_once(self, session: Session, keepalive: asyncio.Task[None]) -> Leadership | None:
-        """One campaign attempt. None: try again (or the session is gone)."""
-        self._emit("info", "campaigning", session=session.id)
+    async def _end_lease(self, lease: Lease) -> None:
+        if self._unconfirmed:
+            await lease.abandon()
+            self._emit("warning", "session_abandoned", session=lease.id, why=self._unconfirmed)
+            return
+        if lease.lost.done() and not self._stop.is_set():
+            loss = lease.lost.result()
+            self._counters[f"session_lost:{loss.reason.value}"] += 1
+            if self._state is not State.DEMOTING:
+                self._metrics.lease_lost(loss.reason, "candidate")
+                self._emit("warning", "candidate_session_lost", reason=loss.reason.value, detail=loss.detail)
+        session_id = lease.id
+        if await lease.revoke():
+            self._emit("info", "session_closed", session=session_id)
+        else:
+            # The lease expires on its own; nothing of ours still acts on it.
+            # Revoked once the store answers again: its key may head the queue.
+            self._orphans.add(lease.session)
+            self._emit("warning", "session_close_failed", session=session_id)
+
+    async def _campaign(self, lease: Lease) -> Leadership | None:
+        """One campaign attempt. None: try again (or the lease is gone)."""
+        self._emit("info", "campaigning", session=lease.id)
         campaign = asyncio.create_task(
-            self._election.campaign(session, self.cfg.candidate_id, self._race_lost), name="campaign"
+            self._election.campaign(lease.session, self._cfg.candidate_id, self._race_lost), name="campaign"
         )
         stop = asyncio.create_task(self._stop.wait(), name="stop")
         try:
-            await asyncio.wait({campaign, keepalive, stop}, return_when=asyncio.FIRST_COMPLETED)
+            waits: set[asyncio.Future[Any]] = {campaign, lease.lost, stop}
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop.cancel()
-        if campaign.done():
-            try:
-                return campaign.result()
-            except KeyLost as exc:
-                self.counters["candidate_key_lost"] += 1
-                self._emit("info", "candidate_key_lost", detail=str(exc))
-                return None
-            except SessionExpired as exc:
-                keepalive.cancel()
-                self._session_lost(Reason.LEASE_LOST, str(exc))
-                return None
-            except StoreForbidden as exc:
-                self._forbid(exc)
-                keepalive.cancel()
-                return None
-            except StoreUnavailable as exc:
-                self._store_unreachable(StoreCall.CAMPAIGN, exc)
-                await self._pause(self.cfg.retry_interval)
-                return None
-        campaign.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await campaign
-        if keepalive.done():
-            failure = keepalive.exception()
-            if isinstance(failure, _Lost):
-                self._session_lost(failure.reason, str(failure))
-            elif failure is not None:
-                raise failure
+            if not campaign.done():
+                campaign.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await campaign
+        if campaign.cancelled():
+            return None
+        try:
+            return campaign.result()
+        except KeyLost as exc:
+            self._counters["candidate_key_lost"] += 1
+            self._emit("info", "candidate_key_lost", detail=str(exc))
+        except SessionExpired as exc:
+            if not lease.lost.done():
+                lease.lost.set_result(Loss(Reason.LEASE_LOST, str(exc)))
+        except StoreForbidden as exc:
+            self.forbidden_by_store(exc)
+        except StoreUnavailable as exc:
+            self._store_unreachable(StoreCall.CAMPAIGN, exc)
+            await self._pause(self._cfg.retry_interval)
         return None
 
     def _race_lost(self, leader: Leadership) -> None:
         """Queued behind a live leader: normal, not an outage."""
-        self.counters["race_lost"] += 1
-        self.metrics.race_lost()
-        self.current_leader = leader
+        self._counters["race_lost"] += 1
+        self._metrics.race_lost()
+        self._backend_up = True
+        self._leader_seen = leader
         self._emit("info", "race_lost", leader=leader.id, leader_token=leader.token)
 
-    def _session_lost(self, reason: Reason, detail: str) -> None:
-        self.counters[f"session_lost:{reason.value}"] += 1
-        self.metrics.lease_lost(reason, "candidate")
-        self._emit("warning", "candidate_session_lost", reason=reason.value, detail=detail)
+    # -- leading -----------------------------------------------------------
 
-    async def _keepalive_loop(self, session: Session) -> None:
-        """Renew until the store says the lease is gone or demote_at passes.
+    def _next_grant(self, lead: Leadership, expires: float) -> Grant:
+        self._seq += 1
+        return Grant(self._cfg.election, self._cfg.candidate_id, lead.token, lead.epoch, expires, self._seq)
 
-        Raises _Lost. Every failure is logged and counted; none is swallowed.
-        """
-        failures = 0
-        while True:
-            wait = min(self.cfg.retry_interval, self.demote_at - self.clock.now())
-            if failures == 0 and wait > 0:
-                await self.clock.sleep(wait)
-            now = self.clock.now()
-            if self.unsafe_ignore_deadline and now >= self.demote_at:
-                self.demote_at = now + self.cfg.retry_interval  # pretend: the broken build keeps leading
-            if now >= self.demote_at:
-                raise _Lost(
-                    Reason.BACKEND_UNREACHABLE,
-                    f"no renewal acknowledged for {now - self.last_renewal.sent_at:.3f}s"
-                    if self.last_renewal
-                    else "no renewal",
-                )
-            try:
-                renewal = await self._stoppable(
-                    session.keepalive(), min(self.cfg.effective_request_timeout, self.demote_at - now)
-                )
-            except SessionExpired as exc:
-                raise _Lost(Reason.LEASE_LOST, str(exc)) from exc
-            except StoreForbidden as exc:
-                # Demote the normal way (orchestrator first), then stay out.
-                self._forbid(exc)
-                raise _Lost(Reason.BACKEND_UNREACHABLE, str(exc)) from exc
-            except (StoreUnavailable, TimeoutError) as exc:
-                failures += 1
-                self.counters["keepalive_failed"] += 1
-                self.metrics.keepalive_failed()
-                self._store_unreachable(StoreCall.KEEPALIVE, exc)
-                self._emit(
-                    "warning",
-                    "keepalive_failed",
-                    failures=failures,
-                    seconds_to_demote=round(self.demote_at - self.clock.now(), 3),
-                )
-                # Retry soon, but never spin: a refused connection fails fast.
-                await self.clock.sleep(min(self.cfg.retry_interval / 4, max(0.0, self.demote_at - self.clock.now())))
-                continue
-            failures = 0
-            self.counters["renewals"] += 1
-            self.metrics.renewed(self.clock.now() - renewal.sent_at)
-            self.backend_up = True
-            self._accept(renewal)
-            if self.state is State.LEADER and self.grant is not None:
-                self.grant = self._next_grant(self._leadership(self.grant))
-                self.metrics.leading(self.grant)
-                await self.hooks.renewed(self.grant)
+    def _end_term(self, loss: Loss) -> None:
+        if self._term is not None and not self._term.done():
+            self._term.set_result(loss)
 
-    @staticmethod
-    def _leadership(grant: Grant) -> Leadership:
-        return Leadership(grant.candidate, grant.token, grant.epoch)
+    def _hook_failed(self, where: str, exc: Exception) -> None:
+        if isinstance(exc, GuardLost):
+            self._end_term(Loss(Reason.WATCHDOG_LOST, str(exc) or "the watchdog is not running"))
+        else:
+            self._emit("error", "hook_failed", hook=where, error=repr(exc))
+            self._end_term(Loss(Reason.INTERNAL_ERROR, f"{where}: {exc!r}"))
 
-    async def _lead(self, lead: Leadership, keepalive: asyncio.Task[None]) -> Reason:
-        """Act as leader until something ends it; return why."""
-        if self.clock.now() >= self.demote_at:
+    async def _renewed(self) -> None:
+        """After each acknowledged renewal: a fresh grant is also a heartbeat."""
+        lease, grant = self._lease, self._grant
+        if self._state is not State.LEADER or grant is None or lease is None:
+            return
+        if self._term is not None and self._term.done():
+            return  # the term is ending: never extend it
+        lead = Leadership(grant.candidate, grant.token, grant.epoch)
+        self._grant = self._next_grant(lead, lease.expires)
+        self._metrics.leading(self._grant)
+        try:
+            await self._hooks.renewed(self._grant)
+        except Exception as exc:
+            self._hook_failed("renewed", exc)
+
+    async def _lead(self, lead: Leadership, lease: Lease) -> tuple[Loss, bool]:
+        """Act as leader until something ends it; return why, and whether the
+        orchestrator's death was confirmed."""
+        if self._clock.now() >= lease.demote_at:
             # We won, but too late to trust it: our lease may already be gone.
-            reason = Reason.BACKEND_UNREACHABLE
             self._emit("warning", "won_too_late", token=lead.token, epoch=lead.epoch)
-            await self._election_resign_quietly()
-            return reason
+            await self._resign_key()
+            return Loss(Reason.BACKEND_UNREACHABLE, "won after our demote time"), True
         self._resign.clear()
-        self.grant = self._next_grant(lead)
-        self.counters["elected"] += 1
-        self.metrics.leading(self.grant)
-        await self._set_state(State.LEADER)
-        self._emit(
-            "info",
-            "elected",
-            token=lead.token,
-            epoch=lead.epoch,
-            valid_for=round(self.grant.valid_for(self.clock.now()), 3),
-        )
-        await self.hooks.started_leading(self.grant)
+        self._term = asyncio.get_running_loop().create_future()
+        grant = self._grant = self._next_grant(lead, lease.expires)
+        self._counters["elected"] += 1
+        self._metrics.leading(grant)
+        self._set_state(State.LEADER)
+        valid_for = round(lease.expires - self._clock.now(), 3)
+        self._emit("info", "elected", token=lead.token, epoch=lead.epoch, valid_for=valid_for)
+        cancelled = False
+        try:
+            try:
+                await self._hooks.started_leading(grant)
+            except Exception as exc:
+                self._hook_failed("started_leading", exc)
+            end = await self._until_term_ends(lease)
+        except asyncio.CancelledError:
+            cancelled = True
+            end = Loss(Reason.SHUTDOWN, "cancelled")
+        except Exception as exc:  # a bug of ours: still stop the orchestrator first
+            self._emit("error", "leader_loop_failed", error=repr(exc))
+            end = Loss(Reason.INTERNAL_ERROR, repr(exc))
+        confirmed = await _uncancellable(self._demote(self._grant or grant, end))
+        if cancelled:
+            raise asyncio.CancelledError
+        return end, confirmed
 
-        lost = asyncio.create_task(self._own_key_gone(), name="own-key-gone")
+    async def _until_term_ends(self, lease: Lease) -> Loss:
+        assert self._term is not None
+        key = asyncio.create_task(self._own_key_gone(), name="own-key-gone")
         resign = asyncio.create_task(self._resign.wait(), name="resign")
         stop = asyncio.create_task(self._stop.wait(), name="stop")
         try:
-            await asyncio.wait({keepalive, lost, resign, stop}, return_when=asyncio.FIRST_COMPLETED)
+            waits: set[asyncio.Future[Any]] = {lease.lost, self._term, key, resign, stop}
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for t in (lost, resign, stop):
+            for t in (key, resign, stop):
                 t.cancel()
-        reason, detail = self._why_leadership_ended(keepalive, lost, resign)
-        grant = self.grant
-        self.counters[f"leadership_lost:{reason.value}"] += 1
-        if reason in (Reason.LEASE_LOST, Reason.BACKEND_UNREACHABLE):
-            self.metrics.lease_lost(reason, "leader")
-        self.metrics.leading(None)
-        await self._set_state(State.DEMOTING, reason=reason.value, detail=detail)
-        try:
-            await self.hooks.stopped_leading(grant, reason)
-        except KillUnconfirmed as exc:
-            self.out_of_election = True
-            self.counters["kill_unconfirmed"] += 1
-            self._emit("error", "kill_unconfirmed", detail=str(exc))
-        finally:
-            self.grant = None
-        if reason in (Reason.RESIGNED, Reason.SHUTDOWN):
-            # Only now that our orchestrator has stopped may a successor start.
-            await self._election_resign_quietly()
-        self._emit("info", "demoted", reason=reason.value, token=grant.token, epoch=grant.epoch)
-        return reason
-
-    def _why_leadership_ended(
-        self, keepalive: asyncio.Task[None], lost: asyncio.Task[None], resign: asyncio.Task[bool]
-    ) -> tuple[Reason, str]:
-        if keepalive.done():
-            exc = keepalive.exception()
-            if isinstance(exc, _Lost):
-                return exc.reason, str(exc)
-            if exc is not None:
-                raise exc
-        if lost.done() and not lost.cancelled():
-            exc = lost.exception()
-            if exc is not None:
-                raise exc
-            return Reason.LEASE_LOST, "our candidate key was deleted"
+        if lease.lost.done():
+            return lease.lost.result()
+        if self._term.done():
+            return self._term.result()
+        if key.done() and not key.cancelled():
+            key.result()  # a bug in the watch surfaces here, and ends the term through _demote
+            return Loss(Reason.LEASE_LOST, "our candidate key was deleted")
         if resign.done():
-            return Reason.RESIGNED, "resign requested"
-        return Reason.SHUTDOWN, "stopping"
+            return Loss(Reason.RESIGNED, "resign requested")
+        return Loss(Reason.SHUTDOWN, "stopping")
+
+    async def _demote(self, grant: Grant, end: Loss) -> bool:
+        """The one exit from LEADER: stop the orchestrator, confirm it, report."""
+        self._end_term(end)
+        self._counters[f"leadership_lost:{end.reason.value}"] += 1
+        if end.reason.unasked:
+            self._metrics.lease_lost(end.reason, "leader")
+        self._metrics.leading(None)
+        self._set_state(State.DEMOTING, reason=end.reason.value, detail=end.detail)
+        detail = ""
+        try:
+            confirmed = await self._hooks.stopped_leading(grant, end.reason) is not False
+            if not confirmed:
+                detail = "the stop hook could not confirm the orchestrator stopped"
+        except KillUnconfirmed as exc:
+            confirmed, detail = False, str(exc)
+        except Exception as exc:  # we cannot know it stopped: treat as unconfirmed
+            confirmed, detail = False, f"stop hook failed: {exc!r}"
+        finally:
+            self._grant = None
+            self._term = None
+        if not confirmed:
+            self._unconfirmed = f"orchestrator not confirmed stopped: {detail}"
+            self._counters["kill_unconfirmed"] += 1
+            self._metrics.kill_unconfirmed(True)
+            self._emit("error", "kill_unconfirmed", detail=detail, token=grant.token, epoch=grant.epoch)
+            self._set_out(self._unconfirmed)
+        self._emit(
+            "info", "demoted", reason=end.reason.value, token=grant.token, epoch=grant.epoch, confirmed=confirmed
+        )
+        return confirmed
 
     async def _own_key_gone(self) -> None:
         """Return when our candidate key is deleted (evicted, or lease gone).
 
-        A failing watch does not demote by itself: the keepalive loop alone
-        decides when the store has been silent for too long.
+        A failing watch does not demote by itself: the lease alone decides
+        when the store has been silent for too long.
         """
         while True:
             try:
@@ -496,11 +556,34 @@ class Elector:
                 return  # the key went with the session
             except (StoreUnavailable, StoreForbidden) as exc:
                 self._store_unreachable(StoreCall.WATCH_OWN_KEY, exc)
-                await self.clock.sleep(self.cfg.retry_interval)
+                await self._clock.sleep(self._cfg.retry_interval)
 
-    async def _election_resign_quietly(self) -> None:
+    async def _resign_key(self) -> None:
         try:
-            await self._stoppable(self._election.resign(), self.cfg.effective_request_timeout)
+            await wait_for(self._clock, self._election.resign(), self._cfg.effective_request_timeout)
         except (StoreUnavailable, StoreForbidden, TimeoutError) as exc:
             # The key goes when the lease does; the successor waits at most TTL.
             self._store_unreachable(StoreCall.RESIGN, exc)
+
+
+async def _uncancellable(aw: Awaitable[bool]) -> bool:
+    """Run ``aw`` to the end even if we are cancelled meanwhile.
+
+    The stop path must finish: a cancellation halfway through would let the
+    caller revoke the lease while the orchestrator may still run. The
+    cancellation is delivered again once it is done.
+    """
+    task = asyncio.ensure_future(aw)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():
+                result = task.result()
+                break
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return result

@@ -3,7 +3,7 @@
 /healthz fails when the loop stalls or when the elector still believes it
 leads although its renewals stopped (the mistake of kubernetes#71730: a
 health check that stays green while leadership is dead). /readyz follows
-store connectivity. /leader is this sidecar's own view, with token and
+store connectivity and whether we take part in the election. /leader is this sidecar's own view, with token and
 deadline, never a bare name.
 """
 
@@ -18,43 +18,58 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from sidecar.config import Config
 from sidecar.elector import Elector
 from sidecar.loopmon import LoopMonitor
-from sidecar.model import State
+from sidecar.model import Snapshot
 
 MAX_LOOP_LAG = 1.0  # seconds; beyond this renewals and heartbeats are at risk
 
 
-def health(elector: Elector, loop: LoopMonitor, cfg: Config) -> list[str]:
-    """Reasons the sidecar is unhealthy; empty when healthy."""
+def health(snap: Snapshot, loop: LoopMonitor, cfg: Config) -> list[str]:
+    """Reasons the sidecar process itself is unhealthy (restart it); empty when healthy.
+
+    Being out of the election is not one of them: a sidecar that could not
+    confirm its orchestrator's death must stay up and out (a restart would
+    put it straight back into the election); /readyz reports that.
+    """
     problems = []
     lag_limit = min(MAX_LOOP_LAG, cfg.retry_interval)
     if loop.lag > lag_limit or loop.stalled_for() > lag_limit:
         problems.append(f"event loop lagging {max(loop.lag, loop.stalled_for()):.3f}s (limit {lag_limit:g}s)")
-    now = elector.clock.now()
-    if elector.state is State.LEADER and now > elector.demote_at:
-        problems.append(f"still leader {now - elector.demote_at:.3f}s past its renew deadline: renewals stopped")
-    if elector.out_of_election:
-        problems.append("out of the election: an orchestrator kill could not be confirmed")
+    if snap.past_demote > 0:
+        problems.append(f"still leader {snap.past_demote:.3f}s past its renew deadline: renewals stopped")
     return problems
 
 
-def leader_view(elector: Elector, cfg: Config) -> dict[str, Any]:
+def readiness(snap: Snapshot) -> list[str]:
+    """Reasons the sidecar is not taking part in the election now; empty when it is."""
+    problems = []
+    if not snap.backend_up:
+        problems.append("the store did not answer the last call")
+    if snap.out_of_election:
+        problems.append(f"out of the election: {snap.out_of_election}")
+    return problems
+
+
+def leader_view(snap: Snapshot) -> dict[str, Any]:
+    """This sidecar's view of who leads: with token and deadline, never a bare name."""
     view: dict[str, Any] = {
-        "election": cfg.election,
-        "candidate": cfg.candidate_id,
-        "state": elector.state.value,
+        "election": snap.election,
+        "candidate": snap.candidate,
+        "state": snap.state.value,
         "leader": None,
     }
-    g = elector.grant
-    if elector.state is State.LEADER and g is not None:
+    if snap.grant is not None:
+        g = snap.grant
         view["leader"] = {"id": g.candidate, "token": g.token, "epoch": g.epoch}
         view["deadline"] = {
             "expires_monotonic": round(g.expires_monotonic, 6),
-            "valid_for_ms": int(elector.remaining() * 1000),
+            "valid_for_ms": int(snap.remaining * 1000),
         }
-    elif elector.current_leader is not None:
-        lead = elector.current_leader
+    elif snap.leader is not None:
+        lead = snap.leader
         # What this candidate last saw while queueing; may be out of date.
         view["leader"] = {"id": lead.id, "token": lead.token, "epoch": lead.epoch or None}
+    if snap.out_of_election:
+        view["out_of_election"] = snap.out_of_election
     return view
 
 
@@ -80,15 +95,15 @@ class HttpApi:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(self, request: web.Request) -> web.Response:
-        problems = health(self.elector, self.loop, self.cfg)
+        problems = health(self.elector.snapshot(), self.loop, self.cfg)
         return _json({"ok": not problems, "problems": problems}, 503 if problems else 200)
 
     async def readyz(self, request: web.Request) -> web.Response:
-        up = self.elector.backend_up
-        return _json({"ok": up, "backend": self.cfg.backend}, 200 if up else 503)
+        problems = readiness(self.elector.snapshot())
+        return _json({"ok": not problems, "backend": self.cfg.backend, "problems": problems}, 503 if problems else 200)
 
     async def leader(self, request: web.Request) -> web.Response:
-        return _json(leader_view(self.elector, self.cfg), 200)
+        return _json(leader_view(self.elector.snapshot()), 200)
 
     async def start(self, addr: str) -> int:
         host, _, port = addr.rpartition(":")

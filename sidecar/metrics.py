@@ -61,6 +61,10 @@ class SidecarMetrics:
             "Signals sent to the orchestrator on loss; signal=unconfirmed for failed kills.",
             ("signal",),
         )
+        self.kill_unconfirmed_gauge = g(
+            "kill_unconfirmed",
+            "1 while an orchestrator's death is not confirmed: the sidecar stays out of the election.",
+        ).labels(**lv)
         self.grant_clients = g("grant_clients", "Clients connected to the grant socket.").labels(**lv)
         self.grant_clients_refused = c(
             "grant_clients_refused_total", "Socket clients refused because their uid is not allowed."
@@ -120,6 +124,9 @@ class SidecarMetrics:
 
     def lease_lost(self, reason: Reason, role: str) -> None:
         self._lease_lost.labels(**self._lv, reason=reason.value, role=role).inc()
+
+    def kill_unconfirmed(self, active: bool) -> None:
+        self.kill_unconfirmed_gauge.set(1 if active else 0)
 
     # -- the rest of the sidecar ------------------------------------------
 

@@ -117,3 +117,41 @@ class KillUnconfirmed(Exception):
     The elector then stays out of the election: campaigning again could
     let a second orchestrator act beside one that may still be alive.
     """
+
+
+@dataclass(frozen=True)
+class Loss:
+    """How a term or a lease ended: the value every exit from leadership is matched on."""
+
+    reason: Reason
+    detail: str
+
+
+class GuardLost(Exception):
+    """The out-of-process watchdog is not running: the deadline would be unguarded."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The elector as seen from outside at one instant (HTTP, socket status, CLI)."""
+
+    election: str
+    candidate: str
+    at: float  # monotonic time of the snapshot
+    state: State
+    grant: Grant | None  # only while LEADER
+    leader: Leadership | None  # ourselves while leading, else the last leader we queued behind
+    demote_at: float
+    renewed_at: float  # send time of the last acknowledged renewal (0: no session)
+    backend_up: bool
+    out_of_election: str  # why we stay out of the election, or ""
+
+    @property
+    def remaining(self) -> float:
+        """Seconds the current grant stays valid; 0 when not leading."""
+        return self.grant.valid_for(self.at) if self.grant is not None and self.state is State.LEADER else 0.0
+
+    @property
+    def past_demote(self) -> float:
+        """How far a leader is past its demote time (renewals stopped); 0 otherwise."""
+        return max(0.0, self.at - self.demote_at) if self.state is State.LEADER else 0.0

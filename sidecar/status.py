@@ -13,7 +13,7 @@ from sidecar.config import Config
 
 async def gather(cfg: Config) -> dict[str, Any]:
     async with connected(cfg) as backend:
-        election = backend.election(cfg.election)
+        election = backend.admin(cfg.election)
         leader = await election.leader()
         candidates = await election.candidates()
     return {
@@ -109,7 +109,7 @@ def render_table(view: dict[str, Any]) -> str:
 async def watch_leader(cfg: Config, json_lines: bool = False) -> None:
     """One line per leader change (a leader whose epoch is not yet recorded is skipped)."""
     async with connected(cfg) as backend:
-        async for lead in backend.election(cfg.election).observe():
+        async for lead in backend.admin(cfg.election).observe():
             if lead is not None and not lead.epoch:
                 continue  # the new leader records its term a moment later
             now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -126,4 +126,4 @@ async def watch_leader(cfg: Config, json_lines: bool = False) -> None:
 
 async def evict(cfg: Config, candidate_id: str) -> list[str]:
     async with connected(cfg) as backend:
-        return await backend.election(cfg.election).evict(candidate_id)
+        return await backend.admin(cfg.election).evict(candidate_id)

@@ -207,6 +207,7 @@ class Supervisor:
         peers: Callable[[], list[int]] | None = None,
         on_orchestrator_exit: Callable[[], Any] | None = None,
         on_kill: Callable[[str], None] | None = None,
+        on_guard_lost: Callable[[str], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.command = command
@@ -309,10 +310,10 @@ class Supervisor:
         if self.mode != "none":
             self.watchdog.feed(*self._deadlines(grant))
 
-    async def stopped_leading(self, grant: Grant, reason: Reason) -> None:
+    async def stopped_leading(self, grant: Grant, reason: Reason) -> bool:
         self._leading = False
         if self.mode == "none":
-            return
+            return True
         try:
             target = self._target()
         except (OSError, ValueError) as exc:
@@ -322,6 +323,11 @@ class Supervisor:
         self.watchdog.disarm()
         if self.mode == "standby" and not self._stopping:
             await self._spawn(None)
+        return True
+
+    async def ready(self) -> str:
+        """Why we may not campaign now ("" when we may)."""
+        return ""
 
     async def _terminate(self, target: Target, grant: Grant, reason: Reason) -> None:
         started = self.clock.now()

@@ -182,7 +182,7 @@ class Demo:
             (resign, "resign {id} through its socket: orchestrator stopped first, then the key goes"),
         ]  # fmt: skip
         try:
-            election = backend.election("demo")
+            election = backend.admin("demo")
             leader, took = await self.wait_leader(election, None, 10)
             if leader is None:
                 self.w.problems.append("no leader was elected within 10s")

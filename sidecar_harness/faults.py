@@ -163,7 +163,7 @@ class Campaign:
             await asyncio.to_thread(sc.wait_socket)
         cfg = Config(backend=self.backend, endpoints=tuple(self.cluster.endpoints), election="campaign")
         self._backend = await connect(cfg, MonotonicClock())
-        self.election = self._backend.election("campaign")
+        self.election = self._backend.admin("campaign")
 
     async def stop(self) -> None:
         for sc in self.sidecars:

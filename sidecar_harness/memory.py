@@ -138,6 +138,9 @@ class MemorySession:
             return
         await self._store.gate()
         await self._store.revoke(self._lease)
+
+    async def abandon(self) -> None:
+        self._lease = None  # the store's reaper expires it on the clock
         self._lease = None
 
 
@@ -254,6 +257,10 @@ class MemoryBackend:
         return MemorySession(self.store, ttl)
 
     def election(self, name: str) -> MemoryElection:
+        return MemoryElection(self.store, name)
+
+    def admin(self, name: str) -> MemoryElection:
+        # One class serves both roles; the protocols keep each caller to its own part.
         return MemoryElection(self.store, name)
 
     async def close(self) -> None:

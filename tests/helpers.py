@@ -58,3 +58,10 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def grant_of(elector: Any) -> Any:
+    """The elector's current grant; fails the test if it holds none."""
+    grant = elector.snapshot().grant
+    assert grant is not None, f"{elector.snapshot().candidate} holds no grant (state {elector.state})"
+    return grant

@@ -94,12 +94,18 @@ class Session(Protocol):
         """Revoke the lease; every key attached to it is deleted by the store."""
         ...
 
+    async def abandon(self) -> None:
+        """Stop keeping the lease alive without revoking it: the store expires
+        it (and our keys) after its TTL. For when an orchestrator may still
+        live: a revoke would let a successor start at once."""
+        ...
+
 
 class Election(Protocol):
-    """One election: candidates queue by creation order, the oldest leads."""
+    """One election as a candidate takes part in it: all the elector uses.
 
-    wakeups: int
-    """How often a waiting campaign was woken by a change (one per handover)."""
+    Candidates queue by creation order; the oldest leads.
+    """
 
     @property
     def name(self) -> str: ...
@@ -122,6 +128,14 @@ class Election(Protocol):
         """Return when our candidate key disappears (raises on store errors)."""
         ...
 
+    async def close(self) -> None:
+        """Release connections. Does not touch the keys."""
+        ...
+
+
+class ElectionAdmin(Protocol):
+    """One election seen and acted on from outside: `status`, `watch`, `evict`, the demo."""
+
     async def leader(self) -> Leadership | None:
         """The current leader as the store sees it, or None."""
         ...
@@ -131,7 +145,7 @@ class Election(Protocol):
         ...
 
     async def evict(self, candidate_id: str) -> list[str]:
-        """Admin: end every candidacy of ``candidate_id`` as a lease expiry would.
+        """End every candidacy of ``candidate_id`` as a lease expiry would.
 
         etcd revokes the candidate's lease; ZooKeeper deletes its node (our
         ACL lets only our identity do that). Returns the keys removed.
@@ -153,5 +167,7 @@ class Backend(Protocol):
     def session(self, ttl: float) -> Session: ...
 
     def election(self, name: str) -> Election: ...
+
+    def admin(self, name: str) -> ElectionAdmin: ...
 
     async def close(self) -> None: ...

@@ -135,6 +135,10 @@ class EtcdBackend:
     def election(self, name: str) -> EtcdElection:
         return EtcdElection(self, name)
 
+    def admin(self, name: str) -> EtcdElection:
+        # One class serves both roles; the protocols keep each caller to its own part.
+        return EtcdElection(self, name)
+
     async def close(self) -> None:
         if self._refresher is not None:
             await self._refresher.__aexit__(None, None, None)
@@ -205,6 +209,11 @@ class EtcdSession:
             cause = exc.__cause__
             if not (isinstance(cause, grpc.aio.AioRpcError) and cause.code() == grpc.StatusCode.NOT_FOUND):
                 raise  # keep the id: the caller may try again when the store is back
+        self._lease = 0
+
+    async def abandon(self) -> None:
+        # Nothing to tell the store: keepalives are one stream per renewal and
+        # none is open between renewals, so forgetting the id is enough.
         self._lease = 0
 
 

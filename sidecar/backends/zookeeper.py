@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import re
+import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -145,6 +146,10 @@ class ZooKeeperBackend:
     def election(self, name: str) -> ZooKeeperElection:
         return ZooKeeperElection(self, name)
 
+    def admin(self, name: str) -> ZooKeeperElection:
+        # One class serves both roles; the protocols keep each caller to its own part.
+        return ZooKeeperElection(self, name)
+
     async def observer(self) -> KazooClient:
         """A client of our own for reads (status, observe), opened on first use."""
         if self._observer is None:
@@ -254,6 +259,11 @@ class ZooKeeperSession:
                 await asyncio.to_thread(client.stop)
         finally:
             await asyncio.to_thread(client.close)
+
+    async def abandon(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await asyncio.to_thread(_drop_without_closing, client)
 
 
 class ZooKeeperElection:
@@ -459,3 +469,23 @@ async def connect(cfg: Config, clock: Clock) -> ZooKeeperBackend:
         chroot=cfg.zk_chroot,
         auth=zk_auth(cfg),
     )
+
+
+def _drop_without_closing(client: KazooClient) -> None:
+    """End a kazoo client without ending its ZooKeeper session.
+
+    ``stop()`` sends closeSession and the server deletes our ephemeral node
+    at once; kazoo's own pings would keep the session alive for ever. To let
+    it lapse after its timeout we do what a crashed process would: mark the
+    client stopped without queueing the close request (kazoo 2.11, pinned,
+    checks ``_stopped`` before every reconnect) and cut its socket, so its
+    connection loop ends without a word to the server.
+    """
+    client._stopped.set()
+    conn = client._connection
+    sock = conn._socket
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+    conn.connection_stopped.wait(5.0)
+    client.close()

@@ -61,7 +61,9 @@ class Contender:
     async def one_leader(self, unlike: Elector | None = None, timeout: float = 10) -> Elector:
         await eventually(
             lambda: (
-                len(self.leaders()) == 1 and self.leaders()[0] is not unlike and self.leaders()[0].grant is not None
+                len(self.leaders()) == 1
+                and self.leaders()[0] is not unlike
+                and self.leaders()[0].snapshot().grant is not None
             ),
             timeout,
             what=f"one {self.kind} leader",

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any, cast
 
 from sidecar.model import State
 from tests.contract.conftest import Contender
-from tests.helpers import eventually
+from tests.helpers import eventually, grant_of
 
 
 async def test_single_leader_among_many(contender: Contender) -> None:
     await contender.join(4)
     leader = await contender.one_leader()
-    assert leader.grant is not None and leader.grant.token > 0 and leader.grant.epoch >= 1
+    assert leader.snapshot().grant is not None and grant_of(leader).token > 0 and grant_of(leader).epoch >= 1
     end = time.monotonic() + 2 * contender.cfg.ttl  # across many renewals
     while time.monotonic() < end:
         assert contender.leaders() == [leader]
@@ -23,14 +24,14 @@ async def test_single_leader_among_many(contender: Contender) -> None:
 async def test_resign_hands_over_with_higher_token_and_next_epoch(contender: Contender) -> None:
     await contender.join(3)
     old = await contender.one_leader()
-    assert old.grant is not None
-    before = old.grant
+    assert old.snapshot().grant is not None
+    before = grant_of(old)
     t = time.monotonic()
     assert old.resign()
     new = await contender.one_leader(unlike=old)
     took = time.monotonic() - t
-    assert new.grant is not None
-    assert new.grant.token > before.token and new.grant.epoch == before.epoch + 1
+    assert new.snapshot().grant is not None
+    assert grant_of(new).token > before.token and grant_of(new).epoch == before.epoch + 1
     assert took < contender.cfg.ttl / 2, f"{contender.kind}: handover took {took:.3f}s, like a lease expiry"
     await eventually(lambda: old.state is State.CANDIDATE, what="resigned candidate queued again")
 
@@ -38,11 +39,13 @@ async def test_resign_hands_over_with_higher_token_and_next_epoch(contender: Con
 async def test_lost_session_fails_over_to_a_higher_token(contender: Contender) -> None:
     await contender.join(3)
     old = await contender.one_leader()
-    assert old.grant is not None and old.session is not None
-    before = old.grant
+    assert old.snapshot().grant is not None and old.session is not None
+    before = grant_of(old)
     await contender.kill_session(old.session)  # as if its lease or session expired
     new = await contender.one_leader(unlike=old)
-    assert new.grant is not None and new.grant.token > before.token and new.grant.epoch > before.epoch
+    assert (
+        new.snapshot().grant is not None and grant_of(new).token > before.token and grant_of(new).epoch > before.epoch
+    )
     await eventually(
         lambda: old.counters["leadership_lost:lease-lost"] == 1, what=f"old leader saw lease-lost: {old.counters}"
     )
@@ -51,10 +54,10 @@ async def test_lost_session_fails_over_to_a_higher_token(contender: Contender) -
 async def test_only_the_successor_wakes(contender: Contender) -> None:
     electors = await contender.join(5)
     old = await contender.one_leader()
-    before = [e.election.wakeups for e in electors]
+    before = [cast(Any, e.election).wakeups for e in electors]
     old.resign()
     await contender.one_leader(unlike=old)
-    woke = [e.election.wakeups - b for e, b in zip(electors, before, strict=True)]
+    woke = [cast(Any, e.election).wakeups - b for e, b in zip(electors, before, strict=True)]
     assert sum(woke) == 1, f"{contender.kind}: wake-ups per candidate {woke}"
 
 
@@ -63,12 +66,12 @@ async def test_tokens_and_epochs_strictly_increase_over_many_terms(contender: Co
     seen: list[tuple[int, int]] = []
     leader = await contender.one_leader()
     for _ in range(5):
-        assert leader.grant is not None
-        seen.append((leader.grant.token, leader.grant.epoch))
+        assert leader.snapshot().grant is not None
+        seen.append((grant_of(leader).token, grant_of(leader).epoch))
         leader.resign()
         leader = await contender.one_leader(unlike=leader)
-    assert leader.grant is not None
-    seen.append((leader.grant.token, leader.grant.epoch))
+    assert leader.snapshot().grant is not None
+    seen.append((grant_of(leader).token, grant_of(leader).epoch))
     tokens, epochs = zip(*seen, strict=True)
     assert list(tokens) == sorted(set(tokens)), seen
     assert list(epochs) == list(range(epochs[0], epochs[0] + len(epochs))), seen
@@ -77,19 +80,23 @@ async def test_tokens_and_epochs_strictly_increase_over_many_terms(contender: Co
 async def test_store_view_matches_the_electors(contender: Contender) -> None:
     electors = await contender.join(3)
     leader = await contender.one_leader()
-    assert leader.grant is not None
-    election = electors[-1].election
+    assert leader.snapshot().grant is not None
+    election = contender.backend.admin(contender.cfg.election)
     lead = await election.leader()
     assert lead is not None
-    assert (lead.id, lead.token, lead.epoch) == (leader.cfg.candidate_id, leader.grant.token, leader.grant.epoch)
+    assert (lead.id, lead.token, lead.epoch) == (
+        leader.snapshot().candidate,
+        grant_of(leader).token,
+        grant_of(leader).epoch,
+    )
 
     async def all_queued() -> bool:
         return len(await election.candidates()) == len(electors)
 
     await eventually(all_queued, what="every candidate's key in the store")  # joined = campaigning, not yet written
     candidates = await election.candidates()
-    assert candidates[0].id == leader.cfg.candidate_id
-    assert sorted(c.id for c in candidates) == sorted(e.cfg.candidate_id for e in electors)
+    assert candidates[0].id == leader.snapshot().candidate
+    assert sorted(c.id for c in candidates) == sorted(e.snapshot().candidate for e in electors)
     assert [c.token for c in candidates] == sorted(c.token for c in candidates)
     assert not any(c.stale for c in candidates)
 
@@ -100,16 +107,16 @@ async def test_observe_reports_each_new_leader(contender: Contender) -> None:
     seen: list[str] = []
 
     async def watch() -> None:
-        async for lead in old.election.observe():
+        async for lead in contender.backend.admin(contender.cfg.election).observe():
             if lead is not None and lead.epoch:
                 seen.append(lead.id)
 
     task = asyncio.create_task(watch())
     try:
-        await eventually(lambda: seen[-1:] == [old.cfg.candidate_id], what="observe shows the leader")
+        await eventually(lambda: seen[-1:] == [old.snapshot().candidate], what="observe shows the leader")
         old.resign()
         new = await contender.one_leader(unlike=old)
-        await eventually(lambda: seen[-1:] == [new.cfg.candidate_id], what="observe shows the successor")
+        await eventually(lambda: seen[-1:] == [new.snapshot().candidate], what="observe shows the successor")
     finally:
         task.cancel()
 
@@ -117,11 +124,38 @@ async def test_observe_reports_each_new_leader(contender: Contender) -> None:
 async def test_evict_ends_a_candidacy_like_an_expiry(contender: Contender) -> None:
     await contender.join(2)
     old = await contender.one_leader()
-    assert old.grant is not None
-    before = old.grant
-    gone = await old.election.evict(old.cfg.candidate_id)
+    assert old.snapshot().grant is not None
+    before = grant_of(old)
+    gone = await contender.backend.admin(contender.cfg.election).evict(old.snapshot().candidate)
     assert len(gone) == 1
     new = await contender.one_leader(unlike=old)
-    assert new.grant is not None and new.grant.token > before.token
+    assert new.snapshot().grant is not None and grant_of(new).token > before.token
     await eventually(lambda: old.counters["leadership_lost:lease-lost"] == 1, what="evicted leader saw lease-lost")
-    assert await old.election.evict("nobody-by-that-name") == []
+    assert await contender.backend.admin(contender.cfg.election).evict("nobody-by-that-name") == []
+
+
+async def test_an_abandoned_session_keeps_its_key_until_the_store_expires_it(contender: Contender) -> None:
+    """abandon() is the way out while an orchestrator may live: nothing is revoked, so the
+    successor is elected only by the store's own expiry (compare: resign hands over at once)."""
+    session = contender.backend.session(contender.cfg.ttl)
+    renewal = await session.open()
+    election = contender.backend.election(contender.cfg.election)
+    observer = contender.backend.admin(contender.cfg.election)  # as another process sees it
+    await election.campaign(session, "abandoned")
+    try:
+        t0 = time.monotonic()
+        await session.abandon()
+        ids = [c.id for c in await observer.candidates()]
+        assert ids == ["abandoned"], f"{contender.kind}: the key went at once: {ids}"
+        await eventually(
+            lambda: _no_candidates(observer), timeout=renewal.ttl * 3 + 5, what="the store expired the session"
+        )
+        took = time.monotonic() - t0
+        assert took >= renewal.ttl * 0.5, f"{contender.kind}: gone after {took:.2f}s, before any expiry could happen"
+    finally:
+        await election.close()
+        await observer.close()
+
+
+async def _no_candidates(election: Any) -> bool:
+    return not await election.candidates()

@@ -11,9 +11,9 @@ import pytest
 from sidecar.clock import FakeClock
 from sidecar.config import Config, validate
 from sidecar.elector import Elector, Hooks
-from sidecar.model import Grant, KillUnconfirmed, Reason, State
+from sidecar.model import Grant, GuardLost, Reason, State
 from sidecar_harness.memory import MemoryBackend, MemoryStore
-from tests.helpers import RecordingSink
+from tests.helpers import RecordingSink, grant_of
 
 CFG = validate(
     Config(
@@ -65,13 +65,12 @@ async def test_single_candidate_wins_with_token_epoch_and_deadline(h: Harness) -
     a, sink = h.elector("a")
     await h.clock.advance(0.1)
     assert a.state is State.LEADER
-    assert a.grant is not None
-    assert a.grant.token > 0 and a.grant.epoch == 1
-    assert a.last_renewal is not None
+    assert a.snapshot().grant is not None
+    assert grant_of(a).token > 0 and grant_of(a).epoch == 1
     # The deadline is measured from the send time of the acknowledged request.
-    assert a.grant.expires_monotonic == pytest.approx(a.last_renewal.sent_at + 10 * 0.99 - 0.5)
+    assert grant_of(a).expires_monotonic == pytest.approx(a.snapshot().renewed_at + 10 * 0.99 - 0.5)
     elected = sink.of("elected")
-    assert elected and elected[0]["token"] == a.grant.token and elected[0]["epoch"] == 1
+    assert elected and elected[0]["token"] == grant_of(a).token and elected[0]["epoch"] == 1
     assert elected[0]["election"] == "unit" and elected[0]["candidate"] == "a"
 
 
@@ -94,17 +93,17 @@ async def test_resign_hands_over_with_higher_token_and_epoch(h: Harness) -> None
     await h.clock.advance(0.1)
     b, _ = h.elector("b")
     await h.clock.advance(0.1)
-    assert a.grant is not None
-    old = a.grant
+    assert a.snapshot().grant is not None
+    old = grant_of(a)
     assert a.resign()
     await h.clock.advance(0.1)
-    assert b.state is State.LEADER and b.grant is not None
-    assert b.grant.token > old.token and b.grant.epoch == old.epoch + 1
+    assert b.state is State.LEADER and b.snapshot().grant is not None
+    assert grant_of(b).token > old.token and grant_of(b).epoch == old.epoch + 1
     # The resigned candidate queues again behind the new leader.
     assert a.state is State.CANDIDATE
     assert b.resign()  # and a, queued again, leads once more
     await h.clock.advance(0.1)
-    assert state(a) is State.LEADER and a.grant is not None and a.grant.epoch == old.epoch + 2
+    assert state(a) is State.LEADER and a.snapshot().grant is not None and grant_of(a).epoch == old.epoch + 2
 
 
 async def test_resign_when_not_leader_is_refused(h: Harness) -> None:
@@ -118,8 +117,8 @@ async def test_resign_when_not_leader_is_refused(h: Harness) -> None:
 async def test_keepalive_failures_short_of_the_deadline_keep_leadership(h: Harness) -> None:
     a, sink = h.elector("a")
     await h.clock.advance(0.1)
-    assert a.grant is not None
-    token = a.grant.token
+    assert a.snapshot().grant is not None
+    token = grant_of(a).token
     h.store.mode = "fail"
     await h.clock.advance(4.0)  # less than renew_deadline (6) since the last renewal
     assert a.state is State.LEADER
@@ -127,7 +126,7 @@ async def test_keepalive_failures_short_of_the_deadline_keep_leadership(h: Harne
     assert sink.of("keepalive_failed")
     h.store.mode = "up"
     await h.clock.advance(3.0)
-    assert a.state is State.LEADER and a.grant is not None and a.grant.token == token
+    assert a.state is State.LEADER and a.snapshot().grant is not None and grant_of(a).token == token
     assert a.counters["renewals"] >= 1
 
 
@@ -139,14 +138,14 @@ async def test_silent_store_demotes_at_renew_deadline_before_expiry(h: Harness) 
 
     a, sink = h.elector("a", Hooks(stopped_leading=stopped))
     await h.clock.advance(0.1)
-    assert a.grant is not None and a.last_renewal is not None
+    assert a.snapshot().grant is not None
     h.store.mode = "hang"  # the store never answers again
+    sent = a.snapshot().renewed_at
     await h.clock.advance(12)
     assert demoted_at, "leader never demoted while the store was silent"
-    last = a.last_renewal
-    assert demoted_at[0] <= last.sent_at + CFG.renew_deadline + 0.06
+    assert demoted_at[0] <= sent + CFG.renew_deadline + 0.06
     # Demotion leaves kill_grace + margin before the lease can possibly expire.
-    assert demoted_at[0] + CFG.kill_grace + CFG.margin <= last.sent_at + CFG.ttl * (1 - CFG.drift) + 1e-6
+    assert demoted_at[0] + CFG.kill_grace + CFG.margin <= sent + CFG.ttl * (1 - CFG.drift) + 1e-6
     lost = [f for f in sink.of("state_changed") if f["to_state"] == "demoting"]
     assert lost[0]["reason"] == "backend-unreachable"
     assert a.state is not State.LEADER
@@ -177,13 +176,13 @@ async def test_revoked_lease_is_lease_lost_and_successor_is_higher(h: Harness) -
     await h.clock.advance(0.1)
     b, _ = h.elector("b")
     await h.clock.advance(0.1)
-    assert a.grant is not None
-    old = a.grant
+    assert a.snapshot().grant is not None
+    old = grant_of(a)
     lease = int(next(iter(h.store.leases)))
     await h.store.revoke(lease)  # as `evict` or a server-side expiry would
     await h.clock.advance(0.5)
     assert reasons == [Reason.LEASE_LOST]
-    assert b.state is State.LEADER and b.grant is not None and b.grant.token > old.token
+    assert b.state is State.LEADER and b.snapshot().grant is not None and grant_of(b).token > old.token
     # a comes back as a candidate on a fresh lease.
     await h.clock.advance(1)
     assert a.state is State.CANDIDATE
@@ -208,19 +207,113 @@ async def test_successor_waits_for_stop_hook(h: Harness) -> None:
     assert state(b) is State.LEADER
 
 
-async def test_unconfirmed_kill_leaves_the_election(h: Harness) -> None:
-    async def stopped(grant: Grant, reason: Reason) -> None:
-        raise KillUnconfirmed("pid 42 still alive")
+async def test_unconfirmed_kill_never_hands_over_and_rejoins_once_confirmed(h: Harness) -> None:
+    """Issue 13 item 2: after a kill that cannot be confirmed, nobody resigns or revokes:
+    the successor waits for the lease to lapse by itself; the sidecar stays up, out of the
+    election, and rejoins on its own once the orchestrator is confirmed gone."""
+    alive = ["pid 42 still alive after SIGKILL"]
 
-    a, sink = h.elector("a", Hooks(stopped_leading=stopped))
+    async def stopped(grant: Grant, reason: Reason) -> bool:
+        return False
+
+    async def ready() -> str:
+        return alive[0]
+
+    a, sink = h.elector("a", Hooks(stopped_leading=stopped, ready=ready))
+    alive[0] = ""
     await h.clock.advance(0.1)
-    h.store.mode = "hang"
-    await h.clock.advance(8)
-    assert a.out_of_election
+    alive[0] = "pid 42 still alive after SIGKILL"
+    b, _ = h.elector("b")
+    await h.clock.advance(0.1)
+    expires = grant_of(a).expires_monotonic
+    a.resign()
+    await h.clock.advance(0.1)
     assert sink.of("kill_unconfirmed")
-    await h.clock.advance(20)
-    assert h.tasks[0].done() and h.tasks[0].exception() is None
-    assert a.counters["elected"] == 1
+    assert "not confirmed" in a.snapshot().out_of_election
+    while h.clock.now() < expires:
+        assert b.state is not State.LEADER, "a successor led while the old orchestrator may live"
+        await h.clock.advance(0.25)
+    await h.clock.advance(CFG.ttl)  # the abandoned lease lapses at the store
+    assert state(b) is State.LEADER
+    assert a.state is State.FOLLOWER and not h.tasks[0].done(), "the sidecar must stay up, out of the election"
+    alive[0] = ""
+    await h.clock.advance(CFG.retry_interval + 0.5)
+    assert state(a) is State.CANDIDATE and not a.snapshot().out_of_election
+    assert sink.of("orchestrator_confirmed_stopped")
+
+
+async def test_shutdown_after_an_unconfirmed_kill_revokes_nothing(h: Harness) -> None:
+    async def stopped(grant: Grant, reason: Reason) -> bool:
+        return False
+
+    async def ready() -> str:
+        return "pid 42 still alive"
+
+    a, _ = h.elector("a", Hooks(stopped_leading=stopped))
+    await h.clock.advance(0.1)
+    a._hooks.ready = ready  # from now on the orchestrator cannot be confirmed dead
+    lease = int(next(iter(h.store.leases)))
+    a.stop()
+    await h.clock.advance(0.5)
+    assert h.tasks[0].done()
+    assert lease in h.store.leases, "the lease was revoked although the orchestrator may live"
+    assert any(k.lease == lease for k in h.store.keys.values()), "the key was deleted"
+
+
+@pytest.mark.parametrize("failure", ["renewed-guard-lost", "renewed-bug", "started-bug", "guard-lost-callback"])
+async def test_every_exit_from_leader_stops_the_orchestrator_before_handing_over(h: Harness, failure: str) -> None:
+    """Issue 13 item 1: a hook that raises, a dead watchdog or a bug ends the term through the
+    stop hook; the successor is elected only after it returned."""
+    events: list[str] = []
+    release = asyncio.Event()
+
+    async def started(grant: Grant) -> None:
+        if failure == "started-bug":
+            raise RuntimeError("bug while starting")
+
+    async def renewed(grant: Grant) -> None:
+        if failure == "renewed-guard-lost":
+            raise GuardLost("the watchdog exited")
+        if failure == "renewed-bug":
+            raise ValueError("bug while renewing")
+
+    async def stopped(grant: Grant, reason: Reason) -> bool:
+        events.append(f"stop:{reason.value}")
+        await release.wait()
+        events.append("stopped")
+        return True
+
+    a, _ = h.elector("a", Hooks(started_leading=started, renewed=renewed, stopped_leading=stopped))
+    await h.clock.advance(0.1)
+    b, _ = h.elector("b")
+    await h.clock.advance(0.1)
+    if failure == "guard-lost-callback":
+        a.guard_lost("watchdog exited with status -9")
+    await h.clock.advance(CFG.retry_interval + 0.5)
+    assert events and events[0].startswith("stop:"), f"stop hook not called: {events}"
+    expected = {"renewed-guard-lost": "watchdog-lost", "guard-lost-callback": "watchdog-lost"}.get(
+        failure, "internal-error"
+    )
+    assert events[0] == f"stop:{expected}"
+    assert b.state is State.CANDIDATE, "successor elected while the old orchestrator may still run"
+    release.set()
+    await h.clock.advance(0.5)
+    assert state(b) is State.LEADER
+    assert not h.tasks[0].done() or h.tasks[0].exception() is None
+
+
+async def test_cancelling_the_elector_while_leading_stops_the_orchestrator_first(h: Harness) -> None:
+    order: list[str] = []
+
+    async def stopped(grant: Grant, reason: Reason) -> bool:
+        order.append(f"stop:{reason.value}:keys={len(h.store.keys)}")
+        return True
+
+    h.elector("a", Hooks(stopped_leading=stopped))
+    await h.clock.advance(0.1)
+    h.tasks[0].cancel()
+    await h.clock.advance(0.5)
+    assert order == ["stop:shutdown:keys=1"], order
 
 
 async def test_stop_hands_over_immediately(h: Harness) -> None:
