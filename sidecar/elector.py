@@ -23,7 +23,7 @@ normal queueing (``race_lost``, info), the second is an outage
 (``store_unreachable``, warning). Both are counted separately.
 
 The core never imports logging or metrics libraries: an ``EventSink`` and
-``ElectorMetrics`` are handed in, and ``Hooks`` let the caller act on
+``ElectorMetrics`` (sidecar/model.py) are handed in, and ``Hooks`` let the caller act on
 transitions (publish grants, stop the orchestrator).
 """
 
@@ -34,7 +34,7 @@ import contextlib
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from sidecar.backends.base import (
     Backend,
@@ -50,6 +50,7 @@ from sidecar.clock import Clock, wait_for
 from sidecar.config import Config
 from sidecar.lease import Lease, Orphans
 from sidecar.model import (
+    ElectorMetrics,
     EventSink,
     Grant,
     GuardLost,
@@ -62,44 +63,6 @@ from sidecar.model import (
     StoreCall,
     Timing,
 )
-
-
-class ElectorMetrics(Protocol):
-    """What the elector reports for metrics; a Prometheus adapter lives in sidecar/metrics.py."""
-
-    def transition(self, state: State) -> None: ...
-
-    def leading(self, grant: Grant | None) -> None: ...
-
-    def renewed(self, rtt: float) -> None: ...
-
-    def keepalive_failed(self) -> None: ...
-
-    def store_unreachable(self, during: StoreCall) -> None: ...
-
-    def race_lost(self) -> None: ...
-
-    def lease_lost(self, reason: Reason, role: str) -> None: ...
-
-    def kill_unconfirmed(self, active: bool) -> None: ...
-
-
-class NoMetrics:
-    def transition(self, state: State) -> None: ...
-
-    def leading(self, grant: Grant | None) -> None: ...
-
-    def renewed(self, rtt: float) -> None: ...
-
-    def keepalive_failed(self) -> None: ...
-
-    def store_unreachable(self, during: StoreCall) -> None: ...
-
-    def race_lost(self) -> None: ...
-
-    def lease_lost(self, reason: Reason, role: str) -> None: ...
-
-    def kill_unconfirmed(self, active: bool) -> None: ...
 
 
 async def _nothing(*_: object) -> None:
@@ -147,7 +110,7 @@ class Elector:
         self._backend = backend
         self._clock = clock
         self._hooks = hooks or Hooks()
-        self._metrics: ElectorMetrics = metrics or NoMetrics()
+        self._metrics = metrics or ElectorMetrics()
         self._timing = timing or cfg.timing
         self._log = log
         self._fields = {"election": cfg.election, "candidate": cfg.candidate_id}

@@ -14,14 +14,14 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from sidecar import __version__
-from sidecar.model import Grant, Reason, State, StoreCall
+from sidecar.model import ElectorMetrics, Grant, Reason, State, StoreCall
 
 PREFIX = "election_"
 RTT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
 
-class SidecarMetrics:
+class SidecarMetrics(ElectorMetrics):
     def __init__(self, registry: CollectorRegistry, election: str, candidate: str, backend: str) -> None:
         base = ["election", "candidate"]
         lv = {"election": election, "candidate": candidate}

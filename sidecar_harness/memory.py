@@ -138,10 +138,10 @@ class MemorySession:
             return
         await self._store.gate()
         await self._store.revoke(self._lease)
+        self._lease = None
 
     async def abandon(self) -> None:
         self._lease = None  # the store's reaper expires it on the clock
-        self._lease = None
 
 
 class MemoryElection:
