@@ -7,7 +7,15 @@ files to prove that no two orchestrators acted at once and that the store
 accepted no stale token.
 
 ``--no-self-fence`` and ``--ignore-sigterm`` make it misbehave on purpose,
-so tests can show that the sidecar and its watchdog stop it anyway.
+so tests can show that the sidecar and its watchdog stop it anyway. So do:
+
+* ``--escape setsid|double-fork``: at start, fork a helper that leaves our
+  process group and session (``setsid``, or fork-setsid-fork with the middle
+  process exiting, as a daemon does), ignores SIGTERM and acts on
+  ELECTION_TOKEN until killed, recording as this writer. Only a stop path
+  that tracks every descendant (cgroup or subreaper) reaches it.
+* ``--close-socket-on-revoke``: on ``revoke`` close the socket and keep
+  acting with the last token (a ``--kill-peer`` client that hides).
 
     python -m sidecar_harness.toy_orchestrator --store S.db --record R.jsonl
     (socket and token come from ELECTION_SOCKET / ELECTION_TOKEN under the sidecar)
@@ -50,6 +58,16 @@ def connect(path: str, timeout: float = 10.0) -> BlockingGrantClient:
             time.sleep(0.02)
 
 
+def escape(how: str) -> bool:
+    """Fork a helper out of our process group and session; True in the helper."""
+    if os.fork() != 0:
+        return False
+    os.setsid()
+    if how == "double-fork" and os.fork() != 0:
+        os._exit(0)  # the middle process exits: the helper is orphaned
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--socket", default=os.environ.get("ELECTION_SOCKET", ""))
@@ -59,7 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interval", type=float, default=0.02)
     ap.add_argument("--no-self-fence", action="store_true", help="act on ELECTION_TOKEN until killed")
     ap.add_argument("--ignore-sigterm", action="store_true")
+    ap.add_argument("--escape", choices=("setsid", "double-fork"), help="fork a helper that escapes the group")
+    ap.add_argument("--close-socket-on-revoke", action="store_true", help="close on revoke, keep acting")
     args = ap.parse_args(argv)
+    if args.escape and escape(args.escape):
+        # The escaped helper: a daemon that acts on the token it was started with.
+        args.no_self_fence, args.ignore_sigterm = True, True
 
     record = Recorder(args.record, args.id)
     stop = False
@@ -77,12 +100,19 @@ def main(argv: list[str] | None = None) -> int:
     env_token = int(os.environ.get("ELECTION_TOKEN", "0"))
     while not stop:
         valid_until = None
+        if client is not None and args.close_socket_on_revoke and env_token and client.current() is None:
+            # Revoked: hang up, then go on acting with the token we last held.
+            record("hiding", token=env_token)
+            client.close()
+            client = None
         if client is None:
             token = env_token
         else:
             grant = client.current()
             token = grant.token if grant is not None else 0
             valid_until = grant.valid_until if grant is not None else None
+            if grant is not None and args.close_socket_on_revoke:
+                env_token = grant.token  # remembered for after the revoke
         now = monotonic()
         if token and (valid_until is None or now < valid_until):
             # `mono` is taken after the check passed: the moment this process
