@@ -53,16 +53,10 @@ class Sidecar:
             command or [],
             log,
             self.clock,
-            peers=self._acked_peers,
             on_orchestrator_exit=self._orchestrator_gone,
             on_kill=self.metrics.orchestrator_kill,
             on_guard_lost=self._guard_lost,
         )
-
-    def _acked_peers(self) -> list[int]:
-        # Only clients that acknowledged a grant are orchestrators; a CLI
-        # asking for status or a resign must never be a kill target.
-        return [p.pid for p in self.server.peers.values() if p.acked_seq > 0] if self.server else []
 
     def _guard_lost(self, detail: str) -> None:
         if self.elector is not None:
@@ -146,6 +140,7 @@ class Sidecar:
                     clock=self.clock,
                     allow_uids=allowed_uids(self.cfg),
                     on_refused=self.metrics.grant_clients_refused.inc,
+                    on_granted=self.supervisor.peer_granted,
                 )
                 await self.server.start()
             await self.supervisor.start()

@@ -1,20 +1,29 @@
 """Starting, stopping and, when it must, killing the orchestrator.
 
-Targets, chosen by flags:
+The kill target is chosen once, from the flags, as a strategy:
 
-* gate mode (``run -- CMD``): CMD starts only while we lead, in its own
-  process group, with ELECTION_TOKEN / _EPOCH / _ID / _SOCKET / _NAME set;
-* standby mode (``--standby -- CMD``): CMD always runs and learns from the
+* gate (``run -- CMD``): CMD starts only while we lead, with ELECTION_TOKEN
+  / _EPOCH / _ID / _SOCKET / _NAME set;
+* standby (``--standby -- CMD``): CMD always runs and learns from the
   socket; after a loss it is stopped like a gated one and started again;
-* ``--kill-pidfile PATH``: a process we did not start, named by a pid file;
-* ``--kill-peer``: the processes connected to the grant socket that have
-  acknowledged a grant (their pids come from SO_PEERCRED).
+* pidfile (``--kill-pidfile PATH``): a process we did not start; a pidfd is
+  opened when the term starts;
+* peers (``--kill-peer``): every socket client that was sent a grant this
+  term (the grant server reports each one); a pidfd is opened for each;
+* none.
+
+"The orchestrator" is every descendant of what we started, not a process
+group (sidecar/proctree.py): a cgroup v2 group where we may create one,
+else a child-subreaper spawn wrapper whose descendants we walk. Processes we
+did not start (pidfile, peers) are signalled through pidfds, so pid reuse
+can never hit a stranger; their descendants are out of our reach.
 
 On loss: SIGTERM, SIGKILL at ``min(now + kill_grace, grant deadline)``,
-then confirm death (waitpid for our child, pidfd otherwise, and no live
-member left in the process group). Only then does the hook return and the
-elector campaign again; a death that cannot be confirmed raises
-KillUnconfirmed, which keeps the sidecar out of the election.
+then confirm that no descendant is left. Signal first, log after: nothing
+on this path waits on a log line before a signal is sent. A death that
+cannot be confirmed leaves the watchdog armed and the target remembered;
+``ready()`` keeps retrying it and keeps the sidecar out of the election
+until it is confirmed.
 
 A watchdog process (sidecar/watchdog.py) is fed every renewal, so the
 deadline is enforced even when this process is frozen or killed.
@@ -27,156 +36,311 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from sidecar import proctree
 from sidecar.clock import Clock
 from sidecar.config import Config
-from sidecar.model import EventSink, Grant, KillUnconfirmed, Reason
+from sidecar.model import EventSink, Grant, GuardLost, Reason
 
 KILL_CONFIRM_TIMEOUT = 2.0  # after SIGKILL, how long death may take to show
+READY_CONFIRM_TIMEOUT = 0.5  # per ready() retry of an unconfirmed kill
 RESTART_BACKOFF = 1.0
+POLL = 0.005
+WATCHDOG = str(Path(__file__).with_name("watchdog.py"))
+SPAWN = str(Path(__file__).with_name("spawn.py"))
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes whose process group is ``pgid``."""
-    out = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue
-        # "pid (comm) state ppid pgrp ..."; comm may hold spaces and parens.
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) >= 3 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            out.append(int(entry.name))
-    return out
-
-
-async def wait_pid_gone(pid: int, timeout: float) -> bool:
-    """True once ``pid`` has exited, using a pidfd (no polling, no pid reuse race)."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    loop = asyncio.get_running_loop()
-    gone: asyncio.Future[None] = loop.create_future()
-
-    def readable() -> None:
-        if not gone.done():
-            gone.set_result(None)
-
-    loop.add_reader(fd, readable)
-    try:
-        async with asyncio.timeout(timeout):
-            await gone
-        return True
-    except TimeoutError:
-        return False
-    finally:
-        loop.remove_reader(fd)
-        os.close(fd)
+async def _until(cond: Callable[[], bool], timeout: float, each: Callable[[], None] | None = None) -> bool:
+    """Poll ``cond`` until true or ``timeout``; ``each`` runs before every check."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        if each is not None:
+            each()
+        if cond():
+            return True
+        if asyncio.get_running_loop().time() >= deadline:
+            return False
+        await asyncio.sleep(POLL)
 
 
 class Target(Protocol):
+    """What one term's stop path acts on."""
+
     def describe(self) -> str: ...
 
-    def watchdog_spec(self) -> tuple[str, int] | None: ...
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to every process of the target; never blocks on I/O, never raises."""
 
-    def signal(self, sig: int) -> None: ...
+    async def confirm_dead(self, timeout: float) -> bool:
+        """True once no process of the target is left; False at ``timeout``."""
 
-    async def wait_dead(self, timeout: float) -> bool: ...
+    def watchdog_targets(self) -> list[dict[str, Any]]: ...
+
+    def release(self) -> None:
+        """Free what we hold for it (fds, cgroup directory) once it is confirmed dead."""
 
 
-class ChildGroup:
-    """Our own child, leader of its own process group."""
+class Tree:
+    """An orchestrator we spawned, with every descendant it ever forks."""
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, cgroup: proctree.Cgroup | None) -> None:
         self.proc = proc
+        self.cgroup = cgroup
+        self.start = proctree.start_time(proc.pid)
+        self.killed = False
+        self.expected_exit = False  # set once we stop it: its exit is then no crash
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
 
     def describe(self) -> str:
-        return f"process group {self.proc.pid}"
-
-    def watchdog_spec(self) -> tuple[str, int] | None:
-        return ("pgid", self.proc.pid)
+        if self.cgroup is not None:
+            return f"orchestrator {self.pid} and every process in cgroup {self.cgroup.path}"
+        return f"every descendant of spawn wrapper {self.pid} (child subreaper)"
 
     def signal(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)
-
-    async def wait_dead(self, timeout: float) -> bool:
+        if sig == signal.SIGKILL:
+            self.killed = True
         try:
-            async with asyncio.timeout(timeout):
-                await self.proc.wait()
-                while group_members(self.proc.pid):
-                    # A grandchild outlived its parent: it is still ours to stop.
-                    self.signal(signal.SIGKILL)
-                    await asyncio.sleep(0.01)
-            return True
-        except TimeoutError:
+            if self.cgroup is not None:
+                self.cgroup.signal(sig)
+                # Also our child itself, in case it has not joined the group yet.
+                if self.proc.returncode is None:
+                    self.proc.send_signal(sig)
+            else:
+                # Never the wrapper: it exits by itself once its tree is empty.
+                proctree.signal_tree(self.pid, sig)
+        except OSError:
+            pass  # a vanished cgroup or process: confirm_dead decides
+
+    def empty(self) -> bool:
+        if self.proc.returncode is None:
             return False
+        if self.cgroup is not None:
+            return not self.cgroup.procs()
+        # The wrapper exits only once it has no child left: its exit is the proof.
+        return True
+
+    async def confirm_dead(self, timeout: float) -> bool:
+        # After SIGKILL, keep killing: a process that was forking when we
+        # scanned may have a child we have not seen yet.
+        again: Callable[[], None] | None = (lambda: self.signal(signal.SIGKILL)) if self.killed else None
+        if not await _until(self.empty, timeout, again):
+            return False
+        # A wrapper killed by someone else (status < 0) let its orphans go to
+        # init, out of our sight: we cannot say they are gone.
+        return self.cgroup is not None or (self.proc.returncode or 0) >= 0
+
+    def watchdog_targets(self) -> list[dict[str, Any]]:
+        if self.cgroup is not None:
+            return [{"kind": "cgroup", "path": self.cgroup.path}]
+        if self.start is None:
+            return []
+        return [{"kind": "tree", "pid": self.pid, "start": self.start}]
+
+    def release(self) -> None:
+        if self.cgroup is not None:
+            self.cgroup.remove()
 
 
-class Pids:
-    """Processes we did not start: from a pid file, or socket peers."""
+class Pidfds:
+    """Processes we did not start, each held by a pidfd (pid reuse cannot fool us)."""
 
-    def __init__(self, pids: list[int], origin: str) -> None:
-        self.pids = pids
+    def __init__(self, origin: str) -> None:
         self.origin = origin
+        self.fds: dict[int, tuple[int, int]] = {}  # pid -> (pidfd, start time)
+        self.unknown = ""  # why we could not name the target, if we could not
+
+    def add(self, pid: int) -> bool:
+        """Hold ``pid``; True if it is new (a dead pid is simply not added)."""
+        if pid <= 1 or pid == os.getpid() or pid in self.fds:
+            return False
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            return False  # already dead: nothing to stop
+        start = proctree.start_time(pid)
+        if start is None:
+            os.close(fd)
+            return False
+        self.fds[pid] = (fd, start)
+        return True
 
     def describe(self) -> str:
-        return f"pids {self.pids} from {self.origin}"
-
-    def watchdog_spec(self) -> tuple[str, int] | None:
-        return ("pid", self.pids[0]) if len(self.pids) == 1 else None
+        return f"pids {sorted(self.fds)} from {self.origin}"
 
     def signal(self, sig: int) -> None:
-        for pid in self.pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
+        for fd, _ in self.fds.values():
+            with contextlib.suppress(OSError):
+                proctree.pidfd_signal(fd, sig)
 
-    async def wait_dead(self, timeout: float) -> bool:
-        results = await asyncio.gather(*(wait_pid_gone(p, timeout) for p in self.pids))
-        return all(results)
+    async def confirm_dead(self, timeout: float) -> bool:
+        if self.unknown:
+            return False
+        return await _until(lambda: all(proctree.pidfd_exited(fd) for fd, _ in self.fds.values()), timeout)
+
+    def watchdog_targets(self) -> list[dict[str, Any]]:
+        return [{"kind": "pid", "pid": pid, "start": start} for pid, (_, start) in self.fds.items()]
+
+    def release(self) -> None:
+        for fd, _ in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
 
 
-def read_pidfile(path: str) -> list[int]:
-    text = Path(path).read_text().strip()
-    pid = int(text.split()[0])
-    if pid <= 1:
-        raise ValueError(f"{path}: refusing to signal pid {pid}")
-    return [pid]
+class PidfileTarget(Pidfds):
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.path = path
+        self.load()
+
+    def load(self) -> None:
+        try:
+            pid = int(Path(self.path).read_text().split()[0])
+            if pid <= 1:
+                raise ValueError(f"refusing to signal pid {pid}")
+        except (OSError, ValueError, IndexError) as exc:
+            self.unknown = f"cannot name the orchestrator from {self.path}: {exc}"
+            return
+        self.unknown = ""
+        self.add(pid)
+
+    def signal(self, sig: int) -> None:
+        if self.unknown:
+            self.load()  # it may have been written since the term started
+        super().signal(sig)
+
+
+# -- the kill-target strategies, chosen once --------------------------------
+
+
+class Strategy:
+    """No target: nothing to start, nothing to stop, no watchdog."""
+
+    mode = "none"
+    guarded = False
+
+    async def start(self) -> None:
+        pass
+
+    async def begin_term(self, grant: Grant) -> Target | None:
+        return None
+
+    def granted(self, target: Target | None, pid: int) -> bool:
+        return False
+
+    async def after_stop(self) -> None:
+        pass
+
+    def child(self) -> Tree | None:
+        return None
+
+
+class ChildStrategy(Strategy):
+    guarded = True
+
+    def __init__(self, spawn: Callable[[Grant | None], Awaitable[Tree]]) -> None:
+        self.spawn = spawn
+        self.tree: Tree | None = None
+
+    def child(self) -> Tree | None:
+        return self.tree
+
+
+class GateChild(ChildStrategy):
+    mode = "gate"
+
+    async def begin_term(self, grant: Grant) -> Target | None:
+        self.tree = await self.spawn(grant)
+        return self.tree
+
+    async def after_stop(self) -> None:
+        self.tree = None
+
+
+class StandbyChild(ChildStrategy):
+    mode = "standby"
+
+    async def start(self) -> None:
+        self.tree = await self.spawn(None)
+
+    async def begin_term(self, grant: Grant) -> Target | None:
+        return self.tree
+
+    async def after_stop(self) -> None:
+        self.tree = await self.spawn(None)
+
+
+class PidfileStrategy(Strategy):
+    mode = "pidfile"
+    guarded = True
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    async def begin_term(self, grant: Grant) -> Target | None:
+        return PidfileTarget(self.path)
+
+
+class PeersStrategy(Strategy):
+    mode = "peer"
+    guarded = True
+
+    async def begin_term(self, grant: Grant) -> Target | None:
+        return Pidfds("socket peers")
+
+    def granted(self, target: Target | None, pid: int) -> bool:
+        return isinstance(target, Pidfds) and target.add(pid)
 
 
 class Watchdog:
     """The sidecar's end of the watchdog pipe."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_lost: Callable[[str], None]) -> None:
         self.proc: asyncio.subprocess.Process | None = None
-        self.disabled = True  # until started
+        self._on_lost = on_lost
+        self._watcher: asyncio.Task[None] | None = None
+        self._closing = False
 
     async def start(self) -> None:
-        self.disabled = False
+        self._closing = False
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
-            "-I",
-            str(Path(__file__).with_name("watchdog.py")),
+            "-I",  # no user site, no PYTHON* env, not our directory on sys.path
+            "-S",  # no site: it imports only what it needs
+            WATCHDOG,
             stdin=asyncio.subprocess.PIPE,
             start_new_session=True,
         )
+        self._watcher = asyncio.create_task(self._watch(self.proc), name="watchdog-exit")
+
+    async def _watch(self, proc: asyncio.subprocess.Process) -> None:
+        code = await proc.wait()
+        if not self._closing and proc is self.proc:
+            self._on_lost(f"the watchdog (pid {proc.pid}) exited with status {code}")
+
+    @property
+    def alive(self) -> bool:
+        p = self.proc
+        return p is not None and p.returncode is None and p.stdin is not None and not p.stdin.is_closing()
 
     def _send(self, line: str) -> None:
-        if self.proc is None and self.disabled:
-            return
-        if self.proc is None or self.proc.stdin is None or self.proc.returncode is not None:
-            raise KillUnconfirmed("the watchdog is not running; the deadline would be unguarded")
-        self.proc.stdin.write(line.encode() + b"\n")
+        if not self.alive:
+            raise GuardLost("the watchdog is not running; the deadline is unguarded")
+        assert self.proc is not None and self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(line.encode() + b"\n")  # buffered by the transport: never blocks
+        except (OSError, RuntimeError) as exc:
+            raise GuardLost(f"cannot reach the watchdog: {exc}") from exc
 
-    def arm(self, spec: tuple[str, int], term_at: float, kill_at: float) -> None:
-        self._send(f"arm {spec[0]} {spec[1]} {term_at:.6f} {kill_at:.6f}")
+    def arm(self, targets: list[dict[str, Any]], term_at: float, kill_at: float) -> None:
+        import json
+
+        self._send("arm " + json.dumps({"term_at": term_at, "kill_at": kill_at, "targets": targets}))
 
     def feed(self, term_at: float, kill_at: float) -> None:
         self._send(f"feed {term_at:.6f} {kill_at:.6f}")
@@ -184,16 +348,32 @@ class Watchdog:
     def disarm(self) -> None:
         self._send("disarm")
 
-    async def close(self) -> None:
+    async def close(self, *, disarm: bool) -> None:
+        """Stop it. Without ``disarm``, EOF makes it SIGKILL whatever it guards."""
+        self._closing = True
         if self.proc is None:
             return
-        if self.proc.stdin is not None and self.proc.returncode is None:
-            with contextlib.suppress(KillUnconfirmed, OSError):
-                self.disarm()
+        if self.alive:
+            if disarm:
+                with contextlib.suppress(GuardLost):
+                    self.disarm()
+            assert self.proc.stdin is not None
             self.proc.stdin.close()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2):
                 await self.proc.wait()
+        if self._watcher is not None:
+            self._watcher.cancel()
+
+
+def choose_strategy(cfg: Config, command: list[str], spawn: Callable[[Grant | None], Awaitable[Tree]]) -> Strategy:
+    if command:
+        return StandbyChild(spawn) if cfg.standby else GateChild(spawn)
+    if cfg.kill_pidfile:
+        return PidfileStrategy(cfg.kill_pidfile)
+    if cfg.kill_peer:
+        return PeersStrategy()
+    return Strategy()
 
 
 class Supervisor:
@@ -204,44 +384,60 @@ class Supervisor:
         log: EventSink,
         clock: Clock,
         *,
-        peers: Callable[[], list[int]] | None = None,
-        on_orchestrator_exit: Callable[[], Any] | None = None,
-        on_kill: Callable[[str], None] | None = None,
-        on_guard_lost: Callable[[str], None] | None = None,
+        on_orchestrator_exit: Callable[[], Any],
+        on_kill: Callable[[str], None],
+        on_guard_lost: Callable[[str], None],
+        tree: str | None = None,
     ) -> None:
+        """``tree`` picks how descendants are tracked: "cgroup", "subreaper", or None for
+        $ELECTION_SIDECAR_KILL_TREE, else auto (cgroup where we may create one)."""
         self.cfg = cfg
         self.command = command
         self.log = log
         self.clock = clock
-        self.peers = peers
-        self.on_exit = on_orchestrator_exit
-        self.watchdog = Watchdog()
-        self.child: asyncio.subprocess.Process | None = None
-        self._reaper: asyncio.Task[None] | None = None
-        self._stopping = False
-        self._leading = False
+        self._on_exit = on_orchestrator_exit
         self._on_kill = on_kill
+        self._on_guard_lost = on_guard_lost
+        self._tree_request = tree
+        self.mechanism = ""  # decided at start(), for spawned orchestrators only
+        self.strategy = choose_strategy(cfg, command, self._spawn)
+        self.watchdog = Watchdog(self._guard_lost)
         self.watchdog_enabled = True
+        self._target: Target | None = None  # this term's
+        self._grant: Grant | None = None
+        self.unconfirmed: Target | None = None  # a stop we could not confirm
+        self._leading = False
+        self._stopping = False
+        self._spawned = 0
+        self._watchers: set[asyncio.Task[None]] = set()
 
     @property
     def mode(self) -> str:
-        if self.command:
-            return "standby" if self.cfg.standby else "gate"
-        if self.cfg.kill_pidfile:
-            return "pidfile"
-        if self.cfg.kill_peer:
-            return "peer"
-        return "none"
+        return self.strategy.mode
+
+    @property
+    def child(self) -> asyncio.subprocess.Process | None:
+        tree = self.strategy.child()
+        return tree.proc if tree is not None else None
+
+    def _guarded(self) -> bool:
+        return self.strategy.guarded and self.watchdog_enabled
+
+    def _guard_lost(self, detail: str) -> None:
+        self.log.error("watchdog_lost", detail=detail)
+        self._on_guard_lost(detail)
 
     async def start(self) -> None:
-        if self.mode == "none":
-            return
-        if self.watchdog_enabled:
+        if self.command:
+            self.mechanism = proctree.choose_mechanism(self._tree_request)
+            self.log.info("orchestrator_tree", mechanism=self.mechanism)
+        if self._guarded():
             await self.watchdog.start()
-        if self.mode == "standby":
-            await self._spawn(None)
+        await self.strategy.start()
 
-    async def _spawn(self, grant: Grant | None) -> None:
+    # -- spawning ---------------------------------------------------------
+
+    async def _spawn(self, grant: Grant | None) -> Tree:
         env = dict(os.environ)
         env.update(ELECTION_NAME=self.cfg.election, ELECTION_ID=self.cfg.candidate_id, ELECTION_SOCKET=self.cfg.socket)
         if grant is not None:
@@ -250,104 +446,141 @@ class Supervisor:
                 ELECTION_EPOCH=str(grant.epoch),
                 ELECTION_DEADLINE_MONOTONIC=f"{grant.expires_monotonic:.6f}",
             )
-        self.child = await asyncio.create_subprocess_exec(*self.command, env=env, start_new_session=True)
+        self._spawned += 1
+        cgroup = None
+        if self.mechanism == "cgroup":
+            cgroup = proctree.Cgroup.create(f"election-sidecar-{os.getpid()}-{self._spawned}")
+            how = ["cgroup", cgroup.path]
+        else:
+            how = ["subreaper"]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-I", "-S", SPAWN, *how, "--", *self.command, env=env, start_new_session=True
+        )
+        tree = Tree(proc, cgroup)
         self.log.info(
             "orchestrator_started",
-            pid=self.child.pid,
+            pid=proc.pid,
             mode=self.mode,
+            mechanism=self.mechanism,
             token=grant.token if grant else None,
             mono=round(self.clock.now(), 6),
         )
-        self._reaper = asyncio.create_task(self._watch_child(self.child))
+        task = asyncio.create_task(self._watch_child(tree), name=f"orchestrator-{proc.pid}")
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+        return tree
 
-    async def _watch_child(self, child: asyncio.subprocess.Process) -> None:
-        code = await child.wait()
-        if self._stopping or child is not self.child:
+    async def _watch_child(self, tree: Tree) -> None:
+        code = await tree.proc.wait()
+        if self._stopping or tree.expected_exit or tree is not self.strategy.child():
             return
-        self.log.warning("orchestrator_exited", pid=child.pid, code=code, leading=self._leading)
-        if self._leading and self.on_exit is not None:
-            self.on_exit()  # leadership without its orchestrator is useless: hand it over
-        elif self.mode == "standby":
+        self.log.warning("orchestrator_exited", pid=tree.pid, code=code, leading=self._leading)
+        if self._leading:
+            self._on_exit()  # leadership without its orchestrator is useless: hand it over
+        elif isinstance(self.strategy, StandbyChild):
             await asyncio.sleep(RESTART_BACKOFF)
-            if not self._stopping and self.child is child:
-                await self._spawn(None)
+            if self._stopping or self.strategy.tree is not tree or self._leading:
+                return
+            # A daemon it left behind must not outlive it beside the new standby.
+            tree.signal(signal.SIGKILL)
+            if not await tree.confirm_dead(KILL_CONFIRM_TIMEOUT):
+                self._count("unconfirmed")
+                self.unconfirmed = tree
+                self.log.error("orchestrator_kill_unconfirmed", target=tree.describe())
+                return
+            tree.release()
+            self.strategy.tree = await self._spawn(None)
 
-    def _target(self) -> Target | None:
-        if self.mode in ("gate", "standby"):
-            return ChildGroup(self.child) if self.child is not None else None
-        if self.mode == "pidfile":
-            return Pids(read_pidfile(self.cfg.kill_pidfile), self.cfg.kill_pidfile)
-        if self.mode == "peer" and self.peers is not None:
-            pids = [p for p in self.peers() if p > 1 and p != os.getpid()]
-            return Pids(pids, "socket peers") if pids else None
-        return None
-
-    def _count(self, what: str) -> None:
-        if self._on_kill is not None:
-            self._on_kill(what)
+    # -- elector hooks ------------------------------------------------------
 
     def _deadlines(self, grant: Grant) -> tuple[float, float]:
         return grant.expires_monotonic - self.cfg.kill_grace, grant.expires_monotonic
 
-    # -- elector hooks --------------------------------------------------
+    def _check_guard(self) -> None:
+        if self._guarded() and not self.watchdog.alive:
+            raise GuardLost("the watchdog is not running; the deadline is unguarded")
+
+    def _arm(self) -> None:
+        if not self._guarded() or self._target is None or self._grant is None:
+            return
+        targets = self._target.watchdog_targets()
+        if targets:
+            self.watchdog.arm(targets, *self._deadlines(self._grant))
 
     async def started_leading(self, grant: Grant) -> None:
         self._leading = True
+        self._grant = grant
         if self.mode == "none":
             return
-        if self.mode == "gate":
-            await self._spawn(grant)
-        try:
-            target = self._target()
-        except (OSError, ValueError) as exc:
-            self.log.warning("kill_target_unknown", error=str(exc))
-            return
-        spec = target.watchdog_spec() if target else None
-        if spec is not None:
-            self.watchdog.arm(spec, *self._deadlines(grant))
+        self._check_guard()  # spawn nothing that would run unguarded
+        self._target = await self.strategy.begin_term(grant)
+        if isinstance(self._target, PidfileTarget) and self._target.unknown:
+            self.log.warning("kill_target_unknown", error=self._target.unknown)
+        self._arm()
+
+    def peer_granted(self, pid: int) -> None:
+        """The grant server sent a grant to the client ``pid``: it is a target from now on."""
+        if self._leading and self.strategy.granted(self._target, pid):
+            try:
+                self._arm()
+            except GuardLost as exc:
+                self.log.error("watchdog_arm_failed", pid=pid, error=str(exc))
 
     async def renewed(self, grant: Grant) -> None:
-        if self.mode != "none":
+        self._grant = grant
+        if self._guarded() and self._target is not None:
             self.watchdog.feed(*self._deadlines(grant))
 
     async def stopped_leading(self, grant: Grant, reason: Reason) -> bool:
         self._leading = False
-        if self.mode == "none":
+        target, self._target = self._target, None
+        if target is None:
+            self._disarm()
             return True
-        try:
-            target = self._target()
-        except (OSError, ValueError) as exc:
-            raise KillUnconfirmed(f"cannot name the orchestrator to stop: {exc}") from exc
-        if target is not None:
-            await self._terminate(target, grant, reason)
-        self.watchdog.disarm()
-        if self.mode == "standby" and not self._stopping:
-            await self._spawn(None)
+        if isinstance(target, Tree):
+            target.expected_exit = True
+        if not await self._terminate(target, grant, reason):
+            self.unconfirmed = target  # the watchdog stays armed; ready() retries
+            return False
+        await self._confirmed(target)
         return True
 
-    async def ready(self) -> str:
-        """Why we may not campaign now ("" when we may)."""
-        return ""
+    async def _confirmed(self, target: Target) -> None:
+        target.release()
+        self._disarm()
+        if not self._stopping:
+            await self.strategy.after_stop()
 
-    async def _terminate(self, target: Target, grant: Grant, reason: Reason) -> None:
+    def _disarm(self) -> None:
+        if self._guarded() and self.watchdog.alive:
+            with contextlib.suppress(GuardLost):
+                self.watchdog.disarm()
+
+    def _count(self, what: str) -> None:
+        self._on_kill(what)
+
+    async def _terminate(self, target: Target, grant: Grant, reason: Reason) -> bool:
+        """SIGTERM, SIGKILL at min(now + kill_grace, deadline), confirm. Signal first, log after."""
         started = self.clock.now()
         kill_at = min(started + self.cfg.kill_grace, grant.expires_monotonic)
-        if self.mode in ("gate", "standby"):
-            self.child = None  # from here on its exit is expected, not a crash
-        self.log.info("orchestrator_stopping", target=target.describe(), reason=reason.value, signal="SIGTERM")
         target.signal(signal.SIGTERM)
         self._count("SIGTERM")
+        self.log.info("orchestrator_stopping", target=target.describe(), reason=reason.value, signal="SIGTERM")
         how = "SIGTERM"
-        if not await target.wait_dead(max(0.0, kill_at - self.clock.now())):
+        if not await target.confirm_dead(max(0.0, kill_at - self.clock.now())):
+            target.signal(signal.SIGKILL)
+            late = self.clock.now() - kill_at
             how = "SIGKILL"
             self._count("SIGKILL")
-            self.log.warning(
-                "orchestrator_sigkill", target=target.describe(), late=round(self.clock.now() - kill_at, 6)
-            )
-            target.signal(signal.SIGKILL)
-            if not await target.wait_dead(KILL_CONFIRM_TIMEOUT):
+            self.log.warning("orchestrator_sigkill", target=target.describe(), late=round(late, 6))
+            if not await target.confirm_dead(KILL_CONFIRM_TIMEOUT):
                 self._count("unconfirmed")
-                raise KillUnconfirmed(f"{target.describe()} still alive {KILL_CONFIRM_TIMEOUT}s after SIGKILL")
+                self.log.error(
+                    "orchestrator_kill_unconfirmed",
+                    target=target.describe(),
+                    detail=f"still alive {KILL_CONFIRM_TIMEOUT}s after SIGKILL; the watchdog stays armed",
+                )
+                return False
         self.log.info(
             "orchestrator_stopped",
             target=target.describe(),
@@ -356,17 +589,49 @@ class Supervisor:
             mono=round(self.clock.now(), 6),
             before_deadline=round(grant.expires_monotonic - self.clock.now(), 6),
         )
+        return True
+
+    async def ready(self) -> str:
+        """ "" when we may campaign; else why not, after trying to fix it."""
+        if self._guarded() and not self.watchdog.alive and not self._stopping:
+            try:
+                await self.watchdog.start()
+            except OSError as exc:
+                return f"the watchdog cannot start: {exc}"
+            self.log.info("watchdog_restarted", pid=self.watchdog.proc.pid if self.watchdog.proc else None)
+        target = self.unconfirmed
+        if target is not None:
+            target.signal(signal.SIGKILL)
+            if not await target.confirm_dead(READY_CONFIRM_TIMEOUT):
+                return f"{target.describe()}: not confirmed dead after SIGKILL"
+            self.unconfirmed = None
+            self.log.info("orchestrator_stopped", target=target.describe(), by="SIGKILL", late=True)
+            await self._confirmed(target)
+        return ""
 
     async def close(self) -> None:
-        """Stop everything we started (the elector already demoted, if it led)."""
+        """Stop what we started (the elector already demoted).
+
+        With a target still unconfirmed the watchdog is not disarmed: closing
+        its pipe makes it SIGKILL what it guards as it exits.
+        """
         self._stopping = True
-        child = self.child
-        if child is not None and child.returncode is None:
-            target = ChildGroup(child)
-            target.signal(signal.SIGTERM)
-            if not await target.wait_dead(self.cfg.kill_grace):
-                target.signal(signal.SIGKILL)
-                await target.wait_dead(KILL_CONFIRM_TIMEOUT)
-        if self._reaper is not None:
-            self._reaper.cancel()
-        await self.watchdog.close()
+        tree = self.strategy.child()
+        if tree is not None and self.unconfirmed is None and not tree.empty():
+            tree.expected_exit = True
+            tree.signal(signal.SIGTERM)
+            if not await tree.confirm_dead(self.cfg.kill_grace):
+                tree.signal(signal.SIGKILL)
+                if not await tree.confirm_dead(KILL_CONFIRM_TIMEOUT):
+                    self.unconfirmed = tree
+            if self.unconfirmed is None:
+                tree.release()
+        for task in list(self._watchers):
+            task.cancel()
+        if self.unconfirmed is not None and self._guarded() and self.watchdog.alive:
+            # Hand it to the watchdog, due now: it SIGKILLs it when its pipe closes.
+            now = self.clock.now()
+            with contextlib.suppress(GuardLost):
+                self.watchdog.arm(self.unconfirmed.watchdog_targets(), now, now)
+        if self._guarded():
+            await self.watchdog.close(disarm=self.unconfirmed is None)

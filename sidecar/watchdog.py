@@ -1,97 +1,216 @@
 """Deadline enforcement that lives outside the sidecar's process.
 
-The sidecar starts this as a child with a pipe on its stdin and feeds it
-after every acknowledged renewal. It needs nothing but the standard library
-and runs as its own process (its own session, so a signal to the sidecar's
-process group does not reach it):
+The sidecar starts this as ``python -I -S watchdog.py`` with a pipe on its
+stdin and feeds it after every acknowledged renewal. It needs nothing but the
+standard library and runs in its own session (a signal to the sidecar's
+process group does not reach it). Commands, one per line:
 
-* ``arm <kind> <id> <term_at> <kill_at>``: guard a target, ``kind`` being
-  ``pgid`` (a process group) or ``pid``; times are CLOCK_MONOTONIC seconds.
+* ``arm {"term_at": T, "kill_at": K, "targets": [...]}``: guard these
+  targets (replacing any before); times are CLOCK_MONOTONIC seconds. A
+  target is ``{"kind": "cgroup", "path": P}`` (every process in a cgroup v2
+  group), ``{"kind": "tree", "pid": N, "start": S}`` (every descendant of
+  the spawn wrapper N, a child subreaper) or ``{"kind": "pid", "pid": N,
+  "start": S}`` (one process we did not start). ``start`` is the process's
+  start time from /proc: a pidfd is opened at once and kept only if it still
+  matches, so pid reuse cannot make us signal a stranger.
 * ``feed <term_at> <kill_at>``: a renewal moved the deadline.
-* ``disarm``: the target stopped (confirmed by the sidecar); guard nothing.
+* ``disarm``: the targets stopped (confirmed by the sidecar); guard nothing.
 
 If the sidecar stops feeding (frozen by SIGSTOP, stuck), the watchdog sends
-SIGTERM at ``term_at`` and SIGKILL at ``kill_at``, the grant's own deadline.
-If the sidecar dies (EOF on stdin), an armed target is SIGKILLed at once:
-nobody is left to renew, so nothing it does is backed by a lease.
+SIGTERM at ``term_at`` and SIGKILL at ``kill_at``, the grant's own deadline,
+to every descendant. If the sidecar dies (EOF on stdin), the targets are
+SIGKILLed at once: nobody is left to renew, so nothing they do is backed by a
+lease.
+
+Signal first, log after, and never block on the log: a log line goes to a
+bounded queue drained by a thread, and is dropped when the queue is full, so
+a stalled stderr pipe (shared with the sidecar) cannot delay a kill.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
 import signal
 import sys
+import threading
 import time
-from datetime import UTC, datetime
+from collections import deque
+from types import ModuleType
+
+KILL_CONFIRM = 2.0  # seconds to keep re-killing a tree until it is empty
+
+
+def _load_proctree() -> ModuleType:
+    # -I keeps our directory off sys.path; load the sibling by file path, not the package.
+    from importlib.util import module_from_spec, spec_from_file_location
+
+    spec = spec_from_file_location("_proctree", os.path.join(os.path.dirname(os.path.abspath(__file__)), "proctree.py"))
+    assert spec is not None and spec.loader is not None
+    mod = module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+proctree = _load_proctree()
 
 
 def _now() -> float:
     return time.clock_gettime(time.CLOCK_MONOTONIC)
 
 
-def _log(event: str, **fields: object) -> None:
-    fields.update(event=event, level="warning" if event.startswith("watchdog_fired") else "info", component="watchdog")
-    fields["mono"] = round(_now(), 6)
-    # Same shape as the sidecar's structlog lines, so one parser reads both.
-    fields["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-    sys.stderr.write(json.dumps(fields) + "\n")
-    sys.stderr.flush()
+class Log:
+    """Log lines to stderr without ever blocking the caller."""
+
+    def __init__(self, fd: int = 2, capacity: int = 256) -> None:
+        self.fd = fd
+        self.lines: deque[bytes] = deque()
+        self.capacity = capacity
+        self.dropped = 0
+        self.cond = threading.Condition()
+        self.writer: threading.Thread | None = None  # started on first use
+
+    def __call__(self, event: str, **fields: object) -> None:
+        fields.update(event=event, level="warning" if event.startswith("watchdog_fired") else "info")
+        fields.update(component="watchdog", mono=round(_now(), 6))
+        # Same shape as the sidecar's structlog lines, so one parser reads both.
+        fields["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        with self.cond:
+            if self.writer is None:
+                self.writer = threading.Thread(target=self._drain, name="log", daemon=True)
+                self.writer.start()
+            if len(self.lines) >= self.capacity:
+                self.dropped += 1
+                return
+            if self.dropped:
+                self.lines.append(json.dumps({"event": "watchdog_log_dropped", "lines": self.dropped}).encode() + b"\n")
+                self.dropped = 0
+            self.lines.append(json.dumps(fields).encode() + b"\n")
+            self.cond.notify()
+
+    def _drain(self) -> None:
+        while True:
+            with self.cond:
+                while not self.lines:
+                    self.cond.wait()
+                line = self.lines.popleft()
+            with contextlib.suppress(OSError):
+                os.write(self.fd, line)  # may block for ever on a stalled pipe: only this thread waits
+
+    def flush(self, timeout: float) -> None:
+        """Give the writer up to ``timeout`` to empty the queue (at exit)."""
+        end = _now() + timeout
+        while _now() < end:
+            with self.cond:
+                if not self.lines:
+                    return
+            time.sleep(0.005)
+
+
+log = Log()
+
+
+class Target:
+    def __init__(self, spec: dict[str, int | float | str]) -> None:
+        self.kind = str(spec["kind"])
+        self.fd: int | None = None
+        self.path = ""
+        self.pid = 0
+        if self.kind == "cgroup":
+            self.path = str(spec["path"])
+            self.cgroup = proctree.Cgroup(self.path)
+        elif self.kind in ("tree", "pid"):
+            self.pid = int(spec["pid"])
+            # None: already gone (or a stranger now has its pid): nothing to guard.
+            self.fd = proctree.open_pidfd(self.pid, int(spec["start"]))
+        else:
+            raise ValueError(f"unknown target kind {self.kind!r}")
+
+    def name(self) -> str:
+        return self.path or f"{self.kind} {self.pid}"
+
+    def signal(self, sig: int) -> None:
+        if self.kind == "cgroup":
+            self.cgroup.signal(sig)
+        elif self.fd is not None and self.kind == "tree":
+            # The wrapper itself is left alone: it exits once its tree is empty.
+            if sig == signal.SIGKILL:
+                proctree.kill_tree(self.pid, KILL_CONFIRM)
+            else:
+                proctree.signal_tree(self.pid, sig)
+        elif self.fd is not None:
+            proctree.pidfd_signal(self.fd, sig)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 class Guard:
     def __init__(self) -> None:
-        self.kind = ""
-        self.target = 0
+        self.targets: list[Target] = []
         self.term_at = 0.0
         self.kill_at = 0.0
         self.termed = False
 
     @property
     def armed(self) -> bool:
-        return self.target > 0
+        return bool(self.targets)
 
-    def send(self, sig: int) -> None:
-        try:
-            if self.kind == "pgid":
-                os.killpg(self.target, sig)
-            else:
-                os.kill(self.target, sig)
-        except ProcessLookupError:
-            pass
-        except PermissionError as exc:
-            _log("watchdog_signal_refused", target=self.target, signal=sig, error=str(exc))
+    def send(self, sig: int) -> list[str]:
+        """Signal every target; returns their names (for the log line, written after)."""
+        errors = []
+        for t in self.targets:
+            try:
+                t.signal(sig)
+            except OSError as exc:
+                errors.append(f"{t.name()}: {exc}")
+        return errors
+
+    def clear(self) -> None:
+        for t in self.targets:
+            t.close()
+        self.targets = []
 
     def handle(self, line: str) -> None:
-        parts = line.split()
-        if not parts:
+        verb, _, rest = line.strip().partition(" ")
+        if not verb:
             return
-        if parts[0] == "arm" and len(parts) == 5:
-            self.kind, self.target = parts[1], int(parts[2])
-            self.term_at, self.kill_at = float(parts[3]), float(parts[4])
+        if verb == "arm":
+            spec = json.loads(rest)
+            term_at, kill_at = float(spec["term_at"]), float(spec["kill_at"])
+            targets = [Target(t) for t in spec["targets"]]
+            self.clear()
+            self.targets, self.term_at, self.kill_at, self.termed = targets, term_at, kill_at, False
+            log("watchdog_armed", targets=[t.name() for t in targets], kill_at=kill_at)
+        elif verb == "feed":
+            parts = rest.split()
+            if len(parts) != 2:
+                raise ValueError("feed needs term_at kill_at")
+            self.term_at, self.kill_at = float(parts[0]), float(parts[1])
             self.termed = False
-            _log("watchdog_armed", kind=self.kind, target=self.target, kill_at=self.kill_at)
-        elif parts[0] == "feed" and len(parts) == 3:
-            self.term_at, self.kill_at = float(parts[1]), float(parts[2])
-            self.termed = False
-        elif parts[0] == "disarm":
-            self.target = 0
+        elif verb == "disarm" and not rest:
+            self.clear()
         else:
-            _log("watchdog_bad_command", line=line[:200])
+            raise ValueError("unknown command")
 
     def tick(self) -> None:
         if not self.armed:
             return
         now = _now()
         if now >= self.kill_at:
-            _log("watchdog_fired_kill", target=self.target, late_by=round(now - self.kill_at, 6))
-            self.send(signal.SIGKILL)
-            self.target = 0
+            names = [t.name() for t in self.targets]
+            errors = self.send(signal.SIGKILL)
+            late = round(now - self.kill_at, 6)
+            self.clear()
+            log("watchdog_fired_kill", targets=names, late_by=late, errors=errors)
         elif now >= self.term_at and not self.termed:
-            _log("watchdog_fired_term", target=self.target)
-            self.send(signal.SIGTERM)
+            errors = self.send(signal.SIGTERM)
             self.termed = True
+            log("watchdog_fired_term", targets=[t.name() for t in self.targets], errors=errors)
 
     def timeout(self) -> float | None:
         if not self.armed:
@@ -109,21 +228,27 @@ def main() -> int:
     while True:
         ready, _, _ = select.select([fd], [], [], guard.timeout())
         if ready:
-            chunk = os.read(fd, 4096)
+            chunk = os.read(fd, 65536)
             if not chunk:
                 if guard.armed:
-                    _log("watchdog_fired_sidecar_gone", target=guard.target)
-                    guard.send(signal.SIGKILL)
+                    names = [t.name() for t in guard.targets]
+                    errors = guard.send(signal.SIGKILL)
+                    guard.clear()
+                    log("watchdog_fired_sidecar_gone", targets=names, errors=errors)
+                log.flush(0.5)
                 return 0
             buf += chunk
             while b"\n" in buf:
                 line, buf = buf.split(b"\n", 1)
+                text = line.decode(errors="replace")
                 try:
-                    guard.handle(line.decode(errors="replace"))
-                except ValueError:
-                    _log("watchdog_bad_command", line=line[:200].decode(errors="replace"))
+                    guard.handle(text)
+                except (ValueError, KeyError, TypeError) as exc:
+                    log("watchdog_bad_command", line=text[:200], error=str(exc))
         guard.tick()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # A daemon log thread stuck on a stalled pipe must not hold the exit.
+    os._exit(code)

@@ -102,6 +102,7 @@ class GrantServer:
         allow_uids: set[int] | None = None,
         on_refused: Callable[[], None] | None = None,
         clock: Clock | None = None,
+        on_granted: Callable[[int], None] | None = None,
     ) -> None:
         self.path = Path(path)
         self._hello = {"type": "hello", "election": election, "candidate": candidate, "version": version}
@@ -119,6 +120,9 @@ class GrantServer:
         # Our own user, and root (which can open the socket anyway).
         self._allow_uids = (allow_uids or set()) | {os.getuid(), 0}
         self._on_refused = on_refused
+        # Told the pid of every client a grant frame is sent to, before the send:
+        # from then on that client may act as leader, so it is a kill target.
+        self._on_granted = on_granted
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -154,7 +158,7 @@ class GrantServer:
 
     async def publish_grant(self, grant: Grant) -> None:
         self._grant = grant
-        await self._broadcast(encode(grant_to_message(grant, self._clock.now())))
+        await self._broadcast(encode(grant_to_message(grant, self._clock.now())), grant=True)
 
     async def publish_revoke(self, reason: str) -> None:
         # Switch first: a client that connects from here on is told "follower"
@@ -163,13 +167,15 @@ class GrantServer:
         self._grant = None
         await self._broadcast(encode({"type": "revoke", "reason": reason}))
 
-    async def _broadcast(self, frame: bytes) -> None:
-        await asyncio.gather(*(self._send(peer_id, frame) for peer_id in list(self.peers)))
+    async def _broadcast(self, frame: bytes, *, grant: bool = False) -> None:
+        await asyncio.gather(*(self._send(peer_id, frame, grant=grant) for peer_id in list(self.peers)))
 
-    async def _send(self, peer_id: int, frame: bytes) -> None:
+    async def _send(self, peer_id: int, frame: bytes, *, grant: bool = False) -> None:
         peer = self.peers.get(peer_id)
         if peer is None:
             return
+        if grant and self._on_granted is not None:
+            self._on_granted(peer.pid)
         try:
             peer.writer.write(frame)
             async with asyncio.timeout(WRITE_TIMEOUT):
@@ -227,7 +233,7 @@ class GrantServer:
         self._log.info("client_connected", pid=pid, uid=uid)
         try:
             await self._send(peer_id, encode(self._hello))
-            await self._send(peer_id, self.current())
+            await self._send(peer_id, self.current(), grant=self._grant is not None)
             while peer_id in self.peers:
                 line = await self._next_line(reader)
                 if line is None:

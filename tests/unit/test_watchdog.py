@@ -1,20 +1,24 @@
-"""The watchdog process: kills at the deadline when unfed, at once on EOF."""
+"""The watchdog process: kills at the deadline when unfed, at once on EOF, never held up by its log."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import sidecar.watchdog
+from sidecar import proctree
 from tests.helpers import wait_until
 
 WATCHDOG = str(Path(sidecar.watchdog.__file__))
 
 
-def start_watchdog() -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-I", WATCHDOG], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+def start_watchdog(stderr: Any = subprocess.PIPE) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-I", "-S", WATCHDOG], stdin=subprocess.PIPE, stderr=stderr)
 
 
 def now() -> float:
@@ -27,12 +31,24 @@ def send(wd: subprocess.Popen[bytes], line: str) -> None:
     wd.stdin.flush()
 
 
+def pid_target(pid: int) -> dict[str, Any]:
+    return {"kind": "pid", "pid": pid, "start": proctree.start_time(pid)}
+
+
+def arm(wd: subprocess.Popen[bytes], term_at: float, kill_at: float, *targets: dict[str, Any]) -> None:
+    send(wd, "arm " + json.dumps({"term_at": term_at, "kill_at": kill_at, "targets": list(targets)}))
+
+
+def stubborn() -> subprocess.Popen[bytes]:
+    return subprocess.Popen(["sh", "-c", "trap '' TERM; while :; do sleep 0.05; done"], start_new_session=True)
+
+
 def test_unfed_watchdog_terms_then_kills_at_the_deadline() -> None:
-    target = subprocess.Popen(["sh", "-c", "trap '' TERM; while :; do sleep 0.05; done"], start_new_session=True)
+    target = stubborn()
     wd = start_watchdog()
     try:
         t = now()
-        send(wd, f"arm pgid {target.pid} {t + 0.1:.6f} {t + 0.4:.6f}")
+        arm(wd, t + 0.1, t + 0.4, pid_target(target.pid))
         code = target.wait(5)
         took = now() - t
         assert code == -9 and 0.38 <= took < 2.0
@@ -41,12 +57,25 @@ def test_unfed_watchdog_terms_then_kills_at_the_deadline() -> None:
         wd.kill()
 
 
+def test_several_targets_are_guarded_at_once() -> None:
+    targets = [stubborn() for _ in range(3)]
+    wd = start_watchdog()
+    try:
+        t = now()
+        arm(wd, t + 0.1, t + 0.3, *(pid_target(p.pid) for p in targets))
+        assert [p.wait(5) for p in targets] == [-9, -9, -9]
+    finally:
+        for p in targets:
+            p.kill()
+        wd.kill()
+
+
 def test_feeding_postpones_and_disarm_stops_guarding() -> None:
     target = subprocess.Popen(["sleep", "60"], start_new_session=True)
     wd = start_watchdog()
     try:
         t = now()
-        send(wd, f"arm pgid {target.pid} {t + 0.3:.6f} {t + 0.4:.6f}")
+        arm(wd, t + 0.3, t + 0.4, pid_target(target.pid))
         end = t + 0.8
         while now() < end:
             t = now()
@@ -65,7 +94,7 @@ def test_sidecar_death_kills_an_armed_target_at_once() -> None:
     target = subprocess.Popen(["sleep", "60"], start_new_session=True)
     wd = start_watchdog()
     try:
-        send(wd, f"arm pgid {target.pid} {now() + 60:.6f} {now() + 60:.6f}")
+        arm(wd, now() + 60, now() + 60, pid_target(target.pid))
         assert wd.stdin is not None
         wd.stdin.close()  # what the kernel does when the sidecar dies
         assert target.wait(5) == -9
@@ -75,14 +104,57 @@ def test_sidecar_death_kills_an_armed_target_at_once() -> None:
         wd.kill()
 
 
+def test_a_stalled_stderr_pipe_does_not_delay_the_kill() -> None:
+    """stderr is a pipe nobody reads, already full: the watchdog still kills on time."""
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    try:
+        while True:
+            os.write(w, b"x" * 65536)
+    except BlockingIOError:
+        pass
+    os.set_blocking(w, True)
+    target = stubborn()
+    wd = start_watchdog(stderr=w)
+    try:
+        t = now()
+        arm(wd, t + 0.1, t + 0.4, pid_target(target.pid))
+        code = target.wait(5)
+        took = now() - t
+        assert code == -9 and took < 2.0
+    finally:
+        target.kill()
+        wd.kill()
+        os.close(r)
+        os.close(w)
+
+
+def test_a_reused_pid_is_never_signalled() -> None:
+    """A target whose start time no longer matches is a stranger: left alone."""
+    target = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    wd = start_watchdog()
+    try:
+        spec = pid_target(target.pid)
+        spec["start"] -= 1  # as if the pid now belonged to another process
+        arm(wd, now(), now(), spec)
+        assert wd.stdin is not None
+        wd.stdin.close()
+        wait_until(lambda: wd.poll() is not None, 5, what="watchdog exit")
+        assert target.poll() is None, "signalled a process that was not its target"
+    finally:
+        target.kill()
+        wd.kill()
+
+
 def test_garbage_commands_are_logged_not_fatal() -> None:
     wd = start_watchdog()
     try:
-        send(wd, "arm pgid notanumber 1 2")
+        send(wd, "arm {not json")
+        send(wd, "arm " + json.dumps({"term_at": 1, "kill_at": 2, "targets": [{"kind": "pgid", "pid": 1}]}))
         send(wd, "feed")
         assert wd.stdin is not None
         wd.stdin.close()
         assert wd.wait(5) == 0
-        assert wd.stderr is not None and b"watchdog_bad_command" in wd.stderr.read()
+        assert wd.stderr is not None and wd.stderr.read().count(b"watchdog_bad_command") == 3
     finally:
         wd.kill()
