@@ -215,8 +215,8 @@ async def test_kill_peer_reaches_a_client_that_hung_up_on_revoke(tmp_path: Path)
     await server.start()
     await sup.start()
     record = tmp_path / "record.jsonl"
-    toy = subprocess.Popen(
-        [
+    toy = await asyncio.create_subprocess_exec(
+        *[
             sys.executable,
             "-m",
             "sidecar_harness.toy_orchestrator",
@@ -250,8 +250,9 @@ async def test_kill_peer_reaches_a_client_that_hung_up_on_revoke(tmp_path: Path)
         assert await sup.stopped_leading(g, Reason.RESIGNED) is True
         assert gone(toy.pid), "the client that hung up is still running"
     finally:
-        toy.kill()
-        toy.wait()
+        if toy.returncode is None:
+            toy.kill()
+        await toy.wait()
         await sup.close()
         await server.close()
 
