@@ -134,6 +134,12 @@ class Target:
     def signal(self, sig: int) -> None:
         if self.kind == "cgroup":
             self.cgroup.signal(sig)
+            if sig == signal.SIGKILL:
+                # The sidecar may be dead and never remove the group: once empty, we do.
+                end = _now() + KILL_CONFIRM
+                while self.cgroup.procs() and _now() < end:
+                    time.sleep(0.005)
+                self.cgroup.remove()
         elif self.fd is not None and self.kind == "tree":
             # The wrapper itself is left alone: it exits once its tree is empty.
             if sig == signal.SIGKILL:
