@@ -108,8 +108,10 @@ class PluginGroup(click.Group):
 
     def _plugins(self) -> dict[str, Any]:
         from importlib.metadata import entry_points
+        from importlib.util import find_spec
 
-        return {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
+        # An image without the harness still carries its entry points: list only what can load.
+        return {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP) if find_spec(ep.module.split(".")[0])}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self._plugins()})

@@ -48,9 +48,6 @@ class ClientGrant:
     seq: int
     valid_until: float  # CLOCK_MONOTONIC seconds; the earlier of the two deadlines
 
-    def remaining(self, now: float | None = None) -> float:
-        return self.valid_until - (time.monotonic() if now is None else now)
-
 
 def monotonic() -> float:
     return time.clock_gettime(time.CLOCK_MONOTONIC)
@@ -62,8 +59,6 @@ class GrantState:
     def __init__(self, clock: Callable[[], float] = monotonic) -> None:
         self.clock = clock
         self.grant: ClientGrant | None = None
-        self.leader_hint: dict[str, Any] | None = None
-        self.hello: dict[str, Any] | None = None
         self.last_reason = "not-connected"
 
     def current(self) -> ClientGrant | None:
@@ -78,9 +73,7 @@ class GrantState:
         """Take one server message; return the grant in force afterwards."""
         now = self.clock() if received_at is None else received_at
         kind = msg["type"]
-        if kind == "hello":
-            self.hello = msg
-        elif kind == "grant":
+        if kind == "grant":
             valid_until = min(float(msg["expires_monotonic"]), now + msg["valid_for_ms"] / 1000.0)
             old = self.grant
             if old is not None and msg["token"] < old.token:
@@ -91,7 +84,6 @@ class GrantState:
                     msg["election"], msg["candidate"], msg["token"], msg["epoch"], msg["seq"], valid_until
                 )
         elif kind == "follower":
-            self.leader_hint = msg
             self.lose("follower")
         elif kind == "revoke":
             self.lose(str(msg["reason"]))
