@@ -450,6 +450,10 @@ _CHROOT = re.compile(r"^/?[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*/?$")
 def check_config(cfg: Config) -> None:
     if any(ep.startswith(("http://", "https://")) for ep in cfg.endpoints):
         raise ConfigError("endpoints", ",".join(cfg.endpoints), "ZooKeeper endpoints are host:port, without a scheme")
+    for name in ("ca_file", "cert_file", "key_file", "tls_server_name"):
+        # kazoo's TLS is not wired in: refusing beats silently talking plaintext.
+        if getattr(cfg, name):
+            raise ConfigError(name, getattr(cfg, name), "TLS is not supported for ZooKeeper (etcd only)")
     if cfg.zk_chroot and not _CHROOT.match(cfg.zk_chroot):
         raise ConfigError("zk_chroot", cfg.zk_chroot, "must be a ZooKeeper path like /apps/prod")
 
