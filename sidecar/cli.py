@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import json
 import os
 import socket
@@ -19,7 +20,16 @@ from typing import Any
 import click
 
 from sidecar import __version__
-from sidecar.config import Config, ConfigError, check_files, env_name, unknown_env, validate
+from sidecar.config import (
+    DERIVED_TIMING,
+    Config,
+    ConfigError,
+    check_files,
+    derive_timing,
+    env_name,
+    unknown_env,
+    validate,
+)
 
 F = Callable[..., Any]
 
@@ -56,11 +66,15 @@ def config_options(names: tuple[str, ...] | None = None) -> Callable[[F], F]:
             if f.type == "bool":
                 extra["is_flag"] = True
             default = ",".join(f.default) if isinstance(f.default, tuple) else f.default
+            show: bool | str = default not in ("", None, False)
+            if f.name in DERIVED_TIMING:
+                # Unset means "fit to --ttl" (build_config), so `run --ttl T` alone is safe.
+                default, show = None, "derived from --ttl"
             fn = click.option(
                 _flag(f),
                 f.name,
                 default=default,
-                show_default=default not in ("", None, False),
+                show_default=show,
                 envvar=env_name(f.name),
                 show_envvar=True,
                 help=f.metadata.get("help", ""),
@@ -74,6 +88,7 @@ def config_options(names: tuple[str, ...] | None = None) -> Callable[[F], F]:
 def build_config(values: dict[str, Any], command: tuple[str, ...] | None = None) -> Config:
     names = {f.name for f in dataclasses.fields(Config)}
     kwargs = {k: v for k, v in values.items() if k in names}
+    kwargs = derive_timing(kwargs)  # absent or None: fitted to the TTL
     if "endpoints" in kwargs:
         kwargs["endpoints"] = tuple(e.strip() for e in str(kwargs["endpoints"]).split(",") if e.strip())
     if "candidate_id" in kwargs and not kwargs["candidate_id"]:
@@ -81,8 +96,17 @@ def build_config(values: dict[str, Any], command: tuple[str, ...] | None = None)
     return validate(Config(**kwargs), command)
 
 
-def load_config(values: dict[str, Any], command: tuple[str, ...] | None = None) -> Config:
-    """build_config, or one line on stderr and exit status 2."""
+def derived(values: dict[str, Any]) -> list[str]:
+    """The timing fields the operator left to be fitted to the TTL."""
+    return [n for n in DERIVED_TIMING if values.get(n) is None]
+
+
+def load_config(values: dict[str, Any], command: tuple[str, ...] | None = None, *, logs: bool = False) -> Config:
+    """build_config, or one line on stderr and exit status 2.
+
+    With ``logs``, also apply --log-format/--log-level, so every command that
+    talks to the store logs the way the operator asked.
+    """
     typos = unknown_env(dict(os.environ))
     if typos:
         click.echo(f"election-sidecar: invalid config: environment {typos[0]}: not a known setting", err=True)
@@ -90,10 +114,26 @@ def load_config(values: dict[str, Any], command: tuple[str, ...] | None = None) 
     try:
         cfg = build_config(values, command)
         check_files(cfg)
-        return cfg
     except ConfigError as exc:
         click.echo(f"election-sidecar: {exc}", err=True)
         sys.exit(2)
+    if logs:
+        from sidecar import log as logmod
+
+        logmod.configure(cfg.log_format, cfg.log_level)
+    return cfg
+
+
+EXIT_CODES = """\b
+Exit codes (every command):
+  0 done; `run`: stopped by SIGTERM/SIGINT after handing over
+  1 the store or the sidecar could not be reached or answered no
+    (`status`, `watch`, `evict`, `resign`)
+  2 invalid configuration, a file or port that cannot be used, or the
+    store refused our credentials (`run` stops on it)
+  3 `run`: an orchestrator kill could not be confirmed; `status
+    --sidecars`: a sidecar disagrees with the store
+"""
 
 
 PLUGIN_GROUP = "election_sidecar.commands"
@@ -124,7 +164,11 @@ class PluginGroup(click.Group):
         return ep.load() if ep is not None else None
 
 
-@click.group(cls=PluginGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(
+    cls=PluginGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+    epilog=EXIT_CODES,
+)
 @click.version_option(__version__, prog_name="election-sidecar")
 def main() -> None:
     """Leader election with fencing grants for one orchestrator per sidecar."""
@@ -143,13 +187,20 @@ def run(command: tuple[str, ...], **values: Any) -> None:
     from sidecar import log as logmod
     from sidecar.app import Sidecar
 
-    cfg = load_config(values, command)
-    logmod.configure(cfg.log_format, cfg.log_level)
+    cfg = load_config(values, command, logs=True)
     logger = logmod.get()
+    fitted = derived(values)
+    if fitted:
+        logger.info("timing_derived", ttl=cfg.ttl, **{n: getattr(cfg, n) for n in DERIVED_TIMING}, derived=fitted)
     try:
         code = asyncio.run(Sidecar(cfg, logger, command=list(command)).run())
     except FileExistsError as exc:
         click.echo(f"election-sidecar: socket: {exc}", err=True)
+        sys.exit(2)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        click.echo(f"election-sidecar: http_addr {cfg.http_addr}: address already in use", err=True)
         sys.exit(2)
     sys.exit(code)
 
@@ -160,8 +211,12 @@ def check_config(**values: Any) -> None:
     """Validate the configuration and print the timing it implies."""
     cfg = load_config(values)
     click.echo("config ok")
+    fitted = derived(values)
+    if fitted:
+        click.echo(f"  derived from the ttl: {', '.join(fitted)}")
     rows = [
         ("lease ttl", cfg.ttl),
+        ("leader gives up after renewals fail for", cfg.renew_deadline),
         ("grant valid for (after each renewal send)", cfg.timing.grant_validity(cfg.ttl)),
         ("leader demotes after silence of", cfg.timing.demote_after(cfg.ttl)),
         ("orchestrator gets to stop before SIGKILL", cfg.kill_grace),
@@ -183,7 +238,7 @@ def status(output: str, sidecars: str, **values: Any) -> None:
     """
     from sidecar.status import cross_check, fetch_leader_view, gather, render_cross_check, render_table
 
-    cfg = load_config(values)
+    cfg = load_config(values, logs=True)
     try:
         view = asyncio.run(gather(cfg))
     except Exception as exc:  # one line for the operator, whatever broke
@@ -208,7 +263,7 @@ def watch(output: str, **values: Any) -> None:
     """Print one line per leader change until interrupted."""
     from sidecar.status import watch_leader
 
-    cfg = load_config(values)
+    cfg = load_config(values, logs=True)
     try:
         asyncio.run(watch_leader(cfg, json_lines=output == "json"))
     except KeyboardInterrupt:
@@ -230,7 +285,7 @@ def evict(candidate: str, **values: Any) -> None:
     from sidecar.backends.base import BackendError, StoreForbidden
     from sidecar.status import evict as evict_candidate
 
-    cfg = load_config(values)
+    cfg = load_config(values, logs=True)
     try:
         gone = asyncio.run(evict_candidate(cfg, candidate))
     except BackendError as exc:

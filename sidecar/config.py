@@ -84,6 +84,13 @@ class Config:
         default=False,
         metadata=_opt("On loss, stop the socket clients that acknowledged a grant (needs a shared pid namespace)."),
     )
+    orphan_resign_after: float = field(
+        default=-1.0,
+        metadata=_opt(
+            "With --kill-peer: resign when no client that acknowledged a grant has been connected for this many"
+            " seconds (the orchestrator is gone); -1 means 2*ttl, 0 never."
+        ),
+    )
     zk_chroot: str = field(default="", metadata=_opt("ZooKeeper chroot under which the election lives."))
     zk_auth_file: str = field(
         default="", metadata=_opt("File holding user:password for ZooKeeper digest auth (never logged).")
@@ -112,6 +119,10 @@ class Config:
     @property
     def effective_request_timeout(self) -> float:
         return self.request_timeout or self.retry_interval
+
+    @property
+    def effective_orphan_resign_after(self) -> float:
+        return 2 * self.ttl if self.orphan_resign_after < 0 else self.orphan_resign_after
 
     @property
     def timing(self) -> Timing:
@@ -165,6 +176,7 @@ def validate(cfg: Config, command: Sequence[str] | None = None) -> Config:
     _finite("kill_grace", cfg.kill_grace, minimum=0)
     _finite("request_timeout", cfg.request_timeout, minimum=0)
     _finite("drift", cfg.drift, minimum=0)
+    _finite("orphan_resign_after", cfg.orphan_resign_after, minimum=-1)
     if cfg.drift >= 0.1:
         raise ConfigError("drift", cfg.drift, "must be below 0.1 (a clock that drifts 10% is broken)")
     backends.load(cfg.backend).check_config(cfg)
@@ -259,10 +271,77 @@ OTHER_ENV = {
 }
 
 
+# What the kubelet injects for every Service in the namespace (docker-links
+# style): a Service named "election-sidecar-..." lands in our prefix. Names
+# alone would also excuse typos such as ..._HTTP_PORT, so the value must
+# look like one the kubelet writes, too.
+_IP = r"[0-9A-Fa-f.:]+"
+_URL = r"(?:tcp|udp|sctp)://[0-9A-Fa-f.:\[\]]+:\d+"
+_LINKS = [
+    (re.compile(name), re.compile(value))
+    for name, value in (
+        (r".+_SERVICE_HOST", _IP),
+        (r".+_SERVICE_PORT(?:_[A-Z0-9_]+)?", r"\d+"),
+        (r".+_PORT", _URL),
+        (r".+_PORT_\d+_(?:TCP|UDP|SCTP)", _URL),
+        (r".+_PORT_\d+_(?:TCP|UDP|SCTP)_PROTO", r"tcp|udp|sctp"),
+        (r".+_PORT_\d+_(?:TCP|UDP|SCTP)_PORT", r"\d+"),
+        (r".+_PORT_\d+_(?:TCP|UDP|SCTP)_ADDR", _IP),
+    )
+]
+
+
+def _service_link(name: str, value: str) -> bool:
+    return any(n.fullmatch(name) and v.fullmatch(value) for n, v in _LINKS)
+
+
 def unknown_env(environ: dict[str, str]) -> list[str]:
-    """Our-prefix variables that name nothing we know: likely typos."""
+    """Our-prefix variables that name nothing we know: likely typos.
+
+    Kubernetes service links are not typos: any Service whose name starts
+    with "election-sidecar" injects them, and refusing them would crash-loop
+    the pod (the chart also turns them off with enableServiceLinks: false).
+    """
     known = {env_name(n) for n in field_names()} | {ENV_PREFIX + n for n in OTHER_ENV}
-    return sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)
+    return sorted(
+        k for k, v in environ.items() if k.startswith(ENV_PREFIX) and k not in known and not _service_link(k, v)
+    )
+
+
+# Timing a TTL alone implies (run --ttl T): the defaults scaled, so
+# --ttl 10 gives the documented 6 / 2 / 2, and whatever the operator gave
+# explicitly is kept and the rest fitted around it.
+DERIVED_TIMING = ("renew_deadline", "retry_interval", "kill_grace")
+
+
+def _floor_ms(x: float) -> float:
+    return math.floor(x * 1000) / 1000
+
+
+def derive_timing(values: dict[str, Any]) -> dict[str, Any]:
+    """Fill the timing fields that are None in ``values`` from ttl, drift and margin."""
+    out = dict(values)
+    d = Config()
+
+    def given(name: str) -> float:
+        v = out.get(name)
+        return float(v) if v is not None else float(getattr(d, name))
+
+    ttl, drift, margin = given("ttl"), given("drift"), given("margin")
+    spare = ttl * (1 - drift) - margin  # seconds a grant is valid after each renewal send
+    rd, ri, kg = (out.get(n) for n in DERIVED_TIMING)
+    if not all(math.isfinite(x) for x in (ttl, spare, rd or 0.0, kg or 0.0)):
+        # Nothing sensible to fit to: the fixed defaults, and validate() names the bad value.
+        out.update({n: getattr(d, n) for n in DERIVED_TIMING if out.get(n) is None})
+        return out
+    if rd is None:
+        rd = _floor_ms(min(0.6 * ttl, spare - (kg if kg is not None else 0.2 * ttl)))
+    if kg is None:
+        kg = _floor_ms(max(0.0, min(0.2 * ttl, spare - rd)))
+    if ri is None:
+        ri = _floor_ms(min(0.2 * ttl, rd / 3))
+    out.update(renew_deadline=rd, retry_interval=ri, kill_grace=kg)
+    return out
 
 
 def check_files(cfg: Config) -> None:
