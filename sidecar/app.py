@@ -24,7 +24,8 @@ from sidecar.fencing.server import GrantServer
 from sidecar.http_api import HttpApi, leader_view
 from sidecar.loopmon import LoopMonitor
 from sidecar.metrics import SidecarMetrics
-from sidecar.model import EventSink, Grant, Reason, Timing
+from sidecar.model import EventSink, Grant, Reason, State, Timing
+from sidecar.orphan import OrphanGuard
 from sidecar.supervisor import Supervisor
 
 
@@ -121,6 +122,8 @@ class Sidecar:
             remaining=lambda: elector.snapshot().remaining,
             clients=lambda: len(self.server.peers) if self.server else 0,
         )
+        self._bind_operator_metrics(elector)
+        orphans = self._orphan_guard(elector)
         self.loopmon.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -155,7 +158,11 @@ class Sidecar:
                 endpoints=list(self.cfg.endpoints),
                 ttl=self.cfg.ttl,
             )
-            await self.elector.run()
+            guard = asyncio.create_task(orphans.run())
+            try:
+                await self.elector.run()
+            finally:
+                guard.cancel()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
@@ -168,6 +175,39 @@ class Sidecar:
             await backend.close()
         self.log.info("sidecar_stopped")
         return 2 if self.elector.forbidden else 0
+
+    def _bind_operator_metrics(self, elector: Elector) -> None:
+        def since_renewal() -> float:
+            snap = elector.snapshot()
+            return snap.at - snap.renewed_at if snap.state is State.LEADER and snap.renewed_at else 0.0
+
+        self.metrics.bind_renewal(since_renewal, self.cfg.renew_deadline, self.cfg.margin)
+        self.metrics.bind_orchestrator(self._orchestrator_present)
+
+    def _orchestrator_present(self) -> bool:
+        mode = self.supervisor.mode
+        if mode in ("gate", "standby"):
+            child = self.supervisor.child
+            return child is not None and child.returncode is None
+        if mode == "peer":
+            return self._acked_clients() > 0
+        return True  # pid file or no kill target: nothing to tell from here
+
+    def _acked_clients(self) -> int:
+        # Only a client that acknowledged a grant is an orchestrator; a CLI asking for status is not.
+        return sum(1 for p in self.server.peers.values() if p.acked_seq > 0) if self.server else 0
+
+    def _orphan_guard(self, elector: Elector) -> OrphanGuard:
+        # Peer mode only: gate and standby resign when their own child exits.
+        after = self.cfg.effective_orphan_resign_after if self.supervisor.mode == "peer" else 0.0
+        return OrphanGuard(
+            self.clock,
+            after,
+            leading=lambda: elector.state is State.LEADER,
+            clients=self._acked_clients,
+            resign=elector.resign,
+            warn=self.log.warning,
+        )
 
     def _on_signal(self, sig: signal.Signals) -> None:
         self.log.info("signal_received", signal=sig.name)

@@ -1,4 +1,4 @@
-"""HTTP endpoints: /metrics, /healthz, /readyz, /leader (aiohttp, on the sidecar's loop).
+"""HTTP endpoints: /metrics, /healthz, /readyz, /leader, /leader/ready (aiohttp, on the sidecar's loop).
 
 /healthz fails when the loop stalls or when the elector still believes it
 leads although its renewals stopped (the mistake of kubernetes#71730: a
@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from sidecar.config import Config
 from sidecar.elector import Elector
 from sidecar.loopmon import LoopMonitor
-from sidecar.model import Snapshot
+from sidecar.model import Snapshot, State
 
 MAX_LOOP_LAG = 1.0  # seconds; beyond this renewals and heartbeats are at risk
 
@@ -88,6 +88,7 @@ class HttpApi:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/leader", self.leader)
+        app.router.add_get("/leader/ready", self.leader_ready)
         return app
 
     async def metrics(self, request: web.Request) -> web.Response:
@@ -101,6 +102,12 @@ class HttpApi:
     async def readyz(self, request: web.Request) -> web.Response:
         problems = readiness(self.elector.snapshot())
         return _json({"ok": not problems, "backend": self.cfg.backend, "problems": problems}, 503 if problems else 200)
+
+    async def leader_ready(self, request: web.Request) -> web.Response:
+        """200 on the leader only (Patroni's /primary): a Service or LB health check follows the leader."""
+        state = self.elector.state
+        leading = state is State.LEADER
+        return _json({"leader": leading, "state": state.value}, 200 if leading else 503)
 
     async def leader(self, request: web.Request) -> web.Response:
         return _json(leader_view(self.elector.snapshot()), 200)

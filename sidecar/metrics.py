@@ -11,7 +11,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 
 from sidecar import __version__
 from sidecar.model import ElectorMetrics, Grant, Reason, State, StoreCall
@@ -79,6 +82,29 @@ class SidecarMetrics(ElectorMetrics):
         self.last_transition = g("last_transition_timestamp_seconds", "Unix time of the last state transition.").labels(
             **lv
         )
+        self.seconds_since_renewal = g(
+            "seconds_since_renewal",
+            "Seconds since the send of the last renewal the store acknowledged (0 when not leading).",
+        ).labels(**lv)
+        self.renew_deadline = g(
+            "renew_deadline_seconds", "Silence after the last acknowledged renewal at which a leader demotes."
+        ).labels(**lv)
+        self.margin = g(
+            "margin_seconds", "Seconds kept between the grant deadline and the earliest lease expiry."
+        ).labels(**lv)
+        self.orchestrator_up = g(
+            "orchestrator_up",
+            "1 while this sidecar's orchestrator is there (gate/standby: its child runs; peer: a client that "
+            "acknowledged a grant is connected), else 0; always 1 where the sidecar cannot tell (pid file, none).",
+        ).labels(**lv)
+        self.orchestrator_up.set(1)
+        # The process_* and python_* series every Prometheus client exports: an
+        # operator's standard memory / fd / GC panels work on the sidecar too.
+        # Registered on our registry, not the global one (fresh per test).
+        if registry is not REGISTRY:  # which holds them already; a second registration raises
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+            GCCollector(registry=registry)
         Info(PREFIX + "build", "Build and configuration facts.", registry=registry).info(
             {"version": __version__, "backend": backend, "election": election, "candidate": candidate}
         )
@@ -137,6 +163,15 @@ class SidecarMetrics(ElectorMetrics):
         """Values read at scrape time from the live sidecar."""
         self.lease_remaining.set_function(remaining)
         self.grant_clients.set_function(clients)
+
+    def bind_renewal(self, since_renewal: Callable[[], float], renew_deadline: float, margin: float = 0.0) -> None:
+        """How late renewals are, read at scrape time, next to the deadline they race."""
+        self.seconds_since_renewal.set_function(since_renewal)
+        self.renew_deadline.set(renew_deadline)
+        self.margin.set(margin)
+
+    def bind_orchestrator(self, present: Callable[[], bool]) -> None:
+        self.orchestrator_up.set_function(lambda: 1.0 if present() else 0.0)
 
     def loop_lag_sample(self, lag: float) -> None:
         self.loop_lag.set(lag)
