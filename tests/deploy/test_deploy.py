@@ -5,6 +5,7 @@ the properties that matter asserted, the Dockerfile linted."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -82,38 +83,66 @@ def run_options() -> set[str]:
     return {opt for p in run_command.params for opt in getattr(p, "opts", [])}
 
 
+SECRET_VALUES = {("etcd-client", "endpoints"): "etcd-0.etcd:2379,etcd-1.etcd:2379"}
+
+
+def container_env(c: dict[str, Any], stand_ins: Path) -> dict[str, str]:
+    """The environment the kubelet gives the container: secrets and fields
+    resolved to stand-ins, $(VAR) expanded, the files it names created."""
+    env: dict[str, str] = {}
+    for e in c.get("env", []):
+        if "value" in e:
+            value = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), e["value"])
+        elif "fieldRef" in e.get("valueFrom", {}):
+            value = "rel-orders-0"
+        else:
+            ref = e["valueFrom"]["secretKeyRef"]
+            value = SECRET_VALUES.get((ref["name"], ref["key"]), "secret-value")
+            if ref["key"] == "endpoints" and (ref["name"], ref["key"]) not in SECRET_VALUES:
+                value = "etcd:2379"
+        if value.startswith("/etc/election/"):
+            path = stand_ins / value.strip("/").replace("/", "_")
+            path.write_text("-----BEGIN CERTIFICATE-----\n" if value.endswith((".crt", ".key")) else "user:pw\n")
+            value = str(path)
+        env[e["name"]] = value
+    return env
+
+
 def check_pod(pod: dict[str, Any], where: str) -> None:
     """The properties that make the sidecar work and stay safe in a pod."""
     sidecars = [c for c in pod.get("initContainers", []) if c["name"] == "election-sidecar"]
     assert len(sidecars) == 1, f"{where}: no election-sidecar init container"
     sc = sidecars[0]
     assert sc.get("restartPolicy") == "Always", f"{where}: not a native sidecar"
+    assert pod.get("enableServiceLinks") is False, f"{where}: service links inject ELECTION_SIDECAR_* look-alikes"
     args = sc["args"]
     assert args[0] == "run"
     flags = [a.split("=", 1)[0] for a in args[1:] if a.startswith("--")]
     unknown = set(flags) - run_options()
     assert not unknown, f"{where}: flags the CLI does not have: {unknown}"
-    values = dict(a[2:].split("=", 1) for a in args[1:] if "=" in a)
-    env = {e["name"] for e in sc.get("env", [])}
-    assert "endpoints" in values or "ELECTION_SIDECAR_ENDPOINTS" in env, f"{where}: no endpoints"
-    # The rendered flags must pass the sidecar's own config validation. Files
-    # they name live in the pod (Secrets); stand-ins with the right shape here.
+    # Settings come as ELECTION_SIDECAR_* variables (so `status` in the pod
+    # sees them too), plus any extra flags.
+    env_names = {e["name"] for e in sc.get("env", [])}
+    known = {f"ELECTION_SIDECAR_{o.lstrip('-').replace('-', '_').upper()}" for o in run_options()}
+    known |= {"ELECTION_SIDECAR_CANDIDATE_ID", "POD_NAME"}
+    assert env_names <= known, f"{where}: unknown variables {env_names - known}"
+    values = {n[len("ELECTION_SIDECAR_") :].lower().replace("_", "-"): "" for n in env_names}
+    values.update(dict(a[2:].split("=", 1) for a in args[1:] if "=" in a))
     stand_ins = Path(tempfile.mkdtemp(prefix="es-deploy-"))
-    check_args = []
-    for arg in args[1:]:
-        name, eq, value = arg.replace("$(POD_NAME)", "pod-0").partition("=")
-        if value.startswith("/etc/election/"):
-            stand_in = stand_ins / value.strip("/").replace("/", "_")
-            stand_in.write_text("-----BEGIN CERTIFICATE-----\n" if value.endswith((".crt", ".key")) else "user:pw\n")
-            value = str(stand_in)
-        check_args.append(name + eq + value)
-    if "endpoints" not in values:
-        check_args.append("--endpoints=etcd:2379")
+    env = container_env(sc, stand_ins)
+    values.update({n[len("ELECTION_SIDECAR_") :].lower().replace("_", "-"): v for n, v in env.items()})
+    assert "endpoints" in values, f"{where}: no endpoints"
+    # The rendered settings must pass the sidecar's own config validation.
     res = subprocess.run(
-        [sys.executable, "-m", "sidecar", "check-config", *check_args], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "sidecar", "check-config", *args[1:]],
+        env={"PATH": os.environ["PATH"], **env},
+        capture_output=True,
+        text=True,
+        check=False,
     )
     shutil.rmtree(stand_ins)
     assert res.returncode == 0, f"{where}: {res.stderr}"
+    flags += [f"--{k}" for k, v in values.items() if v == "true"]
 
     port = int(values["http-addr"].rsplit(":", 1)[1])
     ports = {p["name"]: p["containerPort"] for p in sc["ports"]}
