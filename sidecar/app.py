@@ -143,7 +143,7 @@ class Sidecar:
                     clock=self.clock,
                     allow_uids=allowed_uids(self.cfg),
                     on_refused=self.metrics.grant_clients_refused.inc,
-                    on_granted=self.supervisor.peer_granted,
+                    on_acked=self.supervisor.peer_acked,
                 )
                 await self.server.start()
             await self.supervisor.start()

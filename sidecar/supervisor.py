@@ -8,8 +8,9 @@ The kill target is chosen once, from the flags, as a strategy:
   socket; after a loss it is stopped like a gated one and started again;
 * pidfile (``--kill-pidfile PATH``): a process we did not start; a pidfd is
   opened when the term starts;
-* peers (``--kill-peer``): every socket client that was sent a grant this
-  term (the grant server reports each one); a pidfd is opened for each;
+* peers (``--kill-peer``): every socket client that acknowledged a grant
+  this term (the grant server reports each ack); a pidfd is opened for each
+  and kept even if it hangs up;
 * none.
 
 "The orchestrator" is every descendant of what we started, not a process
@@ -230,7 +231,7 @@ class Strategy:
     async def begin_term(self, grant: Grant) -> Target | None:
         return None
 
-    def granted(self, target: Target | None, pid: int) -> bool:
+    def acked(self, target: Target | None, pid: int) -> bool:
         return False
 
     async def after_stop(self) -> None:
@@ -293,7 +294,7 @@ class PeersStrategy(Strategy):
     async def begin_term(self, grant: Grant) -> Target | None:
         return Pidfds("socket peers")
 
-    def granted(self, target: Target | None, pid: int) -> bool:
+    def acked(self, target: Target | None, pid: int) -> bool:
         return isinstance(target, Pidfds) and target.add(pid)
 
 
@@ -518,9 +519,10 @@ class Supervisor:
             self.log.warning("kill_target_unknown", error=self._target.unknown)
         self._arm()
 
-    def peer_granted(self, pid: int) -> None:
-        """The grant server sent a grant to the client ``pid``: it is a target from now on."""
-        if self._leading and self.strategy.granted(self._target, pid):
+    def peer_acked(self, pid: int) -> None:
+        """The client ``pid`` acknowledged a grant: it is a target from now on, for the
+        whole term, even if it hangs up (held by a pidfd, so pid reuse cannot fool us)."""
+        if self._leading and self.strategy.acked(self._target, pid):
             try:
                 self._arm()
             except GuardLost as exc:

@@ -102,7 +102,7 @@ class GrantServer:
         allow_uids: set[int] | None = None,
         on_refused: Callable[[], None] | None = None,
         clock: Clock | None = None,
-        on_granted: Callable[[int], None] | None = None,
+        on_acked: Callable[[int], None] | None = None,
     ) -> None:
         self.path = Path(path)
         self._hello = {"type": "hello", "election": election, "candidate": candidate, "version": version}
@@ -122,7 +122,7 @@ class GrantServer:
         self._on_refused = on_refused
         # Told the pid of every client a grant frame is sent to, before the send:
         # from then on that client may act as leader, so it is a kill target.
-        self._on_granted = on_granted
+        self._on_acked = on_acked
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -158,7 +158,7 @@ class GrantServer:
 
     async def publish_grant(self, grant: Grant) -> None:
         self._grant = grant
-        await self._broadcast(encode(grant_to_message(grant, self._clock.now())), grant=True)
+        await self._broadcast(encode(grant_to_message(grant, self._clock.now())))
 
     async def publish_revoke(self, reason: str) -> None:
         # Switch first: a client that connects from here on is told "follower"
@@ -167,15 +167,13 @@ class GrantServer:
         self._grant = None
         await self._broadcast(encode({"type": "revoke", "reason": reason}))
 
-    async def _broadcast(self, frame: bytes, *, grant: bool = False) -> None:
-        await asyncio.gather(*(self._send(peer_id, frame, grant=grant) for peer_id in list(self.peers)))
+    async def _broadcast(self, frame: bytes) -> None:
+        await asyncio.gather(*(self._send(peer_id, frame) for peer_id in list(self.peers)))
 
-    async def _send(self, peer_id: int, frame: bytes, *, grant: bool = False) -> None:
+    async def _send(self, peer_id: int, frame: bytes) -> None:
         peer = self.peers.get(peer_id)
         if peer is None:
             return
-        if grant and self._on_granted is not None:
-            self._on_granted(peer.pid)
         try:
             peer.writer.write(frame)
             async with asyncio.timeout(WRITE_TIMEOUT):
@@ -233,7 +231,7 @@ class GrantServer:
         self._log.info("client_connected", pid=pid, uid=uid)
         try:
             await self._send(peer_id, encode(self._hello))
-            await self._send(peer_id, self.current(), grant=self._grant is not None)
+            await self._send(peer_id, self.current())
             while peer_id in self.peers:
                 line = await self._next_line(reader)
                 if line is None:
@@ -256,6 +254,10 @@ class GrantServer:
             peer = self.peers.get(peer_id)
             if peer is not None:
                 peer.acked_seq = max(peer.acked_seq, msg["seq"])
+                # An orchestrator acknowledges its grants; a `status` or `resign`
+                # client never does, so it is never made a kill target.
+                if self._on_acked is not None:
+                    self._on_acked(peer.pid)
         elif kind == "resign":
             accepted = self._on_resign()
             reply = {"type": "ok", "accepted": accepted}

@@ -210,7 +210,7 @@ async def test_kill_peer_reaches_a_client_that_hung_up_on_revoke(tmp_path: Path)
         log=RecordingSink(),
         on_resign=lambda: False,
         status=status,
-        on_granted=sup.peer_granted,
+        on_acked=sup.peer_acked,
     )
     await server.start()
     await sup.start()
