@@ -44,22 +44,28 @@ class UnfencedZooKeeper(ZooKeeperFence):
         return None
 
 
-async def open_fence(kind: str, target: str, election: str, *, fenced: bool = True) -> Fence[Any]:
-    if kind == "sqlite":
+async def open_fence(
+    kind: str, target: str, election: str, *, fenced: bool = True, keep_history: bool = True
+) -> Fence[Any]:
+    if kind == "sqlite":  # the toy store always keeps its history: the checker reads it
         lite = (SqliteFence if fenced else UnfencedSqlite)(target)
         lite.conn.execute("CREATE TABLE IF NOT EXISTS data (k TEXT PRIMARY KEY, v TEXT NOT NULL)")
         return lite
     if kind == "postgres":
-        pg = await (PostgresFence if fenced else UnfencedPostgres).connect(target, resource=election)
+        pg = await (PostgresFence if fenced else UnfencedPostgres).connect(
+            target, resource=election, keep_history=keep_history
+        )
         await pg.conn.execute("CREATE TABLE IF NOT EXISTS fence_test_data (k text PRIMARY KEY, v text NOT NULL)")
         return pg
     if kind == "etcd":
-        return await (EtcdFence if fenced else UnfencedEtcd).connect(target.split(","), election)
+        return await (EtcdFence if fenced else UnfencedEtcd).connect(
+            target.split(","), election, keep_history=keep_history
+        )
     if kind == "zookeeper":
         client = KazooClient(hosts=target)
         await asyncio.to_thread(client.start, 15)
         await asyncio.to_thread(client.ensure_path, "/_data")
-        return (ZooKeeperFence if fenced else UnfencedZooKeeper)(client, election)
+        return (ZooKeeperFence if fenced else UnfencedZooKeeper)(client, election, keep_history=keep_history)
     raise ValueError(f"unknown store {kind!r}; known: {', '.join(STORES)}")
 
 

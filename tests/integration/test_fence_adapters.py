@@ -59,8 +59,8 @@ class StoreUnderTest:
     fences: list[Fence[Any]] = field(default_factory=list)
     terms: list[Term] = field(default_factory=list)
 
-    async def open(self, *, fenced: bool = True) -> Fence[Any]:
-        fence = await open_fence(self.kind, self.target, self.election, fenced=fenced)
+    async def open(self, *, fenced: bool = True, keep_history: bool = True) -> Fence[Any]:
+        fence = await open_fence(self.kind, self.target, self.election, fenced=fenced, keep_history=keep_history)
         self.fences.append(fence)
         return fence
 
@@ -140,6 +140,22 @@ async def test_a_deposed_leaders_write_is_refused_and_none_of_it_lands(store: St
     assert refused.value.token == a.token
     assert await get(fence, "by-a") is None
     assert accepted_tokens(await fence.history()) == [b.token]
+
+
+async def test_without_a_history_the_fence_still_refuses(store: StoreUnderTest) -> None:
+    if store.kind == "sqlite":
+        pytest.skip("the toy SQLite store always keeps its history (the checker reads it)")
+    a = await store.lead("a")
+    fence = await store.open(keep_history=False)
+    await store.lose(a)
+    b = await store.lead("b")
+    async with fence.transaction(b.token, "b") as tx:
+        await put(fence, tx, "by-b", "from b")
+    with pytest.raises(StaleToken):
+        async with fence.transaction(a.token, "a") as tx:
+            await put(fence, tx, "by-a", "from a")
+    assert await get(fence, "by-b") == "from b" and await get(fence, "by-a") is None
+    assert await fence.history() == []
 
 
 async def test_a_failing_body_commits_nothing(store: StoreUnderTest) -> None:

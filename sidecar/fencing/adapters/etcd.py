@@ -49,13 +49,23 @@ class EtcdTxn:
 
 
 class EtcdFence:
-    def __init__(self, client: Etcd3Client, election: str, *, history_prefix: str = "", timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        client: Etcd3Client,
+        election: str,
+        *,
+        history_prefix: str = "",
+        keep_history: bool = True,
+        timeout: float = 5.0,
+    ) -> None:
         if not election:
             raise ValueError("an etcd fence needs the election name")
         self.client = client
         self.election = election
         self.prefix = election + "/"
         self.history_prefix = history_prefix or f"_fence/{election}/"
+        # One key per write, forever: right for tests and audits, not for a busy keyspace.
+        self.keep_history = keep_history
         self.timeout = timeout
 
     @classmethod
@@ -92,12 +102,15 @@ class EtcdFence:
         key = await self.leader_key(token)
         tx = EtcdTxn(self.kv)
         yield tx
-        # Zero-padded token first, then a unique tail: keys sort by token, never collide.
-        entry = f"{self.history_prefix}{token:020d}-{uuid.uuid4().hex}"
-        record = json.dumps({"token": token, "writer": writer, "mono": monotonic()})
+        ops = list(tx.ops)
+        if self.keep_history:
+            # Zero-padded token first, then a unique tail: keys sort by token, never collide.
+            entry = f"{self.history_prefix}{token:020d}-{uuid.uuid4().hex}"
+            record = json.dumps({"token": token, "writer": writer, "mono": monotonic()})
+            ops.append(self.kv.txn_op_put(entry, record))
         resp = await self.kv.txn(
             compare=self._guard(key, token),
-            success=[*tx.ops, self.kv.txn_op_put(entry, record)],
+            success=ops,
             failure=[],
             timeout=self.timeout,
         )

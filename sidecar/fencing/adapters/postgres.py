@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import cast
+from typing import Any, cast
 
 import psycopg
 from psycopg import sql
@@ -59,6 +59,7 @@ class PostgresFence:
         *,
         table: str = "election_fence",
         history_table: str = "election_fence_history",
+        keep_history: bool = True,
     ) -> None:
         if not resource:
             raise ValueError("a PostgreSQL fence needs a non-empty resource name")
@@ -66,9 +67,11 @@ class PostgresFence:
         self.resource = resource
         self._fence = sql.Identifier(table)
         self._history = sql.Identifier(history_table)
+        # One row per write (refusals too): right for tests and audits; off, only the fence row changes.
+        self.keep_history = keep_history
 
     @classmethod
-    async def connect(cls, conninfo: str, resource: str, **kwargs: str) -> PostgresFence:
+    async def connect(cls, conninfo: str, resource: str, **kwargs: Any) -> PostgresFence:
         """Open a connection of our own (autocommit: each fenced block is one transaction)."""
         conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
         fence = cls(conn, resource, **kwargs)
@@ -92,6 +95,8 @@ class PostgresFence:
         return cur.rowcount == 1
 
     async def _record(self, cur: psycopg.AsyncCursor[tuple[object, ...]], token: int, writer: str, ok: bool) -> None:
+        if not self.keep_history:
+            return
         await cur.execute(
             sql.SQL("INSERT INTO {h} (resource, token, writer, mono, accepted) VALUES (%s, %s, %s, %s, %s)").format(
                 h=self._history

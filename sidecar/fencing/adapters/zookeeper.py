@@ -37,12 +37,16 @@ _SEQ = re.compile(r"__lock__(\d{10})$")  # the sidecar's (and kazoo's Election's
 
 
 class ZooKeeperFence:
-    def __init__(self, client: KazooClient, election: str, *, history_path: str = "") -> None:
+    def __init__(
+        self, client: KazooClient, election: str, *, history_path: str = "", keep_history: bool = True
+    ) -> None:
         if not election.strip("/"):
             raise ValueError("a ZooKeeper fence needs the election name")
         self.client = client
         self.base = "/" + election.strip("/")
         self.history_path = history_path or "/_fence" + self.base
+        # One node per write, forever: right for tests and audits, not for a busy ensemble.
+        self.keep_history = keep_history
 
     def leader_node(self, token: int) -> tuple[str, int]:
         """The leading candidate node and its data version, if its czxid is ``token``."""
@@ -66,12 +70,14 @@ class ZooKeeperFence:
     @contextlib.asynccontextmanager
     async def transaction(self, token: int, writer: str = "") -> AsyncIterator[TransactionRequest]:
         node, version = await asyncio.to_thread(self.leader_node, token)
-        await asyncio.to_thread(self.client.ensure_path, self.history_path)
+        if self.keep_history:
+            await asyncio.to_thread(self.client.ensure_path, self.history_path)
         tx = self.client.transaction()
         self._guard(tx, node, version)
         yield tx
-        record = json.dumps({"token": token, "writer": writer, "mono": monotonic()}).encode()
-        tx.create(self.history_path + "/w-", record, sequence=True)
+        if self.keep_history:
+            record = json.dumps({"token": token, "writer": writer, "mono": monotonic()}).encode()
+            tx.create(self.history_path + "/w-", record, sequence=True)
         results = await asyncio.to_thread(tx.commit)
         failures = [r for r in results if isinstance(r, Exception)]
         if not failures:
