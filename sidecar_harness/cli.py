@@ -14,13 +14,24 @@ import click
 @click.option("--ttl", default=3, show_default=True, type=click.IntRange(2, 60), help="Lease TTL of the demo sidecars.")
 @click.option("--keep", is_flag=True, help="Keep the logs and records of the run (the path is printed).")
 @click.option("--backend", type=click.Choice(["etcd", "zookeeper"]), default="etcd", show_default=True)
-def demo(candidates: int, duration: float, ttl: int, keep: bool, backend: str) -> None:
+@click.option(
+    "--fenced-store",
+    type=click.Choice(["sqlite", "postgres"]),
+    default="sqlite",
+    show_default=True,
+    help="Where the toy orchestrators write: a SQLite file, or a throwaway PostgreSQL (Debian's postgresql).",
+)
+def demo(candidates: int, duration: float, ttl: int, keep: bool, backend: str, fenced_store: str) -> None:
     """Start a throwaway etcd (or ZooKeeper) and N sidecars with toy orchestrators; kill, freeze
     and resign the leader in turn; check that no two orchestrators ever acted
     at once."""
     from sidecar_harness.demo import run_demo
 
-    sys.exit(run_demo(candidates=candidates, duration=duration, ttl=ttl, keep=keep, backend=backend))
+    sys.exit(
+        run_demo(
+            candidates=candidates, duration=duration, ttl=ttl, keep=keep, backend=backend, fenced_store=fenced_store
+        )
+    )
 
 
 @click.command("validate")
@@ -32,10 +43,17 @@ def demo(candidates: int, duration: float, ttl: int, keep: bool, backend: str) -
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--keep", is_flag=True, help="Keep logs and records (the path is printed).")
 @click.option("--only", default="", help="Comma-separated fault kinds to draw from (default: the whole catalogue).")
+@click.option(
+    "--fenced-store",
+    type=click.Choice(["sqlite", "postgres"]),
+    default="sqlite",
+    show_default=True,
+    help="Where the toy orchestrators write (and the checker reads): a SQLite file, or a throwaway PostgreSQL.",
+)
 @click.option("--unsafe-broken", is_flag=True, hidden=True, help="Disable self-fencing: proves the checker can fail.")
 def validate(
     backend: str, candidates: int, faults: int, seed: int | None, report_path: str, progress: bool, keep: bool,
-    only: str, unsafe_broken: bool,
+    only: str, fenced_store: str, unsafe_broken: bool,
 ) -> None:  # fmt: skip
     """Run the fault campaign and check that no two orchestrators ever acted at once.
 
@@ -62,5 +80,6 @@ def validate(
             keep=keep,
             broken=unsafe_broken,
             kinds=kinds,
+            fenced_store=fenced_store,
         )
     )

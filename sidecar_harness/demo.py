@@ -25,6 +25,7 @@ from sidecar.config import Config
 from sidecar.fencing.oneshot import request
 from sidecar.model import Leadership
 from sidecar_harness.checker import check
+from sidecar_harness.fenced_store import HarnessStore
 from sidecar_harness.fleet import SidecarProcess, claiming, harness_process, statuses
 from sidecar_harness.localetcd import LocalEtcd
 from sidecar_harness.localzk import LocalZooKeeper
@@ -62,7 +63,10 @@ def _say(line: str) -> None:
 
 
 class Demo:
-    def __init__(self, candidates: int, duration: float, ttl: int, workdir: Path, backend: str = "etcd") -> None:
+    def __init__(
+        self, candidates: int, duration: float, ttl: int, workdir: Path, backend: str = "etcd", *,
+        fenced_store: str = "sqlite",
+    ) -> None:  # fmt: skip
         self.n = candidates
         self.duration = duration
         self.ttl = ttl
@@ -73,10 +77,11 @@ class Demo:
         self.w = Watch()
         self.outcome: list[str] = []
         self.frozen: set[str] = set()  # SIGSTOPped: not asked, they cannot answer
+        self.fenced = HarnessStore(fenced_store, workdir)
 
     @property
-    def store(self) -> Path:
-        return self.workdir / "fenced-store.db"
+    def store(self) -> str:
+        return self.fenced.spec
 
     def verdict(self) -> tuple[bool, str]:
         records = check(sorted(self.workdir.glob("orchestrator-*.jsonl")), self.store)
@@ -206,10 +211,12 @@ class Demo:
         _say(f"election-sidecar demo: a throwaway {what} and {self.n} sidecars (TTL {self.ttl}s) in {self.workdir}")
         self.store_server.start()
         _say(f"{what} is up at {self.store_server.endpoints[0]}")
+        self.fenced.start()
+        _say(f"the orchestrators write to a fenced store: {self.fenced.describe()}")
         for i in range(self.n):
             toy = [
                 sys.executable, "-m", "sidecar_harness.toy_orchestrator",
-                "--store", str(self.store), "--record", str(self.workdir / f"orchestrator-{i}.jsonl"),
+                "--store", self.store, "--record", str(self.workdir / f"orchestrator-{i}.jsonl"),
             ]  # fmt: skip
             s = SidecarProcess(
                 f"sidecar-{i}",
@@ -232,11 +239,17 @@ class Demo:
 
 
 def run_demo(
-    candidates: int = 3, duration: float = 20.0, ttl: int = 3, keep: bool = False, backend: str = "etcd"
+    candidates: int = 3,
+    duration: float = 20.0,
+    ttl: int = 3,
+    keep: bool = False,
+    backend: str = "etcd",
+    *,
+    fenced_store: str = "sqlite",
 ) -> int:
     harness_process()
     workdir = Path(tempfile.mkdtemp(prefix="election-sidecar-demo-"))
-    demo = Demo(candidates, duration, ttl, workdir, backend)
+    demo = Demo(candidates, duration, ttl, workdir, backend, fenced_store=fenced_store)
     code = 1
     try:
         demo.start()
@@ -254,6 +267,7 @@ def run_demo(
             _say(f"  {s.candidate}: {s.tail(3)}")
     finally:
         demo.stop()
+        demo.fenced.stop()  # after the verdict: the checker reads the store's history
         if keep:
             _say(f"cleaned up: store and sidecars stopped; logs and records kept in {workdir}")
         else:

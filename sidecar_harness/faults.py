@@ -42,6 +42,7 @@ from sidecar.clock import MonotonicClock
 from sidecar.config import Config
 from sidecar.fencing.oneshot import request
 from sidecar_harness.checker import check
+from sidecar_harness.fenced_store import HarnessStore
 from sidecar_harness.fleet import FAST_TIMING, SidecarProcess, claiming, harness_process, statuses
 from sidecar_harness.localetcd import LocalEtcd
 from sidecar_harness.localzk import LocalZooKeeper
@@ -104,6 +105,7 @@ class Campaign:
         progress: bool = True,
         broken: bool = False,
         kinds: list[str] | None = None,
+        fenced_store: str = "sqlite",
         out: Callable[[str], None] = print,
     ) -> None:
         self.backend = backend
@@ -124,12 +126,13 @@ class Campaign:
         self.samples = 0
         self.frozen: set[str] = set()  # SIGSTOPped: not asked, they cannot answer
         self.election: Any = None
+        self.fenced = HarnessStore(fenced_store, self.workdir)
 
     # -- set-up -----------------------------------------------------------
 
     @property
-    def store_path(self) -> Path:
-        return self.workdir / "fenced-store.db"
+    def store_path(self) -> str:
+        return self.fenced.spec
 
     @property
     def sidecar_env(self) -> dict[str, str]:
@@ -140,6 +143,7 @@ class Campaign:
 
     async def start(self) -> None:
         await asyncio.to_thread(self.cluster.start)
+        await asyncio.to_thread(self.fenced.start)
         for i in range(self.n):
             name = f"s{i}"
             proxies = []
@@ -150,7 +154,7 @@ class Campaign:
             self.proxies[name] = proxies
             toy = [
                 sys.executable, "-m", "sidecar_harness.toy_orchestrator",
-                "--store", str(self.store_path), "--record", str(self.record_path(name)),
+                "--store", self.store_path, "--record", str(self.record_path(name)),
                 *(["--no-self-fence"] if self.broken else []),
             ]  # fmt: skip
             sc = SidecarProcess(
@@ -358,7 +362,7 @@ class Campaign:
     async def run(self) -> dict[str, Any]:
         self.out(
             f"validate: {self.backend}, {self.n} sidecars, {self.faults} faults, seed {self.seed} "
-            f"(replay: --seed {self.seed}), TTL {TTL:g}s, work dir {self.workdir}"
+            f"(replay: --seed {self.seed}), TTL {TTL:g}s, fenced store {self.fenced.kind}, work dir {self.workdir}"
         )
         await self.start()
         try:
@@ -400,6 +404,7 @@ class Campaign:
         return {
             "verdict": "PASS" if not violations else "FAIL",
             "backend": self.backend,
+            "fenced_store": self.fenced.kind,
             "seed": self.seed,
             "sidecars": self.n,
             "faults": len(self.results),
@@ -421,6 +426,7 @@ def render(report: dict[str, Any]) -> str:
     stale = sum("stale write accepted" in x for x in report["violations"])
     lines = [
         f"verdict: {report['verdict']}  ({report['backend']}, {report['faults']} faults, seed {report['seed']}, "
+        f"fenced store {report['fenced_store']}, "
         f"{report['sidecars']} sidecars, TTL {report['ttl_s']:g}s)",
         f"orchestrator terms {ck['leaderships']}, overlapping pairs {overlaps}, smallest gap {ck['min_gap_ms']} ms; "
         f"writes accepted {ck['writes_accepted']}, stale writes refused {ck['stale_writes_refused']}, "
@@ -446,18 +452,20 @@ def render(report: dict[str, Any]) -> str:
 
 def run_campaign(
     backend: str, *, candidates: int, faults: int, seed: int | None, report_path: str, progress: bool, keep: bool,
-    broken: bool = False, kinds: list[str] | None = None,
+    broken: bool = False, kinds: list[str] | None = None, fenced_store: str = "sqlite",
 ) -> int:  # fmt: skip
     harness_process()
     c = Campaign(
-        backend, candidates=candidates, faults=faults, seed=seed, progress=progress, broken=broken, kinds=kinds
-    )
+        backend, candidates=candidates, faults=faults, seed=seed, progress=progress, broken=broken, kinds=kinds,
+        fenced_store=fenced_store,
+    )  # fmt: skip
     try:
         report = asyncio.run(c.run())
     except KeyboardInterrupt:
         print("interrupted: everything the campaign started was stopped")
         return 130
     finally:
+        c.fenced.stop()  # the report has read its history by now
         if not keep:
             shutil.rmtree(c.workdir, ignore_errors=True)
     text = render(report)

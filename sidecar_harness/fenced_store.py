@@ -1,69 +1,93 @@
-"""A downstream store that refuses writes with a token lower than one it saw.
+"""The downstream store the toy orchestrators write to, through a fencing adapter.
 
-This is what fencing tokens are for: a leader that was paused with a write
-already in flight has a lower token than its successor, so its late write
-is refused here even though it believed it still led. SQLite, one file,
-safe for several writer processes (BEGIN IMMEDIATE serialises them).
+A store is named by one string, ``--store`` of the toy orchestrator: a
+``postgresql://`` URL (``sidecar.fencing.adapters.postgres``) or else a
+SQLite file (``sidecar.fencing.adapters.sqlite``). Both refuse a token lower
+than the highest they have seen and keep every write, refused ones
+included, in a history the checker reads.
+
+``HarnessStore`` is what the demo and the fault campaign start for them:
+a file in their work dir (``sqlite``), or a throwaway PostgreSQL server
+(``postgres``), so that "stale writes accepted: 0" is measured on a real
+database.
 """
 
 from __future__ import annotations
 
-import sqlite3
-import time
-from dataclasses import dataclass
+import asyncio
+import concurrent.futures
 from pathlib import Path
+from typing import Any
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS fence (id INTEGER PRIMARY KEY CHECK (id = 1), max_token INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS records (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    token INTEGER NOT NULL,
-    writer TEXT NOT NULL,
-    mono REAL NOT NULL,
-    accepted INTEGER NOT NULL
-);
-INSERT OR IGNORE INTO fence (id, max_token) VALUES (1, 0);
-"""
+from sidecar.fencing.adapters.base import Fence, Write
+from sidecar_harness.localpg import LocalPostgres
+
+KINDS = ("sqlite", "postgres")
+RESOURCE = "toy-orchestrators"  # the one fenced resource the toys share
 
 
-@dataclass(frozen=True)
-class Record:
-    seq: int
-    token: int
-    writer: str
-    mono: float
-    accepted: bool
+def is_postgres(spec: str) -> bool:
+    return spec.startswith(("postgresql://", "postgres://"))
 
 
-class FencedStore:
-    def __init__(self, path: str | Path) -> None:
-        self.conn = sqlite3.connect(str(path), timeout=10, isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.executescript(SCHEMA)
+async def open_store(spec: str) -> Fence[Any]:
+    if is_postgres(spec):
+        from sidecar.fencing.adapters.postgres import PostgresFence
 
-    def write(self, token: int, writer: str) -> bool:
-        """Append one record stamped with ``token``; False if the fence refused it."""
-        mono = time.clock_gettime(time.CLOCK_MONOTONIC)
-        cur = self.conn.cursor()
-        cur.execute("BEGIN IMMEDIATE")
+        return await PostgresFence.connect(spec, RESOURCE)
+    from sidecar.fencing.adapters.sqlite import SqliteFence
+
+    return SqliteFence(spec)
+
+
+def read_history(spec: str | Path) -> list[Write]:
+    """Every write the store saw, oldest first ([] if a SQLite file was never created)."""
+    spec = str(spec)
+    if not is_postgres(spec) and not Path(spec).exists():
+        return []
+
+    async def read() -> list[Write]:
+        store = await open_store(spec)
         try:
-            (highest,) = cur.execute("SELECT max_token FROM fence WHERE id = 1").fetchone()
-            accepted = token >= highest
-            if accepted and token > highest:
-                cur.execute("UPDATE fence SET max_token = ? WHERE id = 1", (token,))
-            cur.execute(
-                "INSERT INTO records (token, writer, mono, accepted) VALUES (?, ?, ?, ?)",
-                (token, writer, mono, int(accepted)),
-            )
-            cur.execute("COMMIT")
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
-        return bool(accepted)
+            return await store.history()
+        finally:
+            await store.close()
 
-    def records(self) -> list[Record]:
-        rows = self.conn.execute("SELECT seq, token, writer, mono, accepted FROM records ORDER BY seq").fetchall()
-        return [Record(seq, token, writer, mono, bool(acc)) for seq, token, writer, mono, acc in rows]
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(read())
+    # Called from a coroutine (the campaign's report): a loop of its own, in a thread.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, read()).result()
 
-    def close(self) -> None:
-        self.conn.close()
+
+class HarnessStore:
+    """The fenced store of one demo or campaign run: started, named, stopped."""
+
+    def __init__(self, kind: str, workdir: Path) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown fenced store {kind!r}; known: {', '.join(KINDS)}")
+        self.kind = kind
+        self.workdir = workdir
+        self.server: LocalPostgres | None = None
+
+    @property
+    def spec(self) -> str:
+        if self.server is not None:
+            return self.server.dsn
+        return str(self.workdir / "fenced-store.db")
+
+    def start(self) -> str:
+        if self.kind == "postgres" and self.server is None:
+            self.server = LocalPostgres().start()
+        return self.spec
+
+    def describe(self) -> str:
+        return f"PostgreSQL at {self.spec}" if self.server is not None else f"SQLite file {self.spec}"
+
+    def stop(self) -> None:
+        """Stop a server we started (after the checker has read it)."""
+        if self.server is not None:
+            self.server.stop()
+            self.server = None

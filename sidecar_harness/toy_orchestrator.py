@@ -18,22 +18,26 @@ so tests can show that the sidecar and its watchdog stop it anyway. So do:
   acting with the last token (a ``--kill-peer`` client that hides).
 
     python -m sidecar_harness.toy_orchestrator --store S.db --record R.jsonl
+    python -m sidecar_harness.toy_orchestrator --store postgresql://... --record R.jsonl
     (socket and token come from ELECTION_SOCKET / ELECTION_TOKEN under the sidecar)
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sidecar.fencing.adapters.base import StaleToken
 from sidecar.fencing.client import BlockingGrantClient, monotonic
-from sidecar_harness.fenced_store import FencedStore
+from sidecar_harness.fenced_store import open_store
 
 
 class Recorder:
@@ -71,7 +75,7 @@ def escape(how: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--socket", default=os.environ.get("ELECTION_SOCKET", ""))
-    ap.add_argument("--store", required=True, help="fenced store (SQLite file)")
+    ap.add_argument("--store", required=True, help="fenced store: a SQLite file or a postgresql:// URL")
     ap.add_argument("--record", required=True, help="where to append what this process did (JSON lines)")
     ap.add_argument("--id", default=os.environ.get("ELECTION_ID", f"toy-{os.getpid()}"))
     ap.add_argument("--interval", type=float, default=0.02)
@@ -95,10 +99,14 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     record("start", env_token=os.environ.get("ELECTION_TOKEN"))
-    store = FencedStore(args.store)
+    return asyncio.run(act(args, record, lambda: stop))
+
+
+async def act(args: argparse.Namespace, record: Recorder, stopped: Callable[[], bool]) -> int:
+    store = await open_store(args.store)
     client = None if args.no_self_fence else connect(args.socket)
     env_token = int(os.environ.get("ELECTION_TOKEN", "0"))
-    while not stop:
+    while not stopped():
         valid_until = None
         if client is not None and args.close_socket_on_revoke and env_token and client.current() is None:
             # Revoked: hang up, then go on acting with the token we last held.
@@ -118,14 +126,17 @@ def main(argv: list[str] | None = None) -> int:
             # `mono` is taken after the check passed: the moment this process
             # acted believing it led. The checker proves these never overlap.
             record("act", token=token, mono=now, valid_until=valid_until)
-            accepted = store.write(token, args.id)
-            if not accepted:
+            try:
+                async with store.transaction(token, args.id):
+                    pass  # the write is the store's own history entry, stamped with the token
+            except StaleToken:
                 record("refused", token=token)
         elif client is not None and client.closed.is_set():
             record("sidecar_gone")
             break
-        time.sleep(args.interval)
+        await asyncio.sleep(args.interval)
     record("exit")
+    await store.close()
     return 0
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from sidecar_harness.localetcd import EtcdNotFound, LocalEtcd
+from sidecar_harness.localpg import LocalPostgres, PostgresNotFound
 from sidecar_harness.localzk import LocalZooKeeper, ZooKeeperNotFound
 
 ETCD_IMAGE = "quay.io/coreos/etcd:v3.5.17"
@@ -140,6 +141,20 @@ def zookeeper() -> Iterator[ZkServer]:
 def zk_ensemble() -> Iterator[ZkServer]:
     """A fresh 3-server loopback ensemble per test: tests kill its servers."""
     yield from _local_zk(3)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[LocalPostgres]:
+    """One PostgreSQL server (Debian's package) shared by the session; tests use unique resource names."""
+    try:
+        pg = LocalPostgres().start()
+    except PostgresNotFound as exc:
+        missing(str(exc))
+        raise
+    try:
+        yield pg
+    finally:
+        pg.stop()
 
 
 @pytest.fixture

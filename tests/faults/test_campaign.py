@@ -39,13 +39,17 @@ def test_etcd_campaign_of_30_faults_passes(etcd: Any, tmp_path: Path, measure: A
 
 
 @pytest.mark.timeout(900)
-def test_zookeeper_campaign_of_10_faults_passes(zookeeper: Any, tmp_path: Path, measure: Any) -> None:
+def test_zookeeper_campaign_of_10_faults_passes(zookeeper: Any, postgres: Any, tmp_path: Path, measure: Any) -> None:
+    """Its orchestrators write to PostgreSQL: "stale writes accepted 0" measured on a real database."""
     report = tmp_path / "report.json"
-    code, out = validate("--backend", "zookeeper", "--faults", "10", "--report", str(report))
+    code, out = validate(
+        "--backend", "zookeeper", "--faults", "10", "--fenced-store", "postgres", "--report", str(report)
+    )  # fmt: skip
     print(out)
     assert code == 0, out
     r = json.loads(report.read_text())
     assert r["verdict"] == "PASS" and not r["violations"]
+    assert r["fenced_store"] == "postgres" and r["checker"]["writes_accepted"] > 0
     measure("campaign ZooKeeper (10 faults)", f"seed {r['seed']}, failover {r['failover_s']}")
 
 

@@ -11,12 +11,18 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.parametrize("backend", ["etcd", "zookeeper"])
-def test_demo_fails_over_three_ways_and_leaves_nothing_behind(backend: str, request: pytest.FixtureRequest) -> None:
+# Each backend once, and each fenced store once (PostgreSQL: stale writes measured on a real database).
+@pytest.mark.parametrize(("backend", "fenced_store"), [("etcd", "sqlite"), ("zookeeper", "postgres")])
+def test_demo_fails_over_three_ways_and_leaves_nothing_behind(
+    backend: str, fenced_store: str, request: pytest.FixtureRequest
+) -> None:
     request.getfixturevalue("etcd" if backend == "etcd" else "zookeeper")  # fails in CI if the server is missing
+    if fenced_store == "postgres":
+        request.getfixturevalue("postgres")
     before = set(Path("/tmp").glob("election-sidecar-*"))
     res = subprocess.run(
-        [sys.executable, "-m", "sidecar", "demo", "--backend", backend, "--duration", "8"],
+        [sys.executable, "-m", "sidecar", "demo", "--backend", backend, "--fenced-store", fenced_store,
+         "--duration", "8"],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     out = res.stdout

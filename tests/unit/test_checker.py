@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
+from sidecar.fencing.adapters.base import StaleToken
+from sidecar.fencing.adapters.sqlite import SqliteFence
 from sidecar_harness.checker import check
-from sidecar_harness.fenced_store import FencedStore
 
 
 def write(path: Path, *acts: tuple[int, int, float]) -> None:
@@ -39,20 +41,34 @@ def test_token_must_grow_and_acts_must_precede_the_deadline(tmp_path: Path) -> N
     assert any("after its grant deadline" in x for x in v.violations)
 
 
+def accepted(store: SqliteFence, token: int, writer: str) -> bool:
+    """One empty fenced write, as the toy orchestrator makes them."""
+
+    async def write() -> bool:
+        try:
+            async with store.transaction(token, writer):
+                pass
+        except StaleToken:
+            return False
+        return True
+
+    return asyncio.run(write())
+
+
 def test_fenced_store_refuses_lower_tokens_and_checker_counts_them(tmp_path: Path) -> None:
-    store = FencedStore(tmp_path / "s.db")
-    assert store.write(5, "a") and store.write(7, "b") and store.write(7, "b")
-    assert not store.write(5, "a")  # the paused old leader's late write
-    store.close()
+    store = SqliteFence(tmp_path / "s.db")
+    assert accepted(store, 5, "a") and accepted(store, 7, "b") and accepted(store, 7, "b")
+    assert not accepted(store, 5, "a")  # the paused old leader's late write
+    store.conn.close()
     v = check([], tmp_path / "s.db")
     assert v.ok and v.accepted == 3 and v.refused == 1
 
 
 def test_a_stale_write_that_got_through_is_a_violation(tmp_path: Path) -> None:
-    store = FencedStore(tmp_path / "s.db")
-    store.write(7, "b")
+    store = SqliteFence(tmp_path / "s.db")
+    accepted(store, 7, "b")
     # Simulate a store without a fence: insert a stale accepted record directly.
     store.conn.execute("INSERT INTO records (token, writer, mono, accepted) VALUES (5, 'a', 0, 1)")
-    store.close()
+    store.conn.close()
     v = check([], tmp_path / "s.db")
     assert not v.ok and "stale write accepted" in v.violations[0]
