@@ -62,7 +62,8 @@ def validate(
     freezes, resigns, store member and quorum loss, partitions, slow links);
     exits 0 only if the checker finds no violation.
     """
-    from sidecar_harness.faults import CATALOGUE, run_campaign
+    from sidecar_harness.catalogue import CATALOGUE
+    from sidecar_harness.faults import run_campaign
 
     kinds = [k.strip() for k in only.split(",") if k.strip()] or None
     unknown = sorted(set(kinds or []) - set(CATALOGUE[backend]))

@@ -21,9 +21,7 @@ fault type, failover distributions, as a table and as JSON.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import random
 import shutil
 import signal
@@ -31,7 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +38,7 @@ from sidecar.backends import connect
 from sidecar.backends.base import BackendError
 from sidecar.clock import MonotonicClock
 from sidecar.config import Config
-from sidecar.fencing.oneshot import request
+from sidecar_harness.catalogue import BY_KIND, CATALOGUE, TTL
 from sidecar_harness.checker import check
 from sidecar_harness.fenced_store import HarnessStore
 from sidecar_harness.fleet import FAST_TIMING, SidecarProcess, claiming, harness_process, statuses
@@ -48,19 +46,7 @@ from sidecar_harness.localetcd import LocalEtcd
 from sidecar_harness.localzk import LocalZooKeeper
 from sidecar_harness.proxy import FaultProxy
 
-TTL = FAST_TIMING["ttl"]
 SAMPLE = 0.05
-
-CATALOGUE = {
-    "etcd": [
-        "sidecar-kill", "sidecar-stop", "orchestrator-kill", "orchestrator-stop", "resign",
-        "member-kill", "leader-member-kill", "quorum-loss", "partition", "slow-link",
-    ],
-    "zookeeper": [
-        "sidecar-kill", "zk-session-expiry", "orchestrator-kill", "orchestrator-stop", "resign",
-        "member-kill", "leader-member-kill", "quorum-loss", "partition", "slow-link",
-    ],
-}  # fmt: skip
 
 
 @dataclass
@@ -220,99 +206,6 @@ class Campaign:
     def leader_sidecar(self, name: str | None) -> SidecarProcess | None:
         return next((s for s in self.sidecars if s.candidate == name), None)
 
-    # -- the catalogue ----------------------------------------------------
-
-    async def inject(
-        self, kind: str, leader: SidecarProcess | None, view: dict[str, Any] | None
-    ) -> tuple[str, Callable[[], Awaitable[None]], float]:
-        """Apply a fault; return (target, heal, hold seconds)."""
-        hold_long = TTL + 1.0
-        cluster = self.cluster
-
-        async def nothing() -> None:
-            return None
-
-        if kind == "sidecar-kill" and leader:
-            leader.signal(signal.SIGKILL)
-
-            async def restart() -> None:
-                if leader.proc is not None:
-                    await asyncio.to_thread(leader.proc.wait)
-                leader.start(self.sidecar_env)
-                await asyncio.to_thread(leader.wait_socket)
-
-            return leader.candidate, restart, hold_long
-        if kind in ("sidecar-stop", "zk-session-expiry") and leader:
-            leader.signal(signal.SIGSTOP)
-            self.frozen.add(leader.candidate)
-
-            async def cont() -> None:
-                leader.signal(signal.SIGCONT)
-                self.frozen.discard(leader.candidate)
-
-            return leader.candidate, cont, hold_long + (1.0 if kind == "zk-session-expiry" else 0.0)
-        if kind in ("orchestrator-kill", "orchestrator-stop") and leader and view:
-            pid = (view.get("orchestrator") or {}).get("pid")
-            if not pid:
-                return "none", nothing, 0.0
-            sig = signal.SIGKILL if kind == "orchestrator-kill" else signal.SIGSTOP
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                return "gone", nothing, 0.0
-
-            async def cont_child() -> None:
-                if sig == signal.SIGSTOP:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGCONT)
-
-            return f"{leader.candidate}/orchestrator", cont_child, 1.0
-        if kind == "resign" and leader:
-            with contextlib.suppress(OSError, ValueError):
-                await asyncio.to_thread(request, str(leader.socket_path), {"type": "resign"}, 2.0)
-            return leader.candidate, nothing, 0.0
-        if kind in ("member-kill", "leader-member-kill"):
-            raft_leader = await asyncio.to_thread(cluster.leader)
-            members = [m for m in cluster.members if getattr(m, "alive", False)]
-            if kind == "leader-member-kill":
-                victims = [raft_leader] if raft_leader else members[:1]
-            else:
-                others = [m for m in members if m is not raft_leader] or members
-                victims = [self.rng.choice(others)]
-            return await self._kill_members(victims, 1.0)
-        if kind == "quorum-loss":
-            members = [m for m in cluster.members if getattr(m, "alive", False)]
-            victims = self.rng.sample(members, 2)
-            return await self._kill_members(victims, hold_long)
-        if kind in ("partition", "slow-link"):
-            victim = leader if (leader and kind == "partition") else self.rng.choice(self.sidecars)
-            proxies = self.proxies[victim.candidate]
-            for p in proxies:
-                if kind == "partition":
-                    p.partition()
-                else:
-                    p.slow(0.3)
-
-            async def heal_links() -> None:
-                for p in proxies:
-                    p.heal()
-
-            return victim.candidate, heal_links, hold_long if kind == "partition" else 2.0
-        return "none", nothing, 0.0
-
-    async def _kill_members(self, victims: list[Any], hold: float) -> tuple[str, Callable[[], Awaitable[None]], float]:
-        cluster = self.cluster
-        for m in victims:
-            await asyncio.to_thread(cluster.kill, m)  # type: ignore[arg-type]
-
-        async def restart() -> None:
-            for m in victims:
-                await asyncio.to_thread(cluster.start_member, m)  # type: ignore[arg-type]
-            await asyncio.to_thread(cluster.wait_healthy, 60.0)
-
-        names = ",".join(str(getattr(m, "name", getattr(m, "myid", "?"))) for m in victims)
-        return f"store {names}", restart, hold
-
     # -- the run ----------------------------------------------------------
 
     async def one(self, n: int, kind: str) -> FaultResult:
@@ -320,9 +213,10 @@ class Campaign:
         leader, view = claim[0] if len(claim) == 1 else (None, None)
         r = FaultResult(n, kind, "", leader.candidate if leader else None, int(view["token"]) if view else None)
         t0 = time.monotonic()
-        r.target, heal, hold = await self.inject(kind, leader, view)
-        hits_leader = r.target.split("/")[0] == r.leader_before and kind not in ("orchestrator-stop", "slow-link")
-        hits_leader = hits_leader or kind in ("resign", "orchestrator-kill")
+        fault = BY_KIND[kind]
+        injected = await fault.inject(self, leader, view)
+        r.target, heal, hold = injected.target, injected.heal, injected.hold
+        hits_leader = fault.moves(r.target, r.leader_before)
         # During the hold, watch for the failover (a different sidecar leading).
         end = t0 + hold
         while time.monotonic() < end or (
