@@ -172,7 +172,7 @@ def validate(cfg: Config, command: Sequence[str] | None = None) -> Config:
     _finite("ttl", cfg.ttl, minimum=0, strict=True)
     _finite("renew_deadline", cfg.renew_deadline, minimum=0, strict=True)
     _finite("retry_interval", cfg.retry_interval, minimum=0, strict=True)
-    _finite("margin", cfg.margin, minimum=0)
+    _finite("margin", cfg.margin, minimum=0, strict=True)  # covers the SIGKILL landing; 0 leaves none
     _finite("kill_grace", cfg.kill_grace, minimum=0)
     _finite("request_timeout", cfg.request_timeout, minimum=0)
     _finite("drift", cfg.drift, minimum=0)

@@ -22,12 +22,20 @@ from sidecar_harness.fenced_store import read_history
 
 @dataclass
 class Interval:
+    """One term of one writer: every act with one token, by any of its processes.
+
+    Keyed by (writer, token), not by pid: an orchestrator's escaped child acts
+    in its parent's term, and a pid reused by another writer can never merge
+    two terms into one and hide an overlap.
+    """
+
     writer: str
-    pid: int
+    pid: int  # the first process seen acting in this term
     token: int
     first: float
     last: float
     acts: int = 0
+    pids: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -68,29 +76,36 @@ def read_records(paths: list[Path]) -> list[dict[str, Any]]:
 
 
 def intervals_of(records: list[dict[str, Any]]) -> list[Interval]:
-    by_key: dict[tuple[int, int], Interval] = {}
+    by_key: dict[tuple[str, int], Interval] = {}
     for r in records:
         if r.get("kind") != "act":
             continue
-        key = (int(r["pid"]), int(r["token"]))
+        key = (str(r["writer"]), int(r["token"]))
         iv = by_key.get(key)
         if iv is None:
-            iv = by_key[key] = Interval(str(r["writer"]), key[0], key[1], r["mono"], r["mono"])
+            iv = by_key[key] = Interval(key[0], int(r["pid"]), key[1], r["mono"], r["mono"])
         iv.first, iv.last = min(iv.first, r["mono"]), max(iv.last, r["mono"])
         iv.acts += 1
+        iv.pids.add(int(r["pid"]))
     return sorted(by_key.values(), key=lambda iv: iv.first)
 
 
-def check(record_files: list[Path], store: Path | str | None = None) -> Verdict:
-    """``store``: the fenced store's spec (a SQLite file or a postgresql:// URL), if any."""
+def check(record_files: list[Path], store: Path | str | None = None, *, min_terms: int = 1) -> Verdict:
+    """``store``: the fenced store's spec (a SQLite file or a postgresql:// URL), if any.
+
+    ``min_terms``: fewer terms than this is a failure, not a pass: a run in
+    which nobody acted (or, with 2, no leadership ever moved) proves nothing.
+    """
     records = read_records(record_files)
     v = Verdict(intervals=intervals_of(records))
+    if len(v.intervals) < min_terms:
+        v.violations.append(
+            f"only {len(v.intervals)} orchestrator term(s) acted, expected at least {min_terms}: the run proves nothing"
+        )
     for r in records:
         if r.get("kind") == "act" and r.get("valid_until") is not None and r["mono"] >= r["valid_until"]:
             v.violations.append(f"{r['writer']} (pid {r['pid']}) acted after its grant deadline")
     for prev, nxt in zip(v.intervals, v.intervals[1:], strict=False):
-        if nxt.pid == prev.pid:
-            continue
         gap = nxt.first - prev.last
         v.gaps.append(gap)
         if gap <= 0:
@@ -103,7 +118,7 @@ def check(record_files: list[Path], store: Path | str | None = None) -> Verdict:
     # Any two intervals of different processes, not only neighbours, must be apart.
     for i, a in enumerate(v.intervals):
         for b in v.intervals[i + 2 :]:
-            if b.pid != a.pid and b.first <= a.last:
+            if b.first <= a.last:
                 v.violations.append(f"overlap: {a.writer} token {a.token} and {b.writer} token {b.token}")
     if store is not None:
         highest = 0

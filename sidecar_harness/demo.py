@@ -84,7 +84,7 @@ class Demo:
         return self.fenced.spec
 
     def verdict(self) -> tuple[bool, str]:
-        records = check(sorted(self.workdir.glob("orchestrator-*.jsonl")), self.store)
+        records = check(sorted(self.workdir.glob("orchestrator-*.jsonl")), self.store, min_terms=2)
         problems = self.w.problems + records.violations
         gap = min(records.gaps) * 1000 if records.gaps else float("nan")
         text = (

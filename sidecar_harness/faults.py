@@ -272,7 +272,7 @@ class Campaign:
         return self.report()
 
     def report(self) -> dict[str, Any]:
-        v = check(sorted(self.workdir.glob("s*.jsonl")), self.store_path)
+        v = check(sorted(self.workdir.glob("s*.jsonl")), self.store_path, min_terms=2)
         violations = list(v.violations) + list(self.disagreements)
         for r in self.results:
             violations += [f"fault {r.n} ({r.kind}): {p}" for p in r.problems]

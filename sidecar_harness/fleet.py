@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import sys
 import time
 from collections.abc import Collection
@@ -62,7 +63,11 @@ class SidecarProcess:
     extra_args: list[str] = field(default_factory=list)
     command: list[str] = field(default_factory=list)
     http_port: int = 0  # 0: no HTTP endpoints
+    # Log through a pipe that a relay thread copies to the log file, so a
+    # fault can stall it (a log collector that stopped reading).
+    log_relay: bool = False
     proc: subprocess.Popen[bytes] | None = None
+    _relay_open: threading.Event = field(default_factory=threading.Event)
 
     @property
     def socket_path(self) -> Path:
@@ -101,7 +106,7 @@ class SidecarProcess:
         try:
             self.proc = subprocess.Popen(
                 self.argv(),
-                stdout=log,
+                stdout=subprocess.PIPE if self.log_relay else log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
@@ -109,7 +114,43 @@ class SidecarProcess:
             )
         finally:
             log.close()
+        if self.log_relay:
+            self._relay_open.set()
+            threading.Thread(target=self._relay, args=(self.proc,), daemon=True, name=f"log-{self.candidate}").start()
         return self
+
+    def _relay(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        with self.log_path.open("ab") as log:
+            while True:
+                self._relay_open.wait()
+                chunk = proc.stdout.read1(65536)
+                if not chunk:
+                    return
+                log.write(chunk)
+                log.flush()
+
+    def stall_log(self) -> int:
+        """Stop reading the log pipe and fill it: the next write to it blocks.
+
+        Returns the bytes written to fill it (through /proc: the pipe's
+        write end, opened non-blocking, until the kernel refuses more).
+        """
+        self._relay_open.clear()
+        filled = 0
+        fd = os.open(f"/proc/{self.pid}/fd/2", os.O_WRONLY | os.O_NONBLOCK)
+        try:
+            line = b'{"event": "harness_log_filler"}\n' * 64
+            while True:
+                try:
+                    filled += os.write(fd, line)
+                except BlockingIOError:
+                    return filled
+        finally:
+            os.close(fd)
+
+    def resume_log(self) -> None:
+        self._relay_open.set()
 
     @property
     def alive(self) -> bool:

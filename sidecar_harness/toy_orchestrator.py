@@ -16,6 +16,9 @@ so tests can show that the sidecar and its watchdog stop it anyway. So do:
   that tracks every descendant (cgroup or subreaper) reaches it.
 * ``--close-socket-on-revoke``: on ``revoke`` close the socket and keep
   acting with the last token (a ``--kill-peer`` client that hides).
+* SIGUSR1 (the campaign's ``orchestrator-escape`` fault): start, from now on,
+  a child in a new session that ignores SIGTERM and acts on ELECTION_TOKEN
+  until killed, recording as this writer.
 
     python -m sidecar_harness.toy_orchestrator --store S.db --record R.jsonl
     python -m sidecar_harness.toy_orchestrator --store postgresql://... --record R.jsonl
@@ -29,6 +32,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -97,7 +101,16 @@ def main(argv: list[str] | None = None) -> int:
         if not args.ignore_sigterm:
             stop = True
 
+    def on_usr1(signum: int, frame: object) -> None:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "sidecar_harness.toy_orchestrator", "--store", args.store,
+             "--record", args.record, "--id", args.id, "--no-self-fence", "--ignore-sigterm"],
+            start_new_session=True,  # setsid(): out of our process group and session
+        )  # fmt: skip
+        record("escaped_child", child=child.pid)
+
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGUSR1, on_usr1)
     record("start", env_token=os.environ.get("ELECTION_TOKEN"))
     return asyncio.run(act(args, record, lambda: stop))
 

@@ -60,7 +60,7 @@ def test_fenced_store_refuses_lower_tokens_and_checker_counts_them(tmp_path: Pat
     assert accepted(store, 5, "a") and accepted(store, 7, "b") and accepted(store, 7, "b")
     assert not accepted(store, 5, "a")  # the paused old leader's late write
     store.conn.close()
-    v = check([], tmp_path / "s.db")
+    v = check([], tmp_path / "s.db", min_terms=0)
     assert v.ok and v.accepted == 3 and v.refused == 1
 
 
@@ -70,5 +70,39 @@ def test_a_stale_write_that_got_through_is_a_violation(tmp_path: Path) -> None:
     # Simulate a store without a fence: insert a stale accepted record directly.
     store.conn.execute("INSERT INTO records (token, writer, mono, accepted) VALUES (5, 'a', 0, 1)")
     store.conn.close()
-    v = check([], tmp_path / "s.db")
+    v = check([], tmp_path / "s.db", min_terms=0)
     assert not v.ok and "stale write accepted" in v.violations[0]
+
+
+def _acts(path: Path, writer: str, pid: int, token: int, times: list[float]) -> Path:
+    with path.open("a") as f:
+        for t in times:
+            f.write(json.dumps({"kind": "act", "writer": writer, "pid": pid, "token": token, "mono": t}) + "\n")
+    return path
+
+
+def test_a_run_with_no_act_or_no_failover_proves_nothing(tmp_path: Path) -> None:
+    assert not check([]).ok, "zero acts passed"
+    one = _acts(tmp_path / "a.jsonl", "a", 10, 5, [1.0, 2.0])
+    assert check([one]).ok
+    v = check([one], min_terms=2)
+    assert not v.ok and "proves nothing" in v.violations[0]
+
+
+def test_terms_are_keyed_by_writer_and_token_not_pid(tmp_path: Path) -> None:
+    # An escaped child acting in its parent's term is the same term, not an overlap...
+    a = _acts(tmp_path / "a.jsonl", "a", 10, 5, [1.0, 2.0])
+    _acts(a, "a", 11, 5, [1.5, 2.5])
+    b = _acts(tmp_path / "b.jsonl", "b", 20, 7, [3.0, 4.0])
+    v = check([a, b], min_terms=2)
+    assert v.ok, v.violations
+    assert [iv.pids for iv in v.intervals] == [{10, 11}, {20}]
+    # ...but the escaped child acting after the successor started is caught,
+    _acts(a, "a", 11, 5, [3.5])
+    assert any("overlap" in x for x in check([a, b]).violations)
+
+
+def test_a_reused_pid_cannot_hide_a_neighbour(tmp_path: Path) -> None:
+    a = _acts(tmp_path / "a.jsonl", "a", 10, 5, [1.0, 3.0])
+    b = _acts(tmp_path / "b.jsonl", "b", 10, 7, [2.0, 4.0])  # pid 10 reused by another writer
+    assert any("overlap" in x for x in check([a, b]).violations)

@@ -26,6 +26,7 @@ def test_defaults_are_safe() -> None:
         ({"retry_interval": 5}, "retry_interval", "1.2 * retry_interval"),
         ({"kill_grace": 4}, "renew_deadline", "kill_grace + margin"),
         ({"margin": 4}, "renew_deadline", "kill_grace + margin"),
+        ({"margin": 0}, "margin", "must be > 0"),
         ({"drift": 0.2}, "drift", "below 0.1"),
         ({"drift": -0.1}, "drift", ">= 0"),
         ({"ttl": float("nan")}, "ttl", "finite"),
