@@ -306,17 +306,31 @@ class Watchdog:
         self._on_lost = on_lost
         self._watcher: asyncio.Task[None] | None = None
         self._closing = False
+        # Read end of the dead man's pipe: only the watchdog holds the write end,
+        # so orchestrators spawned with it die with the watchdog (sidecar/spawn.py).
+        self.guard_fd = -1
 
     async def start(self) -> None:
         self._closing = False
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-I",  # no user site, no PYTHON* env, not our directory on sys.path
-            "-S",  # no site: it imports only what it needs
-            WATCHDOG,
-            stdin=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
+        guard_r, guard_w = os.pipe()
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-I",  # no user site, no PYTHON* env, not our directory on sys.path
+                "-S",  # no site: it imports only what it needs
+                WATCHDOG,
+                stdin=asyncio.subprocess.PIPE,
+                start_new_session=True,
+                pass_fds=(guard_w,),
+            )
+        except BaseException:
+            os.close(guard_r)
+            raise
+        finally:
+            os.close(guard_w)  # from now on the watchdog holds the only write end
+        if self.guard_fd >= 0:
+            os.close(self.guard_fd)
+        self.guard_fd = guard_r
         self._watcher = asyncio.create_task(self._watch(self.proc), name="watchdog-exit")
 
     async def _watch(self, proc: asyncio.subprocess.Process) -> None:
@@ -454,9 +468,11 @@ class Supervisor:
             how = ["cgroup", cgroup.path]
         else:
             how = ["subreaper"]
+        guard = self.watchdog.guard_fd if self._guarded() and self.watchdog.alive else -1
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-I", "-S", SPAWN, *how, "--", *self.command, env=env, start_new_session=True
-        )
+            sys.executable, "-I", "-S", SPAWN, *(["--guard", str(guard)] if guard >= 0 else []), *how,
+            "--", *self.command, env=env, start_new_session=True, pass_fds=(guard,) if guard >= 0 else (),
+        )  # fmt: skip
         tree = Tree(proc, cgroup)
         self.log.info(
             "orchestrator_started",

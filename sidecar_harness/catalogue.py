@@ -13,8 +13,10 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from sidecar.fencing.oneshot import request
@@ -58,6 +60,8 @@ class Fault:
     backends: tuple[str, ...] = ("etcd", "zookeeper")
 
     def moves(self, target: str, leader: str | None) -> bool:
+        if target in ("none", "gone"):
+            return False  # nothing was injected
         if self.failover == "always":
             return True
         return self.failover == "if-leader" and leader is not None and target.split("/", maxsplit=1)[0] == leader
@@ -125,6 +129,111 @@ def _signal_orchestrator(sig: int) -> Inject:
         return Injected(f"{leader.candidate}/orchestrator", cont, 1.0)
 
     return hit
+
+
+def _watchdog_of(sidecar: SidecarProcess) -> int | None:
+    """The pid of the sidecar's watchdog: its child running watchdog.py."""
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+            cmdline = Path(entry.path, "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rfind(")") + 2 :].split()[1])
+        if ppid == sidecar.pid and b"watchdog.py" in cmdline:
+            return int(entry.name)
+    return None
+
+
+def _watchdog_kill(freeze_sidecar: bool) -> Inject:
+    """Issue 13, item 1: the leader's watchdog dies (alone, or with its sidecar frozen)."""
+
+    async def kill(c: Campaign, leader: SidecarProcess | None, view: View) -> Injected:
+        pid = _watchdog_of(leader) if leader is not None else None
+        if leader is None or pid is None:
+            return NOTHING
+        os.kill(pid, signal.SIGKILL)
+        if not freeze_sidecar:
+            return Injected(f"{leader.candidate}/watchdog", hold=1.0)
+        leader.signal(signal.SIGSTOP)
+        c.frozen.add(leader.candidate)
+
+        async def cont() -> None:
+            leader.signal(signal.SIGCONT)
+            c.frozen.discard(leader.candidate)
+
+        return Injected(f"{leader.candidate}/watchdog+sidecar", cont, HOLD_LONG)
+
+    return kill
+
+
+async def orchestrator_escape(c: Campaign, leader: SidecarProcess | None, view: View) -> Injected:
+    """Issue 13, item 3: the orchestrator starts a setsid() child that ignores SIGTERM and
+    acts on its token until killed; then leadership moves. Only a stop path that tracks
+    every descendant stops it before the successor acts."""
+    pid = ((view or {}).get("orchestrator") or {}).get("pid")
+    if leader is None or not pid:
+        return NOTHING
+    os.kill(pid, signal.SIGUSR1)
+    await asyncio.sleep(0.5)  # let the escaped child start acting
+    with contextlib.suppress(OSError, ValueError):
+        await asyncio.to_thread(request, str(leader.socket_path), {"type": "resign"}, 2.0)
+    return Injected(f"{leader.candidate}/escaped-child", hold=1.0)
+
+
+async def revoke_race(c: Campaign, leader: SidecarProcess | None, view: View) -> Injected:
+    """Issue 13, item 4: socket clients connect while the leader revokes. One that kept
+    the old grant without the revoke would act beside the successor."""
+    if leader is None:
+        return NOTHING
+    late = [
+        await asyncio.create_subprocess_exec(
+            *c.toy_argv(leader.candidate, "--socket", str(leader.socket_path), record=f"{leader.candidate}-late{i}"),
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+        )
+        for i in range(3)
+    ]
+    await asyncio.sleep(0.12)  # about a Python start-up: they connect while the revoke goes out
+    with contextlib.suppress(OSError, ValueError):
+        await asyncio.to_thread(request, str(leader.socket_path), {"type": "resign"}, 2.0)
+
+    async def stop_late() -> None:
+        for proc in late:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+    return Injected(f"{leader.candidate}/late-clients", stop_late, 1.5)
+
+
+async def log_stall(c: Campaign, leader: SidecarProcess | None, view: View) -> Injected:
+    """Issue 13, item 6: the log pipe the sidecar and its watchdog share stops draining,
+    then the sidecar freezes: the watchdog must still kill on time."""
+    if leader is None:
+        return NOTHING
+    await asyncio.to_thread(leader.stall_log)
+    leader.signal(signal.SIGSTOP)
+    c.frozen.add(leader.candidate)
+
+    async def heal() -> None:
+        leader.resume_log()
+        leader.signal(signal.SIGCONT)
+        c.frozen.discard(leader.candidate)
+
+    return Injected(f"{leader.candidate}/log-pipe", heal, HOLD_LONG)
+
+
+async def peer_hides(c: Campaign, leader: SidecarProcess | None, view: View) -> Injected:
+    """Issue 13, item 5: a --kill-peer leader resigns; its orchestrator hangs up on the
+    revoke and goes on acting. Only the pidfd taken at its ack reaches it."""
+    if leader is None or leader.candidate not in c.peer_toys:
+        return NOTHING
+    with contextlib.suppress(OSError, ValueError):
+        await asyncio.to_thread(request, str(leader.socket_path), {"type": "resign"}, 2.0)
+    return Injected(f"{leader.candidate}/peer", hold=1.0)
 
 
 # -- the store ----------------------------------------------------------------
@@ -197,6 +306,12 @@ FAULTS: list[Fault] = [
     Fault("quorum-loss", quorum_loss),
     Fault("partition", _links("partition")),
     Fault("slow-link", _links("slow"), failover="never"),
+    Fault("watchdog-kill", _watchdog_kill(freeze_sidecar=False), failover="always"),
+    Fault("watchdog-kill-sidecar-stop", _watchdog_kill(freeze_sidecar=True)),
+    Fault("orchestrator-escape", orchestrator_escape, failover="always"),
+    Fault("revoke-race", revoke_race, failover="always"),
+    Fault("log-stall", log_stall),
+    Fault("peer-hides", peer_hides, failover="always"),
 ]
 BY_KIND: dict[str, Fault] = {f.kind: f for f in FAULTS}
 CATALOGUE: dict[str, list[str]] = {

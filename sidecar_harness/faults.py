@@ -26,6 +26,7 @@ import random
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -111,6 +112,7 @@ class Campaign:
         self.disagreements: list[str] = []
         self.samples = 0
         self.frozen: set[str] = set()  # SIGSTOPped: not asked, they cannot answer
+        self.peer_toys: dict[str, subprocess.Popen[bytes] | None] = {}  # --kill-peer sidecars' orchestrators
         self.election: Any = None
         self.fenced = HarnessStore(fenced_store, self.workdir)
 
@@ -138,26 +140,51 @@ class Campaign:
                 await p.start()
                 proxies.append(p)
             self.proxies[name] = proxies
-            toy = [
-                sys.executable, "-m", "sidecar_harness.toy_orchestrator",
-                "--store", self.store_path, "--record", str(self.record_path(name)),
-                *(["--no-self-fence"] if self.broken else []),
-            ]  # fmt: skip
+            peer = i == self.n - 1 and self.n >= 4
+            # One orchestrator (s1) never fences itself and ignores SIGTERM: only the
+            # sidecar's kill path and its watchdog stand between it and an overlap.
+            hostile = ["--no-self-fence", "--ignore-sigterm"] if i == 1 and not self.broken else []
             sc = SidecarProcess(
                 name, self.workdir, [p.address for p in proxies], "campaign", dict(FAST_TIMING),
-                backend=self.backend, command=toy,
+                backend=self.backend, command=[] if peer else self.toy_argv(name, *hostile),
+                extra_args=["--kill-peer"] if peer else [], log_relay=True,
             )  # fmt: skip
             self.sidecars.append(sc)
+            if peer:
+                self.peer_toys[name] = None
             sc.start(self.sidecar_env)
         for sc in self.sidecars:
             await asyncio.to_thread(sc.wait_socket)
+        self.ensure_peer_toys()
         cfg = Config(backend=self.backend, endpoints=tuple(self.cluster.endpoints), election="campaign")
         self._backend = await connect(cfg, MonotonicClock())
         self.election = self._backend.admin("campaign")
 
+    def toy_argv(self, name: str, *extra: str, record: str = "") -> list[str]:
+        return [
+            sys.executable, "-m", "sidecar_harness.toy_orchestrator",
+            "--store", self.store_path, "--record", str(self.record_path(record or name)), "--id", name,
+            *(["--no-self-fence"] if self.broken else []), *extra,
+        ]  # fmt: skip
+
+    def ensure_peer_toys(self) -> None:
+        """(Re)start the orchestrators of the --kill-peer sidecars: socket clients that,
+        on revoke, hang up and go on acting with their last token until killed."""
+        for name, proc in self.peer_toys.items():
+            if proc is not None and proc.poll() is None:
+                continue
+            sock = str(next(sc for sc in self.sidecars if sc.candidate == name).socket_path)
+            argv = self.toy_argv(name, "--socket", sock, "--close-socket-on-revoke", "--ignore-sigterm")
+            self.peer_toys[name] = subprocess.Popen(argv, start_new_session=True, stdin=subprocess.DEVNULL)
+
     async def stop(self) -> None:
+        for proc in self.peer_toys.values():
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                await asyncio.to_thread(proc.wait)
         for sc in self.sidecars:
             sc.signal(signal.SIGCONT)
+            sc.resume_log()
         await asyncio.gather(*(asyncio.to_thread(sc.stop, 10) for sc in self.sidecars))
         for proxies in self.proxies.values():
             for p in proxies:
@@ -231,6 +258,7 @@ class Campaign:
                 break
             await asyncio.sleep(SAMPLE)
         await heal()
+        self.ensure_peer_toys()
         took, r.leader_after, r.token_after = await self.wait_single_leader(TTL + 10)
         r.recovered_s = round(took, 3)
         if r.leader_after is None:
@@ -315,6 +343,7 @@ class Campaign:
 
 
 def render(report: dict[str, Any]) -> str:
+    w = max([20, *(len(k) for k in report["per_fault"])])
     ck = report["checker"]
     overlaps = sum("overlap" in x for x in report["violations"])
     stale = sum("stale write accepted" in x for x in report["violations"])
@@ -326,7 +355,7 @@ def render(report: dict[str, Any]) -> str:
         f"writes accepted {ck['writes_accepted']}, stale writes refused {ck['stale_writes_refused']}, "
         f"stale writes accepted {stale}; store comparisons {report['store_comparisons']}",
         "",
-        f"{'FAULT':<20} {'COUNT':>5} {'PROBLEMS':>8}  {'FAILOVER p50/p99/max s':<26} {'RECOVERY p50/p99/max s':<26}",
+        f"{'FAULT':<{w}} {'COUNT':>5} {'PROBLEMS':>8}  {'FAILOVER p50/p99/max s':<26} {'RECOVERY p50/p99/max s':<26}",
     ]
 
     def d(x: dict[str, float] | None) -> str:
@@ -334,10 +363,10 @@ def render(report: dict[str, Any]) -> str:
 
     for kind, row in report["per_fault"].items():
         lines.append(
-            f"{kind:<20} {row['count']:>5} {row['problems']:>8}  {d(row['failover_s']):<26} {d(row['recovery_s']):<26}"
+            f"{kind:<{w}} {row['count']:>5} {row['problems']:>8}  {d(row['failover_s']):<26} {d(row['recovery_s']):<26}"
         )
     lines.append(
-        f"{'all':<20} {report['faults']:>5} {'':>8}  {d(report['failover_s']):<26} {d(report['recovery_s']):<26}"
+        f"{'all':<{w}} {report['faults']:>5} {'':>8}  {d(report['failover_s']):<26} {d(report['recovery_s']):<26}"
     )
     if report["violations"]:
         lines += ["", "violations:", *(f"  - {v}" for v in report["violations"][:50])]

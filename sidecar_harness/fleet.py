@@ -13,8 +13,8 @@ import os
 import signal
 import socket
 import subprocess
-import threading
 import sys
+import threading
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -124,7 +124,7 @@ class SidecarProcess:
         with self.log_path.open("ab") as log:
             while True:
                 self._relay_open.wait()
-                chunk = proc.stdout.read1(65536)
+                chunk = os.read(proc.stdout.fileno(), 65536)
                 if not chunk:
                     return
                 log.write(chunk)

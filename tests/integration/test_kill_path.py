@@ -194,6 +194,29 @@ def test_watchdog_alone_kills_the_escaped_helper(reap_writers: Path, mechanism: 
             os.kill(info["watchdog"], signal.SIGKILL)
 
 
+@pytest.mark.parametrize("mechanism", mechanisms())
+def test_the_orchestrator_dies_with_its_watchdog_while_the_sidecar_is_frozen(
+    reap_writers: Path, mechanism: str
+) -> None:
+    """Issue 13, item 1 (second half): sidecar frozen, then its watchdog killed. Nothing is
+    left to enforce the deadline, so the orchestrator tree must go with the watchdog
+    (the dead man's pipe in sidecar/spawn.py), long before its 30 s grant ends."""
+    out = reap_writers
+    runner, info = start_runner(out, "setsid", mechanism, valid_for=30.0)
+    try:
+        wait_until(lambda: len(writers(out)) >= 2, 10, what="the orchestrator and its escaped helper writing")
+        os.kill(runner.pid, signal.SIGSTOP)
+        killed_at = now()
+        os.kill(info["watchdog"], signal.SIGKILL)
+        wait_until(lambda: all(gone(p) for p in writers(out)), 10, what="every writer to die with the watchdog")
+        last = max(ns for _, ns in writes(out)) / 1e9
+        assert last < info["deadline"] - 20, "the orchestrator outlived its watchdog until near its deadline"
+        assert last - killed_at < 5
+    finally:
+        runner.kill()
+        runner.wait()
+
+
 async def test_kill_peer_reaches_a_client_that_hung_up_on_revoke(tmp_path: Path) -> None:
     """A --kill-peer client that closes its socket on revoke and keeps acting is still killed."""
     sock = tmp_path / "grant.sock"
