@@ -61,6 +61,10 @@ class FaultResult:
     leader_after: str | None = None
     token_after: int | None = None
     problems: list[str] = field(default_factory=list)
+    # CLOCK_MONOTONIC, like the sidecars' log lines and the orchestrators'
+    # records, so the HTML timeline can draw the fault window among them.
+    injected_mono: float | None = None
+    healed_mono: float | None = None
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -212,7 +216,7 @@ class Campaign:
         claim = await self.claims()
         leader, view = claim[0] if len(claim) == 1 else (None, None)
         r = FaultResult(n, kind, "", leader.candidate if leader else None, int(view["token"]) if view else None)
-        t0 = time.monotonic()
+        t0 = r.injected_mono = time.monotonic()
         fault = BY_KIND[kind]
         injected = await fault.inject(self, leader, view)
         r.target, heal, hold = injected.target, injected.heal, injected.hold
@@ -231,6 +235,7 @@ class Campaign:
                 break
             await asyncio.sleep(SAMPLE)
         await heal()
+        r.healed_mono = time.monotonic()
         took, r.leader_after, r.token_after = await self.wait_single_leader(TTL + 10)
         r.recovered_s = round(took, 3)
         if r.leader_after is None:
