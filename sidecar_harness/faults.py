@@ -352,14 +352,20 @@ def render(report: dict[str, Any]) -> str:
 def run_campaign(
     backend: str, *, candidates: int, faults: int, seed: int | None, report_path: str, progress: bool, keep: bool,
     broken: bool = False, kinds: list[str] | None = None, fenced_store: str = "sqlite",
+    html_path: str = "",
 ) -> int:  # fmt: skip
     harness_process()
     c = Campaign(
         backend, candidates=candidates, faults=faults, seed=seed, progress=progress, broken=broken, kinds=kinds,
         fenced_store=fenced_store,
     )  # fmt: skip
+    html_written = None
     try:
         report = asyncio.run(c.run())
+        if html_path:  # now: it reads the logs in the work dir, which goes below
+            from sidecar_harness.report_html import write_campaign
+
+            html_written = write_campaign(html_path, report, c.workdir, [s.candidate for s in c.sidecars], render)
     except KeyboardInterrupt:
         print("interrupted: everything the campaign started was stopped")
         return 130
@@ -374,4 +380,6 @@ def run_campaign(
         print(f"report written to {report_path}")
     if keep:
         print(f"logs and records kept in {c.workdir}")
+    if html_written:
+        print(f"HTML timeline written to {html_written}")
     return 0 if report["verdict"] == "PASS" else 1
