@@ -21,7 +21,8 @@ import click
     show_default=True,
     help="Where the toy orchestrators write: a SQLite file, or a throwaway PostgreSQL (Debian's postgresql).",
 )
-def demo(candidates: int, duration: float, ttl: int, keep: bool, backend: str, fenced_store: str) -> None:
+@click.option("--report", default="", help="Write a timeline of the run here as one HTML file.")
+def demo(candidates: int, duration: float, ttl: int, keep: bool, backend: str, fenced_store: str, report: str) -> None:
     """Start a throwaway etcd (or ZooKeeper) and N sidecars with toy orchestrators; kill, freeze
     and resign the leader in turn; check that no two orchestrators ever acted
     at once."""
@@ -29,7 +30,13 @@ def demo(candidates: int, duration: float, ttl: int, keep: bool, backend: str, f
 
     sys.exit(
         run_demo(
-            candidates=candidates, duration=duration, ttl=ttl, keep=keep, backend=backend, fenced_store=fenced_store
+            candidates=candidates,
+            duration=duration,
+            ttl=ttl,
+            keep=keep,
+            backend=backend,
+            fenced_store=fenced_store,
+            report=report,
         )
     )
 
