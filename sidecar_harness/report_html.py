@@ -175,8 +175,10 @@ def _log_lines(path: Path) -> Iterable[dict[str, Any]]:
             yield d
 
 
-def read_sidecar_log(candidate: str, path: Path) -> tuple[list[Span], list[Marker], dict[int, int]]:
-    """The sidecar's view over time, its markers, and the epoch of each token it won.
+def read_sidecar_log(candidate: str, path: Path) -> tuple[list[Span], list[Marker], dict[int, int], float | None]:
+    """The sidecar's view over time, its markers, the epoch of each token it
+    won, and when its last process went silent if it died (None if it stopped
+    as asked, with ``sidecar_stopped``).
 
     One log file holds every process of that candidate (the campaign restarts
     a killed sidecar into the same file). A process begins with
@@ -188,6 +190,7 @@ def read_sidecar_log(candidate: str, path: Path) -> tuple[list[Span], list[Marke
     epochs: dict[int, int] = {}
     open_span: Span | None = None
     last = None  # mono of the running process's last own line
+    stopped = False
 
     def close(at: float) -> None:
         nonlocal open_span
@@ -209,6 +212,7 @@ def read_sidecar_log(candidate: str, path: Path) -> tuple[list[Span], list[Marke
                 close(last)
                 spans.append(Span(candidate, "down", last, mono))
             open_span = Span(candidate, "follower", mono, mono)
+            stopped = False
         elif event == "state_changed":
             if open_span is None:
                 open_span = Span(candidate, str(d.get("from_state", "follower")), last or mono, mono)
@@ -223,10 +227,11 @@ def read_sidecar_log(candidate: str, path: Path) -> tuple[list[Span], list[Marke
             markers.append(Marker(candidate, event, mono, _describe(d)))
         elif event == "sidecar_stopped":
             close(mono)
+            stopped = True
         last = mono
     if last is not None:
         close(last)
-    return spans, markers, epochs
+    return spans, markers, epochs, (last if last is not None and not stopped else None)
 
 
 def _describe(d: dict[str, Any]) -> str:
@@ -238,8 +243,11 @@ def _describe(d: dict[str, Any]) -> str:
 def build_timeline(logs: dict[str, Path], records: Sequence[Path], faults: Sequence[FaultWindow] = ()) -> Timeline:
     """``logs``: candidate -> its sidecar's log file; ``records``: the orchestrators' record files."""
     tl = Timeline(candidates=list(logs), faults=list(faults))
+    dead: list[Span] = []  # sidecars that died and were not restarted: down until the end
     for candidate, path in logs.items():
-        spans, markers, epochs = read_sidecar_log(candidate, path)
+        spans, markers, epochs, died = read_sidecar_log(candidate, path)
+        if died is not None:
+            dead.append(Span(candidate, "down", died, died))
         tl.spans += spans
         tl.markers += markers
         tl.epochs.update(epochs)
@@ -256,6 +264,9 @@ def build_timeline(logs: dict[str, Path], records: Sequence[Path], faults: Seque
     ends += [m.mono for m in tl.markers]
     tl.start = min(times) if times else 0.0
     tl.end = max(ends) if ends else tl.start + 1.0
+    for span in dead:
+        span.end = tl.end
+    tl.spans += dead
     return tl
 
 
@@ -514,6 +525,13 @@ def distribution_figure(failover: dict[str, list[float]], recovery: dict[str, li
                 row=1,
                 col=col,
             )
+    for axis, data in (("xaxis", failover), ("xaxis2", recovery)):
+        if not any(data.values()):
+            d0, d1 = fig.layout[axis].domain  # an axis without traces has no data coordinates to place text by
+            fig.add_annotation(
+                text="not measured in this run", showarrow=False, x=(d0 + d1) / 2, y=0.5, xref="paper",
+                yref="paper", font={"color": "#777"},
+            )  # fmt: skip
     fig.update_layout(height=340, margin={"l": 50, "r": 20, "t": 40, "b": 80}, plot_bgcolor="white")
     fig.update_yaxes(rangemode="tozero", gridcolor="#eeeeee")
     return fig

@@ -26,7 +26,10 @@ def test_a_restarted_sidecar_is_down_between_its_processes_and_terms_get_their_e
         {"event": "watchdog_fired_sidecar_gone", "component": "watchdog", "target": 5, "mono": 11.5},
         {"event": "socket_listening", "mono": 14.0},
         {"event": "state_changed", "from_state": "follower", "to_state": "candidate", "mono": 14.1},
+        {"event": "sidecar_stopped", "mono": 14.2},
     )  # fmt: skip
+    # SIGKILLed and never restarted: down from its last line to the end of the run.
+    log1 = lines(tmp_path / "s1.log", {"event": "socket_listening", "mono": 10.05}, {"event": "x", "mono": 12.0})
     rec = lines(
         tmp_path / "s0.jsonl",
         {"kind": "act", "writer": "s0", "pid": 5, "token": 7, "mono": 10.3},
@@ -37,17 +40,19 @@ def test_a_restarted_sidecar_is_down_between_its_processes_and_terms_get_their_e
         {"kind": "act", "writer": "s1", "pid": 6, "token": 9, "mono": 10.8},  # before s0's last act: overlap
         {"kind": "act", "writer": "s1", "pid": 6, "token": 9, "mono": 12.0},
     )
-    tl = build_timeline({"s0": log}, [rec, rec1], [FaultWindow("sidecar-kill", 11.0, 14.0, "#1")])
+    tl = build_timeline({"s0": log, "s1": log1}, [rec, rec1], [FaultWindow("sidecar-kill", 11.0, 14.0, "#1")])
     states = [(s.state, s.start, s.end) for s in tl.spans]
     assert states == [
         ("follower", 10.0, 10.1), ("candidate", 10.1, 10.2), ("leader", 10.2, 11.0), ("down", 11.0, 14.0),
-        ("follower", 14.0, 14.1), ("candidate", 14.1, 14.1),
+        ("follower", 14.0, 14.1), ("candidate", 14.1, 14.2), ("follower", 10.05, 12.0), ("down", 12.0, 14.2),
     ]  # fmt: skip
     assert tl.epochs == {7: 2}
     assert {m.event for m in tl.markers} == {"elected", "watchdog_fired_sidecar_gone"}
-    assert tl.candidates == ["s0", "s1"]  # s1 has records but no log: it still gets lanes
+    assert tl.candidates == ["s0", "s1"]
     assert [round(h.gap, 3) for h in tl.handovers] == [-0.1] and len(tl.overlaps) == 1
-    assert (tl.start, tl.end) == (10.0, 14.1)
+    # A writer without a log of its own still gets its lanes.
+    assert build_timeline({}, [rec1]).candidates == ["s1"]
+    assert (tl.start, tl.end) == (10.0, 14.2)
     fig = timeline_figure(tl)
     assert len(fig.layout.shapes) == 2  # the fault band and the red overlap band
     html = page("t", verdict="FAIL", summary="", tl=tl, dist=None)
