@@ -255,10 +255,8 @@ def build_timeline(logs: dict[str, Path], records: Sequence[Path], faults: Seque
     for iv in tl.acting:
         if iv.writer not in tl.candidates:
             tl.candidates.append(iv.writer)
-    # As the checker pairs them: each interval with the one that began next.
-    for prev, nxt in zip(tl.acting, tl.acting[1:], strict=False):
-        if nxt.pid != prev.pid:
-            tl.handovers.append(Handover(prev, nxt))
+    # As the checker pairs them: each term with the one that began next.
+    tl.handovers = [Handover(prev, nxt) for prev, nxt in zip(tl.acting, tl.acting[1:], strict=False)]
     times = [s.start for s in tl.spans] + [iv.first for iv in tl.acting] + [f.start for f in tl.faults]
     ends = [s.end for s in tl.spans] + [iv.last for iv in tl.acting] + [f.end for f in tl.faults]
     ends += [m.mono for m in tl.markers]
@@ -341,7 +339,8 @@ def timeline_figure(tl: Timeline, title: str = "") -> go.Figure:
     if tl.acting:
         labels = [f"token {iv.token} · epoch {tl.epochs.get(iv.token, '?')}" for iv in tl.acting]
         hover = [
-            f"{iv.writer} orchestrator (pid {iv.pid}) acted t+{iv.first - t0:.3f} .. t+{iv.last - t0:.3f} s"
+            f"{iv.writer} orchestrator (pid {', '.join(map(str, sorted(iv.pids or {iv.pid})))})"
+            f" acted t+{iv.first - t0:.3f} .. t+{iv.last - t0:.3f} s"
             f"<br>{lab}, {iv.acts} acts"
             for iv, lab in zip(tl.acting, labels, strict=True)
         ]
