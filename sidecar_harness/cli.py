@@ -21,7 +21,8 @@ import click
     show_default=True,
     help="Where the toy orchestrators write: a SQLite file, or a throwaway PostgreSQL (Debian's postgresql).",
 )
-def demo(candidates: int, duration: float, ttl: int, keep: bool, backend: str, fenced_store: str) -> None:
+@click.option("--report", default="", help="Write a timeline of the run here as one HTML file.")
+def demo(candidates: int, duration: float, ttl: int, keep: bool, backend: str, fenced_store: str, report: str) -> None:
     """Start a throwaway etcd (or ZooKeeper) and N sidecars with toy orchestrators; kill, freeze
     and resign the leader in turn; check that no two orchestrators ever acted
     at once."""
@@ -29,7 +30,13 @@ def demo(candidates: int, duration: float, ttl: int, keep: bool, backend: str, f
 
     sys.exit(
         run_demo(
-            candidates=candidates, duration=duration, ttl=ttl, keep=keep, backend=backend, fenced_store=fenced_store
+            candidates=candidates,
+            duration=duration,
+            ttl=ttl,
+            keep=keep,
+            backend=backend,
+            fenced_store=fenced_store,
+            report=report,
         )
     )
 
@@ -40,6 +47,7 @@ def demo(candidates: int, duration: float, ttl: int, keep: bool, backend: str, f
 @click.option("--faults", default=30, show_default=True, type=click.IntRange(1, 100000))
 @click.option("--seed", type=int, default=None, help="Replay a campaign; printed at the start of every run.")
 @click.option("--report", "report_path", default="", help="Write the full report here as JSON.")
+@click.option("--report-html", "html_path", default="", help="Write a timeline of the run here as one HTML file.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--keep", is_flag=True, help="Keep logs and records (the path is printed).")
 @click.option("--only", default="", help="Comma-separated fault kinds to draw from (default: the whole catalogue).")
@@ -53,7 +61,7 @@ def demo(candidates: int, duration: float, ttl: int, keep: bool, backend: str, f
 @click.option("--unsafe-broken", is_flag=True, hidden=True, help="Disable self-fencing: proves the checker can fail.")
 def validate(
     backend: str, candidates: int, faults: int, seed: int | None, report_path: str, progress: bool, keep: bool,
-    only: str, fenced_store: str, unsafe_broken: bool,
+    only: str, fenced_store: str, unsafe_broken: bool, html_path: str,
 ) -> None:  # fmt: skip
     """Run the fault campaign and check that no two orchestrators ever acted at once.
 
@@ -82,5 +90,6 @@ def validate(
             broken=unsafe_broken,
             kinds=kinds,
             fenced_store=fenced_store,
+            html_path=html_path,
         )
     )

@@ -78,6 +78,8 @@ class Demo:
         self.outcome: list[str] = []
         self.frozen: set[str] = set()  # SIGSTOPped: not asked, they cannot answer
         self.fenced = HarnessStore(fenced_store, workdir)
+        # (step, target, start, end, seconds to a successor) in CLOCK_MONOTONIC, for the HTML timeline.
+        self.windows: list[tuple[str, str, float, float, float | None]] = []
 
     @property
     def store(self) -> str:
@@ -157,6 +159,7 @@ class Demo:
         await act(self.by_id(leader.id))
         successor, _ = await self.wait_leader(election, leader, timeout)
         took = time.monotonic() - t
+        self.windows.append((what.split(" ", 1)[0], leader.id, t, time.monotonic(), took if successor else None))
         if successor is None:
             self.w.problems.append(f"no successor within {timeout:.0f}s of: {what}")
             return None
@@ -246,11 +249,13 @@ def run_demo(
     backend: str = "etcd",
     *,
     fenced_store: str = "sqlite",
+    report: str = "",
 ) -> int:
     harness_process()
     workdir = Path(tempfile.mkdtemp(prefix="election-sidecar-demo-"))
     demo = Demo(candidates, duration, ttl, workdir, backend, fenced_store=fenced_store)
     code = 1
+    written = None
     try:
         demo.start()
         asyncio.run(demo.script())
@@ -258,6 +263,13 @@ def run_demo(
         ok, text = demo.verdict()
         _say(f"verdict: {'PASS' if ok else 'FAIL'}: {text}")
         code = 0 if ok else 1
+        if report:  # now: it reads the logs in the work dir, which goes below
+            from sidecar_harness.report_html import write_demo
+
+            written = write_demo(
+                report, workdir=workdir, candidates=[s.candidate for s in demo.sidecars], windows=demo.windows,
+                ok=ok, verdict=text,
+            )  # fmt: skip
     except KeyboardInterrupt:
         _say("interrupted: stopping everything the demo started")
         code = 130
@@ -273,4 +285,6 @@ def run_demo(
         else:
             shutil.rmtree(workdir, ignore_errors=True)
             _say("cleaned up: store and sidecars stopped, temporary files removed")
+    if written:
+        _say(f"HTML timeline written to {written}")
     return code

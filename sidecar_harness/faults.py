@@ -62,6 +62,10 @@ class FaultResult:
     leader_after: str | None = None
     token_after: int | None = None
     problems: list[str] = field(default_factory=list)
+    # CLOCK_MONOTONIC, like the sidecars' log lines and the orchestrators'
+    # records, so the HTML timeline can draw the fault window among them.
+    injected_mono: float | None = None
+    healed_mono: float | None = None
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -239,7 +243,7 @@ class Campaign:
         claim = await self.claims()
         leader, view = claim[0] if len(claim) == 1 else (None, None)
         r = FaultResult(n, kind, "", leader.candidate if leader else None, int(view["token"]) if view else None)
-        t0 = time.monotonic()
+        t0 = r.injected_mono = time.monotonic()
         fault = BY_KIND[kind]
         injected = await fault.inject(self, leader, view)
         r.target, heal, hold = injected.target, injected.heal, injected.hold
@@ -258,6 +262,7 @@ class Campaign:
                 break
             await asyncio.sleep(SAMPLE)
         await heal()
+        r.healed_mono = time.monotonic()
         self.ensure_peer_toys()
         took, r.leader_after, r.token_after = await self.wait_single_leader(TTL + 10)
         r.recovered_s = round(took, 3)
@@ -376,14 +381,20 @@ def render(report: dict[str, Any]) -> str:
 def run_campaign(
     backend: str, *, candidates: int, faults: int, seed: int | None, report_path: str, progress: bool, keep: bool,
     broken: bool = False, kinds: list[str] | None = None, fenced_store: str = "sqlite",
+    html_path: str = "",
 ) -> int:  # fmt: skip
     harness_process()
     c = Campaign(
         backend, candidates=candidates, faults=faults, seed=seed, progress=progress, broken=broken, kinds=kinds,
         fenced_store=fenced_store,
     )  # fmt: skip
+    html_written = None
     try:
         report = asyncio.run(c.run())
+        if html_path:  # now: it reads the logs in the work dir, which goes below
+            from sidecar_harness.report_html import write_campaign
+
+            html_written = write_campaign(html_path, report, c.workdir, [s.candidate for s in c.sidecars], render)
     except KeyboardInterrupt:
         print("interrupted: everything the campaign started was stopped")
         return 130
@@ -398,4 +409,6 @@ def run_campaign(
         print(f"report written to {report_path}")
     if keep:
         print(f"logs and records kept in {c.workdir}")
+    if html_written:
+        print(f"HTML timeline written to {html_written}")
     return 0 if report["verdict"] == "PASS" else 1
