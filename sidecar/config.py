@@ -20,6 +20,7 @@ from sidecar import backends
 from sidecar.model import Timing
 
 ENV_PREFIX = "ELECTION_SIDECAR_"
+SOCKET_PATH_MAX = 107  # sun_path is 108 bytes on Linux, the last one NUL
 LOG_FORMATS = ("auto", "json", "console")
 _ENDPOINT = re.compile(r"^(?:(?P<scheme>https?)://)?(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})/?$")
 _ELECTION = re.compile(r"^[A-Za-z0-9_./-]+$")
@@ -204,6 +205,8 @@ def validate(cfg: Config, command: Sequence[str] | None = None) -> Config:
         raise ConfigError("ca_file", "", "client certificates need ca_file to verify the store")
     if cfg.allow_uid and not all(u.strip().isdigit() for u in cfg.allow_uid.split(",") if u.strip()):
         raise ConfigError("allow_uid", cfg.allow_uid, "must be comma-separated numeric uids")
+    if cfg.socket and len(os.fsencode(cfg.socket)) > SOCKET_PATH_MAX:
+        raise ConfigError("socket", cfg.socket, f"must be at most {SOCKET_PATH_MAX} bytes (the AF_UNIX path limit)")
     if cfg.kill_peer and not cfg.socket:
         raise ConfigError("kill_peer", True, "needs socket: the peers are the socket's clients")
     if cfg.kill_pidfile and cfg.kill_peer:

@@ -27,6 +27,7 @@ def test_defaults_are_safe() -> None:
         ({"kill_grace": 4}, "renew_deadline", "kill_grace + margin"),
         ({"margin": 4}, "renew_deadline", "kill_grace + margin"),
         ({"margin": 0}, "margin", "must be > 0"),
+        ({"socket": "/tmp/" + "d" * 120 + "/grant.sock"}, "socket", "AF_UNIX path limit"),
         ({"drift": 0.2}, "drift", "below 0.1"),
         ({"drift": -0.1}, "drift", ">= 0"),
         ({"ttl": float("nan")}, "ttl", "finite"),
