@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-zookeeper test lint clean
+.PHONY: demo demo-zookeeper test lint dashboard clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ demo-zookeeper: $(STAMP)
 test: $(STAMP)
 	@scripts/ensure-servers.sh
 	$(BIN)/python -m pytest $(ARGS)
+
+# The Grafana dashboard is code: this writes deploy/grafana/election.json and
+# the chart's copy; a test fails when either differs from what it would write.
+dashboard: $(STAMP)
+	$(BIN)/python deploy/grafana/dashboard.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

