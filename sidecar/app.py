@@ -32,7 +32,7 @@ from sidecar.supervisor import Supervisor
 class NeverDemote(Timing):
     """The deliberately broken build's timing: a silent store never demotes the leader."""
 
-    def demote_at(self, sent_at: float, ttl: float) -> float:
+    def demote_at(self, sent_at: float, ttl: float, anchor: float | None = None) -> float:
         return math.inf
 
 

@@ -70,8 +70,8 @@ class Lease:
 
     def _accept(self, renewal: Renewal) -> None:
         self.last = renewal
-        self.expires = self._timing.expires(renewal.sent_at, renewal.ttl)
-        self.demote_at = self._timing.demote_at(renewal.sent_at, renewal.ttl)
+        self.expires = self._timing.expires(renewal.anchor, renewal.ttl)
+        self.demote_at = self._timing.demote_at(renewal.sent_at, renewal.ttl, renewal.anchor)
 
     def start(self, on_renewed: Callable[[], Awaitable[None]]) -> None:
         """Renew in the background; ``on_renewed`` runs after each acknowledged renewal."""
