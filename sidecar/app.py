@@ -174,7 +174,7 @@ class Sidecar:
                 await self.server.close()
             await backend.close()
         self.log.info("sidecar_stopped")
-        return 2 if self.elector.forbidden else 0
+        return 2 if self.elector.fatal else 0
 
     def _bind_operator_metrics(self, elector: Elector) -> None:
         def since_renewal() -> float:

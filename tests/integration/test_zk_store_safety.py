@@ -17,10 +17,12 @@ from kazoo.client import KazooClient
 from sidecar.backends.base import SessionExpired, StoreUnavailable
 from sidecar.backends.zookeeper import ZooKeeperBackend
 from sidecar.clock import MonotonicClock
+from sidecar.config import Config, validate
+from sidecar.elector import Elector
 from sidecar_harness.proxy import FaultProxy
 from tests.conftest import ZkServer
 from tests.contract.conftest import expire_zk_session
-from tests.helpers import eventually
+from tests.helpers import RecordingSink, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -129,3 +131,29 @@ async def test_reconnects_back_off_at_most_the_retry_interval(zookeeper: ZkServe
     finally:
         await session.close()
         await backend.close()
+
+
+async def test_a_granted_ttl_the_timing_cannot_use_stops_with_one_line(zookeeper: ZkServer) -> None:
+    """Item 5: asked 60 s, granted 4 s (20 ticks of 200 ms). Timing planned for
+    60 s (kill_grace 12 s) leaves nothing to renew in: the old elector opened a
+    session, gave up on it at once and opened the next, never leading."""
+    cfg = validate(
+        Config(
+            backend="zookeeper", endpoints=tuple(zookeeper.endpoints), election="ttl-unfit", candidate_id="a",
+            ttl=60, renew_deadline=36, retry_interval=12, kill_grace=12, margin=0.5, request_timeout=2,
+        )
+    )  # fmt: skip
+    backend = ZooKeeperBackend(zookeeper.endpoints, MonotonicClock(), request_timeout=2.0, retry_interval=12)
+    sink = RecordingSink()
+    e = Elector(cfg, backend, MonotonicClock(), sink)
+    task = asyncio.create_task(e.run())
+    try:
+        await asyncio.wait_for(asyncio.shield(task), 15)
+    finally:
+        e.stop()
+        await asyncio.wait_for(task, 15)
+        await backend.close()
+    assert "granted ttl 4s" in e.fatal and "60s asked" in e.fatal, e.fatal
+    assert "\n" not in e.fatal
+    assert len(sink.of("session_opened")) == 1
+    assert sink.of("store_ttl_unfit")
