@@ -105,3 +105,36 @@ async def test_session_expired_during_a_campaign_does_not_end_the_run() -> None:
     finally:
         e.stop()
         await asyncio.wait_for(task, 5)
+
+
+class BrokenKeepalive(ScriptedSession):
+    async def keepalive(self) -> Renewal:
+        raise RuntimeError("a bug in the client library")
+
+
+@dataclass
+class WinningBackend(ScriptedBackend):
+    def session(self, ttl: float) -> ScriptedSession:
+        s = BrokenKeepalive(self.clock, self.granted, len(self.sessions) + 1)
+        self.sessions.append(s)
+        return s
+
+    async def campaign(self, session: Session, candidate_id: str, on_wait: object = None) -> Leadership:
+        self.campaigns += 1
+        return Leadership(candidate_id, self.campaigns, self.campaigns)
+
+
+async def test_a_renewal_that_dies_of_a_bug_ends_the_term() -> None:
+    """The lease's renewal task died silently: its ``lost`` never resolved and
+    the elector went on leading on a deadline nobody extended or checked."""
+    clock = FakeClock()
+    sink = RecordingSink()
+    e = Elector(CFG, WinningBackend(clock), clock, sink)  # type: ignore[arg-type]
+    task = asyncio.create_task(e.run())
+    try:
+        await _advance(clock, CFG.retry_interval + 0.5)
+        demoted = sink.of("demoted")
+        assert demoted and demoted[0]["reason"] == "internal-error", sink.names()
+    finally:
+        e.stop()
+        await asyncio.wait_for(task, 5)
