@@ -32,7 +32,7 @@ from sidecar.supervisor import Supervisor
 class NeverDemote(Timing):
     """The deliberately broken build's timing: a silent store never demotes the leader."""
 
-    def demote_at(self, sent_at: float, ttl: float) -> float:
+    def demote_at(self, sent_at: float, ttl: float, anchor: float | None = None) -> float:
         return math.inf
 
 
@@ -174,7 +174,7 @@ class Sidecar:
                 await self.server.close()
             await backend.close()
         self.log.info("sidecar_stopped")
-        return 2 if self.elector.forbidden else 0
+        return 2 if self.elector.fatal else 0
 
     def _bind_operator_metrics(self, elector: Elector) -> None:
         def since_renewal() -> float:

@@ -145,6 +145,29 @@ def _finite(name: str, value: float, *, minimum: float | None = None, strict: bo
         raise ConfigError(name, value, f"must be {'>' if strict else '>='} {minimum:g}")
 
 
+def check_timing(cfg: Config) -> None:
+    """The timing rules alone: at start-up against the asked TTL, and again
+    against the TTL the store actually grants (it may grant less)."""
+    if not cfg.ttl > cfg.renew_deadline:
+        raise ConfigError("renew_deadline", cfg.renew_deadline, f"must be < ttl ({cfg.ttl:g})")
+    if not cfg.renew_deadline > 1.2 * cfg.retry_interval:
+        raise ConfigError(
+            "retry_interval",
+            cfg.retry_interval,
+            f"renew_deadline ({cfg.renew_deadline:g}) must be > 1.2 * retry_interval",
+        )
+    spare = cfg.timing.grant_validity(cfg.ttl) - cfg.renew_deadline
+    if spare + 1e-9 < cfg.kill_grace:
+        raise ConfigError(
+            "renew_deadline",
+            cfg.renew_deadline,
+            f"ttl*(1-drift) - renew_deadline = {spare + cfg.margin:.3f}s must be >= kill_grace + margin = "
+            f"{cfg.kill_grace + cfg.margin:.3f}s, or the orchestrator may still run when the lease expires",
+        )
+    if cfg.request_timeout > cfg.renew_deadline:
+        raise ConfigError("request_timeout", cfg.request_timeout, f"must be <= renew_deadline ({cfg.renew_deadline:g})")
+
+
 def validate(cfg: Config, command: Sequence[str] | None = None) -> Config:
     """Return ``cfg`` unchanged or raise ConfigError for the first broken rule.
 
@@ -181,24 +204,7 @@ def validate(cfg: Config, command: Sequence[str] | None = None) -> Config:
     if cfg.drift >= 0.1:
         raise ConfigError("drift", cfg.drift, "must be below 0.1 (a clock that drifts 10% is broken)")
     backends.load(cfg.backend).check_config(cfg)
-    if not cfg.ttl > cfg.renew_deadline:
-        raise ConfigError("renew_deadline", cfg.renew_deadline, f"must be < ttl ({cfg.ttl:g})")
-    if not cfg.renew_deadline > 1.2 * cfg.retry_interval:
-        raise ConfigError(
-            "retry_interval",
-            cfg.retry_interval,
-            f"renew_deadline ({cfg.renew_deadline:g}) must be > 1.2 * retry_interval",
-        )
-    spare = cfg.timing.grant_validity(cfg.ttl) - cfg.renew_deadline
-    if spare + 1e-9 < cfg.kill_grace:
-        raise ConfigError(
-            "renew_deadline",
-            cfg.renew_deadline,
-            f"ttl*(1-drift) - renew_deadline = {spare + cfg.margin:.3f}s must be >= kill_grace + margin = "
-            f"{cfg.kill_grace + cfg.margin:.3f}s, or the orchestrator may still run when the lease expires",
-        )
-    if cfg.request_timeout > cfg.renew_deadline:
-        raise ConfigError("request_timeout", cfg.request_timeout, f"must be <= renew_deadline ({cfg.renew_deadline:g})")
+    check_timing(cfg)
     if bool(cfg.cert_file) != bool(cfg.key_file):
         raise ConfigError("cert_file" if not cfg.cert_file else "key_file", "", "cert_file and key_file go together")
     if cfg.cert_file and not cfg.ca_file:

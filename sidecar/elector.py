@@ -33,7 +33,7 @@ import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sidecar.backends.base import (
@@ -47,7 +47,7 @@ from sidecar.backends.base import (
     StoreUnavailable,
 )
 from sidecar.clock import Clock, wait_for
-from sidecar.config import Config
+from sidecar.config import Config, ConfigError, check_timing
 from sidecar.lease import Lease, Orphans
 from sidecar.model import (
     ElectorMetrics,
@@ -123,6 +123,8 @@ class Elector:
         self._leader_seen: Leadership | None = None
         self._backend_up = False  # did the last store call succeed?
         self._forbidden = ""  # why the store refused us, if it did: fatal
+        self._unfit = ""  # why our timing cannot work with the TTL the store grants: fatal
+        self._unrenewed = 0  # sessions in a row that ended before their first renewal
         self._unconfirmed = ""  # an orchestrator whose death is not confirmed: no handover
         self._out = ""  # why we are out of the election now
         self._term: asyncio.Future[Loss] | None = None
@@ -159,6 +161,11 @@ class Elector:
     @property
     def forbidden(self) -> str:
         return self._forbidden
+
+    @property
+    def fatal(self) -> str:
+        """Why the elector stopped for good (configuration, not an outage), or ""."""
+        return self._forbidden or self._unfit
 
     @property
     def election(self) -> Election:
@@ -241,7 +248,7 @@ class Elector:
         the run: retrying cannot fix configuration (``forbidden`` says why).
         """
         try:
-            while not self._stop.is_set() and not self._forbidden:
+            while not self._stop.is_set() and not self.fatal:
                 if not await self._may_campaign():
                     await self._pause(self._cfg.retry_interval)
                     continue
@@ -250,6 +257,7 @@ class Elector:
                     await self._pause(self._cfg.retry_interval)
                     continue
                 await self._with_lease(lease)
+                await self._back_off(lease)
         finally:
             self._set_state(State.FOLLOWER)
             await self._election.close()
@@ -265,6 +273,27 @@ class Elector:
             why = f"{self._unconfirmed}; {why}"
         self._set_out(why)
         return not why
+
+    async def _back_off(self, lease: Lease) -> None:
+        """Pause before the next session when sessions keep ending unrenewed.
+
+        A store that ends each session at once (a TTL too short for our
+        timing, a session expired on arrival) would otherwise get a new
+        session per loop turn, as fast as it answers. The first such session
+        costs nothing (a lease revoked early is normal); from the second in a
+        row the pause starts at the retry interval and doubles up to the TTL.
+        A session that renewed even once resets it.
+        """
+        if lease.renewed:
+            self._unrenewed = 0
+            return
+        self._unrenewed += 1
+        if self._stop.is_set() or self.fatal or self._unrenewed < 2:
+            return
+        cap = max(self._cfg.ttl, self._cfg.retry_interval)
+        seconds = min(cap, self._cfg.retry_interval * 2 ** min(self._unrenewed - 2, 16))
+        self._emit("info", "session_backoff", seconds=seconds, sessions_unrenewed=self._unrenewed)
+        await self._pause(seconds)
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -292,12 +321,29 @@ class Elector:
         self._metrics.renewed(self._clock.now() - renewal.sent_at)
         self._backend_up = True
         self._emit("info", "session_opened", session=session.id, ttl=renewal.ttl)
-        for orphan in await self._orphans.revoke():
+        revoked, gone = await self._orphans.revoke()
+        for orphan in revoked:
             self._emit("info", "orphan_session_revoked", session=orphan)
+        for orphan in gone:
+            self._emit("info", "orphan_session_expired", session=orphan)
         if renewal.ttl < self._cfg.ttl:
-            # Safe (deadlines use the store's figure) but worth knowing:
-            # the store shortened the TTL, so failovers and demotions come sooner.
+            # Deadlines use the store's figure, so this is safe; but timing
+            # planned for the TTL we asked may not fit the one we got (a
+            # kill_grace longer than the whole grant leaves nothing to renew
+            # in): check it against the granted TTL, as start-up did.
             self._emit("warning", "store_shortened_ttl", requested=self._cfg.ttl, granted=renewal.ttl)
+            try:
+                check_timing(replace(self._cfg, ttl=renewal.ttl))
+            except ConfigError as exc:
+                self._unfit = (
+                    f"the store granted ttl {renewal.ttl:g}s, not the {self._cfg.ttl:g}s asked, and our timing "
+                    f"does not fit it: {exc.field}: {exc.rule}; ask for ttl <= {renewal.ttl:g} or raise the "
+                    "store's limit (ZooKeeper: maxSessionTimeout)"
+                )
+                self._set_out(self._unfit)
+                self._emit("error", "store_ttl_unfit", requested=self._cfg.ttl, granted=renewal.ttl, error=self._unfit)
+                await self._end_lease(lease)
+                return None
         return lease
 
     async def _with_lease(self, lease: Lease) -> None:
@@ -305,7 +351,7 @@ class Elector:
         self._lease = lease
         lease.start(self._renewed)
         try:
-            while not self._stop.is_set() and not self._forbidden and not lease.lost.done():
+            while not self._stop.is_set() and not self.fatal and not lease.lost.done():
                 if not await self._may_campaign():
                     return  # leave the queue (the lease is revoked below); the outer loop waits
                 self._set_state(State.CANDIDATE)

@@ -20,7 +20,6 @@ orchestrator may still live.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -62,6 +61,7 @@ class Lease:
         self.last: Renewal = first
         self.expires = 0.0
         self.demote_at = 0.0
+        self.renewed = False  # has the store acknowledged a renewal after the first?
         self._accept(first)
 
     @property
@@ -70,8 +70,8 @@ class Lease:
 
     def _accept(self, renewal: Renewal) -> None:
         self.last = renewal
-        self.expires = self._timing.expires(renewal.sent_at, renewal.ttl)
-        self.demote_at = self._timing.demote_at(renewal.sent_at, renewal.ttl)
+        self.expires = self._timing.expires(renewal.anchor, renewal.ttl)
+        self.demote_at = self._timing.demote_at(renewal.sent_at, renewal.ttl, renewal.anchor)
 
     def start(self, on_renewed: Callable[[], Awaitable[None]]) -> None:
         """Renew in the background; ``on_renewed`` runs after each acknowledged renewal."""
@@ -82,9 +82,23 @@ class Lease:
             self.lost.set_result(Loss(reason, detail))
 
     async def _keep(self, on_renewed: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await self._renew(on_renewed)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # A bug (or a surprise from a client library) must end the lease
+            # loudly, never leave it unrenewed with ``lost`` unresolved: the
+            # owner would go on trusting a deadline nobody extends or checks.
+            # The loss carries the error to the owner, who logs and demotes on it.
+            self._lose(Reason.INTERNAL_ERROR, f"renewal failed: {exc!r}")
+
+    async def _renew(self, on_renewed: Callable[[], Awaitable[None]]) -> None:
         failures = 0
         while not self.lost.done():
-            wait = min(self._retry, self.demote_at - self._clock.now())
+            # Never sleep past half the time left: a store that grants less
+            # than we planned for (a short TTL) must still be renewed in time.
+            wait = min(self._retry, (self.demote_at - self._clock.now()) / 2)
             if failures == 0 and wait > 0:
                 await self._clock.sleep(wait)
             now = self._clock.now()
@@ -109,6 +123,7 @@ class Lease:
                 await self._clock.sleep(min(self._retry / 4, max(0.0, self.demote_at - self._clock.now())))
                 continue
             failures = 0
+            self.renewed = True
             self._accept(renewal)
             self._report.renewal_acknowledged(renewal)
             await on_renewed()
@@ -117,8 +132,9 @@ class Lease:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # wait(), not await: the task's own cancellation is expected, ours
+            # (the caller being cancelled meanwhile) must still reach the caller.
+            await asyncio.wait({task})
 
     async def revoke(self) -> bool:
         """Stop renewing and revoke at the store (our keys go with it).
@@ -156,9 +172,14 @@ class Orphans:
     def add(self, session: Session) -> None:
         self._sessions.append(session)
 
-    async def revoke(self) -> list[str]:
-        """Revoke what the store lets us; return the ids revoked (or found gone)."""
-        done = []
+    async def revoke(self) -> tuple[list[str], list[str]]:
+        """Try each orphan once more: (ids the store revoked now, ids it says were already gone).
+
+        The two are told apart so a log line never claims a revoke that did
+        not happen (a ZooKeeper session that expired meanwhile).
+        """
+        revoked: list[str] = []
+        gone: list[str] = []
         for session in list(self._sessions):
             session_id = session.id
             try:
@@ -166,7 +187,8 @@ class Orphans:
             except (StoreUnavailable, StoreForbidden, TimeoutError):
                 continue  # still unreachable: next time
             except SessionExpired:
-                pass
+                gone.append(session_id)
+            else:
+                revoked.append(session_id)
             self._sessions.remove(session)
-            done.append(session_id)
-        return done
+        return revoked, gone

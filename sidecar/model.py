@@ -83,8 +83,10 @@ class Timing:
     def expires(self, sent_at: float, ttl: float) -> float:
         return sent_at + self.grant_validity(ttl)
 
-    def demote_at(self, sent_at: float, ttl: float) -> float:
-        return min(sent_at + self.renew_deadline, self.expires(sent_at, ttl) - self.kill_grace)
+    def demote_at(self, sent_at: float, ttl: float, anchor: float | None = None) -> float:
+        """``anchor``: where the store's TTL is proven to run from, if before ``sent_at``."""
+        expires = self.expires(sent_at if anchor is None else anchor, ttl)
+        return min(sent_at + self.renew_deadline, expires - self.kill_grace)
 
     def demote_after(self, ttl: float) -> float:
         """Seconds of store silence after which a leader demotes."""

@@ -53,10 +53,20 @@ class Renewal:
     later, so a deadline computed from ``sent_at`` is never late.
     ``ttl`` is what the store says the lease now has (seconds), which may
     differ from what was asked for.
+    ``valid_from`` is when that TTL is proven to start, if earlier than
+    ``sent_at``: a store that learns of our renewals only later (ZooKeeper
+    followers relay session touches to the leader with their next ping)
+    can vouch only for an earlier round trip.
     """
 
     sent_at: float
     ttl: float
+    valid_from: float | None = None
+
+    @property
+    def anchor(self) -> float:
+        """The send time the lease's expiry is measured from."""
+        return self.sent_at if self.valid_from is None else min(self.valid_from, self.sent_at)
 
 
 @dataclass(frozen=True)

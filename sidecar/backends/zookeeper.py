@@ -14,12 +14,17 @@ its own thread; every call here uses kazoo's ``*_async`` API, and results
 and watch events come back to the event loop with
 ``loop.call_soon_threadsafe``. Nothing blocks the loop.
 
-The deadline: each keepalive is an explicit round trip (``exists('/')``)
-timed from its send; the TTL is the session timeout the server negotiated
-(it clamps the requested one between 2 and 20 ticks), read from the
-connect handshake. SUSPENDED means "stop trusting now": keepalive raises
-at once, so the deadline keeps running from the last answer; LOST is a
-SessionExpired.
+The deadline: each keepalive is a ``multi([check('/')])``: a write-path
+request, so the member we talk to must forward it to the ZooKeeper leader,
+which checks our session and commits it through the quorum. A read or a
+ping would be answered by a follower that has lost the leader, for up to
+syncLimit x tickTime, while the leader lets our session age. The TTL is
+the session timeout the server negotiated (it clamps the requested one),
+read from the connect handshake. What runs from which send time is in
+``keepalive``. SUSPENDED means "stop trusting now": keepalive raises at
+once, so the deadline keeps running from the last answer. LOST, or any
+change of session id (kazoo silently opens a fresh session after an
+expiry), is a SessionExpired, and it is sticky.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from kazoo.exceptions import (
     SessionExpiredError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.retry import KazooRetry
 from kazoo.security import make_acl, make_digest_acl
 
 from sidecar.backends.base import (
@@ -124,12 +130,15 @@ class ZooKeeperBackend:
         clock: Clock,
         *,
         request_timeout: float = 2.0,
+        retry_interval: float = 2.0,
         chroot: str = "",
         auth: list[tuple[str, str]] | None = None,
     ) -> None:
         self.hosts = ",".join(hosts) + (("/" + chroot.strip("/")) if chroot.strip("/") else "")
         self.clock = clock
         self.timeout = request_timeout
+        self.retry_interval = retry_interval
+        self.server_version = ""  # learnt from the first session opened
         self.auth = auth or []
         self._observer: ZooKeeperSession | None = None
         # With digest auth, our nodes are ours alone to change or delete;
@@ -152,6 +161,10 @@ class ZooKeeperBackend:
 
     async def observer(self) -> KazooClient:
         """A client of our own for reads (status, observe), opened on first use."""
+        if self._observer is not None and self._observer.expired:
+            # A sticky expiry is right for a lease, not for a reader: start afresh.
+            old, self._observer = self._observer, None
+            await old.close()
         if self._observer is None:
             s = ZooKeeperSession(self, max(self.timeout * 3, 4.0))
             await s.open()
@@ -173,18 +186,59 @@ class ZooKeeperSession:
         self._state = KazooState.LOST
         self._lock = threading.Lock()
         self._known = threading.Event()
+        self._session_id: int | None = None  # the session we opened; any other is not ours
+        self._lost = ""  # why the session is gone: sticky, set from kazoo's thread
+        self._anchor = 0.0  # send time of the last round trip the leader confirmed
+        self._password: bytes | None = None  # kept only while a close is owed
+
+    @property
+    def expired(self) -> bool:
+        return bool(self._lost)
 
     @property
     def client(self) -> KazooClient:
         if self._client is None:
             raise SessionExpired("session not open")
+        self._check_ours(self._client)
         return self._client
 
     @property
     def id(self) -> str:
-        if self._client is None or self._client.client_id is None:
-            return ""
-        return f"{self._client.client_id[0]:x}"
+        # The id we opened, never kazoo's current one: after an expiry kazoo
+        # connects a fresh session under the same client.
+        return f"{self._session_id:x}" if self._session_id is not None else ""
+
+    def _check_ours(self, client: KazooClient) -> None:
+        """Raise SessionExpired unless kazoo still speaks for the session we opened."""
+        if not self._lost and self._session_id is not None:
+            current = client.client_id
+            if current is not None and current[0] != self._session_id:
+                self._lost = f"zookeeper session {self._session_id:x} replaced by {current[0]:x}"
+        if self._lost:
+            raise SessionExpired(self._lost)
+
+    def _bound_connects(self, client: KazooClient) -> None:
+        # kazoo bounds a TCP connect by the whole session timeout and the
+        # handshake by timeout / hosts: one silent member would hold a
+        # reconnect past the session's life. Bound both by the retry interval
+        # (kazoo 2.11, pinned: instance attributes of this client only).
+        cap = max(self._b.retry_interval, 0.2)
+        handler = client.handler
+        create = handler.create_connection
+
+        def create_connection(*args: Any, **kwargs: Any) -> Any:
+            if "timeout" in kwargs:
+                kwargs["timeout"] = min(kwargs["timeout"], cap)
+            return create(*args, **kwargs)
+
+        handler.create_connection = create_connection
+        conn = client._connection
+        invoke = conn._invoke
+
+        def bounded_invoke(timeout: float, *args: Any, **kwargs: Any) -> Any:
+            return invoke(min(timeout, cap), *args, **kwargs)
+
+        conn._invoke = bounded_invoke
 
     def _capture_negotiated(self, client: KazooClient) -> None:
         # kazoo keeps the negotiated timeout in a local of its handshake; its
@@ -196,7 +250,8 @@ class ZooKeeperSession:
         def connect(*args: Any, **kwargs: Any) -> Any:
             read_timeout, connect_timeout = original(*args, **kwargs)
             with self._lock:
-                self._negotiated = read_timeout * 1.5 / 1000.0
+                if self._negotiated is None:  # the first session's; a later one is not ours
+                    self._negotiated = read_timeout * 1.5 / 1000.0
             self._known.set()
             return read_timeout, connect_timeout
 
@@ -204,61 +259,138 @@ class ZooKeeperSession:
 
     def _listen(self, loop: asyncio.AbstractEventLoop) -> Callable[[str], None]:
         def listener(state: str) -> None:  # kazoo's thread
+            if state == KazooState.LOST and self._session_id is not None and not self._lost:
+                # Set here, not via the loop: a CONNECTED of a replacement
+                # session may follow at once, and must not hide this.
+                self._lost = f"zookeeper session {self._session_id:x} lost"
             loop.call_soon_threadsafe(setattr, self, "_state", state)
 
         return listener
 
+    def _new_client(self) -> KazooClient:
+        # Reconnect attempts back off to at most the retry interval (kazoo's
+        # default grows to an hour) and never stop while we want the session.
+        retry = KazooRetry(max_tries=-1, delay=0.05, backoff=2, max_jitter=0.2, max_delay=self._b.retry_interval)
+        return KazooClient(
+            hosts=self._b.hosts, timeout=self._ttl, auth_data=self._b.auth or None, connection_retry=retry
+        )
+
     async def open(self) -> Renewal:
         loop = asyncio.get_running_loop()
-        client = KazooClient(hosts=self._b.hosts, timeout=self._ttl, auth_data=self._b.auth or None)
+        client = self._new_client()
+        self._bound_connects(client)
         self._capture_negotiated(client)
         client.add_listener(self._listen(loop))
         sent = self._b.clock.now()
         try:
             with _store_errors("connect"):
                 await asyncio.to_thread(client.start, max(self._b.timeout, 1.0))
-        except StoreUnavailable:
-            await asyncio.to_thread(client.close)
+            # kazoo reports CONNECTED from inside the handshake, a moment before
+            # the handshake (and our capture of the timeout) has returned.
+            await asyncio.to_thread(self._known.wait, max(self._b.timeout, 1.0))
+            with self._lock:
+                negotiated = self._negotiated
+            client_id = client.client_id
+            if negotiated is None or client_id is None:
+                raise StoreUnavailable("zookeeper: could not learn the negotiated session timeout; not trusting it")
+        except BaseException:
+            # Whatever ended the open (a timeout, an error, our caller giving
+            # up), no client may live on: its pings would keep a session we
+            # do not track alive.
+            await _shielded(asyncio.to_thread(_stop_quietly, client))
             raise
         self._client = client
+        self._session_id = int(client_id[0])
         self._state = KazooState.CONNECTED
-        # kazoo reports CONNECTED from inside the handshake, a moment before
-        # the handshake (and our capture of the timeout) has returned.
-        await asyncio.to_thread(self._known.wait, max(self._b.timeout, 1.0))
-        with self._lock:
-            negotiated = self._negotiated
-        if negotiated is None:
-            await self.close()
-            raise StoreUnavailable("zookeeper: could not learn the negotiated session timeout; refusing to trust it")
+        # createSession is committed by the ZooKeeper leader after our send:
+        # the session cannot expire before sent + negotiated.
+        self._anchor = sent
+        if not self._b.server_version:
+            self._b.server_version = await _server_version(client)
         return Renewal(sent, negotiated)
 
     async def keepalive(self) -> Renewal:
+        """One renewal confirmed by the ZooKeeper leader.
+
+        ``multi([check('/')])`` is a write: the member forwards it to the
+        leader, which fails it if our session is gone and commits it through
+        the quorum. A follower cut off from the leader cannot answer it.
+
+        Its success proves the leader had our session alive *after* we sent
+        it, not that the leader touched the session then: a follower tells
+        the leader which sessions it saw only in its replies to the leader's
+        pings (every tickTime/2), on the same link as forwarded requests. So
+        this success proves that the touch of the *previous* confirmed round
+        trip reached the leader before this request did (one ping came in
+        between, as our renewals are further apart than tickTime/2), and the
+        session cannot expire before that round trip's send + TTL. The
+        deadline runs from there: ``Renewal.valid_from``.
+        """
         client = self.client
-        if self._state == KazooState.LOST:
-            raise SessionExpired("zookeeper session lost")
         if self._state == KazooState.SUSPENDED:
             raise StoreUnavailable("zookeeper connection suspended; not trusting the session until it is back")
         sent = self._b.clock.now()
         with _store_errors("keepalive"):
             async with asyncio.timeout(self._b.timeout):
-                await _call(client.exists_async, "/")
+                tx = client.transaction()
+                tx.check("/", -1)
+                results = await _call(tx.commit_async)
+        self._check_ours(client)  # answered for the session we opened, not a replacement
+        # NoNode (a chroot not created yet) went through the leader all the same.
+        failed = [r for r in results if isinstance(r, Exception) and not isinstance(r, NoNodeError)]
+        if failed:
+            raise StoreUnavailable(f"zookeeper keepalive: {type(failed[0]).__name__}")
         with self._lock:
             negotiated = self._negotiated
         assert negotiated is not None
-        return Renewal(sent, negotiated)
+        anchor, self._anchor = self._anchor, sent
+        return Renewal(sent, negotiated, valid_from=anchor)
 
     async def close(self) -> None:
         client, self._client = self._client, None
         if client is None:
+            if self._session_id is not None and self._password is not None:
+                await self._close_by_id()  # an earlier close failed: try once more
             return
+        if self._lost:
+            await asyncio.to_thread(client.close)
+            raise SessionExpired(self._lost)  # nothing of ours left to close
         # stop() closes the session: the server deletes our ephemerals at once.
         # Even if it fails, the client's threads stop, so the server expires
         # the session after its timeout instead of it living on unrenewed.
+        client_id = client.client_id
         try:
             with _store_errors("close"):
                 await asyncio.to_thread(client.stop)
+        except StoreUnavailable:
+            # Keep what it takes to close it later from a fresh client (the
+            # elector keeps us as an orphan and calls close() again).
+            self._password = client_id[1] if client_id is not None else None
+            raise
         finally:
             await asyncio.to_thread(client.close)
+        self._password = None
+
+    async def _close_by_id(self) -> None:
+        """Close our session from a new client that joins it, as a restarted process would."""
+        assert self._session_id is not None and self._password is not None
+        twin = KazooClient(
+            hosts=self._b.hosts, client_id=(self._session_id, self._password), auth_data=self._b.auth or None
+        )
+        self._bound_connects(twin)
+        try:
+            with _store_errors("close orphan"):
+                await asyncio.to_thread(twin.start, max(self._b.timeout, 1.0))
+            current = twin.client_id
+            if current is None or current[0] != self._session_id:
+                # kazoo found it expired and opened a fresh session instead.
+                self._password = None
+                raise SessionExpired(f"zookeeper session {self._session_id:x} had already expired")
+            with _store_errors("close orphan"):
+                await asyncio.to_thread(twin.stop)
+            self._password = None
+        finally:
+            await _shielded(asyncio.to_thread(_stop_quietly, twin))
 
     async def abandon(self) -> None:
         client, self._client = self._client, None
@@ -470,9 +602,37 @@ async def connect(cfg: Config, clock: Clock) -> ZooKeeperBackend:
         endpoint_hostports(cfg),
         clock,
         request_timeout=cfg.effective_request_timeout,
+        retry_interval=cfg.retry_interval,
         chroot=cfg.zk_chroot,
         auth=zk_auth(cfg),
     )
+
+
+async def _shielded(aw: Any) -> None:
+    """Finish ``aw`` even if we are cancelled meanwhile (clean-up must not be cut short)."""
+    task = asyncio.ensure_future(aw)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task})
+        raise
+
+
+def _stop_quietly(client: KazooClient) -> None:
+    with contextlib.suppress(Exception):
+        client.stop()
+    with contextlib.suppress(Exception):
+        client.close()
+
+
+async def _server_version(client: KazooClient) -> str:
+    """The server's version, for the log and the store-info metric; "" if it will not say."""
+    try:
+        async with asyncio.timeout(2.0):
+            version = await asyncio.to_thread(client.server_version, 1)
+    except Exception:  # best effort: the 4lw used may be disabled; nothing depends on it
+        return ""
+    return ".".join(str(x) for x in version)
 
 
 def _drop_without_closing(client: KazooClient) -> None:
