@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from sidecar.backends.base import EpochRecord, parse_epoch_record, parse_resign_marker
@@ -39,7 +41,7 @@ def test_an_unreadable_resign_marker_counts_as_no_resign() -> None:
 
 
 def test_status_shows_keys_and_problems_when_ids_repeat() -> None:
-    view = {
+    view: dict[str, Any] = {
         "election": "e",
         "leader": {"id": "a", "token": 5, "epoch": 0},
         "problems": ["e.epoch: not JSON (b'garbage')"],
