@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from sidecar import __version__
 from sidecar.backends import connect
+from sidecar.backends.base import BackendError
 from sidecar.clock import Clock, MonotonicClock
 from sidecar.config import Config, allowed_uids, socket_gid
 from sidecar.elector import Elector, Hooks
@@ -102,8 +103,22 @@ class Sidecar:
         self.log.info("resign_requested", accepted=accepted)
         return accepted
 
+    async def _describe_store(self, backend: object) -> None:
+        """Log the store's version and export it as a label; never a reason not to start."""
+        describe = getattr(backend, "describe", None)  # optional: etcd tells its version
+        if describe is None:
+            return
+        try:
+            facts: dict[str, str] = await asyncio.wait_for(describe(), self.cfg.effective_request_timeout)
+        except (BackendError, TimeoutError) as exc:
+            self.log.warning("store_version_unknown", error=str(exc) or type(exc).__name__)
+            facts = {}
+        self.log.info("store_version", backend=self.cfg.backend, **facts)
+        self.metrics.store_info(facts.get("version", ""))
+
     async def run(self) -> int:
         backend = await connect(self.cfg, self.clock)
+        await self._describe_store(backend)
         hooks = Hooks(
             started_leading=self._on_started,
             renewed=self._on_renewed,

@@ -276,26 +276,36 @@ def watch(output: str, **values: Any) -> None:
 @main.command()
 @config_options(STORE_FIELDS + LOG_FIELDS)
 @click.option("--candidate", "candidate", required=True, help="Candidate id to evict (as `status` lists it).")
-def evict(candidate: str, **values: Any) -> None:
+@click.option("--key", "key", default="", help="The candidate's key, when two sidecars share an id.")
+@click.option("--force", is_flag=True, help="Evict even the leader (its successor then waits out its lease).")
+def evict(candidate: str, key: str, force: bool, **values: Any) -> None:
     """Revoke a stuck candidate's lease (etcd) or delete its node (ZooKeeper).
 
     Uses the same credentials as the sidecars' writes; the candidate's
-    sidecar sees its key go and demotes, like after a lease expiry.
+    sidecar sees its key go and demotes, like after a lease expiry. The
+    leader is evicted only with --force: its successor cannot know whether
+    the evicted orchestrator still acts, so it waits until the evicted
+    lease could have expired (lock-delay) before it leads. A leader that is
+    merely slow is better asked to `resign`.
     """
     from sidecar.backends.base import BackendError, StoreForbidden
+    from sidecar.status import EvictRefused
     from sidecar.status import evict as evict_candidate
 
     cfg = load_config(values, logs=True)
     try:
-        gone = asyncio.run(evict_candidate(cfg, candidate))
+        gone = asyncio.run(evict_candidate(cfg, candidate, key=key, force=force))
+    except EvictRefused as exc:
+        click.echo(f"election-sidecar: evict: {exc}", err=True)
+        sys.exit(1)
     except BackendError as exc:
         click.echo(f"election-sidecar: evict: {exc}", err=True)
         sys.exit(2 if isinstance(exc, StoreForbidden) else 1)
     if not gone:
         click.echo(f"election-sidecar: evict: no candidate {candidate!r} in election {cfg.election!r}", err=True)
         sys.exit(1)
-    for key in gone:
-        click.echo(f"evicted {candidate}: {key}")
+    for k in gone:
+        click.echo(f"evicted {candidate}: {k}")
 
 
 @main.command()

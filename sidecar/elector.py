@@ -40,6 +40,7 @@ from sidecar.backends.base import (
     Backend,
     Election,
     KeyLost,
+    LockDelay,
     Renewal,
     Session,
     SessionExpired,
@@ -361,11 +362,15 @@ class Elector:
                 end, confirmed = await self._lead(lead, lease)
                 if not confirmed:
                     return  # no resign, no revoke: the lease is abandoned below
-                if end.reason in (Reason.LEASE_LOST, Reason.BACKEND_UNREACHABLE):
-                    return
-                # Resigned, shutting down, watchdog lost, internal error: our
-                # orchestrator is confirmed stopped, so the successor may start now.
+                if end.reason is Reason.BACKEND_UNREACHABLE:
+                    return  # the store is not answering: our lease runs out, which needs no marker
+                # Our orchestrator is confirmed stopped, so the successor may
+                # start now: delete our key and leave the resign marker. After a
+                # lost lease the key is gone already, but the marker still spares
+                # the successor its lock-delay.
                 await self._resign_key()
+                if end.reason is Reason.LEASE_LOST:
+                    return
         finally:
             self._lease = None
             await self._end_lease(lease)
@@ -395,7 +400,8 @@ class Elector:
         """One campaign attempt. None: try again (or the lease is gone)."""
         self._emit("info", "campaigning", session=lease.id)
         campaign = asyncio.create_task(
-            self._election.campaign(lease.session, self._cfg.candidate_id, self._race_lost), name="campaign"
+            self._election.campaign(lease.session, self._cfg.candidate_id, self._race_lost, report=self),
+            name="campaign",
         )
         stop = asyncio.create_task(self._stop.wait(), name="stop")
         try:
@@ -423,6 +429,28 @@ class Elector:
             self._store_unreachable(StoreCall.CAMPAIGN, exc)
             await self._pause(self._cfg.retry_interval)
         return None
+
+    # CampaignReport
+    def lock_delay(self, delay: LockDelay) -> None:
+        """The last leader's key went before its grant could have ended: we wait it out."""
+        self._counters["lock_delay"] += 1
+        self._metrics.lock_delay(delay.seconds)
+        self._emit(
+            "warning",
+            "lock_delay",
+            predecessor=delay.predecessor,
+            predecessor_token=delay.token,
+            seconds=delay.seconds,
+            why=delay.why,
+        )
+
+    def epoch_record_repaired(self, key: str, found: str) -> None:
+        self._counters["epoch_record_repaired"] += 1
+        self._emit("warning", "epoch_record_repaired", key=key, found=found)
+
+    def duplicate_candidate_id(self, candidate_id: str, keys: list[str]) -> None:
+        self._counters["duplicate_candidate_id"] += 1
+        self._emit("warning", "duplicate_candidate_id", keys=keys, hint="give every sidecar its own --candidate-id")
 
     def _race_lost(self, leader: Leadership) -> None:
         """Queued behind a live leader: normal, not an outage."""

@@ -98,6 +98,17 @@ class SidecarMetrics(ElectorMetrics):
             "acknowledged a grant is connected), else 0; always 1 where the sidecar cannot tell (pid file, none).",
         ).labels(**lv)
         self.orchestrator_up.set(1)
+        self.lock_delays = c(
+            "lock_delays_total",
+            "Campaigns that waited because the last leader's key went before its lease could have expired.",
+        ).labels(**lv)
+        self.lock_delay_seconds = g(
+            "lock_delay_seconds", "Length of the last lock-delay wait (seconds), 0 before any."
+        ).labels(**lv)
+        self.lock_delay_seconds.set(0)
+        self._store_info = g(
+            "store_info", "1, labelled with facts about the store (server version); set at start.", ("version",)
+        )
         # The process_* and python_* series every Prometheus client exports: an
         # operator's standard memory / fd / GC panels work on the sidecar too.
         # Registered on our registry, not the global one (fresh per test).
@@ -154,7 +165,15 @@ class SidecarMetrics(ElectorMetrics):
     def kill_unconfirmed(self, active: bool) -> None:
         self.kill_unconfirmed_gauge.set(1 if active else 0)
 
+    def lock_delay(self, seconds: float) -> None:
+        self.lock_delays.inc()
+        self.lock_delay_seconds.set(seconds)
+
     # -- the rest of the sidecar ------------------------------------------
+
+    def store_info(self, version: str) -> None:
+        """The store's version, as a label (an alert can name releases with known lease bugs)."""
+        self._store_info.labels(**self._lv, version=version or "unknown").set(1)
 
     def orchestrator_kill(self, signal: str) -> None:
         self._kills.labels(**self._lv, signal=signal).inc()

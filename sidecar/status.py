@@ -16,8 +16,10 @@ async def gather(cfg: Config) -> dict[str, Any]:
         election = backend.admin(cfg.election)
         leader = await election.leader()
         candidates = await election.candidates()
+        problems = await election.problems()
     return {
         "election": cfg.election,
+        "problems": problems,
         "leader": None if leader is None else {"id": leader.id, "token": leader.token, "epoch": leader.epoch},
         "candidates": [
             {
@@ -94,15 +96,22 @@ def render_table(view: dict[str, Any]) -> str:
     else:
         epoch = lead["epoch"] if lead["epoch"] else "pending"
         head += f"leader {lead['id']}  token {lead['token']}  epoch {epoch}"
-    rows = [("", "CANDIDATE", "TOKEN", "LEASE LEFT", "STATE")]
+    ids = [c["id"] for c in view["candidates"]]
+    # Two sidecars with one id are told apart only by their keys: show them then.
+    with_key = len(set(ids)) < len(ids)
+    rows = [("", "CANDIDATE", *(("KEY",) if with_key else ()), "TOKEN", "LEASE LEFT", "STATE")]
     for c in view["candidates"]:
         ttl = "n/a" if c["lease_ttl_remaining"] is None else f"{c['lease_ttl_remaining']:.0f}s"
         state = "stale" if c["stale"] else ("leader" if c["leader"] else "waiting")
-        rows.append(("*" if c["leader"] else "", c["id"], str(c["token"]), ttl, state))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        if ids.count(c["id"]) > 1:
+            state += " (duplicate id)"
+        key = (c["key"],) if with_key else ()
+        rows.append(("*" if c["leader"] else "", c["id"], *key, str(c["token"]), ttl, state))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [head, *("  ".join(col.ljust(w) for col, w in zip(r, widths, strict=True)).rstrip() for r in rows)]
     if not view["candidates"]:
         lines.append("(no candidates)")
+    lines += [f"problem: {p}" for p in view.get("problems", [])]
     return "\n".join(lines)
 
 
@@ -124,6 +133,28 @@ async def watch_leader(cfg: Config, json_lines: bool = False) -> None:
                 print(f"{now}  {cfg.election}: leader {lead.id}  token {lead.token}  epoch {lead.epoch}", flush=True)
 
 
-async def evict(cfg: Config, candidate_id: str) -> list[str]:
+class EvictRefused(Exception):
+    """The eviction was not done; the message says why and what to pass."""
+
+
+async def evict(cfg: Config, candidate_id: str, *, key: str = "", force: bool = False) -> list[str]:
+    """Evict one candidacy; refuse an ambiguous id, and the leader without ``force``."""
     async with connected(cfg) as backend:
-        return await backend.admin(cfg.election).evict(candidate_id)
+        admin = backend.admin(cfg.election)
+        candidates = await admin.candidates()
+        mine = [c for c in candidates if c.id == candidate_id and (not key or c.key == key)]
+        if not mine:
+            return []
+        if len(mine) > 1:
+            keys = ", ".join(c.key for c in mine)
+            raise EvictRefused(
+                f"candidate id {candidate_id!r} is used by {len(mine)} keys ({keys}); pass --key to choose one"
+            )
+        target = mine[0]
+        if candidates[0].key == target.key and not force:
+            raise EvictRefused(
+                f"{candidate_id!r} is the leader. Evicting it ends its lease now; its successor then waits until "
+                "that lease could have expired (lock-delay) before it leads, and the evicted sidecar stops its "
+                "orchestrator when it sees its key go. Pass --force to do it."
+            )
+        return await admin.evict(candidate_id, target.key)

@@ -14,6 +14,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -293,6 +294,82 @@ def _links(kind: Literal["partition", "slow"]) -> Inject:
     return cut
 
 
+# -- the store's data (issue 14) ----------------------------------------------
+
+
+async def _etcdctl(c: Campaign, *args: str) -> None:
+    """What an operator types: etcdctl against the cluster, bounded in time."""
+    from sidecar_harness.localetcd import find_binary
+
+    proc = await asyncio.create_subprocess_exec(
+        find_binary("etcdctl"), "--endpoints", ",".join(c.cluster.endpoints), "--command-timeout=3s", *args,
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    await asyncio.wait_for(proc.wait(), 10)
+
+
+async def _leader_key(c: Campaign, leader: SidecarProcess) -> str | None:
+    """The leader's candidate key as the store lists it (the oldest with its id)."""
+    with contextlib.suppress(Exception):
+        for cand in await asyncio.wait_for(c.election.candidates(), 3):
+            if cand.id == leader.candidate:
+                return str(cand.key)
+    return None
+
+
+def _key_gone(how: Literal["delete", "revoke"]) -> Inject:
+    """The leader's key vanishes long before its lease could expire: `etcdctl del` of
+    the key, or `etcdctl lease revoke` of its lease. Its successor must wait out
+    the lease (or the leader's confirmed stop), not the key."""
+
+    async def cut(c: Campaign, leader: SidecarProcess | None, view: View) -> Injected:
+        key = await _leader_key(c, leader) if leader is not None else None
+        if leader is None or key is None:
+            return NOTHING
+        if how == "delete":
+            await _etcdctl(c, "del", key)
+        else:
+            await _etcdctl(c, "lease", "revoke", key.rsplit("/", 1)[1])
+        return Injected(f"{leader.candidate}/key", hold=1.0)
+
+    return cut
+
+
+async def evict_frozen(c: Campaign, leader: SidecarProcess | None, view: View) -> Injected:
+    """`evict --force` of a SIGSTOPped leader: its orchestrator keeps its grant until the
+    watchdog kills it at the deadline; the successor must not lead before then."""
+    if leader is None:
+        return NOTHING
+    key = await _leader_key(c, leader)
+    if key is None:
+        return NOTHING
+    leader.signal(signal.SIGSTOP)
+    c.frozen.add(leader.candidate)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sidecar", "evict", "--force", "--candidate", leader.candidate, "--key", key,
+        "--endpoints", ",".join(c.cluster.endpoints), "--election", "campaign",
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    await asyncio.wait_for(proc.wait(), 20)
+
+    async def cont() -> None:
+        leader.signal(signal.SIGCONT)
+        c.frozen.discard(leader.candidate)
+
+    return Injected(f"{leader.candidate}/evicted-frozen", cont, HOLD_LONG)
+
+
+async def epoch_corrupt(c: Campaign, leader: SidecarProcess | None, view: View) -> Injected:
+    """`etcdctl put NAME.epoch garbage`, then a handover: the next winner must repair
+    the record, not crash on it."""
+    if leader is None:
+        return NOTHING
+    await _etcdctl(c, "put", "campaign.epoch", "garbage")
+    with contextlib.suppress(OSError, ValueError):
+        await asyncio.to_thread(request, str(leader.socket_path), {"type": "resign"}, 2.0)
+    return Injected(f"{leader.candidate}/epoch-record", hold=1.0)
+
+
 FAULTS: list[Fault] = [
     Fault("sidecar-kill", sidecar_kill),
     Fault("sidecar-stop", _freeze(0.0), backends=("etcd",)),
@@ -312,6 +389,10 @@ FAULTS: list[Fault] = [
     Fault("revoke-race", revoke_race, failover="always"),
     Fault("log-stall", log_stall),
     Fault("peer-hides", peer_hides, failover="always"),
+    Fault("key-delete", _key_gone("delete"), failover="always", backends=("etcd",)),
+    Fault("lease-revoke", _key_gone("revoke"), failover="always", backends=("etcd",)),
+    Fault("evict-frozen-leader", evict_frozen, backends=("etcd",)),
+    Fault("epoch-corrupt", epoch_corrupt, failover="always", backends=("etcd",)),
 ]
 BY_KIND: dict[str, Fault] = {f.kind: f for f in FAULTS}
 CATALOGUE: dict[str, list[str]] = {

@@ -11,18 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from sidecar.backends.base import (
+    CampaignReport,
     Candidate,
+    EpochRecord,
     KeyLost,
+    LockDelay,
     OnWait,
     Renewal,
+    ResignMarker,
     Session,
     SessionExpired,
     StoreUnavailable,
+    parse_epoch_record,
+    parse_resign_marker,
 )
 from sidecar.clock import Clock, MonotonicClock
 from sidecar.config import Config
@@ -47,6 +52,10 @@ class MemoryStore:
         self.keys: dict[str, _Key] = {}
         self.plain: dict[str, str] = {}
         self.leases: dict[int, tuple[float, float]] = {}  # id -> (expires_at, ttl)
+        # Leases revoked before they ran out: id -> when they would have expired.
+        # etcd does not remember this; the memory store does, so that the
+        # elector's lock-delay can be tested on a fake clock without tracking.
+        self.cut_short: dict[int, float] = {}
         self.changed = asyncio.Condition()
         self._lease_ids = itertools.count(0x1000)
 
@@ -65,7 +74,9 @@ class MemoryStore:
                 await self.revoke(lease_id)
 
     async def revoke(self, lease_id: int) -> None:
-        self.leases.pop(lease_id, None)
+        held = self.leases.pop(lease_id, None)
+        if held is not None and held[0] > self.clock.now():
+            self.cut_short[lease_id] = held[0]
         for name, key in list(self.keys.items()):
             if key.lease == lease_id:
                 await self.delete(name)
@@ -149,6 +160,7 @@ class MemoryElection:
         self._store = store
         self._name = name
         self._mine: str | None = None
+        self._token = 0
         self.wakeups = 0
 
     @property
@@ -163,13 +175,24 @@ class MemoryElection:
     def _epoch_key(self) -> str:
         return self._name + ".epoch"
 
-    async def campaign(self, session: Session, candidate_id: str, on_wait: OnWait | None = None) -> Leadership:
+    @property
+    def _marker_key(self) -> str:
+        return self._name + ".resigned"
+
+    async def campaign(
+        self,
+        session: Session,
+        candidate_id: str,
+        on_wait: OnWait | None = None,
+        report: CampaignReport | None = None,
+    ) -> Leadership:
         await self._store.gate()
         if not session.id:
             raise SessionExpired("session not open")
         name = self._prefix + session.id
         mine = await self._store.create(name, candidate_id, int(session.id, 16))
         self._mine = name
+        self._token = mine.create_revision
         while True:
             await self._store.gate()
             if self._store.keys.get(name) is not mine:
@@ -182,19 +205,55 @@ class MemoryElection:
                 on_wait(Leadership(ahead[0][1].value, ahead[0][1].create_revision, 0))
             await predecessor.deleted.wait()
             self.wakeups += 1
+        await self._lock_delay(mine.create_revision, report)
+        if self._store.keys.get(name) is not mine:
+            raise KeyLost(f"candidate key {name} vanished during the lock-delay")
         # The epoch bump and the ownership check happen in one step, as the
         # etcd transaction does.
-        epoch = json.loads(self._store.plain.get(self._epoch_key, '{"epoch": 0}'))["epoch"] + 1
-        self._store.plain[self._epoch_key] = json.dumps(
-            {"epoch": epoch, "token": mine.create_revision, "leader": candidate_id}
+        raw = self._store.plain.get(self._epoch_key)
+        old = parse_epoch_record(self._epoch_key, raw.encode() if raw is not None else None)
+        epoch = old.epoch + 1 if isinstance(old, EpochRecord) else 1
+        if isinstance(old, str) and report is not None:
+            report.epoch_record_repaired(self._epoch_key, old)
+        self._store.plain[self._epoch_key] = (
+            EpochRecord(epoch, mine.create_revision, candidate_id, name, mine.lease).encode().decode()
         )
         return Leadership(candidate_id, mine.create_revision, epoch)
+
+    async def _lock_delay(self, mine: int, report: CampaignReport | None) -> None:
+        """The etcd rule, with the store's exact knowledge of when a revoked lease would have run out."""
+        raw = self._store.plain.get(self._epoch_key)
+        record = parse_epoch_record(self._epoch_key, raw.encode() if raw is not None else None)
+        marker = parse_resign_marker((self._store.plain.get(self._marker_key) or "").encode())
+        if not isinstance(record, EpochRecord) or record.token in (0, mine):
+            return
+        if marker is not None and marker.token == record.token:
+            return
+        key = self._store.keys.get(record.key)
+        until = self._store.cut_short.get(record.lease, 0.0)
+        if key is not None and record.lease in self._store.leases:  # key deleted, lease lives
+            until = self._store.leases[record.lease][0]
+        now = self._store.clock.now()
+        if until <= now:
+            return
+        if report is not None:
+            why = "the last leader's key went before its lease could have expired"
+            report.lock_delay(LockDelay(record.key, record.token, round(until - now, 3), why))
+        while self._store.clock.now() < until:
+            await self._store.clock.sleep(min(0.05, until - self._store.clock.now()))
+            marker = parse_resign_marker((self._store.plain.get(self._marker_key) or "").encode())
+            if marker is not None and marker.token == record.token:
+                return
 
     async def resign(self) -> None:
         if self._mine is None:
             return
         await self._store.gate()
-        await self._store.delete(self._mine)
+        key = self._store.keys.get(self._mine)
+        token = self._token
+        self._store.plain[self._marker_key] = ResignMarker(token, self._mine).encode().decode()
+        if key is not None and key.create_revision == token:
+            await self._store.delete(self._mine)
         self._mine = None
 
     async def wait_lost(self) -> None:
@@ -204,8 +263,9 @@ class MemoryElection:
             return
         await key.deleted.wait()
 
-    def _epoch(self) -> int:
-        return int(json.loads(self._store.plain.get(self._epoch_key, '{"epoch": 0}'))["epoch"])
+    def _record(self) -> EpochRecord | str:
+        raw = self._store.plain.get(self._epoch_key)
+        return parse_epoch_record(self._epoch_key, raw.encode() if raw is not None else None)
 
     async def leader(self) -> Leadership | None:
         await self._store.gate()
@@ -213,10 +273,17 @@ class MemoryElection:
         if not keys:
             return None
         _, key = keys[0]
-        recorded = json.loads(self._store.plain.get(self._epoch_key, '{"epoch": 0, "token": 0}'))
+        recorded = self._record()
         # Until the new leader has bumped the epoch, the term is not yet its.
-        epoch = recorded["epoch"] if recorded.get("token") == key.create_revision else 0
-        return Leadership(key.value, key.create_revision, epoch)
+        ok = isinstance(recorded, EpochRecord) and recorded.token == key.create_revision
+        return Leadership(
+            key.value, key.create_revision, recorded.epoch if isinstance(recorded, EpochRecord) and ok else 0
+        )
+
+    async def problems(self) -> list[str]:
+        await self._store.gate()
+        recorded = self._record()
+        return [recorded] if isinstance(recorded, str) else []
 
     async def candidates(self) -> list[Candidate]:
         await self._store.gate()
@@ -228,11 +295,15 @@ class MemoryElection:
             out.append(Candidate(key.value, key.create_revision, name, left, stale=left is None or left <= 0))
         return out
 
-    async def evict(self, candidate_id: str) -> list[str]:
+    async def evict(self, candidate_id: str, key: str = "") -> list[str]:
         await self._store.gate()
-        gone = [(name, key) for name, key in self._store.under(self._prefix) if key.value == candidate_id]
-        for _, key in gone:
-            await self._store.revoke(key.lease)
+        gone = [
+            (name, k)
+            for name, k in self._store.under(self._prefix)
+            if k.value == candidate_id and (not key or name == key)
+        ]
+        for _, k in gone:
+            await self._store.revoke(k.lease)
         return [name for name, _ in gone]
 
     async def observe(self) -> AsyncIterator[Leadership | None]:

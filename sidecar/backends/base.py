@@ -16,9 +16,10 @@ Outcomes are typed, never guessed from messages:
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from sidecar.model import Leadership
 
@@ -80,8 +81,110 @@ class Candidate:
     stale: bool = False  # its lease or session is gone, though the key is still listed
 
 
+@dataclass(frozen=True)
+class EpochRecord:
+    """``NAME.epoch``: the last leader's term, token and where its lease lives.
+
+    ``key`` and ``lease`` (etcd: lease id; ZooKeeper: session id) name the
+    last leader's candidacy, so a successor can tell whether it resigned
+    cleanly and, on etcd, ask how long its lease had left.
+    """
+
+    epoch: int
+    token: int
+    leader: str = ""
+    key: str = ""
+    lease: int = 0
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {"epoch": self.epoch, "token": self.token, "leader": self.leader, "key": self.key, "lease": self.lease}
+        ).encode()
+
+
+def parse_epoch_record(key: str, raw: bytes | None) -> EpochRecord | str:
+    """The record, or one line naming the key and the rule it breaks.
+
+    The token is the fence; the epoch is for people. A record that an
+    operator or a bug garbled must never stop an election, so the caller
+    repairs it rather than fail.
+    """
+    if raw is None or raw == b"":
+        return EpochRecord(0, 0)
+    try:
+        data: Any = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return f'{key}: not JSON ({raw[:40]!r}); expected {{"epoch": int, "token": int, ...}}'
+    if not isinstance(data, dict):
+        return f"{key}: JSON {type(data).__name__}, expected an object with an integer epoch"
+    epoch, token = data.get("epoch"), data.get("token", 0)
+    lease = data.get("lease", 0)
+    for name, value in (("epoch", epoch), ("token", token), ("lease", lease)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            return f"{key}: {name} {value!r} is not a non-negative integer"
+    leader, cand = data.get("leader", ""), data.get("key", "")
+    return EpochRecord(
+        int(epoch),  # type: ignore[arg-type]  # checked above
+        int(token),
+        leader if isinstance(leader, str) else "",
+        cand if isinstance(cand, str) else "",
+        int(lease),
+    )
+
+
+@dataclass(frozen=True)
+class ResignMarker:
+    """``NAME.resigned``: the last leader that stopped its orchestrator, confirmed, and then left."""
+
+    token: int
+    key: str
+
+    def encode(self) -> bytes:
+        return json.dumps({"token": self.token, "key": self.key}).encode()
+
+
+def parse_resign_marker(raw: bytes | None) -> ResignMarker | None:
+    """The marker, or None when absent or unreadable (then nobody counts as resigned: the safe side)."""
+    if not raw:
+        return None
+    try:
+        data: Any = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("token"), int) or not isinstance(data.get("key"), str):
+        return None
+    return ResignMarker(int(data["token"]), str(data["key"]))
+
+
 OnWait = Callable[[Leadership], None]
 """Called with the current leader (epoch may be 0) whenever a campaign must wait."""
+
+
+@dataclass(frozen=True)
+class LockDelay:
+    """A campaign found its predecessor gone before that one's grant could have ended.
+
+    The predecessor's key or node vanished without the clean-resign marker
+    (deleted by an operator, lease revoked, evicted): the store no longer
+    protects its grant window, so the campaign waits ``seconds`` (at most;
+    it ends early if the predecessor confirms its orchestrator stopped)
+    before it lets this candidate lead (Chubby's lock-delay).
+    """
+
+    predecessor: str  # its key or node
+    token: int
+    seconds: float
+    why: str
+
+
+class CampaignReport(Protocol):
+    """What a campaign tells the elector besides its outcome (logged and counted there)."""
+
+    def lock_delay(self, delay: LockDelay) -> None: ...
+
+    def epoch_record_repaired(self, key: str, found: str) -> None: ...
+
+    def duplicate_candidate_id(self, candidate_id: str, keys: list[str]) -> None: ...
 
 
 class Session(Protocol):
@@ -120,18 +223,32 @@ class Election(Protocol):
     @property
     def name(self) -> str: ...
 
-    async def campaign(self, session: Session, candidate_id: str, on_wait: OnWait | None = None) -> Leadership:
+    async def campaign(
+        self,
+        session: Session,
+        candidate_id: str,
+        on_wait: OnWait | None = None,
+        report: CampaignReport | None = None,
+    ) -> Leadership:
         """Join the queue and return once this candidate leads.
 
         Blocks while others lead, waking only when its predecessor goes;
         ``on_wait(leader)`` is called each time it has to wait.
+        Returns only once the last leader's grant cannot still be valid: if
+        its key vanished without a clean resign, it waits (``lock_delay``).
         The returned epoch was bumped in a transaction that also proved the
-        candidate key still exists.
+        candidate key still exists; a malformed epoch record is overwritten
+        (``epoch_record_repaired``), never a reason to fail.
         """
         ...
 
     async def resign(self) -> None:
-        """Delete our candidate key so the successor takes over at once."""
+        """Delete our candidate key so the successor takes over at once.
+
+        Called only once our orchestrator is confirmed stopped, also after a
+        lost lease; it leaves the clean-resign marker (same transaction as
+        the delete), which tells the successor it need not wait.
+        """
         ...
 
     async def wait_lost(self) -> None:
@@ -154,12 +271,17 @@ class ElectionAdmin(Protocol):
         """Every candidate, oldest (the leader) first."""
         ...
 
-    async def evict(self, candidate_id: str) -> list[str]:
-        """End every candidacy of ``candidate_id`` as a lease expiry would.
+    async def evict(self, candidate_id: str, key: str = "") -> list[str]:
+        """End every candidacy of ``candidate_id`` (or only ``key``) as a lease expiry would.
 
         etcd revokes the candidate's lease; ZooKeeper deletes its node (our
-        ACL lets only our identity do that). Returns the keys removed.
+        ACL lets only our identity do that). Returns the keys removed. The
+        successor then waits out the evicted one's lease (lock-delay).
         """
+        ...
+
+    async def problems(self) -> list[str]:
+        """Store data that breaks a rule, one line each naming the key and the rule."""
         ...
 
     def observe(self) -> AsyncIterator[Leadership | None]:

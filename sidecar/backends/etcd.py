@@ -15,14 +15,28 @@ queues in the same election:
 The keepalive is ours, not the library's: one LeaseKeepAlive request per
 renewal, timed from the moment it is sent. The library's own "alive" flag
 is not evidence of anything.
+
+Store-side safety (docs/design.md, "Lock-delay"):
+
+* the key can vanish before its lease could have expired (``etcdctl del``,
+  ``lease revoke``, ``evict``). A successor honours the last leader's
+  *lease*, not its key: the next in line tracks the head's lease with one
+  ``LeaseTimeToLive`` per retry interval, and if the head goes without the
+  clean-resign marker ``NAME.resigned`` (written in the same txn as a
+  confirmed resign's delete), it waits until that lease could have run out;
+* watches carry ``hasleader=true`` (etcd's ``WithRequireLeader``), so a member
+  cut off from its raft leader cancels them instead of holding a candidate
+  asleep; every waiting loop also re-reads the store each retry interval,
+  and a watch only ever starts from a revision actually read + 1;
+* a malformed ``NAME.epoch`` is repaired by the next winner, never fatal.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,19 +48,25 @@ from etcd3aio import (
     EtcdUnauthenticatedError,
     SortOrder,
     SortTarget,
-    WatchFilter,
     prefix_range_end,
 )
+from etcd3aio._protobuf import WatchCreateRequest, WatchRequest, WatchStub
 
 from sidecar.backends.base import (
+    CampaignReport,
     Candidate,
+    EpochRecord,
     KeyLost,
+    LockDelay,
     OnWait,
     Renewal,
+    ResignMarker,
     Session,
     SessionExpired,
     StoreForbidden,
     StoreUnavailable,
+    parse_epoch_record,
+    parse_resign_marker,
 )
 from sidecar.clock import Clock
 from sidecar.config import Config, ConfigError, endpoint_hostports, etcd_password
@@ -54,6 +74,12 @@ from sidecar.model import Leadership
 
 TOKEN_REFRESH = 120.0  # seconds; etcd's simple tokens live 300 s by default
 _DELETE = 1  # mvccpb.Event.EventType.DELETE
+_NOPUT = 0  # WatchCreateRequest.FilterType.NOPUT
+# etcd's WithRequireLeader: a member without a raft leader refuses (and, after
+# about three election timeouts, cancels) streams carrying this, instead of
+# serving them from a partitioned minority for ever.
+REQUIRE_LEADER = ("hasleader", "true")
+NEAR_EXPIRY_POLL = 0.1  # seconds between lease polls once the head's lease runs out (see _Tracked)
 
 
 @contextlib.contextmanager
@@ -95,6 +121,8 @@ class EtcdBackend:
         tls_server_name: str = "",
         user: str = "",
         password: str = "",
+        retry_interval: float = 1.0,
+        drift: float = 0.01,
     ) -> None:
         self._user = user
         self._password = password
@@ -111,13 +139,44 @@ class EtcdBackend:
         )
         self.clock = clock
         self.timeout = request_timeout
+        self.retry_interval = retry_interval
+        self.drift = drift
         self._connected = False
+        self._watch_stub: Any = None
 
     async def connect(self) -> EtcdBackend:
         if not self._connected:
             await self.client.connect()
+            # Our own watch calls (see watch_stream): etcd3aio 0.3.0 sends no
+            # per-call metadata and resumes from a response header's revision.
+            self._watch_stub = WatchStub(self.client._channel)
             self._connected = True
         return self
+
+    async def server_version(self) -> str:
+        """The version of the member we talk to (logged at start, exported as a label)."""
+        with _store_errors("status"):
+            resp = await self.client.maintenance.status(timeout=self.timeout)  # type: ignore[union-attr]
+        return str(resp.version)
+
+    def watch_stream(self, key: bytes, range_end: bytes = b"", start_revision: int = 0, *, no_put: bool = False) -> Any:
+        """One Watch stream, no retries, with require-leader.
+
+        ``start_revision`` must be a revision we actually read + 1: resuming
+        from anything else (etcd3aio uses a response header's revision) can
+        skip the very DELETE we wait for.
+        """
+        assert self._watch_stub is not None, "connect() first"
+        create = WatchCreateRequest(
+            key=key, range_end=range_end, start_revision=start_revision, filters=[_NOPUT] if no_put else []
+        )
+
+        async def requests() -> AsyncIterator[WatchRequest]:
+            yield WatchRequest(create_request=create)
+            await asyncio.Event().wait()  # keep the request side open; the call is cancelled to end it
+
+        token = self.client.watch._metadata if self.client.watch is not None else ()
+        return self._watch_stub.Watch(requests(), metadata=(*token, REQUIRE_LEADER))
 
     async def authenticate(self) -> None:
         """Log in once (then keep the token fresh); a no-op without a user."""
@@ -134,6 +193,10 @@ class EtcdBackend:
 
     def election(self, name: str) -> EtcdElection:
         return EtcdElection(self, name)
+
+    async def describe(self) -> dict[str, str]:
+        """Facts about the store for the start-up log and the store_info metric."""
+        return {"version": await self.server_version()}
 
     def admin(self, name: str) -> EtcdElection:
         # One class serves both roles; the protocols keep each caller to its own part.
@@ -167,11 +230,17 @@ class EtcdSession:
     def __init__(self, backend: EtcdBackend, ttl: int) -> None:
         self._b = backend
         self._ttl = ttl
+        self._granted = 0
         self._lease = 0
 
     @property
     def id(self) -> str:
         return f"{self._lease:x}" if self._lease else ""
+
+    @property
+    def ttl(self) -> float:
+        """The TTL the store granted (what a successor waits when it knows nothing better)."""
+        return float(self._granted or self._ttl)
 
     async def open(self) -> Renewal:
         await self._b.authenticate()
@@ -181,6 +250,7 @@ class EtcdSession:
         if resp.error:
             raise StoreUnavailable(f"etcd lease grant: {resp.error}")
         self._lease = resp.ID
+        self._granted = int(resp.TTL)
         return Renewal(sent, float(resp.TTL))
 
     async def keepalive(self) -> Renewal:
@@ -217,21 +287,45 @@ class EtcdSession:
         self._lease = 0
 
 
+@dataclass
+class _Tracked:
+    """What a waiting candidate knows of one leader's lease, on its own clock.
+
+    ``hi``: the lease cannot expire later than this unless it was renewed
+    after ``polled``. etcd reports the remaining TTL in whole seconds,
+    truncated, so one poll alone leaves a second of doubt; while the lease is
+    running out unrenewed (a crashed or frozen leader) we poll every
+    NEAR_EXPIRY_POLL and keep the tightest bound, so an expiry is recognised
+    within about that long and crash failover stays as fast as before.
+    """
+
+    token: int
+    key: str
+    lease: int
+    granted: float
+    hi: float
+    remaining: int
+    polled: float
+    alive: bool = True
+
+
 class EtcdElection:
     def __init__(self, backend: EtcdBackend, name: str) -> None:
         self._b = backend
         self._name = name
         self._prefix = name + "/"
         self._epoch_key = name + ".epoch"
+        self._marker_key = name + ".resigned"
         self._key = ""
         self._rev = 0
+        self._tracked: _Tracked | None = None
         self.wakeups = 0  # watch events that woke this candidate; O(1) per change
 
     @property
     def name(self) -> str:
         return self._name
 
-    async def _candidate_kvs(self) -> tuple[list[object], int]:
+    async def _candidate_kvs(self) -> tuple[list[Any], int]:
         await self._b.authenticate()
         with _store_errors("range"):
             resp = await self._b.kv.get(
@@ -243,15 +337,22 @@ class EtcdElection:
             )
         return list(resp.kvs), int(resp.header.revision)
 
-    async def campaign(self, session: Session, candidate_id: str, on_wait: OnWait | None = None) -> Leadership:
+    async def campaign(
+        self,
+        session: Session,
+        candidate_id: str,
+        on_wait: OnWait | None = None,
+        report: CampaignReport | None = None,
+    ) -> Leadership:
         if not session.id:
             raise SessionExpired("session not open")
         kv = self._b.kv
         key = self._prefix + session.id
+        lease = int(session.id, 16)
         with _store_errors("campaign txn"):
             resp = await kv.txn(
                 compare=[kv.txn_compare_create_revision(key, 0)],
-                success=[kv.txn_op_put(key, candidate_id, lease=int(session.id, 16))],
+                success=[kv.txn_op_put(key, candidate_id, lease=lease)],
                 failure=[kv.txn_op_get(key)],
                 timeout=self._b.timeout,
             )
@@ -262,45 +363,171 @@ class EtcdElection:
             # first attempt did land): keep our place in the queue.
             rev = int(resp.responses[0].response_range.kvs[0].create_revision)
         self._key, self._rev = key, rev
-        await self._wait_for_predecessors(on_wait)
-        epoch = await self._bump_epoch(candidate_id)
+        await self._wait_for_predecessors(candidate_id, on_wait, report)
+        await self._lock_delay(report, float(getattr(session, "ttl", 0.0)))
+        epoch = await self._bump_epoch(candidate_id, lease, report)
         return Leadership(candidate_id, rev, epoch)
 
-    async def _wait_for_predecessors(self, on_wait: OnWait | None) -> None:
+    async def _wait_for_predecessors(
+        self, candidate_id: str, on_wait: OnWait | None, report: CampaignReport | None
+    ) -> None:
+        told: tuple[str, int] | None = None
+        duplicates_told = False
         while True:
             kvs, revision = await self._candidate_kvs()
-            if not any(kv.key.decode() == self._key for kv in kvs):  # type: ignore[attr-defined]
+            if not any(kv.key.decode() == self._key for kv in kvs):
                 raise KeyLost(f"candidate key {self._key} vanished while campaigning")
-            ahead = [kv for kv in kvs if kv.create_revision < self._rev]  # type: ignore[attr-defined]
+            twins = [kv.key.decode(errors="replace") for kv in kvs if kv.value.decode(errors="replace") == candidate_id]
+            if len(twins) > 1 and not duplicates_told and report is not None:
+                report.duplicate_candidate_id(candidate_id, twins)
+                duplicates_told = True
+            ahead = [kv for kv in kvs if kv.create_revision < self._rev]
             if not ahead:
                 return
-            if on_wait is not None:
-                first = kvs[0]
-                on_wait(Leadership(first.value.decode(errors="replace"), int(first.create_revision), 0))  # type: ignore[attr-defined]
-            await self._wait_deleted(ahead[-1].key, revision + 1)  # type: ignore[attr-defined]
-            self.wakeups += 1
+            head = ahead[0]
+            leader = (head.value.decode(errors="replace"), int(head.create_revision))
+            if on_wait is not None and leader != told:
+                # Once per leader: the re-reads below are a backstop, not news.
+                on_wait(Leadership(leader[0], leader[1], 0))
+                told = leader
+            budget = self._b.retry_interval
+            if len(ahead) == 1 and head.lease:
+                # Next in line: follow the leader's lease, so that if its key
+                # goes before the lease could have run out we know how long to wait.
+                tracked = await self._poll_lease(int(head.create_revision), head.key.decode(), int(head.lease))
+                if tracked is not None and tracked.alive and tracked.remaining <= 1:
+                    budget = min(budget, NEAR_EXPIRY_POLL)
+            if await self._wait_deleted(ahead[-1].key, revision + 1, budget):
+                self.wakeups += 1
 
-    async def _wait_deleted(self, key: bytes, from_revision: int) -> None:
-        stream = self._b.watch.watch(key, start_revision=from_revision, filters=[WatchFilter.NOPUT])
+    async def _poll_lease(self, token: int, key: str, lease: int) -> _Tracked | None:
+        """One LeaseTimeToLive of a leader's lease; the tracking of it, updated."""
+        clock = self._b.clock
+        prev = self._tracked if self._tracked is not None and self._tracked.token == token else None
+        sent = clock.now()
+        with _store_errors("lease ttl"):
+            resp = await self._b.lease.time_to_live(lease, timeout=self._b.timeout)
+        got = clock.now()
+        if resp.TTL < 0:  # gone (revoked or expired): what we knew before is all we will know
+            if prev is not None:
+                prev.alive = False
+            return prev
+        remaining, granted = int(resp.TTL), float(resp.grantedTTL)
+        # The server's "remaining" second is truncated and counts on its clock.
+        hi = got + (remaining + 1) * (1 + self._b.drift)
+        if (
+            prev is not None
+            and prev.alive
+            and remaining <= 1
+            and prev.remaining <= 1
+            and granted >= 3
+            and got - prev.polled < granted - 2
+        ):
+            # Neither poll could have followed a renewal (that would read at
+            # least 2 s left), so both bound the same expiry: keep the tighter.
+            hi = min(hi, prev.hi)
+        self._tracked = _Tracked(token, key, lease, granted, hi, remaining, sent)
+        return self._tracked
+
+    async def _read_at_once(self) -> tuple[EpochRecord | str, ResignMarker | None]:
+        """The epoch record and the resign marker, as of one revision."""
+        kv = self._b.kv
+        with _store_errors("epoch read"):
+            resp = await kv.txn(
+                compare=[], success=[kv.txn_op_get(self._epoch_key), kv.txn_op_get(self._marker_key)],
+                failure=[], timeout=self._b.timeout,
+            )  # fmt: skip
+        rec_kvs = resp.responses[0].response_range.kvs
+        marker_kvs = resp.responses[1].response_range.kvs
+        record = parse_epoch_record(self._epoch_key, rec_kvs[0].value if rec_kvs else None)
+        return record, parse_resign_marker(marker_kvs[0].value if marker_kvs else None)
+
+    async def _marker_token(self) -> int:
+        with _store_errors("resign marker read"):
+            resp = await self._b.kv.get(self._marker_key, timeout=self._b.timeout)
+        marker = parse_resign_marker(resp.kvs[0].value if resp.kvs else None)
+        return marker.token if marker is not None else -1
+
+    async def _lock_delay(self, report: CampaignReport | None, own_ttl: float) -> None:
+        """Return once the last leader's grant cannot still be valid.
+
+        We lead the queue now. If the last leader left by a confirmed resign
+        (its token is in the marker) or never existed, nothing to wait for.
+        Otherwise its key vanished (deleted, lease revoked, evicted, or its
+        lease expired): wait until its lease could have run out, which for an
+        expiry has already happened. The wait ends early if it confirms
+        its orchestrator stopped (it writes the marker then).
+        """
+        clock = self._b.clock
+        record, marker = await self._read_at_once()
+        tracked = self._tracked
+        if isinstance(record, EpochRecord):
+            if record.token in (0, self._rev) or (marker is not None and marker.token == record.token):
+                return
+            token, key, lease = record.token, record.key, record.lease
+        elif tracked is not None:  # the record is garbage: the head we followed is the best we know
+            if marker is not None and marker.token == tracked.token:
+                return
+            token, key, lease = tracked.token, tracked.key, tracked.lease
+        else:
+            token, key, lease = 0, "", 0
+        known = self._tracked if self._tracked is not None and self._tracked.token == token else None
+        if lease and (known is None or known.alive):
+            known = await self._poll_lease(token, key, lease) or known
+        now = clock.now()
+        if known is None:
+            until, why = now + own_ttl, "the last leader's lease is unknown: waiting one TTL"
+        else:
+            until = known.hi
+            why = (
+                "the last leader's key was deleted while its lease lives"
+                if known.alive
+                else "the last leader's key went before its lease could have expired"
+            )
+        if until <= now:
+            return  # its lease had run out: an expiry, and the wait is already over
+        if report is not None:
+            report.lock_delay(LockDelay(key or "(unknown)", token, round(until - now, 3), why))
+        while now < until:
+            await clock.sleep(min(self._b.retry_interval, until - now))
+            if token and await self._marker_token() == token:
+                return  # it confirmed its orchestrator stopped
+            if known is not None and known.alive:
+                # Its lease still runs (a deleted key): it bounds the grant while it lives.
+                known = await self._poll_lease(token, key, lease) or known
+                until = known.hi
+            now = clock.now()
+
+    async def _wait_deleted(self, key: bytes, from_revision: int, budget: float) -> bool:
+        """True once ``key`` is deleted; False when ``budget`` runs out (the caller reads again)."""
+        call = self._b.watch_stream(key, start_revision=from_revision, no_put=True)
         try:
-            with _store_errors("watch"):
-                async for resp in stream:
-                    if resp.canceled:
-                        raise StoreUnavailable(f"etcd watch canceled: {resp.cancel_reason}")
-                    if any(ev.type == _DELETE for ev in resp.events):
-                        return
+            async with asyncio.timeout(budget):
+                with _store_errors("watch"):
+                    async for resp in call:
+                        if resp.compact_revision:
+                            return False  # history compacted under us: read the state afresh
+                        if resp.canceled:
+                            raise StoreUnavailable(f"etcd watch canceled: {resp.cancel_reason or 'no reason given'}")
+                        if any(ev.type == _DELETE for ev in resp.events):
+                            return True
+        except TimeoutError:
+            return False
         finally:
-            await stream.aclose()
+            call.cancel()
         raise StoreUnavailable("etcd watch ended")
 
-    async def _bump_epoch(self, candidate_id: str) -> int:
+    async def _bump_epoch(self, candidate_id: str, lease: int, report: CampaignReport | None) -> int:
         kv = self._b.kv
         while True:
             with _store_errors("epoch read"):
                 resp = await kv.get(self._epoch_key, timeout=self._b.timeout)
             version = int(resp.kvs[0].version) if resp.kvs else 0
-            epoch = (json.loads(resp.kvs[0].value)["epoch"] if resp.kvs else 0) + 1
-            record = json.dumps({"epoch": epoch, "token": self._rev, "leader": candidate_id})
+            old = parse_epoch_record(self._epoch_key, resp.kvs[0].value if resp.kvs else None)
+            # A garbled record is overwritten: every term bumped it with one
+            # put, so its version is a fair stand-in for the lost term number.
+            epoch = old.epoch + 1 if isinstance(old, EpochRecord) else version + 1
+            record = EpochRecord(epoch, self._rev, candidate_id, self._key, lease).encode()
             with _store_errors("epoch txn"):
                 txn = await kv.txn(
                     compare=[
@@ -312,6 +539,8 @@ class EtcdElection:
                     timeout=self._b.timeout,
                 )
             if txn.succeeded:
+                if isinstance(old, str) and report is not None:
+                    report.epoch_record_repaired(self._epoch_key, old)
                 return int(epoch)
             mine = txn.responses[0].response_range.kvs
             if not mine or mine[0].create_revision != self._rev:
@@ -321,35 +550,64 @@ class EtcdElection:
     async def resign(self) -> None:
         if not self._key:
             return
+        kv = self._b.kv
+        marker = ResignMarker(self._rev, self._key).encode()
+        # One txn: the successor never sees our key gone without the marker
+        # that says our orchestrator was confirmed stopped first. Put even
+        # when the key is already gone (lease lost): the marker still saves
+        # the successor its lock-delay.
         with _store_errors("resign"):
-            await self._b.kv.delete(self._key, timeout=self._b.timeout)
+            await kv.txn(
+                compare=[kv.txn_compare_create_revision(self._key, self._rev)],
+                success=[kv.txn_op_delete(self._key), kv.txn_op_put(self._marker_key, marker)],
+                failure=[kv.txn_op_put(self._marker_key, marker)],
+                timeout=self._b.timeout,
+            )
         self._key, self._rev = "", 0
 
     async def wait_lost(self) -> None:
         if not self._key:
             return
-        with _store_errors("own key read"):
-            resp = await self._b.kv.get(self._key, timeout=self._b.timeout)
-        if not resp.kvs or resp.kvs[0].create_revision != self._rev:
-            return
-        await self._wait_deleted(self._key.encode(), int(resp.header.revision) + 1)
+        while True:
+            with _store_errors("own key read"):
+                resp = await self._b.kv.get(self._key, timeout=self._b.timeout)
+            if not resp.kvs or resp.kvs[0].create_revision != self._rev:
+                return
+            # Re-read every retry interval: a watch is a hint, the read is the fact.
+            if await self._wait_deleted(self._key.encode(), int(resp.header.revision) + 1, self._b.retry_interval):
+                return
+
+    async def _epoch_at(self, revision: int) -> EpochRecord | str:
+        with _store_errors("epoch read"):
+            resp = await self._b.kv.get(self._epoch_key, revision=revision, timeout=self._b.timeout)
+        return parse_epoch_record(self._epoch_key, resp.kvs[0].value if resp.kvs else None)
 
     async def leader(self) -> Leadership | None:
         kvs, revision = await self._candidate_kvs()
         if not kvs:
             return None
         first = kvs[0]
-        with _store_errors("epoch read"):
-            resp = await self._b.kv.get(self._epoch_key, revision=revision, timeout=self._b.timeout)
-        token = int(first.create_revision)  # type: ignore[attr-defined]
-        epoch = 0
-        if resp.kvs:
-            recorded = json.loads(resp.kvs[0].value)
-            # Until the new leader bumped the epoch, the recorded term is its
-            # predecessor's: report 0 ("not yet confirmed") rather than a lie.
-            if recorded.get("token") == token:
-                epoch = int(recorded["epoch"])
-        return Leadership(first.value.decode(errors="replace"), token, epoch)  # type: ignore[attr-defined]
+        token = int(first.create_revision)
+        recorded = await self._epoch_at(revision)
+        # Until the new leader bumped the epoch, the recorded term is its
+        # predecessor's: report 0 ("not yet confirmed") rather than a lie.
+        # A garbled record also reads as 0; problems() names it.
+        epoch = recorded.epoch if isinstance(recorded, EpochRecord) and recorded.token == token else 0
+        return Leadership(first.value.decode(errors="replace"), token, epoch)
+
+    async def problems(self) -> list[str]:
+        kvs, revision = await self._candidate_kvs()
+        out = []
+        recorded = await self._epoch_at(revision)
+        if isinstance(recorded, str):
+            out.append(f"{recorded} (the next leader rewrites it)")
+        ids: dict[str, list[str]] = {}
+        for kv in kvs:
+            ids.setdefault(kv.value.decode(errors="replace"), []).append(kv.key.decode(errors="replace"))
+        for cid, keys in ids.items():
+            if len(keys) > 1:
+                out.append(f"candidate id {cid!r} is used by {len(keys)} keys ({', '.join(keys)}): ids must be unique")
+        return out
 
     async def candidates(self) -> list[Candidate]:
         kvs, _ = await self._candidate_kvs()
@@ -361,49 +619,59 @@ class EtcdElection:
                 r = await self._b.lease.time_to_live(lease, timeout=self._b.timeout)
             return float(r.TTL) if r.TTL >= 0 else None
 
-        ttls = await asyncio.gather(*(ttl_of(int(kv.lease)) for kv in kvs))  # type: ignore[attr-defined]
+        ttls = await asyncio.gather(*(ttl_of(int(kv.lease)) for kv in kvs))
         return [
             Candidate(
-                kv.value.decode(errors="replace"),  # type: ignore[attr-defined]
-                int(kv.create_revision),  # type: ignore[attr-defined]
-                kv.key.decode(errors="replace"),  # type: ignore[attr-defined]
+                kv.value.decode(errors="replace"),
+                int(kv.create_revision),
+                kv.key.decode(errors="replace"),
                 ttl,
                 stale=ttl is None or ttl <= 0,
             )
             for kv, ttl in zip(kvs, ttls, strict=True)
         ]
 
-    async def evict(self, candidate_id: str) -> list[str]:
+    async def evict(self, candidate_id: str, key: str = "") -> list[str]:
         kvs, _ = await self._candidate_kvs()
         gone = []
         for kv in kvs:
-            if kv.value.decode(errors="replace") != candidate_id:  # type: ignore[attr-defined]
+            if kv.value.decode(errors="replace") != candidate_id:
+                continue
+            if key and kv.key.decode(errors="replace") != key:
                 continue
             with _store_errors("evict"):
-                if kv.lease:  # type: ignore[attr-defined]
-                    await self._b.lease.revoke(int(kv.lease), timeout=self._b.timeout)  # type: ignore[attr-defined]
+                if kv.lease:
+                    await self._b.lease.revoke(int(kv.lease), timeout=self._b.timeout)
                 else:
-                    await self._b.kv.delete(kv.key, timeout=self._b.timeout)  # type: ignore[attr-defined]
-            gone.append(kv.key.decode(errors="replace"))  # type: ignore[attr-defined]
+                    await self._b.kv.delete(kv.key, timeout=self._b.timeout)
+            gone.append(kv.key.decode(errors="replace"))
         return gone
 
     async def observe(self) -> AsyncIterator[Leadership | None]:
-        current = await self.leader()
-        yield current
-        # One range covers NAME.epoch and NAME/...: both sort between NAME
-        # and the end of the NAME/ prefix.
-        stream = self._b.watch.watch(self._name, range_end=prefix_range_end(self._prefix))
-        try:
-            with _store_errors("watch"):
-                async for resp in stream:
-                    if not resp.events:
-                        continue
-                    now = await self.leader()
-                    if now != current:
-                        current = now
-                        yield current
-        finally:
-            await stream.aclose()
+        current: object = object()
+        end = prefix_range_end(self._prefix)
+        while True:
+            _, revision = await self._candidate_kvs()
+            now = await self.leader()
+            if now != current:
+                current = now
+                yield now
+            # One range covers NAME.epoch, NAME.resigned and NAME/...: all sort
+            # between NAME and the end of the NAME/ prefix. Re-read every retry
+            # interval whatever the watch says (a backstop).
+            call = self._b.watch_stream(self._name.encode(), end, revision + 1)
+            try:
+                async with asyncio.timeout(self._b.retry_interval):
+                    with _store_errors("watch"):
+                        async for resp in call:
+                            if resp.canceled:
+                                raise StoreUnavailable(f"etcd watch canceled: {resp.cancel_reason or 'compacted'}")
+                            if resp.events:
+                                break
+            except TimeoutError:
+                pass
+            finally:
+                call.cancel()
 
     async def close(self) -> None:
         return None
@@ -432,4 +700,6 @@ async def connect(cfg: Config, clock: Clock) -> EtcdBackend:
         tls_server_name=cfg.tls_server_name,
         user=cfg.etcd_user,
         password=etcd_password(cfg) if cfg.etcd_user else "",
+        retry_interval=cfg.retry_interval,
+        drift=cfg.drift,
     ).connect()

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
 import socket
 import threading
@@ -54,7 +53,9 @@ from kazoo.retry import KazooRetry
 from kazoo.security import make_acl, make_digest_acl
 
 from sidecar.backends.base import (
+    CampaignReport,
     Candidate,
+    EpochRecord,
     KeyLost,
     OnWait,
     Renewal,
@@ -62,6 +63,7 @@ from sidecar.backends.base import (
     SessionExpired,
     StoreForbidden,
     StoreUnavailable,
+    parse_epoch_record,
 )
 from sidecar.clock import Clock
 from sidecar.config import Config, ConfigError, endpoint_hostports
@@ -421,7 +423,13 @@ class ZooKeeperElection:
                 return []
         return sorted((n for n in names if _seq(n) >= 0), key=_seq)
 
-    async def campaign(self, session: Session, candidate_id: str, on_wait: OnWait | None = None) -> Leadership:
+    async def campaign(
+        self,
+        session: Session,
+        candidate_id: str,
+        on_wait: OnWait | None = None,
+        report: CampaignReport | None = None,
+    ) -> Leadership:
         if not isinstance(session, ZooKeeperSession):
             raise TypeError("a ZooKeeper election needs a ZooKeeper session")
         client = session.client
@@ -457,10 +465,10 @@ class ZooKeeperElection:
                     continue  # gone between the listing and the watch
                 await fired.wait()
                 self.wakeups += 1
-            epoch = await self._bump_epoch(client, candidate_id)
+            epoch = await self._bump_epoch(client, candidate_id, report)
         return Leadership(candidate_id, self._czxid, epoch)
 
-    async def _bump_epoch(self, client: KazooClient, candidate_id: str) -> int:
+    async def _bump_epoch(self, client: KazooClient, candidate_id: str, report: CampaignReport | None = None) -> int:
         while True:
             try:
                 data, stat = await _call(client.get_async, self.epoch_path)
@@ -468,13 +476,18 @@ class ZooKeeperElection:
                 with contextlib.suppress(NodeExistsError):
                     await _call(client.create_async, self.epoch_path, b'{"epoch": 0}', self._b.acl, False, False, True)
                 continue
-            epoch = int(json.loads(data or b'{"epoch": 0}')["epoch"]) + 1
-            record = json.dumps({"epoch": epoch, "token": self._czxid, "leader": candidate_id}).encode()
+            old = parse_epoch_record(self.epoch_path, data)
+            # A garbled record is overwritten, never fatal: every term set it
+            # once, so the node's version stands in for the lost term number.
+            epoch = old.epoch + 1 if isinstance(old, EpochRecord) else int(stat.version) + 1
+            record = EpochRecord(epoch, self._czxid, candidate_id, self._node).encode()
             tx = client.transaction()
             tx.check(self._node, 0)  # our node exists, unchanged since we created it
             tx.set_data(self.epoch_path, record, stat.version)
             results = await _call(tx.commit_async)
             if not any(isinstance(r, Exception) for r in results):
+                if isinstance(old, str) and report is not None:
+                    report.epoch_record_repaired(self.epoch_path, old)
                 return epoch
             if isinstance(results[0], NoNodeError | BadVersionError):
                 raise KeyLost(f"candidate node {self._node} vanished before the epoch bump")
@@ -510,9 +523,9 @@ class ZooKeeperElection:
             if with_epoch:
                 try:
                     raw, _ = await _call(client.get_async, self.epoch_path)
-                    recorded = json.loads(raw or b"{}")
-                    if recorded.get("token") == token:
-                        epoch = int(recorded["epoch"])
+                    recorded = parse_epoch_record(self.epoch_path, raw)
+                    if isinstance(recorded, EpochRecord) and recorded.token == token:
+                        epoch = recorded.epoch
                 except NoNodeError:
                     pass
         return Leadership((data or b"").decode(errors="replace"), token, epoch)
@@ -541,11 +554,21 @@ class ZooKeeperElection:
             out.append(Candidate((data or b"").decode(errors="replace"), int(stat.czxid), node, None, stale=False))
         return out
 
-    async def evict(self, candidate_id: str) -> list[str]:
+    async def problems(self) -> list[str]:
+        client = self._client or await self._b.observer()
+        with _store_errors("read epoch"):
+            try:
+                raw, _ = await _call(client.get_async, self.epoch_path)
+            except NoNodeError:
+                return []
+        recorded = parse_epoch_record(self.epoch_path, raw)
+        return [f"{recorded} (the next leader rewrites it)"] if isinstance(recorded, str) else []
+
+    async def evict(self, candidate_id: str, key: str = "") -> list[str]:
         client = self._client or await self._b.observer()
         gone = []
         for c in await self.candidates():
-            if c.id == candidate_id:
+            if c.id == candidate_id and (not key or c.key == key):
                 with _store_errors("evict"), contextlib.suppress(NoNodeError):
                     await _call(client.delete_async, c.key)
                 gone.append(c.key)

@@ -1,0 +1,250 @@
+"""Issue 14, etcd: the store must protect a grant even when the key goes early.
+
+A "frozen leader" here is a lease and a candidate key made by hand (what a
+SIGSTOPped sidecar leaves in the store): it is renewed only when the test
+says so, and the epoch record names it as the leader, as its own campaign
+would have. In-process electors on the real etcd play the successor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pytest
+
+from sidecar.backends import connect
+from sidecar.backends.base import Backend
+from sidecar.clock import MonotonicClock
+from sidecar.config import Config
+from sidecar.elector import Elector, Hooks
+from sidecar.model import Grant
+from sidecar_harness.fleet import FAST_TIMING, fast_config
+from tests.conftest import EtcdServer
+from tests.helpers import RecordingSink, eventually
+
+pytestmark = pytest.mark.integration
+TTL = FAST_TIMING["ttl"]
+# The frozen leader's grant ends here, counted from its last renewal's send.
+GRANT = TTL * (1 - 0.01) - FAST_TIMING["margin"]
+
+
+@dataclass
+class Successor:
+    elector: Elector
+    sink: RecordingSink
+    task: asyncio.Task[None]
+    elected_at: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Store:
+    cfg: Config
+    backend: Backend
+    raw: Any  # the etcd3aio client, for what an operator would do with etcdctl
+    successors: list[Successor] = field(default_factory=list)
+
+    async def frozen_leader(self) -> tuple[int, str, int]:
+        """A leader that holds a grant and then stops: (lease, key, token)."""
+        lease = (await self.raw.lease.grant(int(TTL))).ID
+        key = f"{self.cfg.election}/{lease:x}"
+        put = await self.raw.kv.put(key, "frozen", lease=lease)
+        token = int(put.header.revision)
+        record = {"epoch": 7, "token": token, "leader": "frozen", "key": key, "lease": lease}
+        await self.raw.kv.put(self.cfg.election + ".epoch", json.dumps(record))
+        return lease, key, token
+
+    async def renew(self, lease: int) -> float:
+        """One keepalive; returns its send time (the frozen leader's grant runs from it)."""
+        sent = time.monotonic()
+        stream = self.raw.lease.keep_alive(lease)
+        async for resp in stream:
+            assert resp.TTL > 0
+            break
+        stream.cancel()
+        return sent
+
+    def join(self, candidate: str) -> Successor:
+        sink = RecordingSink()
+        elected: list[float] = []
+
+        async def started(_: Grant) -> None:
+            elected.append(time.monotonic())
+
+        e = Elector(
+            replace(self.cfg, candidate_id=candidate),
+            self.backend,
+            MonotonicClock(),
+            sink,
+            Hooks(started_leading=started),
+        )
+        s = Successor(e, sink, asyncio.create_task(e.run()), elected)
+        self.successors.append(s)
+        return s
+
+
+@pytest.fixture
+async def store(etcd: EtcdServer, election_name: str) -> AsyncIterator[Store]:
+    cfg = replace(fast_config(election_name), endpoints=tuple(etcd.endpoints))
+    backend = await connect(cfg, MonotonicClock())
+    from etcd3aio import Etcd3Client
+
+    raw = Etcd3Client(etcd.endpoints)
+    await raw.connect()
+    st = Store(cfg, backend, raw)
+    yield st
+    for s in st.successors:
+        s.elector.stop()
+    await asyncio.wait_for(asyncio.gather(*(s.task for s in st.successors), return_exceptions=True), 15)
+    await backend.close()
+    await raw.close()
+
+
+async def queued(s: Successor) -> None:
+    await eventually(lambda: bool(s.sink.of("race_lost")), what="the successor queued behind the frozen leader")
+
+
+@pytest.mark.parametrize("how", ["key-deleted", "lease-revoked"])
+async def test_successor_waits_out_a_frozen_leaders_lease_when_its_key_goes_early(store: Store, how: str) -> None:
+    lease, key, _ = await store.frozen_leader()
+    b = store.join("b")
+    await queued(b)
+    last_renewal = await store.renew(lease)
+    # Let the successor follow the leader's lease for a poll or two, as in life.
+    await eventually(
+        lambda: time.monotonic() > last_renewal + FAST_TIMING["retry_interval"] * 1.5, what="one poll interval"
+    )
+    if how == "key-deleted":
+        await store.raw.kv.delete(key)  # etcdctl del
+    else:
+        await store.raw.lease.revoke(lease)  # etcdctl lease revoke
+    gone = time.monotonic()
+    await eventually(lambda: bool(b.elected_at), timeout=TTL + 5, what="the successor leads")
+    # The frozen leader's orchestrator may act until its grant deadline: no grant before it.
+    assert b.elected_at[0] >= last_renewal + GRANT, (
+        f"{how}: successor led {b.elected_at[0] - gone:.3f}s after the key went, "
+        f"{last_renewal + GRANT - b.elected_at[0]:.3f}s before the frozen leader's grant ended"
+    )
+    assert b.elector.counters["lock_delay"] == 1, b.elector.counters
+    (delay,) = b.sink.of("lock_delay")
+    assert delay["predecessor"] == key
+
+
+async def test_crash_failover_is_not_slowed_by_the_lock_delay(store: Store, measure: Any) -> None:
+    lease, _, _ = await store.frozen_leader()
+    b = store.join("b")
+    await queued(b)
+    last_renewal = await store.renew(lease)  # then it dies: the lease runs out
+    await eventually(lambda: bool(b.elected_at), timeout=TTL + 5, what="the successor leads")
+    late = b.elected_at[0] - (last_renewal + TTL)
+    measure("crash failover: elected after the dead leader's lease ran out", f"{late * 1000:.0f} ms")
+    delays = b.sink.of("lock_delay")
+    assert late < 1.0 and (not delays or delays[0]["seconds"] < 0.3), (late, delays)
+
+
+async def test_clean_resign_pays_no_lock_delay(store: Store) -> None:
+    a = store.join("a")
+    await eventually(lambda: bool(a.elected_at), what="a leads")
+    b = store.join("b")
+    await queued(b)
+    t = time.monotonic()
+    assert a.elector.resign()
+    await eventually(lambda: bool(b.elected_at), what="b leads")
+    assert b.elected_at[0] - t < 1.0
+    assert b.elector.counters["lock_delay"] == 0
+
+
+@pytest.mark.parametrize("garbage", [b"garbage", b'{"epoch": "x"}', b"[1, 2]", b'{"epoch": -3, "token": 1}'])
+async def test_a_malformed_epoch_record_is_repaired_by_the_next_winner(store: Store, garbage: bytes) -> None:
+    key = store.cfg.election + ".epoch"
+    await store.raw.kv.put(key, garbage)
+    admin = store.backend.admin(store.cfg.election)
+    problems = await admin.problems()
+    assert len(problems) == 1 and key in problems[0], problems
+    a = store.join("a")
+    await eventually(lambda: bool(a.elected_at), what="a leads despite the garbled epoch record")
+    (fixed,) = a.sink.of("epoch_record_repaired")
+    assert fixed["key"] == key
+    lead = await admin.leader()
+    assert lead is not None and lead.id == "a" and lead.epoch >= 1
+    assert await admin.problems() == []
+
+
+async def test_two_sidecars_with_one_id_are_warned_and_told_apart(store: Store) -> None:
+    a = store.join("same")
+    await eventually(lambda: bool(a.elected_at), what="first leads")
+    b = store.join("same")
+    await eventually(lambda: bool(b.sink.of("duplicate_candidate_id")), what="the duplicate id warned")
+    problems = await store.backend.admin(store.cfg.election).problems()
+    assert any("'same'" in p for p in problems), problems
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", *args], capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+async def test_evict_needs_force_for_the_leader_and_refuses_an_ambiguous_id(store: Store, etcd: EtcdServer) -> None:
+    a = store.join("dup")
+    await eventually(lambda: bool(a.elected_at), what="a leads")
+    b = store.join("dup")
+    await queued(b)
+    common = ["--endpoints", ",".join(etcd.endpoints), "--election", store.cfg.election]
+    out = await asyncio.to_thread(cli, "evict", "--candidate", "dup", *common)
+    assert out.returncode == 1 and "--key" in out.stderr, out.stderr
+    status = await asyncio.to_thread(cli, "status", *common)
+    assert "KEY" in status.stdout and "duplicate id" in status.stdout, status.stdout
+    leader_key = f"{store.cfg.election}/{a.elector.session.id if a.elector.session else ''}"
+    out = await asyncio.to_thread(cli, "evict", "--candidate", "dup", "--key", leader_key, *common)
+    assert out.returncode == 1 and "--force" in out.stderr and "lock-delay" in out.stderr, out.stderr
+    out = await asyncio.to_thread(cli, "evict", "--candidate", "dup", "--key", leader_key, "--force", *common)
+    assert out.returncode == 0, out.stderr
+
+
+async def test_the_store_version_is_known(store: Store) -> None:
+    describe = getattr(store.backend, "describe", None)
+    assert describe is not None, "the etcd backend cannot tell its server version"
+    facts = await describe()
+    assert facts["version"].startswith("3."), facts
+
+
+async def test_a_candidate_on_a_member_without_a_raft_leader_does_not_sleep_unaware(
+    etcd_cluster: EtcdServer, election_name: str
+) -> None:
+    """Watches require a leader: on a cut-off member the waiting candidate hears of it."""
+    assert etcd_cluster.local is not None
+    cluster = etcd_cluster.local
+    cfg = replace(fast_config(election_name), endpoints=tuple(etcd_cluster.endpoints))
+    backend = await connect(cfg, MonotonicClock())
+    raw_cfg = replace(cfg, endpoints=(etcd_cluster.endpoints[0],))
+    lonely = await connect(raw_cfg, MonotonicClock())
+    st = Store(cfg, backend, None)
+    try:
+        a = st.join("a")
+        await eventually(lambda: bool(a.elected_at), what="a leads")
+        sink = RecordingSink()
+        e = Elector(replace(raw_cfg, candidate_id="b"), lonely, MonotonicClock(), sink)
+        task = asyncio.create_task(e.run())
+        await eventually(lambda: bool(sink.of("race_lost")), what="b queued")
+        for m in cluster.members[1:]:
+            await asyncio.to_thread(cluster.kill, m)
+        await eventually(
+            lambda: any(f["during"] == "campaign" for f in sink.of("store_unreachable")),
+            timeout=15,
+            what="b noticed its member lost the raft leader",
+        )
+        e.stop()
+        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 15)
+    finally:
+        for s in st.successors:
+            s.elector.stop()
+        await asyncio.wait_for(asyncio.gather(*(s.task for s in st.successors), return_exceptions=True), 15)
+        await backend.close()
+        await lonely.close()

@@ -1,0 +1,57 @@
+"""Bad store data is one line naming the key and the rule, never a traceback (issue 14, item 6)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from sidecar.backends.base import EpochRecord, parse_epoch_record, parse_resign_marker
+from sidecar.status import render_table
+
+
+@pytest.mark.parametrize(
+    ("raw", "rule"),
+    [
+        (b"garbage", "not JSON"),
+        (b'{"epoch": "x"}', "epoch 'x' is not a non-negative integer"),
+        (b"[1, 2]", "JSON list"),
+        (b'{"epoch": 3, "token": -1}', "token -1"),
+        (b'{"epoch": true}', "epoch True"),
+        (b"\xff\xfe", "not JSON"),
+    ],
+)
+def test_a_malformed_epoch_record_is_one_line_naming_the_key(raw: bytes, rule: str) -> None:
+    got = parse_epoch_record("e.epoch", raw)
+    assert isinstance(got, str) and got.startswith("e.epoch: ") and rule in got and "\n" not in got
+
+
+def test_epoch_records_old_and_new_parse() -> None:
+    assert parse_epoch_record("k", None) == EpochRecord(0, 0)
+    assert parse_epoch_record("k", b'{"epoch": 4, "token": 9, "leader": "a"}') == EpochRecord(4, 9, "a")
+    rec = EpochRecord(5, 10, "b", "n/1f", 31)
+    assert parse_epoch_record("k", rec.encode()) == rec
+
+
+def test_an_unreadable_resign_marker_counts_as_no_resign() -> None:
+    assert parse_resign_marker(b"junk") is None
+    assert parse_resign_marker(b'{"token": "1", "key": "k"}') is None
+    marker = parse_resign_marker(b'{"token": 7, "key": "n/1"}')
+    assert marker is not None and marker.token == 7
+
+
+def test_status_shows_keys_and_problems_when_ids_repeat() -> None:
+    view: dict[str, Any] = {
+        "election": "e",
+        "leader": {"id": "a", "token": 5, "epoch": 0},
+        "problems": ["e.epoch: not JSON (b'garbage')"],
+        "candidates": [
+            {"id": "a", "token": 5, "key": "e/1", "lease_ttl_remaining": 2.0, "leader": True, "stale": False},
+            {"id": "a", "token": 6, "key": "e/2", "lease_ttl_remaining": 3.0, "leader": False, "stale": False},
+        ],
+    }
+    out = render_table(view)
+    assert "KEY" in out and "e/2" in out and "duplicate id" in out
+    assert "problem: e.epoch: not JSON" in out
+    view["candidates"] = view["candidates"][:1]
+    assert "KEY" not in render_table(view)
