@@ -66,7 +66,9 @@ class ScriptedBackend:
     def name(self) -> str:
         return "unit"
 
-    async def campaign(self, session: Session, candidate_id: str, on_wait: object = None) -> Leadership:
+    async def campaign(
+        self, session: Session, candidate_id: str, on_wait: object = None, report: object = None
+    ) -> Leadership:
         self.campaigns += 1
         if self.campaigns == 1:
             raise SessionExpired("zookeeper campaign: session expired")
@@ -119,7 +121,9 @@ class WinningBackend(ScriptedBackend):
         self.sessions.append(s)
         return s
 
-    async def campaign(self, session: Session, candidate_id: str, on_wait: object = None) -> Leadership:
+    async def campaign(
+        self, session: Session, candidate_id: str, on_wait: object = None, report: object = None
+    ) -> Leadership:
         self.campaigns += 1
         return Leadership(candidate_id, self.campaigns, self.campaigns)
 
