@@ -1,8 +1,19 @@
 """election-sidecar: leader election with fencing grants and kill-before-successor."""
 
-from importlib.metadata import PackageNotFoundError, version
+from __future__ import annotations
 
-try:
-    __version__ = version("election-sidecar")  # the one place it is kept: pyproject.toml
-except PackageNotFoundError:  # run from a source tree that was never installed
-    __version__ = "0+unknown"
+
+def __getattr__(name: str) -> str:
+    # The version is read from package metadata (kept in pyproject.toml only)
+    # when first asked for: importlib.metadata costs tens of milliseconds at
+    # import, which every orchestrator importing the client library would pay.
+    if name != "__version__":
+        raise AttributeError(name)
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = version("election-sidecar")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        found = "0+unknown"
+    globals()["__version__"] = found
+    return found

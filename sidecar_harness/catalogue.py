@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 
 TTL = FAST_TIMING["ttl"]
 HOLD_LONG = TTL + 1.0  # long enough for any lease of the frozen or cut-off side to expire
+# A frozen leader is held until its successor's orchestrator has surely started
+# acting (a Python process takes a second or more to start on a loaded machine),
+# so an orchestrator that outlives its grant overlaps it and the checker sees it.
+HOLD_FROZEN = TTL + 3.0
 
 Heal = Callable[[], Awaitable[None]]
 View = dict[str, Any] | None
@@ -96,7 +100,7 @@ def _freeze(extra_hold: float) -> Inject:
             leader.signal(signal.SIGCONT)
             c.frozen.discard(leader.candidate)
 
-        return Injected(leader.candidate, cont, HOLD_LONG + extra_hold)
+        return Injected(leader.candidate, cont, HOLD_FROZEN + extra_hold)
 
     return freeze
 
@@ -165,7 +169,7 @@ def _watchdog_kill(freeze_sidecar: bool) -> Inject:
             leader.signal(signal.SIGCONT)
             c.frozen.discard(leader.candidate)
 
-        return Injected(f"{leader.candidate}/watchdog+sidecar", cont, HOLD_LONG)
+        return Injected(f"{leader.candidate}/watchdog+sidecar", cont, HOLD_FROZEN)
 
     return kill
 
@@ -224,7 +228,7 @@ async def log_stall(c: Campaign, leader: SidecarProcess | None, view: View) -> I
         leader.signal(signal.SIGCONT)
         c.frozen.discard(leader.candidate)
 
-    return Injected(f"{leader.candidate}/log-pipe", heal, HOLD_LONG)
+    return Injected(f"{leader.candidate}/log-pipe", heal, HOLD_FROZEN)
 
 
 async def peer_hides(c: Campaign, leader: SidecarProcess | None, view: View) -> Injected:

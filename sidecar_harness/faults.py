@@ -144,7 +144,8 @@ class Campaign:
                 await p.start()
                 proxies.append(p)
             self.proxies[name] = proxies
-            peer = i == self.n - 1 and self.n >= 4
+            # (Not in the broken build: its orchestrators act on ELECTION_TOKEN, which a socket client lacks.)
+            peer = i == self.n - 1 and self.n >= 4 and not self.broken
             # One orchestrator (s1) never fences itself and ignores SIGTERM: only the
             # sidecar's kill path and its watchdog stand between it and an overlap.
             hostile = ["--no-self-fence", "--ignore-sigterm"] if i == 1 and not self.broken else []
