@@ -277,6 +277,7 @@ OTHER_ENV = {
     "ZK_CLASSPATH",
     "PROMETHEUS_BIN",
     "PROMTOOL_BIN",
+    "KILL_TREE",
 }
 
 

@@ -66,8 +66,9 @@ def _live(state: str) -> bool:
     return state not in ("Z", "X", "x")
 
 
-def descendants(root: int) -> list[int]:
-    """Live (non-zombie) descendants of ``root``, from the ppid field of every process."""
+def descendants(root: int, exclude: frozenset[int] = frozenset()) -> list[int]:
+    """Live (non-zombie) descendants of ``root``, from the ppid field of every process,
+    leaving out the processes in ``exclude`` and everything below them."""
     children: dict[int, list[int]] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -79,6 +80,8 @@ def descendants(root: int) -> list[int]:
     todo = [root]
     while todo:
         for child in children.get(todo.pop(), ()):
+            if child in exclude:
+                continue
             out.append(child)
             todo.append(child)
     return out
@@ -112,7 +115,7 @@ def pidfd_exited(fd: int) -> bool:
     return bool(ready)
 
 
-def signal_tree(root: int, sig: int) -> int:
+def signal_tree(root: int, sig: int, exclude: frozenset[int] = frozenset()) -> int:
     """Send ``sig`` to every live descendant of ``root``; how many were signalled.
 
     Each pid is opened as a pidfd and only signalled if it is still a child of
@@ -121,7 +124,7 @@ def signal_tree(root: int, sig: int) -> int:
     """
     tree = {root}
     sent = 0
-    for pid in descendants(root):
+    for pid in descendants(root, exclude):
         fd = open_pidfd(pid)
         if fd is None:
             continue
@@ -137,10 +140,10 @@ def signal_tree(root: int, sig: int) -> int:
     return sent
 
 
-def kill_tree(root: int, timeout: float) -> bool:
+def kill_tree(root: int, timeout: float, exclude: frozenset[int] = frozenset()) -> bool:
     """SIGKILL every descendant of ``root`` until none is left (blocking; for the watchdog)."""
     deadline = time.monotonic() + timeout
-    while signal_tree(root, signal.SIGKILL):
+    while signal_tree(root, signal.SIGKILL, exclude):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.005)

@@ -83,9 +83,8 @@ def main(argv: list[str]) -> int:
         proctree.set_child_subreaper()
 
         def kill_all() -> None:
-            for pid in proctree.descendants(os.getpid()):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            # Until none is left: a process forking while we scan has children we did not see.
+            proctree.kill_tree(os.getpid(), 5.0)
 
     else:
         sys.stderr.write(f"spawn: unknown mechanism {how}\n")

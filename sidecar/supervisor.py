@@ -85,14 +85,43 @@ class Target(Protocol):
 
 
 class Tree:
-    """An orchestrator we spawned, with every descendant it ever forks."""
+    """An orchestrator we spawned, with every descendant it ever forks.
 
-    def __init__(self, proc: asyncio.subprocess.Process, cgroup: proctree.Cgroup | None) -> None:
+    In the subreaper case the spawn wrapper is the tree's root. If someone
+    else kills it, its orphans reparent to the nearest subreaper above it:
+    the sidecar, which is one too for that reason. The tree is then every
+    descendant of the sidecar except ``others()`` (the watchdog, and the
+    wrapper of a newer orchestrator) and what runs below them.
+    """
+
+    def __init__(
+        self,
+        proc: asyncio.subprocess.Process,
+        cgroup: proctree.Cgroup | None,
+        others: Callable[[], frozenset[int]] = frozenset,
+    ) -> None:
         self.proc = proc
         self.cgroup = cgroup
         self.start = proctree.start_time(proc.pid)
+        # Held so that, once the wrapper has exited, its pid (free for reuse
+        # once reaped) is never walked again: a stranger could have it.
+        self.root_fd = proctree.open_pidfd(proc.pid)
+        self.others = others
         self.killed = False
         self.expected_exit = False  # set once we stop it: its exit is then no crash
+        self._orphans: set[int] = set()
+
+    def _root_alive(self) -> bool:
+        return self.root_fd is not None and not proctree.pidfd_exited(self.root_fd)
+
+    def _orphan_walk(self, sig: int | None) -> list[int]:
+        """Processes of this tree left behind by a dead wrapper (now the sidecar's children)."""
+        exclude = self.others() | {self.proc.pid}
+        if sig is not None:
+            proctree.signal_tree(os.getpid(), sig, exclude)
+        found = proctree.descendants(os.getpid(), exclude)
+        self._orphans.update(found)
+        return found
 
     @property
     def pid(self) -> int:
@@ -112,9 +141,11 @@ class Tree:
                 # Also our child itself, in case it has not joined the group yet.
                 if self.proc.returncode is None:
                     self.proc.send_signal(sig)
-            else:
+            elif self._root_alive():
                 # Never the wrapper: it exits by itself once its tree is empty.
                 proctree.signal_tree(self.pid, sig)
+            else:
+                self._orphan_walk(sig)
         except OSError:
             pass  # a vanished cgroup or process: confirm_dead decides
 
@@ -123,18 +154,26 @@ class Tree:
             return False
         if self.cgroup is not None:
             return not self.cgroup.procs()
-        # The wrapper exits only once it has no child left: its exit is the proof.
+        # A wrapper that exited by itself had no child left. One that was
+        # killed left orphans with us: the tree is empty once none is left.
+        if (self.proc.returncode or 0) < 0 and self._orphan_walk(None):
+            return False
+        self._reap_orphans()
         return True
+
+    def _reap_orphans(self) -> None:
+        # They became our children when the wrapper died; nobody else waits for them.
+        for pid in list(self._orphans):
+            with contextlib.suppress(ChildProcessError, OSError):
+                if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                    continue
+            self._orphans.discard(pid)
 
     async def confirm_dead(self, timeout: float) -> bool:
         # After SIGKILL, keep killing: a process that was forking when we
         # scanned may have a child we have not seen yet.
         again: Callable[[], None] | None = (lambda: self.signal(signal.SIGKILL)) if self.killed else None
-        if not await _until(self.empty, timeout, again):
-            return False
-        # A wrapper killed by someone else (status < 0) let its orphans go to
-        # init, out of our sight: we cannot say they are gone.
-        return self.cgroup is not None or (self.proc.returncode or 0) >= 0
+        return await _until(self.empty, timeout, again)
 
     def watchdog_targets(self) -> list[dict[str, Any]]:
         if self.cgroup is not None:
@@ -146,6 +185,9 @@ class Tree:
     def release(self) -> None:
         if self.cgroup is not None:
             self.cgroup.remove()
+        if self.root_fd is not None:
+            os.close(self.root_fd)
+            self.root_fd = None
 
 
 class Pidfds:
@@ -270,6 +312,10 @@ class StandbyChild(ChildStrategy):
         self.tree = await self.spawn(None)
 
     async def begin_term(self, grant: Grant) -> Target | None:
+        if self.tree is None or self.tree.proc.returncode is not None:
+            # Won while the standby was down (between its crash and its restart):
+            # lead with a fresh one rather than with no orchestrator at all.
+            self.tree = await self.spawn(grant)
         return self.tree
 
     async def after_stop(self) -> None:
@@ -406,6 +452,7 @@ class Supervisor:
     ) -> None:
         """``tree`` picks how descendants are tracked: "cgroup", "subreaper", or None for
         $ELECTION_SIDECAR_KILL_TREE, else auto (cgroup where we may create one)."""
+        self._stopping_target: Target | None = None
         self.cfg = cfg
         self.command = command
         self.log = log
@@ -445,6 +492,9 @@ class Supervisor:
     async def start(self) -> None:
         if self.command:
             self.mechanism = proctree.choose_mechanism(self._tree_request)
+            if self.mechanism == "subreaper":
+                # If the spawn wrapper is killed, its orphans come to us, not to init (see Tree).
+                proctree.set_child_subreaper()
             self.log.info("orchestrator_tree", mechanism=self.mechanism)
         if self._guarded():
             await self.watchdog.start()
@@ -473,7 +523,7 @@ class Supervisor:
             sys.executable, "-I", "-S", SPAWN, *(["--guard", str(guard)] if guard >= 0 else []), *how,
             "--", *self.command, env=env, start_new_session=True, pass_fds=(guard,) if guard >= 0 else (),
         )  # fmt: skip
-        tree = Tree(proc, cgroup)
+        tree = Tree(proc, cgroup, self._other_children)
         self.log.info(
             "orchestrator_started",
             pid=proc.pid,
@@ -486,6 +536,17 @@ class Supervisor:
         self._watchers.add(task)
         task.add_done_callback(self._watchers.discard)
         return tree
+
+    def _other_children(self) -> frozenset[int]:
+        """Our children that are not an orchestrator tree being stopped: the watchdog
+        and the current orchestrator's wrapper (a tree asks, to leave them out)."""
+        out = set()
+        if self.watchdog.proc is not None:
+            out.add(self.watchdog.proc.pid)
+        child = self.strategy.child()
+        if child is not None and child.proc.returncode is None:
+            out.add(child.proc.pid)
+        return frozenset(out)
 
     async def _watch_child(self, tree: Tree) -> None:
         code = await tree.proc.wait()
@@ -537,12 +598,35 @@ class Supervisor:
 
     def peer_acked(self, pid: int) -> None:
         """The client ``pid`` acknowledged a grant: it is a target from now on, for the
-        whole term, even if it hangs up (held by a pidfd, so pid reuse cannot fool us)."""
-        if self._leading and self.strategy.acked(self._target, pid):
+        whole term, even if it hangs up (held by a pidfd, so pid reuse cannot fool us).
+
+        An ack can arrive after the stop has begun (sent before the revoke,
+        read after it): the client then joins the target being stopped, which
+        SIGKILLs and confirms every pid it holds. One that arrives after the
+        stop finished acknowledges a grant of an ended term: the client may be
+        acting on it beside a successor, so it is SIGKILLed at once.
+        """
+        if self._leading:
+            if self.strategy.acked(self._target, pid):
+                try:
+                    self._arm()
+                except GuardLost as exc:
+                    self.log.error("watchdog_arm_failed", pid=pid, error=str(exc))
+            return
+        if self.mode != "peer":
+            return
+        if self._stopping_target is not None:
+            if self.strategy.acked(self._stopping_target, pid):
+                self.log.warning("late_ack_joins_the_stop", pid=pid)
+            return
+        fd = proctree.open_pidfd(pid)
+        if fd is not None:
             try:
-                self._arm()
-            except GuardLost as exc:
-                self.log.error("watchdog_arm_failed", pid=pid, error=str(exc))
+                proctree.pidfd_signal(fd, signal.SIGKILL)
+            finally:
+                os.close(fd)
+            self._count("SIGKILL")
+            self.log.warning("late_ack_killed", pid=pid, detail="acknowledged a grant of a term that has ended")
 
     async def renewed(self, grant: Grant) -> None:
         self._grant = grant
@@ -557,9 +641,13 @@ class Supervisor:
             return True
         if isinstance(target, Tree):
             target.expected_exit = True
-        if not await self._terminate(target, grant, reason):
-            self.unconfirmed = target  # the watchdog stays armed; ready() retries
-            return False
+        self._stopping_target = target  # late acks join it (peer_acked)
+        try:
+            if not await self._terminate(target, grant, reason):
+                self.unconfirmed = target  # the watchdog stays armed; ready() retries
+                return False
+        finally:
+            self._stopping_target = None
         await self._confirmed(target)
         return True
 

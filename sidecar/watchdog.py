@@ -142,10 +142,18 @@ class Target:
                 self.cgroup.remove()
         elif self.fd is not None and self.kind == "tree":
             # The wrapper itself is left alone: it exits once its tree is empty.
+            root, exclude = self.pid, frozenset[int]()
+            if proctree.pidfd_exited(self.fd):
+                # Someone killed the wrapper: its orphans went to the sidecar (a
+                # child subreaper), so the tree is now the sidecar's descendants
+                # but us. Never walk the dead wrapper's pid: a stranger may have it.
+                if os.getppid() != SIDECAR:
+                    return  # the sidecar is gone too: they went to init, out of our reach
+                root, exclude = SIDECAR, frozenset({os.getpid()})
             if sig == signal.SIGKILL:
-                proctree.kill_tree(self.pid, KILL_CONFIRM)
+                proctree.kill_tree(root, KILL_CONFIRM, exclude)
             else:
-                proctree.signal_tree(self.pid, sig)
+                proctree.signal_tree(root, sig, exclude)
         elif self.fd is not None:
             proctree.pidfd_signal(self.fd, sig)
 
@@ -223,6 +231,9 @@ class Guard:
             return None
         nxt = self.kill_at if self.termed else min(self.term_at, self.kill_at)
         return max(0.0, nxt - _now())
+
+
+SIDECAR = os.getppid()  # the sidecar that started us; a different parent later means it died
 
 
 def main() -> int:
