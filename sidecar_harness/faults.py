@@ -153,6 +153,8 @@ class Campaign:
                 name, self.workdir, [p.address for p in proxies], "campaign", dict(FAST_TIMING),
                 backend=self.backend, command=[] if peer else self.toy_argv(name, *hostile),
                 extra_args=["--kill-peer"] if peer else [], log_relay=True,
+                # s2 tracks its orchestrator as a pod must (no writable cgroup): the subreaper path.
+                env={"ELECTION_SIDECAR_KILL_TREE": "subreaper"} if i == 2 else {},
             )  # fmt: skip
             self.sidecars.append(sc)
             if peer:

@@ -66,6 +66,7 @@ class SidecarProcess:
     # Log through a pipe that a relay thread copies to the log file, so a
     # fault can stall it (a log collector that stopped reading).
     log_relay: bool = False
+    env: dict[str, str] = field(default_factory=dict)  # this sidecar's own settings, on every start
     proc: subprocess.Popen[bytes] | None = None
     _relay_open: threading.Event = field(default_factory=threading.Event)
 
@@ -110,7 +111,7 @@ class SidecarProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                env={**os.environ, **(env or {})},
+                env={**os.environ, **self.env, **(env or {})},
             )
         finally:
             log.close()

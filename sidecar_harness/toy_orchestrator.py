@@ -121,8 +121,15 @@ async def act(args: argparse.Namespace, record: Recorder, stopped: Callable[[], 
     env_token = int(os.environ.get("ELECTION_TOKEN", "0"))
     while not stopped():
         valid_until = None
-        if client is not None and args.close_socket_on_revoke and env_token and client.current() is None:
-            # Revoked: hang up, then go on acting with the token we last held.
+        if (
+            client is not None
+            and args.close_socket_on_revoke
+            and env_token
+            and client.current() is None
+            and client.state.last_reason not in ("deadline-passed", "not-connected")
+        ):
+            # Revoked (not merely past the deadline, which a frozen sidecar would
+            # cause): hang up, then go on acting with the token we last held.
             record("hiding", token=env_token)
             client.close()
             client = None
