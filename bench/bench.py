@@ -3,15 +3,18 @@
     .venv/bin/python bench/bench.py [--rounds 20] [--idle 60] [--only handover,failover,wakeups,footprint]
 
 * handover: resign -> the successor's orchestrator holds a grant (its client
-  library received it), against `etcdctl elect` handing over on the same
+  library received it), the resign asked on a new socket connection and on
+  the orchestrator's open one, and resign -> successor ``elected`` (store
+  level, from the sidecars' log timestamps), against `etcdctl elect` handing over on the same
   etcd (SIGINT the leader -> the successor prints its key) and against
   kazoo's Election on the same ZooKeeper (the leader's function returns ->
   the successor's function runs);
 * failover: SIGKILL the leader's sidecar -> successor elected, against TTL;
 * wakeups: 50 candidates, one handover: watch events delivered to waiting
   candidates, against a whole-prefix watch (every waiter wakes);
-* footprint: RSS and CPU of an idle leader and follower over --idle seconds,
-  and start-to-campaign time, against `etcdctl elect` as a process.
+* footprint: RSS, CPU and wake-ups of an idle leader (with its watchdog)
+  and candidate over --idle seconds, against `etcdctl elect` as a process;
+  process start -> elected from the sidecar's own log timestamps.
 
 No timed assertions live here or in the tests; these numbers go to
 bench/RESULTS.md with the command that produced them.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -77,30 +81,63 @@ def wait(cond: Any, timeout: float = 20.0) -> None:
 # -- handover ---------------------------------------------------------------
 
 
-def our_handover(endpoints: list[str], backend: str, rounds: int, workdir: Path) -> list[float]:
-    """resign -> successor's client library holds a grant."""
-    election = f"bench-{backend}-{os.getpid()}"
+def log_events(path: Path, event: str) -> list[float]:
+    """The ``mono`` (CLOCK_MONOTONIC) of every ``event`` line in a sidecar's JSON log."""
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        if f'"{event}"' not in line:
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("event") == event and "mono" in rec:
+            out.append(float(rec["mono"]))
+    return out
+
+
+def our_handover(
+    endpoints: list[str], backend: str, rounds: int, workdir: Path, via: str
+) -> tuple[list[float], list[float]]:
+    """resign -> successor's client library holds a grant; and resign -> successor ``elected`` (store level).
+
+    ``via`` is how the resign is asked: ``new`` (a new socket connection, as
+    `election-sidecar resign` does) or ``open`` (the orchestrator's own open
+    grant connection). The store-level figure runs from the leader's
+    ``resign_requested`` to the successor's ``elected``, both from the
+    sidecars' own log timestamps (``mono``, CLOCK_MONOTONIC like ours).
+    """
+    election = f"bench-{backend}-{via}-{os.getpid()}"
     sidecars = [
-        SidecarProcess(f"h{i}", workdir, endpoints, election, dict(FAST_TIMING), backend=backend).start()
+        SidecarProcess(f"h{via}{i}", workdir, endpoints, election, dict(FAST_TIMING), backend=backend).start()
         for i in range(2)
     ]
     try:
         for s in sidecars:
             s.wait_socket()
         clients = [BlockingGrantClient(str(s.socket_path)).connect() for s in sidecars]
-        out = []
+        out, store = [], []
         for _ in range(rounds):
             wait(lambda: sum(c.current() is not None for c in clients) == 1)
             leader = next(i for i, c in enumerate(clients) if c.current() is not None)
             succ = clients[1 - leader]
+            n_elected = len(log_events(sidecars[1 - leader].log_path, "elected"))
+            n_resign = len(log_events(sidecars[leader].log_path, "resign_requested"))
             t = time.monotonic()
-            request(str(sidecars[leader].socket_path), {"type": "resign"})
+            if via == "open":
+                clients[leader].resign()
+            else:
+                request(str(sidecars[leader].socket_path), {"type": "resign"})
             wait(lambda succ=succ: succ.current() is not None)
             out.append(time.monotonic() - t)
-            time.sleep(0.2)
+            time.sleep(0.2)  # let both logs be written
+            resigned = log_events(sidecars[leader].log_path, "resign_requested")[n_resign:]
+            elected = log_events(sidecars[1 - leader].log_path, "elected")[n_elected:]
+            if resigned and elected:
+                store.append(elected[0] - resigned[0])
         for c in clients:
             c.close()
-        return out
+        return out, store
     finally:
         for s in sidecars:
             s.stop()
@@ -245,44 +282,78 @@ async def our_wakeups(endpoints: list[str], n: int) -> tuple[int, int]:
         await backend.close()
 
 
-def proc_stats(pid: int) -> tuple[float, int]:
-    """(CPU seconds, RSS bytes) of pid and its children's threads."""
+def proc_stats(pid: int) -> tuple[float, int, int]:
+    """(CPU seconds, RSS bytes, wake-ups) of pid: wake-ups are voluntary context switches of all its threads."""
     stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     cpu = (int(stat[11]) + int(stat[12])) / TICKS
     rss = int(stat[21]) * os.sysconf("SC_PAGE_SIZE")
-    return cpu, rss
+    wakeups = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    wakeups += int(line.split()[1])
+    return cpu, rss, wakeups
+
+
+def watchdog_pid(sidecar_pid: int) -> int | None:
+    for child in Path(f"/proc/{sidecar_pid}/task/{sidecar_pid}/children").read_text().split():
+        with contextlib.suppress(OSError):
+            if b"watchdog.py" in Path(f"/proc/{child}/cmdline").read_bytes():
+                return int(child)
+    return None
+
+
+def start_to_elected(endpoints: list[str], rounds: int, workdir: Path) -> dict[str, list[float]]:
+    """Process start -> first log line, and -> ``elected``, from the sidecar's own ``mono`` timestamps.
+
+    The clock is CLOCK_MONOTONIC in both processes; the start is taken just
+    before the fork. Each round is a fresh election, so the sidecar wins at once.
+    """
+    first, elected = [], []
+    for i in range(rounds):
+        s = SidecarProcess(f"s{i}", workdir, endpoints, f"bench-start-{os.getpid()}-{i}", dict(FAST_TIMING))
+        t0 = time.monotonic()
+        s.start()
+        try:
+            wait(lambda s=s: bool(log_events(s.log_path, "elected")), 30)
+            lines = [json.loads(x) for x in s.log_path.read_text().splitlines() if x.startswith("{")]
+            first.append(min(float(rec["mono"]) for rec in lines if "mono" in rec) - t0)
+            elected.append(log_events(s.log_path, "elected")[0] - t0)
+        finally:
+            s.stop()
+    return {"start_to_first_log": first, "start_to_elected": elected}
 
 
 def footprint(endpoints: list[str], idle: float, workdir: Path) -> dict[str, Any]:
     election = f"bench-idle-{os.getpid()}"
-    t0 = time.monotonic()
-    sidecars = [SidecarProcess(f"i{i}", workdir, endpoints, election, dict(FAST_TIMING)).start() for i in range(2)]
+    # The leader runs an orchestrator (gate mode), so its watchdog runs too.
+    leader = SidecarProcess("i0", workdir, endpoints, election, dict(FAST_TIMING), command=["sleep", "100000"]).start()
+    wait(lambda: bool(log_events(leader.log_path, "elected")), 30)
+    follower = SidecarProcess("i1", workdir, endpoints, election, dict(FAST_TIMING)).start()
+    sidecars = [leader, follower]
     etcdctl = subprocess.Popen(
         [find_binary("etcdctl"), "--endpoints", ",".join(endpoints), "elect", election + "-ctl", "x"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        starts = []
-        for s in sidecars:
-            wait(lambda s=s: '"campaigning"' in s.log_path.read_text(errors="replace"), 30)
-            starts.append(time.monotonic() - t0)
+        wait(lambda: bool(log_events(follower.log_path, "race_lost")), 30)
         time.sleep(2)
-        before = {s.candidate: proc_stats(s.pid) for s in sidecars}
-        ctl_before = proc_stats(etcdctl.pid)
+        wd = watchdog_pid(leader.pid)
+        pids = {"leader": leader.pid, "candidate": follower.pid, "etcdctl_elect": etcdctl.pid}
+        if wd is not None:
+            pids["watchdog"] = wd
+        before = {k: proc_stats(pid) for k, pid in pids.items()}
         time.sleep(idle)
-        res: dict[str, Any] = {"start_to_campaign_s": [round(x, 3) for x in starts]}
-        for s in sidecars:
-            cpu, rss = proc_stats(s.pid)
-            role = (s.status() or {}).get("state", "?")
-            res[role] = {
-                "cpu_pct": round(100 * (cpu - before[s.candidate][0]) / idle, 3),
+        res: dict[str, Any] = {"idle_s": idle}
+        for k, pid in pids.items():
+            cpu, rss, woke = proc_stats(pid)
+            res[k] = {
+                "cpu_pct": round(100 * (cpu - before[k][0]) / idle, 3),
                 "rss_mib": round(rss / 2**20, 1),
+                "wakeups_per_s": round((woke - before[k][2]) / idle, 1),
             }
-        cpu, rss = proc_stats(etcdctl.pid)
-        res["etcdctl_elect"] = {
-            "cpu_pct": round(100 * (cpu - ctl_before[0]) / idle, 3),
-            "rss_mib": round(rss / 2**20, 1),
-        }
+        res["pod_rss_mib"] = round(res["leader"]["rss_mib"] + res.get("watchdog", {}).get("rss_mib", 0.0), 1)
         return res
     finally:
         etcdctl.send_signal(signal.SIGINT)
@@ -303,20 +374,30 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="es-bench-"))
     with LocalEtcd(1) as etcd, LocalZooKeeper(1) as zk:
         if "handover" in only:
-            ours_etcd = our_handover(etcd.endpoints, "etcd", args.rounds, workdir)
-            ctl = etcdctl_handover(etcd.endpoints, args.rounds)
-            ours_zk = our_handover(zk.endpoints, "zookeeper", args.rounds, workdir)
-            kz = kazoo_handover(zk.endpoints, args.rounds)
-            print(f"handover, ours on etcd (resign -> successor's client holds a grant): {p(ours_etcd)}")
+            rows: dict[str, list[float]] = {}
+            for backend, eps in (("etcd", etcd.endpoints), ("zookeeper", zk.endpoints)):
+                for via in ("new", "open"):
+                    grant, store = our_handover(eps, backend, args.rounds, workdir, via)
+                    rows[f"ours_{backend}_{via}_conn_grant"] = grant
+                    rows[f"ours_{backend}_{via}_conn_store"] = store
+            rows["etcdctl"] = ctl = etcdctl_handover(etcd.endpoints, args.rounds)
+            rows["kazoo"] = kz = kazoo_handover(zk.endpoints, args.rounds)
+            for backend, peer, peer_name in (("etcd", ctl, "etcdctl elect"), ("zookeeper", kz, "kazoo Election")):
+                for via, how in (("new", "new socket connection"), ("open", "orchestrator's open connection")):
+                    grant = rows[f"ours_{backend}_{via}_conn_grant"]
+                    store = rows[f"ours_{backend}_{via}_conn_store"]
+                    print(f"handover {backend}, resign on a {how} -> successor's client holds a grant: {p(grant)}")
+                    print(f"  ratio ours/{peer_name}: {med(grant) / med(peer):.2f}")
+                    if store:
+                        print(f"  store level (resign_requested -> successor elected, from the logs): {p(store)}")
+                        print(f"  ratio store level/{peer_name}: {med(store) / med(peer):.2f}")
             print(f"handover, etcdctl elect (SIGINT -> successor prints):              {p(ctl)}")
-            print(f"  ratio ours/etcdctl: {med(ours_etcd) / med(ctl):.2f}")
-            print(f"handover, ours on ZooKeeper:                                       {p(ours_zk)}")
             print(f"handover, kazoo Election (function returns -> next one runs):      {p(kz)}")
-            print(f"  ratio ours/kazoo: {med(ours_zk) / med(kz):.2f}")
             results["handover_ms"] = {
-                k: round(med(v) * 1000, 2) for k, v in
-                {"ours_etcd": ours_etcd, "etcdctl": ctl, "ours_zookeeper": ours_zk, "kazoo": kz}.items()
-            }  # fmt: skip
+                k: {"min": round(min(v) * 1000, 2), "median": round(med(v) * 1000, 2), "max": round(max(v) * 1000, 2)}
+                for k, v in rows.items()
+                if v
+            }
         if "failover" in only:
             fo = our_failover(etcd.endpoints, max(3, args.rounds // 4), workdir)
             ttl = FAST_TIMING["ttl"]
@@ -335,7 +416,14 @@ def main() -> int:
         if "footprint" in only:
             fp = footprint(etcd.endpoints, args.idle, workdir)
             print(f"footprint over {args.idle:g}s idle: {json.dumps(fp)}")
+            for role in ("leader", "candidate"):
+                ratio = fp[role]["cpu_pct"] / max(fp["etcdctl_elect"]["cpu_pct"], 1e-9)
+                print(f"  idle CPU {role}/etcdctl elect: {ratio:.1f}")
             results["footprint"] = fp
+            st = start_to_elected(etcd.endpoints, 5, workdir)
+            print(f"start -> first log line: {p(st['start_to_first_log'])}")
+            print(f"start -> elected (fresh election): {p(st['start_to_elected'])}")
+            results["start_s"] = {k: [round(x, 3) for x in v] for k, v in st.items()}
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

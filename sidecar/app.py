@@ -48,7 +48,7 @@ class Sidecar:
         self.elector: Elector | None = None
         self.registry = CollectorRegistry()
         self.metrics = SidecarMetrics(self.registry, cfg.election, cfg.candidate_id, cfg.backend)
-        self.loopmon = LoopMonitor(self.metrics.loop_lag_sample)
+        self.loopmon = LoopMonitor(self.metrics.loop_lag_sample, self.clock)
         self.http: HttpApi | None = None
         self.supervisor = Supervisor(
             cfg,
@@ -131,7 +131,9 @@ class Sidecar:
             timing = NeverDemote(*astuple(timing))
             self.supervisor.watchdog_enabled = False
             self.log.error("unsafe_ignore_deadline", detail="self-fencing disabled: for checker tests only")
-        self.elector = Elector(self.cfg, backend, self.clock, self.log, hooks, metrics=self.metrics, timing=timing)
+        self.elector = Elector(
+            self.cfg, backend, self.clock, self.log, hooks, metrics=self.metrics, timing=timing, loop_probe=self.loopmon
+        )
         elector = self.elector
         self.metrics.bind(
             remaining=lambda: elector.snapshot().remaining,

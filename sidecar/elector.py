@@ -49,7 +49,7 @@ from sidecar.backends.base import (
 )
 from sidecar.clock import Clock, wait_for
 from sidecar.config import Config, ConfigError, check_timing
-from sidecar.lease import Lease, Orphans
+from sidecar.lease import Lease, LoopProbe, Orphans
 from sidecar.model import (
     ElectorMetrics,
     EventSink,
@@ -106,8 +106,10 @@ class Elector:
         *,
         metrics: ElectorMetrics | None = None,
         timing: Timing | None = None,
+        loop_probe: LoopProbe | None = None,
     ) -> None:
         self._cfg = cfg
+        self._loop_probe = loop_probe  # told how late each lease's sleep ends (the loop-lag probe)
         self._backend = backend
         self._clock = clock
         self._hooks = hooks or Hooks()
@@ -318,6 +320,7 @@ class Elector:
             request_timeout=self._cfg.effective_request_timeout,
             clock=self._clock,
             report=self,
+            probe=self._loop_probe,
         )
         self._metrics.renewed(self._clock.now() - renewal.sent_at)
         self._backend_up = True

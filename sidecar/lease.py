@@ -38,6 +38,24 @@ class LeaseReport(Protocol):
     def forbidden_by_store(self, exc: StoreForbidden) -> None: ...
 
 
+class LoopProbe(Protocol):
+    """Told how late our sleeps end (sidecar.loopmon.LoopMonitor): the loop-lag probe.
+
+    Times are on the lease's clock. A lease sleeps between renewals anyway, so
+    measuring that sleep costs no wake-up of its own.
+    """
+
+    def attach(self) -> None: ...
+
+    def detach(self) -> None: ...
+
+    def sleeping(self, due: float) -> None: ...
+
+    def woke(self, due: float) -> None: ...
+
+    def cancelled(self) -> None: ...
+
+
 class Lease:
     def __init__(
         self,
@@ -49,8 +67,10 @@ class Lease:
         request_timeout: float,
         clock: Clock,
         report: LeaseReport,
+        probe: LoopProbe | None = None,
     ) -> None:
         self.session = session
+        self._probe = probe
         self._timing = timing
         self._retry = retry_interval
         self._request_timeout = request_timeout
@@ -82,6 +102,10 @@ class Lease:
             self.lost.set_result(Loss(reason, detail))
 
     async def _keep(self, on_renewed: Callable[[], Awaitable[None]]) -> None:
+        # Attached here, not in start(): a task cancelled before its first
+        # step never runs its body, so the finally below would never detach.
+        if self._probe is not None:
+            self._probe.attach()
         try:
             await self._renew(on_renewed)
         except asyncio.CancelledError:
@@ -92,6 +116,24 @@ class Lease:
             # owner would go on trusting a deadline nobody extends or checks.
             # The loss carries the error to the owner, who logs and demotes on it.
             self._lose(Reason.INTERNAL_ERROR, f"renewal failed: {exc!r}")
+        finally:
+            if self._probe is not None:
+                self._probe.detach()  # no more sleeps of ours: the monitor probes by itself again
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, telling the loop probe when we were due and when we woke."""
+        probe = self._probe
+        if probe is None:
+            await self._clock.sleep(seconds)
+            return
+        due = self._clock.now() + max(0.0, seconds)
+        probe.sleeping(due)
+        try:
+            await self._clock.sleep(seconds)
+        except BaseException:
+            probe.cancelled()
+            raise
+        probe.woke(due)
 
     async def _renew(self, on_renewed: Callable[[], Awaitable[None]]) -> None:
         failures = 0
@@ -100,7 +142,7 @@ class Lease:
             # than we planned for (a short TTL) must still be renewed in time.
             wait = min(self._retry, (self.demote_at - self._clock.now()) / 2)
             if failures == 0 and wait > 0:
-                await self._clock.sleep(wait)
+                await self._sleep(wait)
             now = self._clock.now()
             if now >= self.demote_at:
                 self._lose(Reason.BACKEND_UNREACHABLE, f"no renewal acknowledged for {now - self.last.sent_at:.3f}s")
@@ -120,7 +162,7 @@ class Lease:
                 failures += 1
                 self._report.renewal_failed(failures, round(self.demote_at - self._clock.now(), 3), exc)
                 # Retry soon, but never spin: a refused connection fails fast.
-                await self._clock.sleep(min(self._retry / 4, max(0.0, self.demote_at - self._clock.now())))
+                await self._sleep(min(self._retry / 4, max(0.0, self.demote_at - self._clock.now())))
                 continue
             failures = 0
             self.renewed = True

@@ -73,9 +73,9 @@ class SidecarMetrics(ElectorMetrics):
             "grant_clients_refused_total", "Socket clients refused because their uid is not allowed."
         ).labels(**lv)
         self.backend_up = g("backend_up", "1 if the last store call succeeded, else 0.").labels(**lv)
-        self.loop_lag = g("event_loop_lag_seconds", "Latest event-loop lag (how late a 100 ms timer fired).").labels(
-            **lv
-        )
+        self.loop_lag = g(
+            "event_loop_lag_seconds", "Latest event-loop lag (how late the lease's renewal timer fired)."
+        ).labels(**lv)
         self.loop_lag_hist = h(
             "event_loop_lag_distribution_seconds", "Distribution of event-loop lag samples.", LAG_BUCKETS
         ).labels(**lv)

@@ -13,8 +13,12 @@ queues in the same election:
   own key still has the create revision it won with.
 
 The keepalive is ours, not the library's: one LeaseKeepAlive request per
-renewal, timed from the moment it is sent. The library's own "alive" flag
-is not evidence of anything.
+renewal, timed from the moment it is sent, on one stream kept for the
+session (a new stream per renewal was a third of an idle sidecar's CPU).
+Only one request is ever outstanding on it, and any error, timeout or
+cancellation drops the stream, so a late answer can never be taken for the
+answer to a later request. The library's own "alive" flag is not evidence
+of anything.
 
 Store-side safety (docs/design.md, "Lock-delay"):
 
@@ -50,7 +54,7 @@ from etcd3aio import (
     SortTarget,
     prefix_range_end,
 )
-from etcd3aio._protobuf import WatchCreateRequest, WatchRequest, WatchStub
+from etcd3aio._protobuf import LeaseKeepAliveRequest, WatchCreateRequest, WatchRequest, WatchStub
 
 from sidecar.backends.base import (
     CampaignReport,
@@ -232,6 +236,8 @@ class EtcdSession:
         self._ttl = ttl
         self._granted = 0
         self._lease = 0
+        self._stream: Any = None  # the session's LeaseKeepAlive stream, opened on first use
+        self._stream_token: Any = None  # the auth metadata it was opened with
 
     @property
     def id(self) -> str:
@@ -253,23 +259,42 @@ class EtcdSession:
         self._granted = int(resp.TTL)
         return Renewal(sent, float(resp.TTL))
 
+    def _drop_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.cancel()
+
     async def keepalive(self) -> Renewal:
         if not self._lease:
             raise SessionExpired("session not open")
+        lease_api = self._b.lease
+        token = lease_api._metadata  # etcd3aio 0.3.0 keeps the auth token here (pinned)
+        if self._stream is not None and self._stream_token != token:
+            self._drop_stream()  # the token was refreshed: a stream carries the one it was opened with
         sent = self._b.clock.now()
-        stream = self._b.lease.keep_alive(self._lease)
         try:
             with _store_errors("lease keepalive"):
                 async with asyncio.timeout(self._b.timeout):
-                    async for resp in stream:
-                        if resp.TTL <= 0:
-                            raise SessionExpired(f"lease {self._lease:x} expired or was revoked")
-                        return Renewal(sent, float(resp.TTL))
-        finally:
-            stream.cancel()
-        raise StoreUnavailable("etcd lease keepalive: stream closed without an answer")
+                    if self._stream is None:
+                        self._stream = lease_api._stub.LeaseKeepAlive(metadata=token or None)
+                        self._stream_token = token
+                    await self._stream.write(LeaseKeepAliveRequest(ID=self._lease))
+                    resp = await self._stream.read()
+        except BaseException:
+            # Our request may still be answered later: that answer must not be
+            # read as the next renewal's, so the stream goes with the error.
+            self._drop_stream()
+            raise
+        if resp is grpc.aio.EOF:
+            self._drop_stream()
+            raise StoreUnavailable("etcd lease keepalive: stream closed without an answer")
+        if resp.TTL <= 0:
+            self._drop_stream()
+            raise SessionExpired(f"lease {self._lease:x} expired or was revoked")
+        return Renewal(sent, float(resp.TTL))
 
     async def close(self) -> None:
+        self._drop_stream()
         if not self._lease:
             return
         try:
@@ -282,8 +307,9 @@ class EtcdSession:
         self._lease = 0
 
     async def abandon(self) -> None:
-        # Nothing to tell the store: keepalives are one stream per renewal and
-        # none is open between renewals, so forgetting the id is enough.
+        # Nothing to tell the store: closing our keepalive stream sends no
+        # renewal, so the lease lapses after its TTL; forget the id.
+        self._drop_stream()
         self._lease = 0
 
 

@@ -153,3 +153,47 @@ async def test_endpoints_report_leader_health_and_readiness(w: World) -> None:
         assert (await asyncio.to_thread(get, base + "/readyz"))[0] == 503
     finally:
         await api.close()
+
+
+async def test_loop_lag_is_read_from_the_lease_sleep_and_a_stall_fails_healthz(w: World) -> None:
+    samples: list[float] = []
+    monitor = LoopMonitor(samples.append, w.clock)
+    monitor.start()
+    try:
+        e = Elector(replace(CFG, candidate_id="p"), w.backend, w.clock, RecordingSink(), loop_probe=monitor)
+        w.tasks.append(asyncio.create_task(e.run()))
+        await w.clock.advance(0.1)
+        assert e.state is State.LEADER
+        # The lease sleeps until its next renewal: that pending timer is the probe.
+        await w.clock.advance(CFG.retry_interval * 2)
+        assert samples and monitor.last_tick > 1000.0
+        assert not health(e.snapshot(), monitor, CFG)
+
+        # A timer overdue by more than the limit is a stalled loop, before it fires.
+        monitor.sleeping(w.clock.now() - 1.5)
+        assert any("event loop" in p for p in health(e.snapshot(), monitor, CFG))
+        monitor.woke(w.clock.now() - 1.5)
+        assert monitor.lag == pytest.approx(1.5) and monitor.stalled_for() == 0
+        assert any("event loop" in p for p in health(e.snapshot(), monitor, CFG))
+    finally:
+        await monitor.stop()
+
+
+async def test_loop_monitor_probes_by_itself_only_while_no_lease_does() -> None:
+    clock = FakeClock()
+    samples: list[float] = []
+    monitor = LoopMonitor(samples.append, clock, interval=1.0)
+    monitor.start()
+    try:
+        await clock.advance(3.05)
+        assert len(samples) == 3  # nobody probes for it: its own 1 s timer
+        monitor.attach()
+        await clock.advance(1.05)  # the timer pending at attach fires, and stands down
+        n = len(samples)
+        await clock.advance(5)
+        assert len(samples) == n  # a lease probes now: no wake-ups of its own
+        monitor.detach()
+        await clock.advance(2.05)
+        assert len(samples) == n + 2
+    finally:
+        await monitor.stop()

@@ -16,11 +16,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sidecar import http_api as http_mod
 from sidecar.cli import build_config
 from sidecar.config import Config, ConfigError, check_files, unknown_env
 from sidecar.fencing import server as server_mod
 from sidecar.fencing.protocol import CLIENT_TYPES, SERVER_TYPES, ProtocolError, decode
 from sidecar.fencing.server import GrantServer
+from sidecar.http_api import HttpApi
+from sidecar.loopmon import LoopMonitor
 from tests.helpers import RecordingSink
 
 # -- fuzzing -----------------------------------------------------------------
@@ -206,3 +209,110 @@ async def test_slow_loris_client_is_cut_off_and_others_served(
     assert b"hello" in await r2.readline()
     w2.close()
     w.close()
+
+
+# -- the HTTP endpoints ------------------------------------------------------
+
+
+@pytest.fixture
+async def http_api() -> AsyncIterator[HttpApi]:
+    from prometheus_client import CollectorRegistry
+
+    from sidecar.clock import FakeClock
+    from sidecar.elector import Elector
+    from sidecar_harness.memory import MemoryBackend, MemoryStore
+    from tests.unit.test_elector import CFG
+
+    clock = FakeClock()
+    elector = Elector(CFG, MemoryBackend(MemoryStore(clock)), clock, RecordingSink())
+    api = HttpApi(CFG, elector, LoopMonitor(clock=clock), CollectorRegistry())
+    await api.start("127.0.0.1:0")
+    yield api
+    await api.close()
+
+
+async def exchange(port: int, raw: bytes, *, wait: float = 5.0) -> bytes:
+    """Send ``raw``, return all the server answers until it closes the connection."""
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        w.write(raw)
+        await w.drain()
+        return await asyncio.wait_for(r.read(), wait)
+    finally:
+        w.close()
+
+
+async def test_http_slow_loris_is_cut_off_and_others_served(http_api: HttpApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http_mod, "REQUEST_TIMEOUT", 0.3)
+    r, w = await asyncio.open_connection("127.0.0.1", http_api.port)
+    w.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # and then nothing
+    await w.drain()
+    answer = await asyncio.wait_for(r.read(), 5)  # closed by the server, not by us
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 408")
+    w.close()
+    ok = await exchange(http_api.port, b"GET /leader/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert ok.startswith(b"HTTP/1.1 503") and b'"leader": false' in ok
+
+
+async def test_http_idle_keepalive_connection_is_closed(http_api: HttpApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http_mod, "REQUEST_TIMEOUT", 0.3)
+    r, w = await asyncio.open_connection("127.0.0.1", http_api.port)
+    w.write(b"GET /leader HTTP/1.1\r\nHost: x\r\n\r\n")  # keep-alive by default
+    await w.drain()
+    first = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)
+    assert first.startswith(b"HTTP/1.1 200")
+    rest = await asyncio.wait_for(r.read(), 5)  # the body, then the server closes the idle connection
+    assert b'"state": "follower"' in rest
+    w.close()
+
+
+async def test_http_oversized_head_is_refused_with_431(http_api: HttpApi) -> None:
+    big = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (http_mod.MAX_HEAD + 10) + b"\r\n\r\n"
+    answer = await exchange(http_api.port, big)
+    assert answer.startswith(b"HTTP/1.1 431")
+
+
+async def test_http_many_headers_are_refused_with_431(http_api: HttpApi) -> None:
+    many = b"".join(b"X-H%d: v\r\n" % i for i in range(2000))
+    answer = await exchange(http_api.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")
+    assert answer.startswith(b"HTTP/1.1 431")
+
+
+async def test_http_body_too_large_is_refused_with_413(http_api: HttpApi) -> None:
+    body = b"x" * (http_mod.MAX_BODY + 1)
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+    assert (await exchange(http_api.port, head + body)).startswith(b"HTTP/1.1 413")
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40, b"400"),  # a TLS hello
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", b"400"),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", b"400"),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", b"400"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", b"404"),
+        (b"POST /leader HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}", b"405"),
+    ],
+)
+async def test_http_garbage_gets_a_4xx_and_the_server_stays_up(http_api: HttpApi, raw: bytes, status: bytes) -> None:
+    answer = await exchange(http_api.port, raw)
+    assert answer.startswith(b"HTTP/1.1 " + status), answer[:80]
+    ok = await exchange(http_api.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert ok.startswith(b"HTTP/1.1 200")
+
+
+async def test_http_connections_beyond_the_limit_are_closed(http_api: HttpApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http_mod, "MAX_CLIENTS", 2)
+    held = [await asyncio.open_connection("127.0.0.1", http_api.port) for _ in range(2)]
+    await asyncio.sleep(0.1)  # let the server take them
+    try:
+        refused = await exchange(http_api.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    except ConnectionResetError:
+        refused = b""  # closed with our request unread: the kernel resets
+    assert refused == b""
+    for _, w in held:
+        w.close()
+    await asyncio.sleep(0.1)
+    ok = await exchange(http_api.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert ok.startswith(b"HTTP/1.1 200")
