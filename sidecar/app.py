@@ -79,10 +79,19 @@ class Sidecar:
             await self.server.publish_grant(grant)
 
     async def _on_stopped(self, grant: Grant, reason: Reason) -> bool:
-        # Tell cooperative clients first: they stop at once, before signals.
+        if self.clock.now() < grant.expires_monotonic:
+            # Tell cooperative clients first: they stop at once, before signals.
+            if self.server is not None:
+                await self.server.publish_revoke(reason.value)
+            return await self.supervisor.stopped_leading(grant, reason)
+        # The grant is already over (we were frozen or stuck past it): a
+        # successor may lead. A revoke now would only be a cue to a client that
+        # misbehaves on revoke; stop the orchestrator first (SIGKILL at once,
+        # the deadline having passed), then tell the clients.
+        confirmed = await self.supervisor.stopped_leading(grant, reason)
         if self.server is not None:
             await self.server.publish_revoke(reason.value)
-        return await self.supervisor.stopped_leading(grant, reason)
+        return confirmed
 
     async def status(self) -> dict[str, Any]:
         """The socket's `status` answer: the same view as /leader, plus the orchestrator."""
