@@ -75,6 +75,7 @@ from sidecar.model import Leadership
 
 NODE_MARK = "__lock__"  # what kazoo's Lock/Election recipes look for
 _SEQ = re.compile(r"__lock__(\d{10})$")
+_SRVR_VERSION = re.compile(r"^Zookeeper version: ([0-9][^-,\s]*)", re.MULTILINE)
 _SESSION_OF = re.compile(r"(?:^|/)([0-9a-f]{1,16})__lock__\d{10}$")
 
 
@@ -151,7 +152,7 @@ class ZooKeeperBackend:
         self.clock = clock
         self.timeout = request_timeout
         self.retry_interval = retry_interval
-        self.server_version = ""  # learnt from the first session opened
+        self.server_version = ""  # learnt by describe() at start
         self.auth = auth or []
         self._observer: ZooKeeperSession | None = None
         # With digest auth, our nodes are ours alone to change or delete;
@@ -164,6 +165,30 @@ class ZooKeeperBackend:
 
     def session(self, ttl: float) -> ZooKeeperSession:
         return ZooKeeperSession(self, ttl)
+
+    async def describe(self) -> dict[str, str]:
+        """Facts about the store for the start-up log and the store_info metric.
+
+        Asked with the ``srvr`` four-letter word, the one ZooKeeper allows by
+        default (``4lw.commands.whitelist``; kazoo's ``server_version`` uses
+        ``envi``, which is not), on a connection of its own: no session.
+        """
+        errors = []
+        for hostport in self.hosts.split("/", 1)[0].split(","):
+            host, _, port = hostport.rpartition(":")
+            try:
+                answer = await _four_letter(host.strip("[]"), int(port), b"srvr", self.timeout)
+            except (OSError, TimeoutError, ValueError) as exc:
+                errors.append(f"{hostport}: {str(exc) or type(exc).__name__}")
+                continue
+            m = _SRVR_VERSION.search(answer)
+            if m is None:
+                # A server that refuses the command says so in one line.
+                errors.append(f"{hostport}: srvr answered {answer.strip()[:80]!r}")
+                continue
+            self.server_version = m.group(1)
+            return {"version": self.server_version}
+        raise StoreUnavailable("zookeeper server version: " + "; ".join(errors))
 
     def election(self, name: str) -> ZooKeeperElection:
         return ZooKeeperElection(self, name)
@@ -325,8 +350,6 @@ class ZooKeeperSession:
         # createSession is committed by the ZooKeeper leader after our send:
         # the session cannot expire before sent + negotiated.
         self._anchor = sent
-        if not self._b.server_version:
-            self._b.server_version = await _server_version(client)
         return Renewal(sent, negotiated)
 
     async def keepalive(self) -> Renewal:
@@ -829,14 +852,19 @@ def _stop_quietly(client: KazooClient) -> None:
         client.close()
 
 
-async def _server_version(client: KazooClient) -> str:
-    """The server's version, for the log and the store-info metric; "" if it will not say."""
-    try:
-        async with asyncio.timeout(2.0):
-            version = await asyncio.to_thread(client.server_version, 1)
-    except Exception:  # best effort: the 4lw used may be disabled; nothing depends on it
-        return ""
-    return ".".join(str(x) for x in version)
+async def _four_letter(host: str, port: int, word: bytes, timeout: float) -> str:
+    """One ZooKeeper four-letter command, answered and closed by the server."""
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(word)
+            await writer.drain()
+            data = await reader.read()  # the server closes once it has answered
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+    return data.decode(errors="replace")
 
 
 def _drop_without_closing(client: KazooClient) -> None:

@@ -167,6 +167,8 @@ def test_graceful_handover_and_crash_failover_pay_no_lock_delay(zk_fleet: Fleet,
     assert 0 < failover < ttl + 1.0, (failover, ttl)
     for s in zk_fleet.sidecars:
         assert not log_events(s, "lock_delay"), (s.candidate, log_events(s, "lock_delay"))
+        # Issue 14 item 3: the server version is logged at start (and exported as store_info).
+        assert log_events(s, "store_version")[0]["version"].startswith("3."), log_events(s, "store_version")
     measure(
         "ZooKeeper resign handover / SIGKILL failover",
         f"{handover * 1000:.0f} ms / {failover:.2f} s (session {ttl:g} s)",
