@@ -499,6 +499,7 @@ class ZooKeeperElection:
         client = session.client
         self._client = client
         self._session_id = int(session.id, 16)
+        self._head = None  # only what this campaign saw counts
         loop = asyncio.get_running_loop()
         prefix = f"{session.id}{NODE_MARK}"
         with _store_errors("campaign"):
@@ -524,12 +525,13 @@ class ZooKeeperElection:
                 if not ahead:
                     break
                 first = await self._leadership(client, ahead[0], with_epoch=False)
-                if first is not None:
-                    # Remembered in case the epoch record is garbled when we come to lead.
-                    self._head = (first.token, self.base + "/" + ahead[0])
-                    if on_wait is not None and first != told:
-                        on_wait(first)
-                        told = first
+                # Next in line behind the leader: if the epoch record is garbled
+                # when we come to lead, this is who led before us. Further back,
+                # we cannot know who will lead before us.
+                self._head = (first.token, self.base + "/" + ahead[0]) if first and len(ahead) == 1 else None
+                if first is not None and on_wait is not None and first != told:
+                    on_wait(first)
+                    told = first
                 fired, watcher = _watch(loop)
                 if await _call(client.exists_async, self.base + "/" + ahead[-1], watcher) is None:
                     continue  # gone between the listing and the watch
@@ -694,15 +696,41 @@ class ZooKeeperElection:
                         await _call(client.create_async, self.marker_path, b"", self._b.acl, False, False, True)
                     continue
                 if isinstance(results[0], NoNodeError):  # our node went already: the marker alone
-                    try:
-                        await _call(client.set_data_async, self.marker_path, marker)
-                    except NoNodeError:
-                        await _call(client.create_async, self.marker_path, marker, self._b.acl, False, False, True)
+                    await self._mark_if_last(client, marker)
                     break
                 raise StoreUnavailable(f"zookeeper resign: {type(results[0]).__name__}, {type(results[1]).__name__}")
             else:
                 raise StoreUnavailable(f"zookeeper resign: {self.marker_path} could not be created")
         self._node = ""
+
+    async def _mark_if_last(self, client: KazooClient, marker: bytes) -> None:
+        """Write the marker for a node that is gone already, if we are still the last leader.
+
+        Our stop may be confirmed long after our session went (a frozen
+        sidecar thawing): by then a successor may have led and resigned, and
+        our marker must not replace its own, or the next candidate would take
+        the successor's clean resign for an unclean one and wait on its
+        (live) session. So the write checks, in one multi, that the epoch
+        record still names us.
+        """
+        try:
+            raw, stat = await _call(client.get_async, self.epoch_path)
+        except NoNodeError:
+            return
+        record = parse_epoch_record(self.epoch_path, raw)
+        if not isinstance(record, EpochRecord) or record.token != self._czxid:
+            return  # someone led after us (or the record is garbled): our marker would only mislead
+        tx = client.transaction()
+        tx.check(self.epoch_path, stat.version)
+        tx.set_data(self.marker_path, marker)
+        results = await _call(tx.commit_async)
+        if isinstance(results[1], NoNodeError):
+            with contextlib.suppress(NodeExistsError):
+                await _call(client.create_async, self.marker_path, b"", self._b.acl, False, False, True)
+            tx = client.transaction()
+            tx.check(self.epoch_path, stat.version)
+            tx.set_data(self.marker_path, marker)
+            await _call(tx.commit_async)
 
     async def wait_lost(self) -> None:
         if not self._node or self._client is None:

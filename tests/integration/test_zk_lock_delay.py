@@ -145,6 +145,9 @@ def test_a_live_leaders_deleted_node_ends_the_wait_with_its_confirmed_stop(
     ttl = float(log_events(old, "session_opened")[-1]["ttl"])
     assert led - t < ttl, f"successor led {led - t:.2f}s after the delete: it waited for the session ({ttl}s)"
     measure("ZooKeeper external delete of a live leader: successor led after", f"{led - t:.2f} s")
+    # It wrote the marker for its gone node (not merely closed its session on the way out of a crash).
+    wait_until(lambda: bool(log_events(old, "campaigning")[1:]), 10, what="the demoted leader queues again")
+    assert old.alive and "Traceback" not in old.log_path.read_text(), old.tail(20)
     verdict = check(sorted(zk_fleet.workdir.glob("c*.jsonl")), zk_fleet.store)
     assert verdict.ok, verdict.violations
 
