@@ -409,9 +409,17 @@ async def epoch_corrupt(c: Campaign, leader: SidecarProcess | None, view: View) 
 ZK_MAX_SESSION = 20 * TICK_MS / 1000
 
 
-def _events(sc: SidecarProcess, event: str) -> list[dict[str, Any]]:
+def _log_size(sc: SidecarProcess) -> int:
+    return sc.log_path.stat().st_size if sc.log_path.exists() else 0
+
+
+def _events(sc: SidecarProcess, event: str, since: int = 0) -> list[dict[str, Any]]:
+    """The sidecar's log lines of ``event``, from byte ``since`` (its log is appended to across restarts)."""
     out = []
-    for line in sc.log_path.read_text(errors="replace").splitlines():
+    with sc.log_path.open("rb") as f:
+        f.seek(since)
+        text = f.read().decode(errors="replace")
+    for line in text.splitlines():
         with contextlib.suppress(ValueError):
             rec = json.loads(line)
             if isinstance(rec, dict) and rec.get("event") == event:
@@ -436,6 +444,7 @@ async def short_ttl(c: Campaign, leader: SidecarProcess | None, view: View) -> I
     )
     bad = SidecarProcess("sttl-unfit", c.workdir, endpoints, "campaign", unfit, backend=c.backend)
     problems: list[str] = []
+    ok_from, bad_from = _log_size(ok), _log_size(bad)  # the same names run again in later faults
     ok.start(c.sidecar_env)
     bad.start(c.sidecar_env)
     await asyncio.to_thread(ok.wait_socket)
@@ -448,10 +457,12 @@ async def short_ttl(c: Campaign, leader: SidecarProcess | None, view: View) -> I
         code = None
         problems.append(f"a sidecar asking ttl {unfit['ttl']:g}s of a {granted:g}s maximum still runs after 20 s")
         bad.stop()
-    text = bad.log_path.read_text(errors="replace")
+    with bad.log_path.open("rb") as f:
+        f.seek(bad_from)
+        text = f.read().decode(errors="replace")
     if code is not None and code != 2:
         problems.append(f"unfit ttl: exit {code}, expected 2")
-    if len(_events(bad, "store_ttl_unfit")) != 1 or "Traceback" in text:
+    if len(_events(bad, "store_ttl_unfit", bad_from)) != 1 or "Traceback" in text:
         problems.append(f"unfit ttl: expected one store_ttl_unfit line and no traceback: {text[-300:]!r}")
     # The one that fits: make it lead, then freeze it past its granted session.
     led = False
@@ -466,7 +477,7 @@ async def short_ttl(c: Campaign, leader: SidecarProcess | None, view: View) -> I
             await c.wait_single_leader(TTL + 2, unlike=claim[0][0].candidate)
         else:
             await c.wait_single_leader(TTL + 2)
-    granted_seen = [e.get("ttl") for e in _events(ok, "session_opened")]
+    granted_seen = [e.get("ttl") for e in _events(ok, "session_opened", ok_from)]
     if not granted_seen or granted_seen[-1] != granted:
         problems.append(f"sttl asked {fit['ttl']:g}s, expected a {granted:g}s session, saw {granted_seen}")
     if not led:
@@ -480,9 +491,8 @@ async def short_ttl(c: Campaign, leader: SidecarProcess | None, view: View) -> I
         c.frozen.discard(ok.candidate)
         c.sidecars.remove(ok)
         await asyncio.to_thread(ok.stop)
-        for line in ok.log_path.read_text(errors="replace").splitlines():
-            if '"kill_unconfirmed"' in line:
-                problems.append("sttl: an orchestrator kill was not confirmed")
+        if _events(ok, "kill_unconfirmed", ok_from):
+            problems.append("sttl: an orchestrator kill was not confirmed")
 
     return Injected("sttl/short-ttl" if led else "none", heal, granted + 2.0 if led else 0.0, problems)
 
