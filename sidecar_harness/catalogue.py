@@ -386,7 +386,7 @@ async def evict_frozen(c: Campaign, leader: SidecarProcess | None, view: View) -
         leader.signal(signal.SIGCONT)
         c.frozen.discard(leader.candidate)
 
-    return Injected(f"{leader.candidate}/evicted-frozen", cont, HOLD_LONG)
+    return Injected(f"{leader.candidate}/evicted-frozen", cont, HOLD_FROZEN)
 
 
 async def epoch_corrupt(c: Campaign, leader: SidecarProcess | None, view: View) -> Injected:
@@ -494,7 +494,7 @@ async def short_ttl(c: Campaign, leader: SidecarProcess | None, view: View) -> I
         if _events(ok, "kill_unconfirmed", ok_from):
             problems.append("sttl: an orchestrator kill was not confirmed")
 
-    return Injected("sttl/short-ttl" if led else "none", heal, granted + 2.0 if led else 0.0, problems)
+    return Injected("sttl/short-ttl" if led else "none", heal, HOLD_FROZEN - TTL + granted if led else 0.0, problems)
 
 
 async def session_replaced(c: Campaign, leader: SidecarProcess | None, view: View) -> Injected:

@@ -34,7 +34,7 @@ def acting(path: Path, token: int) -> bool:
 
 def grant_deadline(path: Path, token: int) -> float:
     """The latest grant deadline (CLOCK_MONOTONIC) the orchestrator acted under for ``token``."""
-    return max(r["valid_until"] for r in read_records([path]) if r["kind"] == "act" and r["token"] == token)
+    return float(max(r["valid_until"] for r in read_records([path]) if r["kind"] == "act" and r["token"] == token))
 
 
 def leader_node(zookeeper: ZkServer, election: str) -> str:
