@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from sidecar.fencing.oneshot import request
 from sidecar_harness.fleet import FAST_TIMING, SidecarProcess
 from sidecar_harness.localstore import LocalMember
+from sidecar_harness.localzk import TICK_MS
 
 if TYPE_CHECKING:
     from sidecar_harness.faults import Campaign
@@ -44,11 +47,16 @@ async def _nothing() -> None:
 
 @dataclass(frozen=True)
 class Injected:
-    """What an injection did: its target, how to heal it, how long to hold it first."""
+    """What an injection did: its target, how to heal it, how long to hold it first.
+
+    ``problems``: what the fault itself found wrong (filled by the inject or
+    heal function; the campaign reports them with the fault).
+    """
 
     target: str
     heal: Heal = _nothing
     hold: float = 0.0
+    problems: list[str] = field(default_factory=list)
 
 
 NOTHING = Injected("none")
@@ -312,6 +320,22 @@ async def _etcdctl(c: Campaign, *args: str) -> None:
     await asyncio.wait_for(proc.wait(), 10)
 
 
+async def _zk(c: Campaign, op: Callable[[Any], object]) -> None:
+    """What an operator does with zkCli: one plain kazoo client, its own session, bounded in time."""
+    from kazoo.client import KazooClient
+
+    def run() -> None:
+        zk = KazooClient(hosts=",".join(c.cluster.endpoints))
+        zk.start(5)
+        try:
+            op(zk)
+        finally:
+            zk.stop()
+            zk.close()
+
+    await asyncio.wait_for(asyncio.to_thread(run), 10)
+
+
 async def _leader_key(c: Campaign, leader: SidecarProcess) -> str | None:
     """The leader's candidate key as the store lists it (the oldest with its id)."""
     with contextlib.suppress(Exception):
@@ -330,7 +354,9 @@ def _key_gone(how: Literal["delete", "revoke"]) -> Inject:
         key = await _leader_key(c, leader) if leader is not None else None
         if leader is None or key is None:
             return NOTHING
-        if how == "delete":
+        if how == "delete" and c.backend == "zookeeper":
+            await _zk(c, lambda zk: zk.delete(key))  # zkCli's `delete`
+        elif how == "delete":
             await _etcdctl(c, "del", key)
         else:
             await _etcdctl(c, "lease", "revoke", key.rsplit("/", 1)[1])
@@ -351,7 +377,7 @@ async def evict_frozen(c: Campaign, leader: SidecarProcess | None, view: View) -
     c.frozen.add(leader.candidate)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "sidecar", "evict", "--force", "--candidate", leader.candidate, "--key", key,
-        "--endpoints", ",".join(c.cluster.endpoints), "--election", "campaign",
+        "--backend", c.backend, "--endpoints", ",".join(c.cluster.endpoints), "--election", "campaign",
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     await asyncio.wait_for(proc.wait(), 20)
@@ -360,7 +386,7 @@ async def evict_frozen(c: Campaign, leader: SidecarProcess | None, view: View) -
         leader.signal(signal.SIGCONT)
         c.frozen.discard(leader.candidate)
 
-    return Injected(f"{leader.candidate}/evicted-frozen", cont, HOLD_LONG)
+    return Injected(f"{leader.candidate}/evicted-frozen", cont, HOLD_FROZEN)
 
 
 async def epoch_corrupt(c: Campaign, leader: SidecarProcess | None, view: View) -> Injected:
@@ -368,10 +394,154 @@ async def epoch_corrupt(c: Campaign, leader: SidecarProcess | None, view: View) 
     the record, not crash on it."""
     if leader is None:
         return NOTHING
-    await _etcdctl(c, "put", "campaign.epoch", "garbage")
+    if c.backend == "zookeeper":
+        await _zk(c, lambda zk: zk.set("/campaign.epoch", b"garbage"))
+    else:
+        await _etcdctl(c, "put", "campaign.epoch", "garbage")
     with contextlib.suppress(OSError, ValueError):
         await asyncio.to_thread(request, str(leader.socket_path), {"type": "resign"}, 2.0)
     return Injected(f"{leader.candidate}/epoch-record", hold=1.0)
+
+
+# -- ZooKeeper sessions (issue 14) ---------------------------------------------
+
+# ZooKeeper's default maxSessionTimeout is 20 ticks; localzk.py does not change it.
+ZK_MAX_SESSION = 20 * TICK_MS / 1000
+
+
+def _log_size(sc: SidecarProcess) -> int:
+    return sc.log_path.stat().st_size if sc.log_path.exists() else 0
+
+
+def _events(sc: SidecarProcess, event: str, since: int = 0) -> list[dict[str, Any]]:
+    """The sidecar's log lines of ``event``, from byte ``since`` (its log is appended to across restarts)."""
+    out = []
+    with sc.log_path.open("rb") as f:
+        f.seek(since)
+        text = f.read().decode(errors="replace")
+    for line in text.splitlines():
+        with contextlib.suppress(ValueError):
+            rec = json.loads(line)
+            if isinstance(rec, dict) and rec.get("event") == event:
+                out.append(rec)
+    return out
+
+
+async def short_ttl(c: Campaign, leader: SidecarProcess | None, view: View) -> Injected:
+    """Sidecars asking for a session longer than the ensemble's maxSessionTimeout.
+
+    One whose timing fits the granted TTL must run safely on it: it is walked
+    to the head of the queue (by resigning whoever leads) and frozen past the
+    granted session; its orchestrator's acts go to the checker like everyone's.
+    One whose timing cannot fit must refuse with one line and exit 2.
+    """
+    granted = ZK_MAX_SESSION
+    fit = dict(FAST_TIMING, ttl=granted * 2)  # granted 4 s: 4*0.99 - 0.5 - 1.5 >= 0.5, it fits
+    unfit = dict(FAST_TIMING, ttl=granted * 15, renew_deadline=granted * 9, retry_interval=3.0, kill_grace=3.0)
+    endpoints = list(c.cluster.endpoints)
+    ok = SidecarProcess(
+        "sttl", c.workdir, endpoints, "campaign", fit, backend=c.backend, command=c.toy_argv("sttl"), log_relay=True
+    )
+    bad = SidecarProcess("sttl-unfit", c.workdir, endpoints, "campaign", unfit, backend=c.backend)
+    problems: list[str] = []
+    ok_from, bad_from = _log_size(ok), _log_size(bad)  # the same names run again in later faults
+    ok.start(c.sidecar_env)
+    bad.start(c.sidecar_env)
+    await asyncio.to_thread(ok.wait_socket)
+    c.sidecars.append(ok)
+    # The one that cannot fit: one line, exit 2, no traceback.
+    try:
+        assert bad.proc is not None
+        code: int | None = await asyncio.wait_for(asyncio.to_thread(bad.proc.wait), 20)
+    except TimeoutError:
+        code = None
+        problems.append(f"a sidecar asking ttl {unfit['ttl']:g}s of a {granted:g}s maximum still runs after 20 s")
+        bad.stop()
+    with bad.log_path.open("rb") as f:
+        f.seek(bad_from)
+        text = f.read().decode(errors="replace")
+    if code is not None and code != 2:
+        problems.append(f"unfit ttl: exit {code}, expected 2")
+    if len(_events(bad, "store_ttl_unfit", bad_from)) != 1 or "Traceback" in text:
+        problems.append(f"unfit ttl: expected one store_ttl_unfit line and no traceback: {text[-300:]!r}")
+    # The one that fits: make it lead, then freeze it past its granted session.
+    led = False
+    for _ in range(2 * len(c.sidecars)):  # each resign moves the queue on by one
+        claim = await c.claims()
+        if len(claim) == 1 and claim[0][0] is ok:
+            led = True
+            break
+        if len(claim) == 1:
+            with contextlib.suppress(OSError, ValueError):
+                await asyncio.to_thread(request, str(claim[0][0].socket_path), {"type": "resign"}, 2.0)
+            await c.wait_single_leader(TTL + 2, unlike=claim[0][0].candidate)
+        else:
+            await c.wait_single_leader(TTL + 2)
+    granted_seen = [e.get("ttl") for e in _events(ok, "session_opened", ok_from)]
+    if not granted_seen or granted_seen[-1] != granted:
+        problems.append(f"sttl asked {fit['ttl']:g}s, expected a {granted:g}s session, saw {granted_seen}")
+    if not led:
+        problems.append("sttl never came to lead: its short session was not exercised")
+    else:
+        ok.signal(signal.SIGSTOP)
+        c.frozen.add(ok.candidate)
+
+    async def heal() -> None:
+        ok.signal(signal.SIGCONT)
+        c.frozen.discard(ok.candidate)
+        c.sidecars.remove(ok)
+        await asyncio.to_thread(ok.stop)
+        if _events(ok, "kill_unconfirmed", ok_from):
+            problems.append("sttl: an orchestrator kill was not confirmed")
+
+    return Injected("sttl/short-ttl" if led else "none", heal, HOLD_FROZEN - TTL + granted if led else 0.0, problems)
+
+
+async def session_replaced(c: Campaign, leader: SidecarProcess | None, view: View) -> Injected:
+    """The leader's session expires server-side while its kazoo client lives, and
+    kazoo reconnects at once: the server says "expired" and kazoo opens a
+    replacement session on the same client. The sidecar must treat that as
+    the end of its session (it owns nothing) and open its own.
+
+    The expiry comes from cutting the leader's links past the session timeout
+    (the harness has no other honest way: forcing an expiry needs the
+    session's password, which the sidecar never writes anywhere); the links
+    heal the moment the ensemble has ended the session (its liveness node is
+    gone), so the reconnect races nothing but the expiry itself.
+    """
+    opened = _events(leader, "session_opened") if leader is not None else []
+    if leader is None or not opened:
+        return NOTHING
+    session = str(opened[-1]["session"])
+    liveness = f"/campaign.sessions/{session}"
+    proxies = c.proxies[leader.candidate]
+    for p in proxies:
+        p.partition()
+    gone: list[bool] = []
+
+    def until_gone(zk: Any) -> None:  # in _zk's thread, on one client of its own
+        deadline = time.monotonic() + ZK_MAX_SESSION + 3
+        while time.monotonic() < deadline:
+            if zk.exists(liveness) is None:
+                gone.append(True)
+                return
+            time.sleep(0.1)
+
+    with contextlib.suppress(Exception):  # whatever happens, the links heal below
+        await _zk(c, until_gone)
+    for p in proxies:
+        p.heal()
+    problems = [] if gone else [f"session {session} was not expired by the ensemble within {ZK_MAX_SESSION + 3:g}s"]
+
+    async def check() -> None:
+        end = time.monotonic() + TTL + 3
+        while time.monotonic() < end:
+            if any(str(e.get("session")) != session for e in _events(leader, "session_opened")[len(opened) :]):
+                return
+            await asyncio.sleep(0.1)
+        problems.append(f"{leader.candidate} did not open a session of its own after {session} was replaced")
+
+    return Injected(f"{leader.candidate}/session", check, 0.5, problems)
 
 
 FAULTS: list[Fault] = [
@@ -393,10 +563,13 @@ FAULTS: list[Fault] = [
     Fault("revoke-race", revoke_race, failover="always"),
     Fault("log-stall", log_stall),
     Fault("peer-hides", peer_hides, failover="always"),
-    Fault("key-delete", _key_gone("delete"), failover="always", backends=("etcd",)),
+    Fault("key-delete", _key_gone("delete"), failover="always"),
     Fault("lease-revoke", _key_gone("revoke"), failover="always", backends=("etcd",)),
-    Fault("evict-frozen-leader", evict_frozen, backends=("etcd",)),
-    Fault("epoch-corrupt", epoch_corrupt, failover="always", backends=("etcd",)),
+    Fault("evict-frozen-leader", evict_frozen),
+    Fault("epoch-corrupt", epoch_corrupt, failover="always"),
+    # etcd grants what is asked above its 2 s minimum; ZooKeeper clamps to maxSessionTimeout.
+    Fault("store-short-ttl", short_ttl, failover="always", backends=("zookeeper",)),
+    Fault("session-replaced", session_replaced, backends=("zookeeper",)),
 ]
 BY_KIND: dict[str, Fault] = {f.kind: f for f in FAULTS}
 CATALOGUE: dict[str, list[str]] = {

@@ -265,6 +265,7 @@ class Campaign:
                 break
             await asyncio.sleep(SAMPLE)
         await heal()
+        r.problems += injected.problems  # what the fault itself found (filled by its inject or heal)
         r.healed_mono = time.monotonic()
         self.ensure_peer_toys()
         took, r.leader_after, r.token_after = await self.wait_single_leader(TTL + 10)

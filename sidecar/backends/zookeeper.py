@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import socket
 import threading
@@ -57,13 +58,16 @@ from sidecar.backends.base import (
     Candidate,
     EpochRecord,
     KeyLost,
+    LockDelay,
     OnWait,
     Renewal,
+    ResignMarker,
     Session,
     SessionExpired,
     StoreForbidden,
     StoreUnavailable,
     parse_epoch_record,
+    parse_resign_marker,
 )
 from sidecar.clock import Clock
 from sidecar.config import Config, ConfigError, endpoint_hostports
@@ -71,6 +75,8 @@ from sidecar.model import Leadership
 
 NODE_MARK = "__lock__"  # what kazoo's Lock/Election recipes look for
 _SEQ = re.compile(r"__lock__(\d{10})$")
+_SRVR_VERSION = re.compile(r"^Zookeeper version: ([0-9][^-,\s]*)", re.MULTILINE)
+_SESSION_OF = re.compile(r"(?:^|/)([0-9a-f]{1,16})__lock__\d{10}$")
 
 
 @contextlib.contextmanager
@@ -125,6 +131,12 @@ def _seq(name: str) -> int:
     return int(m.group(1)) if m else -1
 
 
+def _session_of(node: str) -> int:
+    """The session id in a candidate node's name (``<session hex>__lock__<seq>``), 0 if none."""
+    m = _SESSION_OF.search(node)
+    return int(m.group(1), 16) if m else 0
+
+
 class ZooKeeperBackend:
     def __init__(
         self,
@@ -140,7 +152,7 @@ class ZooKeeperBackend:
         self.clock = clock
         self.timeout = request_timeout
         self.retry_interval = retry_interval
-        self.server_version = ""  # learnt from the first session opened
+        self.server_version = ""  # learnt by describe() at start
         self.auth = auth or []
         self._observer: ZooKeeperSession | None = None
         # With digest auth, our nodes are ours alone to change or delete;
@@ -153,6 +165,30 @@ class ZooKeeperBackend:
 
     def session(self, ttl: float) -> ZooKeeperSession:
         return ZooKeeperSession(self, ttl)
+
+    async def describe(self) -> dict[str, str]:
+        """Facts about the store for the start-up log and the store_info metric.
+
+        Asked with the ``srvr`` four-letter word, the one ZooKeeper allows by
+        default (``4lw.commands.whitelist``; kazoo's ``server_version`` uses
+        ``envi``, which is not), on a connection of its own: no session.
+        """
+        errors = []
+        for hostport in self.hosts.split("/", 1)[0].split(","):
+            host, _, port = hostport.rpartition(":")
+            try:
+                answer = await _four_letter(host.strip("[]"), int(port), b"srvr", self.timeout)
+            except (OSError, TimeoutError, ValueError) as exc:
+                errors.append(f"{hostport}: {str(exc) or type(exc).__name__}")
+                continue
+            m = _SRVR_VERSION.search(answer)
+            if m is None:
+                # A server that refuses the command says so in one line.
+                errors.append(f"{hostport}: srvr answered {answer.strip()[:80]!r}")
+                continue
+            self.server_version = m.group(1)
+            return {"version": self.server_version}
+        raise StoreUnavailable("zookeeper server version: " + "; ".join(errors))
 
     def election(self, name: str) -> ZooKeeperElection:
         return ZooKeeperElection(self, name)
@@ -192,10 +228,17 @@ class ZooKeeperSession:
         self._lost = ""  # why the session is gone: sticky, set from kazoo's thread
         self._anchor = 0.0  # send time of the last round trip the leader confirmed
         self._password: bytes | None = None  # kept only while a close is owed
+        self.liveness: set[str] = set()  # liveness nodes this session created (one per election)
 
     @property
     def expired(self) -> bool:
         return bool(self._lost)
+
+    @property
+    def ttl(self) -> float:
+        """The negotiated session timeout once open (what the server will wait), else the one asked."""
+        with self._lock:
+            return self._negotiated if self._negotiated is not None else self._ttl
 
     @property
     def client(self) -> KazooClient:
@@ -307,8 +350,6 @@ class ZooKeeperSession:
         # createSession is committed by the ZooKeeper leader after our send:
         # the session cannot expire before sent + negotiated.
         self._anchor = sent
-        if not self._b.server_version:
-            self._b.server_version = await _server_version(client)
         return Renewal(sent, negotiated)
 
     async def keepalive(self) -> Renewal:
@@ -406,14 +447,23 @@ class ZooKeeperElection:
         self._name = name
         self.base = "/" + name.strip("/")
         self.epoch_path = self.base + ".epoch"
+        self.marker_path = self.base + ".resigned"
+        # One ephemeral node per session that campaigns, deleted by nothing of
+        # ours: it goes only when the session ends (docs/design.md, 1b).
+        self.sessions_path = self.base + ".sessions"
         self._node = ""
         self._client: KazooClient | None = None
         self._czxid = 0
+        self._session_id = 0
+        self._head: tuple[int, str] | None = None  # the leader we last queued behind: (czxid, node)
         self.wakeups = 0
 
     @property
     def name(self) -> str:
         return self._name
+
+    def liveness_path(self, session_id: int) -> str:
+        return f"{self.sessions_path}/{session_id:x}"
 
     async def _children(self, client: KazooClient) -> list[str]:
         with _store_errors("list candidates"):
@@ -422,6 +472,20 @@ class ZooKeeperElection:
             except NoNodeError:
                 return []
         return sorted((n for n in names if _seq(n) >= 0), key=_seq)
+
+    async def _ensure_liveness(self, client: KazooClient, session: ZooKeeperSession) -> None:
+        """Create this session's liveness node once, before its first candidate node.
+
+        Its data is the negotiated timeout: a successor that waits for the
+        session to end can say how long that takes at most.
+        """
+        path = self.liveness_path(self._session_id)
+        if path in session.liveness:
+            return
+        data = json.dumps({"ttl": session.ttl}).encode()
+        with contextlib.suppress(NodeExistsError):  # a create whose answer was lost did land
+            await _call(client.create_async, path, data, self._b.acl, True, False, True)
+        session.liveness.add(path)
 
     async def campaign(
         self,
@@ -434,9 +498,12 @@ class ZooKeeperElection:
             raise TypeError("a ZooKeeper election needs a ZooKeeper session")
         client = session.client
         self._client = client
+        self._session_id = int(session.id, 16)
+        self._head = None  # only what this campaign saw counts
         loop = asyncio.get_running_loop()
         prefix = f"{session.id}{NODE_MARK}"
         with _store_errors("campaign"):
+            await self._ensure_liveness(client, session)
             mine = [n for n in await self._children(client) if n.startswith(prefix)]
             if mine:
                 # A create whose answer was lost did land: keep that place.
@@ -448,6 +515,7 @@ class ZooKeeperElection:
             self._node = node
             _, stat = await _call(client.get_async, node)
             self._czxid = int(stat.czxid)
+            told: Leadership | None = None
             while True:
                 names = await self._children(client)
                 own = node.rsplit("/", 1)[1]
@@ -456,17 +524,127 @@ class ZooKeeperElection:
                 ahead = names[: names.index(own)]
                 if not ahead:
                     break
-                if on_wait is not None:
-                    first = await self._leadership(client, ahead[0], with_epoch=False)
-                    if first is not None:
-                        on_wait(first)
+                first = await self._leadership(client, ahead[0], with_epoch=False)
+                # Next in line behind the leader: if the epoch record is garbled
+                # when we come to lead, this is who led before us. Further back,
+                # we cannot know who will lead before us.
+                self._head = (first.token, self.base + "/" + ahead[0]) if first and len(ahead) == 1 else None
+                if first is not None and on_wait is not None and first != told:
+                    on_wait(first)
+                    told = first
                 fired, watcher = _watch(loop)
                 if await _call(client.exists_async, self.base + "/" + ahead[-1], watcher) is None:
                     continue  # gone between the listing and the watch
                 await fired.wait()
                 self.wakeups += 1
+            await self._lock_delay(client, session.ttl, report)
             epoch = await self._bump_epoch(client, candidate_id, report)
         return Leadership(candidate_id, self._czxid, epoch)
+
+    async def _get(self, client: KazooClient, path: str) -> bytes | None:
+        try:
+            data, _ = await _call(client.get_async, path)
+        except NoNodeError:
+            return None
+        return bytes(data or b"")
+
+    async def _marker_token(self, client: KazooClient, watcher: Callable[[Any], None] | None = None) -> int:
+        """The token in the resign marker, -1 if none; ``watcher`` fires when it is created or set."""
+        stat = await _call(client.exists_async, self.marker_path, watcher)
+        if stat is None:
+            return -1
+        marker = parse_resign_marker(await self._get(client, self.marker_path))
+        return marker.token if marker is not None else -1
+
+    async def _session_alive(self, client: KazooClient, session_id: int, watcher: Callable[[Any], None]) -> Any:
+        """The stat of the session's liveness node if it exists (``watcher`` fires when it goes), else None."""
+        return await _call(client.exists_async, self.liveness_path(session_id), watcher)
+
+    async def _lock_delay(self, client: KazooClient, own_ttl: float, report: CampaignReport | None) -> None:
+        """Return once the last leader's grant cannot still be valid.
+
+        We head the queue, so the last leader's node is gone. If it left by
+        a confirmed resign (its token is in the marker, written in the same
+        multi as the delete) or never existed: nothing to wait for. If its
+        session's liveness node is gone too, the session ended: the server
+        expired it (one timeout after its last touch, which bounds the
+        grant) or it was closed after a confirmed stop. Only a node deleted
+        under a live or frozen session (an operator's ``delete``, ``evict``)
+        leaves the liveness node behind: then we wait until it goes (the
+        session expired) or the marker appears (a live leader confirmed its
+        stop), re-reading both every retry interval.
+        """
+        clock, loop = self._b.clock, asyncio.get_running_loop()
+        raw_record, raw_marker = await asyncio.gather(
+            self._get(client, self.epoch_path), self._get(client, self.marker_path)
+        )
+        record = parse_epoch_record(self.epoch_path, raw_record)
+        marker = parse_resign_marker(raw_marker)
+        if isinstance(record, EpochRecord):
+            if record.token in (0, self._czxid) or (marker is not None and marker.token == record.token):
+                return
+            token, node, sid = record.token, record.key, record.lease or _session_of(record.key)
+        elif self._head is not None:  # the record is garbage: the head we queued behind is the best we know
+            token, node = self._head
+            if marker is not None and marker.token == token:
+                return
+            sid = _session_of(node)
+        else:
+            token, node, sid = 0, "", 0
+        fired, watcher = _watch(loop)
+        stat = await self._session_alive(client, sid, watcher) if sid else None
+        if sid and stat is None:
+            return  # its session ended: expired (the server waited its timeout) or closed after a confirmed stop
+        if stat is not None and int(stat.ephemeralOwner) == sid:
+            await self._wait_session_end(
+                client, token=token, node=node, sid=sid, fired=fired, watcher=watcher, report=report
+            )
+            return
+        # We know nothing of its session (no record, or a node that is not a
+        # liveness node): wait one session timeout, ours, from now.
+        until = clock.now() + own_ttl
+        if report is not None:
+            why = "the last leader's session is unknown: waiting one session timeout"
+            report.lock_delay(LockDelay(node or "(unknown)", token, round(own_ttl, 3), why))
+        while (now := clock.now()) < until:
+            await clock.sleep(min(self._b.retry_interval, until - now))
+            if token and await self._marker_token(client) == token:
+                return
+
+    async def _wait_session_end(
+        self,
+        client: KazooClient,
+        *,
+        token: int,
+        node: str,
+        sid: int,
+        fired: asyncio.Event,
+        watcher: Callable[[Any], None],
+        report: CampaignReport | None,
+    ) -> None:
+        """Its node went while its session lives: wait for the session to end or the marker to name it."""
+        raw = await self._get(client, self.liveness_path(sid))
+        try:
+            bound = float(json.loads(raw or b"{}").get("ttl", 0.0))
+        except (ValueError, AttributeError, TypeError):
+            bound = 0.0  # unreadable: the wait still ends when the session does
+        if report is not None:
+            why = (
+                "the last leader's node was deleted while its session lives: "
+                "waiting for the session to end (at most its timeout) or its stop to be confirmed"
+            )
+            report.lock_delay(LockDelay(node, token, round(bound, 3), why))
+        while True:
+            fired.clear()
+            if await self._marker_token(client, watcher) == token:
+                return  # it confirmed its orchestrator stopped
+            if await self._session_alive(client, sid, watcher) is None:
+                return  # the server ended the session: its grant is over
+            # Watches are hints (they fire once and may be lost across a
+            # reconnect): re-read every retry interval whatever they say.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._b.retry_interval):
+                    await fired.wait()
 
     async def _bump_epoch(self, client: KazooClient, candidate_id: str, report: CampaignReport | None = None) -> int:
         while True:
@@ -480,7 +658,7 @@ class ZooKeeperElection:
             # A garbled record is overwritten, never fatal: every term set it
             # once, so the node's version stands in for the lost term number.
             epoch = old.epoch + 1 if isinstance(old, EpochRecord) else int(stat.version) + 1
-            record = EpochRecord(epoch, self._czxid, candidate_id, self._node).encode()
+            record = EpochRecord(epoch, self._czxid, candidate_id, self._node, self._session_id).encode()
             tx = client.transaction()
             tx.check(self._node, 0)  # our node exists, unchanged since we created it
             tx.set_data(self.epoch_path, record, stat.version)
@@ -494,11 +672,65 @@ class ZooKeeperElection:
             # The epoch node moved under us: read it again.
 
     async def resign(self) -> None:
+        """Delete our node and write the resign marker in one multi.
+
+        A successor never sees our node gone without the marker that says
+        our orchestrator was confirmed stopped first. When the node is gone
+        already (session lost, evicted) the marker is still written: it
+        spares the successor its lock-delay.
+        """
         if not self._node or self._client is None:
             return
-        with _store_errors("resign"), contextlib.suppress(NoNodeError):
-            await _call(self._client.delete_async, self._node)
+        client = self._client
+        marker = ResignMarker(self._czxid, self._node).encode()
+        with _store_errors("resign"):
+            for _ in range(3):
+                tx = client.transaction()
+                tx.delete(self._node)
+                tx.set_data(self.marker_path, marker)
+                results = await _call(tx.commit_async)
+                if not any(isinstance(r, Exception) for r in results):
+                    break
+                if isinstance(results[1], NoNodeError):  # the marker node is not there yet: make it, then again
+                    with contextlib.suppress(NodeExistsError):
+                        await _call(client.create_async, self.marker_path, b"", self._b.acl, False, False, True)
+                    continue
+                if isinstance(results[0], NoNodeError):  # our node went already: the marker alone
+                    await self._mark_if_last(client, marker)
+                    break
+                raise StoreUnavailable(f"zookeeper resign: {type(results[0]).__name__}, {type(results[1]).__name__}")
+            else:
+                raise StoreUnavailable(f"zookeeper resign: {self.marker_path} could not be created")
         self._node = ""
+
+    async def _mark_if_last(self, client: KazooClient, marker: bytes) -> None:
+        """Write the marker for a node that is gone already, if we are still the last leader.
+
+        Our stop may be confirmed long after our session went (a frozen
+        sidecar thawing): by then a successor may have led and resigned, and
+        our marker must not replace its own, or the next candidate would take
+        the successor's clean resign for an unclean one and wait on its
+        (live) session. So the write checks, in one multi, that the epoch
+        record still names us.
+        """
+        try:
+            raw, stat = await _call(client.get_async, self.epoch_path)
+        except NoNodeError:
+            return
+        record = parse_epoch_record(self.epoch_path, raw)
+        if not isinstance(record, EpochRecord) or record.token != self._czxid:
+            return  # someone led after us (or the record is garbled): our marker would only mislead
+        tx = client.transaction()
+        tx.check(self.epoch_path, stat.version)
+        tx.set_data(self.marker_path, marker)
+        results = await _call(tx.commit_async)
+        if isinstance(results[1], NoNodeError):
+            with contextlib.suppress(NodeExistsError):
+                await _call(client.create_async, self.marker_path, b"", self._b.acl, False, False, True)
+            tx = client.transaction()
+            tx.check(self.epoch_path, stat.version)
+            tx.set_data(self.marker_path, marker)
+            await _call(tx.commit_async)
 
     async def wait_lost(self) -> None:
         if not self._node or self._client is None:
@@ -648,14 +880,19 @@ def _stop_quietly(client: KazooClient) -> None:
         client.close()
 
 
-async def _server_version(client: KazooClient) -> str:
-    """The server's version, for the log and the store-info metric; "" if it will not say."""
-    try:
-        async with asyncio.timeout(2.0):
-            version = await asyncio.to_thread(client.server_version, 1)
-    except Exception:  # best effort: the 4lw used may be disabled; nothing depends on it
-        return ""
-    return ".".join(str(x) for x in version)
+async def _four_letter(host: str, port: int, word: bytes, timeout: float) -> str:
+    """One ZooKeeper four-letter command, answered and closed by the server."""
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(word)
+            await writer.drain()
+            data = await reader.read()  # the server closes once it has answered
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+    return data.decode(errors="replace")
 
 
 def _drop_without_closing(client: KazooClient) -> None:

@@ -157,3 +157,22 @@ async def test_a_granted_ttl_the_timing_cannot_use_stops_with_one_line(zookeeper
     assert "\n" not in e.fatal
     assert len(sink.of("session_opened")) == 1
     assert sink.of("store_ttl_unfit")
+
+
+async def test_the_store_version_is_known_without_a_session(zookeeper: ZkServer) -> None:
+    """Item 3 (issue 14): the version is logged and exported as on etcd, asked
+    with `srvr` (allowed by default, unlike kazoo's `envi`) and no session."""
+    backend = ZooKeeperBackend(zookeeper.endpoints, MonotonicClock())
+    try:
+        facts = await backend.describe()
+    finally:
+        await backend.close()
+    assert facts["version"].startswith("3."), facts
+    assert facts["version"].count(".") == 2 and "-" not in facts["version"], facts
+
+
+async def test_an_unknown_version_is_one_line_not_a_failure() -> None:
+    backend = ZooKeeperBackend(["127.0.0.1:1"], MonotonicClock(), request_timeout=1.0)
+    with pytest.raises(StoreUnavailable) as err:
+        await backend.describe()
+    assert "\n" not in str(err.value) and "127.0.0.1:1" in str(err.value)
