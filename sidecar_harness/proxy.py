@@ -35,6 +35,7 @@ Greeting = Callable[[asyncio.StreamReader], Awaitable[bytes]]
 @dataclass(eq=False)
 class _Link:
     dialer: str | None
+    client: asyncio.StreamWriter
     # Set while bytes may move; cleared by hold().
     open: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -54,6 +55,8 @@ class FaultProxy:
         self.mode = "pass"
         self.delay = 0.0
         self.port = 0
+        # Bytes passed on either way: which member carries a client's traffic.
+        self.forwarded = 0
         self._identify = identify
         self._greeting = greeting
         self._server: asyncio.AbstractServer | None = None
@@ -119,7 +122,7 @@ class FaultProxy:
         if self._identify is not None:
             peer_port = writer.get_extra_info("peername")[1]
             dialer = await asyncio.to_thread(self._identify, peer_port, self.port)
-        link = _Link(dialer)
+        link = _Link(dialer, writer)
         self._links.add(link)
         try:
             if not self._is_held(dialer):
@@ -172,6 +175,7 @@ class FaultProxy:
                     if self.mode == "delay":
                         await asyncio.sleep(self.delay)
                     writer.write(chunk)
+                    self.forwarded += len(chunk)
                     await writer.drain()
                 # While held, nothing is read: the sender's buffers fill as on a dead link.
                 await link.open.wait()
@@ -189,10 +193,11 @@ class FaultProxy:
         for pair in list(self._conns):
             for w in pair:
                 w.close()
-        # Held connections not yet dialled upstream end here too.
+        # Held connections end here too, those not yet dialled upstream included.
         self._closing = True
         self._held = None
         for link in self._links:
+            link.client.close()
             link.open.set()
         if self._server is not None:
             with contextlib.suppress(Exception):

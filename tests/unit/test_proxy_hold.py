@@ -8,12 +8,15 @@ the far side, and on heal the held bytes go through, late but intact.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
 
+from sidecar_harness.localzk import election_greeting
+from sidecar_harness.peerlinks import socket_owner
 from sidecar_harness.proxy import FaultProxy
 from tests.helpers import eventually
 
@@ -142,3 +145,36 @@ async def test_hold_by_dialer_cuts_only_that_dialer(upstream: Upstream) -> None:
             w.close()
     finally:
         await proxy.close()
+
+
+async def test_socket_owner_names_the_process_holding_the_dialing_socket() -> None:
+    """What PeerLinks uses to tell etcd members apart on one proxy: /proc, not the protocol."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        port = listener.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, (_, peer_port) = listener.accept()
+        try:
+            owner = await asyncio.to_thread(socket_owner, peer_port, port, {os.getpid(): "me"})
+            assert owner == "me"
+            assert await asyncio.to_thread(socket_owner, peer_port, port, {1: "init"}) is None
+        finally:
+            client.close()
+            accepted.close()
+    finally:
+        listener.close()
+
+
+async def test_zookeeper_election_greeting_loses_its_address() -> None:
+    """The 3.5+ greeting names the sender's own election address, which a peer dials back
+    directly; forwarded as the sid alone, the peer dials back through its zoo.cfg (the proxy)."""
+    addr = b"127.0.0.1:3888"
+    reader = asyncio.StreamReader()
+    reader.feed_data((-65535).to_bytes(8, "big", signed=True) + (3).to_bytes(8, "big") + len(addr).to_bytes(4, "big"))
+    reader.feed_data(addr + b"notification")
+    reader.feed_eof()
+    assert await election_greeting(reader) == (3).to_bytes(8, "big")
+    assert await reader.read() == b"notification"  # the rest flows untouched
+    old = asyncio.StreamReader()
+    old.feed_data((2).to_bytes(8, "big"))
+    assert await election_greeting(old) == (2).to_bytes(8, "big")
