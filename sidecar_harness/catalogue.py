@@ -36,6 +36,9 @@ HOLD_LONG = TTL + 1.0  # long enough for any lease of the frozen or cut-off side
 # acting (a Python process takes a second or more to start on a loaded machine),
 # so an orchestrator that outlives its grant overlaps it and the checker sees it.
 HOLD_FROZEN = TTL + 3.0
+# Past the lease / session timeout and past ZooKeeper's syncLimit (20 ticks of
+# 200 ms: 4 s), after which a follower cut from its leader drops its clients.
+HOLD_ISOLATED = HOLD_LONG + 2.0
 
 Heal = Callable[[], Awaitable[None]]
 View = dict[str, Any] | None
@@ -57,6 +60,9 @@ class Injected:
     heal: Heal = _nothing
     hold: float = 0.0
     problems: list[str] = field(default_factory=list)
+    # When the fault took effect (CLOCK_MONOTONIC), if later than the call:
+    # failover and demotion are measured from here.
+    cut_at: float | None = None
 
 
 NOTHING = Injected("none")
@@ -71,6 +77,9 @@ class Fault:
     # "always": it should move whoever the target is; "never": it should stay.
     failover: Literal["if-leader", "always", "never"] = "if-leader"
     backends: tuple[str, ...] = ("etcd", "zookeeper")
+    # The store's members must talk to each other through fault proxies
+    # (sidecar_harness/peerlinks.py): the campaign starts them so when drawn.
+    peer_links: bool = False
 
     def moves(self, target: str, leader: str | None) -> bool:
         if target in ("none", "gone"):
@@ -282,6 +291,52 @@ async def leader_member_kill(c: Campaign, leader: SidecarProcess | None, view: V
 
 async def quorum_loss(c: Campaign, leader: SidecarProcess | None, view: View) -> Injected:
     return await _kill_members(c, c.rng.sample(_live(c), 2), HOLD_LONG)
+
+
+async def _carrier(c: Campaign, sidecar: SidecarProcess, window: float = 1.0) -> LocalMember | None:
+    """The member carrying most of ``sidecar``'s store traffic: bytes through its client
+    proxies over ``window`` seconds (kazoo uses one member; etcd's gRPC channel spreads
+    calls over all three, and its keepalive and watch streams each sit on one)."""
+    proxies = c.proxies[sidecar.candidate]
+    before = [p.forwarded for p in proxies]
+    await asyncio.sleep(window)
+    moved = [p.forwarded - b for p, b in zip(proxies, before, strict=True)]
+    if not any(moved):
+        return None
+    return c.cluster.members[moved.index(max(moved))]
+
+
+async def member_isolate(c: Campaign, leader: SidecarProcess | None, view: View) -> Injected:
+    """Issue 14: the member the leader sidecar talks to is cut from its peers, silently
+    (connections open, nothing moves), while its clients still reach it. Its renewals
+    must fail (ZooKeeper: the renewal `multi` needs the leader; etcd: keepalives are
+    forwarded to the raft leader, watches require one) and the leader must demote
+    before its session or lease ends on the majority side.
+
+    The leader's own links to the other members are held too, for the same span: it
+    then reaches that member alone, as a sidecar given only its host's member would.
+    Otherwise etcd's client simply sends its next keepalive to a healthy member (it
+    does: measured), and nothing about the isolated member is tested."""
+    links = c.cluster.links
+    if links is None:
+        return NOTHING
+    victim = await _carrier(c, leader) if leader is not None else None
+    victim = victim or c.rng.choice(list(c.cluster.members))
+    pinned = []
+    if leader is not None:
+        pinned = [p for p, m in zip(c.proxies[leader.candidate], c.cluster.members, strict=True) if m is not victim]
+    for p in pinned:
+        p.hold()
+    await asyncio.to_thread(links.isolate, victim.name)
+    cut_at = time.monotonic()
+
+    async def heal() -> None:
+        await asyncio.to_thread(links.heal)
+        for p in pinned:
+            p.heal()
+        await asyncio.to_thread(c.cluster.wait_healthy, 60.0)
+
+    return Injected(f"store {victim.name}", heal, HOLD_ISOLATED, cut_at)
 
 
 # -- the network --------------------------------------------------------------
@@ -570,6 +625,7 @@ FAULTS: list[Fault] = [
     # etcd grants what is asked above its 2 s minimum; ZooKeeper clamps to maxSessionTimeout.
     Fault("store-short-ttl", short_ttl, failover="always", backends=("zookeeper",)),
     Fault("session-replaced", session_replaced, backends=("zookeeper",)),
+    Fault("member-isolate", member_isolate, failover="always", peer_links=True),
 ]
 BY_KIND: dict[str, Fault] = {f.kind: f for f in FAULTS}
 CATALOGUE: dict[str, list[str]] = {

@@ -58,6 +58,8 @@ class FaultResult:
     leader_before: str | None
     token_before: int | None
     failover_s: float | None = None
+    # Fault -> the leader before it no longer claims (unless it was frozen).
+    demoted_s: float | None = None
     recovered_s: float | None = None
     leader_after: str | None = None
     token_after: int | None = None
@@ -109,7 +111,12 @@ class Campaign:
         self.broken = broken
         self.kinds = kinds or CATALOGUE[backend]
         self.out = out
-        self.cluster: LocalEtcd | LocalZooKeeper = LocalEtcd(3) if backend == "etcd" else LocalZooKeeper(3)
+        # Peer-link proxies only when a drawn fault needs them: every other kind
+        # runs on the store exactly as before.
+        peer = any(BY_KIND[k].peer_links for k in self.kinds)
+        self.cluster: LocalEtcd | LocalZooKeeper = (
+            LocalEtcd(3, peer_proxies=peer) if backend == "etcd" else LocalZooKeeper(3, peer_proxies=peer)
+        )
         self.proxies: dict[str, list[FaultProxy]] = {}
         self.sidecars: list[SidecarProcess] = []
         self.results: list[FaultResult] = []
@@ -250,6 +257,8 @@ class Campaign:
         fault = BY_KIND[kind]
         injected = await fault.inject(self, leader, view)
         r.target, heal, hold = injected.target, injected.heal, injected.hold
+        if injected.cut_at is not None:
+            t0 = r.injected_mono = injected.cut_at
         hits_leader = fault.moves(r.target, r.leader_before)
         # During the hold, watch for the failover (a different sidecar leading).
         end = t0 + hold
@@ -261,6 +270,13 @@ class Campaign:
                 r.problems.append(f"{len(claim)} sidecars claim leadership: {[s.candidate for s, _ in claim]}")
             if hits_leader and r.failover_s is None and len(claim) == 1 and claim[0][0].candidate != r.leader_before:
                 r.failover_s = round(time.monotonic() - t0, 3)
+            if (
+                r.demoted_s is None
+                and r.leader_before is not None
+                and r.leader_before not in self.frozen
+                and all(s.candidate != r.leader_before for s, _ in claim)
+            ):
+                r.demoted_s = round(time.monotonic() - t0, 3)
             if time.monotonic() >= end and not hits_leader:
                 break
             await asyncio.sleep(SAMPLE)
@@ -284,6 +300,8 @@ class Campaign:
         width = 24
         filled = int(width * done / self.faults)
         fail = f"failover {r.failover_s:.2f}s " if r.failover_s is not None else ""
+        if r.demoted_s is not None:
+            fail = f"demoted {r.demoted_s:.2f}s " + fail
         verdict = "ok" if not r.problems else "PROBLEM: " + "; ".join(r.problems)
         self.out(
             f"[{'#' * filled}{'.' * (width - filled)}] {done}/{self.faults} {r.kind:<19} {r.target:<16} "
@@ -330,6 +348,7 @@ class Campaign:
                 "count": len(rs),
                 "problems": sum(bool(r.problems) for r in rs),
                 "failover_s": distribution([r.failover_s for r in rs if r.failover_s is not None]),
+                "demoted_s": distribution([r.demoted_s for r in rs if r.demoted_s is not None]),
                 "recovery_s": distribution([r.recovered_s for r in rs if r.recovered_s is not None]),
             }
         return {

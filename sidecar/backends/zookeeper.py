@@ -202,7 +202,8 @@ class ZooKeeperBackend:
         if self._observer is not None and self._observer.expired:
             # A sticky expiry is right for a lease, not for a reader: start afresh.
             old, self._observer = self._observer, None
-            await old.close()
+            with contextlib.suppress(SessionExpired):  # the expiry is why it goes
+                await old.close()
         if self._observer is None:
             s = ZooKeeperSession(self, max(self.timeout * 3, 4.0))
             await s.open()
@@ -396,6 +397,11 @@ class ZooKeeperSession:
                 await self._close_by_id()  # an earlier close failed: try once more
             return
         if self._lost:
+            # After an expiry kazoo reconnects by itself, with a session that is not
+            # ours: its thread still runs, and close() alone raises a bare Exception
+            # ("Cannot close connection until it is stopped"). Stop it first (kazoo
+            # bounds the wait), which also ends that stray session.
+            await asyncio.to_thread(client.stop)
             await asyncio.to_thread(client.close)
             raise SessionExpired(self._lost)  # nothing of ours left to close
         # stop() closes the session: the server deletes our ephemerals at once.

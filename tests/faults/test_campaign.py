@@ -14,6 +14,10 @@ from typing import Any
 
 import pytest
 
+from sidecar_harness.localetcd import EtcdNotFound, find_binary
+from sidecar_harness.localzk import ZooKeeperNotFound, find_classpath
+from tests.conftest import missing
+
 pytestmark = pytest.mark.integration
 
 
@@ -59,3 +63,29 @@ def test_a_build_without_self_fencing_is_caught(etcd: Any) -> None:
     code, out = validate("--unsafe-broken", "--only", "sidecar-stop", "--faults", "2", "--seed", "1")
     assert code == 1, out
     assert "verdict: FAIL" in out and "overlap:" in out
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("backend", ["etcd", "zookeeper"])
+def test_member_isolated_from_its_peers(backend: str, tmp_path: Path, measure: Any) -> None:
+    """Issue 14: the leader's member is cut from its peers (silently) while still reachable by
+    clients. The leader must demote before a successor could be elected; no overlap."""
+    try:
+        find_binary("etcd") if backend == "etcd" else find_classpath()
+    except (EtcdNotFound, ZooKeeperNotFound) as exc:
+        missing(str(exc))
+    report = tmp_path / "report.json"
+    code, out = validate(
+        "--backend", backend, "--only", "member-isolate", "--faults", "6", "--report", str(report), timeout=600
+    )  # fmt: skip
+    print(out)
+    assert code == 0, out
+    r = json.loads(report.read_text())
+    assert r["verdict"] == "PASS" and not r["violations"]
+    row = r["per_fault"]["member-isolate"]
+    assert row["demoted_s"] is not None and row["demoted_s"]["n"] >= 1
+    measure(
+        f"member-isolate {backend} (6 faults)",
+        f"seed {r['seed']}, demoted {row['demoted_s']}, failover {row['failover_s']}, "
+        f"smallest gap {r['checker']['min_gap_ms']} ms",
+    )

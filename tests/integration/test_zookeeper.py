@@ -14,6 +14,7 @@ import pytest
 from kazoo.client import KazooClient
 from kazoo.recipe.election import Election as KazooElection
 
+from sidecar.backends.base import SessionExpired
 from sidecar.backends.zookeeper import ZooKeeperBackend
 from sidecar.clock import MonotonicClock
 from sidecar_harness.checker import check, read_records
@@ -148,3 +149,21 @@ def test_ensemble_leader_killed_never_two_leaders(
         measure("ZooKeeper ensemble leader killed", f"sidecar leadership {moved} (leaders seen: {sorted(seen)})")
     finally:
         f.stop()
+
+
+async def test_closing_a_lost_session_stops_kazoo_before_releasing_it(zookeeper: ZkServer) -> None:
+    """After an expiry kazoo reconnects on its own thread; close() must stop that thread
+    first, or kazoo raises a bare Exception where callers expect SessionExpired (the
+    campaign's reader crashed on it when a member was isolated from its peers)."""
+    backend = ZooKeeperBackend(zookeeper.endpoints, MonotonicClock())
+    session = backend.session(3.0)
+    await session.open()
+    client = session._client
+    assert client is not None
+    session._lost = "zookeeper session lost (as kazoo's LOST callback records it)"
+    try:
+        with pytest.raises(SessionExpired):
+            await session.close()
+        assert not client.connected
+    finally:
+        await backend.close()
