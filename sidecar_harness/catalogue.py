@@ -336,7 +336,7 @@ async def member_isolate(c: Campaign, leader: SidecarProcess | None, view: View)
             p.heal()
         await asyncio.to_thread(c.cluster.wait_healthy, 60.0)
 
-    return Injected(f"store {victim.name}", heal, HOLD_ISOLATED, cut_at)
+    return Injected(f"store {victim.name}", heal, HOLD_ISOLATED, cut_at=cut_at)
 
 
 # -- the network --------------------------------------------------------------
