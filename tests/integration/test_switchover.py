@@ -9,6 +9,7 @@ the request and the target's term.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -17,6 +18,9 @@ from typing import Any
 
 import pytest
 
+from sidecar.config import Config
+from sidecar.status import gather
+from sidecar.status import switchover as request_switchover
 from sidecar_harness.checker import check, read_records
 from sidecar_harness.fleet import FAST_TIMING
 from tests.conftest import EtcdServer, ZkServer
@@ -44,6 +48,10 @@ def cli(fleet: Fleet, *args: str, timeout: float = 60.0) -> subprocess.Completed
     return subprocess.run(argv, check=False, capture_output=True, text=True, timeout=timeout)
 
 
+def config(fleet: Fleet) -> Config:
+    return Config(backend=fleet.backend, endpoints=tuple(fleet.server.endpoints), election=fleet.election)
+
+
 def status(fleet: Fleet) -> dict[str, Any]:
     out = cli(fleet, "status", "-o", "json")
     assert out.returncode == 0, out.stderr
@@ -67,15 +75,20 @@ def test_switchover_to_the_third_of_five_lands_on_it_every_time(any_fleet: Fleet
     fleet.start(5, toy_flags=())
     leader, view = fleet.wait_one_leader()
     wait_until(lambda: acting(fleet, leader.candidate, view["token"]), 10, what="first leader acting")
-    wait_until(lambda: len(status(fleet)["candidates"]) == 5, 10, what="five candidates queued")
+    cfg = config(fleet)
+    wait_until(lambda: len(asyncio.run(gather(cfg))["candidates"]) == 5, 10, what="five candidates queued")
     for n in range(ROUNDS):
-        queue = status(fleet)["candidates"]
+        queue = asyncio.run(gather(cfg))["candidates"]
         target = queue[2]["id"]
         before = len(starts(fleet))
-        out = cli(fleet, "switchover", "--to", target, "--wait", "-o", "json")
-        assert out.returncode == 0, f"round {n}: {out.stderr}"
-        res = json.loads(out.stdout)
-        assert res["done"] and res["leader"] == target, res
+        if n == 0:  # once through the command line, as an operator would; then the same call in-process (fast)
+            out = cli(fleet, "switchover", "--to", target, "--wait", "-o", "json")
+            assert out.returncode == 0, f"round {n}: {out.stderr}"
+            res = json.loads(out.stdout)
+            assert res["done"] and res["leader"] == target, res
+        else:
+            got = asyncio.run(request_switchover(cfg, target, wait=True))
+            assert got.done and got.new_leader == target, got
         new, new_view = fleet.wait_one_leader(unlike=queue[0]["id"])
         assert new.candidate == target
         token = int(new_view["token"])
@@ -83,7 +96,7 @@ def test_switchover_to_the_third_of_five_lands_on_it_every_time(any_fleet: Fleet
         # Exactly one new term, and it is the target's: nobody held a grant in between.
         terms = starts(fleet)
         assert len(terms) == before + 1, [(r["writer"], r["env_token"]) for r in terms[before:]]
-        assert status(fleet)["switchover"] is None, "the target's win did not clear the request"
+        assert asyncio.run(gather(cfg))["switchover"] is None, "the target's win did not clear the request"
     verdict = check(sorted(fleet.workdir.glob("c*.jsonl")), fleet.store)
     assert verdict.ok, verdict.violations
     tokens = [int(r["env_token"]) for r in starts(fleet)]
