@@ -380,7 +380,8 @@ class EtcdElection:
         while True:
             kvs = await self._wait_for_predecessors(candidate_id, on_wait, report)
             others = {kv.value.decode(errors="replace") for kv in kvs if kv.key.decode() != self._key}
-            request, mod = await self._read_switchover()
+            # One read for the switchover request and what the lock-delay needs.
+            record, marker, request, mod = await self._read_at_once()
             verdict = switchover_verdict(request, candidate_id, others, time.time())
             if verdict == STEP_ASIDE:
                 assert request is not None
@@ -388,7 +389,7 @@ class EtcdElection:
                     report.switchover(verdict, request)
                 await self._requeue(candidate_id, lease)
                 continue
-            await self._lock_delay(report, float(getattr(session, "ttl", 0.0)))
+            await self._lock_delay(report, float(getattr(session, "ttl", 0.0)), (record, marker))
             epoch = await self._bump_epoch(candidate_id, lease, report, mod, consume=verdict != NO_REQUEST)
             if epoch is None:
                 continue  # the request changed since we read it: decide again
@@ -492,18 +493,25 @@ class EtcdElection:
         self._tracked = _Tracked(token, key, lease, granted, hi, remaining, sent)
         return self._tracked
 
-    async def _read_at_once(self) -> tuple[EpochRecord | str, ResignMarker | None]:
-        """The epoch record and the resign marker, as of one revision."""
+    async def _read_at_once(
+        self,
+    ) -> tuple[EpochRecord | str, ResignMarker | None, SwitchoverRequest | None, int]:
+        """The epoch record, the resign marker, the switchover request and its mod revision, as of one revision."""
         kv = self._b.kv
         with _store_errors("epoch read"):
             resp = await kv.txn(
-                compare=[], success=[kv.txn_op_get(self._epoch_key), kv.txn_op_get(self._marker_key)],
-                failure=[], timeout=self._b.timeout,
-            )  # fmt: skip
+                compare=[],
+                success=[kv.txn_op_get(k) for k in (self._epoch_key, self._marker_key, self._switch_key)],
+                failure=[],
+                timeout=self._b.timeout,
+            )
         rec_kvs = resp.responses[0].response_range.kvs
         marker_kvs = resp.responses[1].response_range.kvs
+        switch_kvs = resp.responses[2].response_range.kvs
         record = parse_epoch_record(self._epoch_key, rec_kvs[0].value if rec_kvs else None)
-        return record, parse_resign_marker(marker_kvs[0].value if marker_kvs else None)
+        request = parse_switchover(switch_kvs[0].value) if switch_kvs else None
+        mod = int(switch_kvs[0].mod_revision) if switch_kvs else 0
+        return record, parse_resign_marker(marker_kvs[0].value if marker_kvs else None), request, mod
 
     async def _marker_token(self) -> int:
         with _store_errors("resign marker read"):
@@ -511,7 +519,12 @@ class EtcdElection:
         marker = parse_resign_marker(resp.kvs[0].value if resp.kvs else None)
         return marker.token if marker is not None else -1
 
-    async def _lock_delay(self, report: CampaignReport | None, own_ttl: float) -> None:
+    async def _lock_delay(
+        self,
+        report: CampaignReport | None,
+        own_ttl: float,
+        read: tuple[EpochRecord | str, ResignMarker | None] | None = None,
+    ) -> None:
         """Return once the last leader's grant cannot still be valid.
 
         We lead the queue now. If the last leader left by a confirmed resign
@@ -522,7 +535,7 @@ class EtcdElection:
         its orchestrator stopped (it writes the marker then).
         """
         clock = self._b.clock
-        record, marker = await self._read_at_once()
+        record, marker = read if read is not None else (await self._read_at_once())[:2]
         tracked = self._tracked
         if isinstance(record, EpochRecord):
             if record.token in (0, self._rev) or (marker is not None and marker.token == record.token):
