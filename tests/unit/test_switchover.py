@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
 import time
 from collections.abc import AsyncIterator
 
 import pytest
+from click.testing import CliRunner
 
+from sidecar import status
 from sidecar.backends.base import (
     COMPLETED,
     EXPIRED,
@@ -18,8 +22,12 @@ from sidecar.backends.base import (
     parse_switchover,
     switchover_verdict,
 )
+from sidecar.cli import main
+from sidecar.config import Config
 from sidecar.elector import Elector, Hooks
 from sidecar.model import Grant, Reason, State
+from sidecar.status import SwitchoverRefused
+from sidecar_harness.memory import MemoryBackend
 from tests.unit.test_elector import Harness
 
 NOW = 1_000_000.0
@@ -98,3 +106,46 @@ async def test_switchover_lands_on_the_target_and_no_one_else_leads_between(h: H
     assert electors["x"].counters["switchover:completed"] == 1
     assert electors["a"].counters["switchover:handed-over"] == 1
     assert await h.backend.admin("unit").switchover_request() is None
+
+
+def _use(h: Harness, monkeypatch: pytest.MonkeyPatch) -> Config:
+    """Point the CLI's store calls at the harness's in-process store."""
+
+    @contextlib.asynccontextmanager
+    async def connected(cfg: Config) -> AsyncIterator[MemoryBackend]:
+        yield h.backend
+
+    monkeypatch.setattr("sidecar.status.connected", connected)
+    return Config(backend="memory", election="unit")
+
+
+async def test_refusals_are_one_line_and_write_nothing(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = _use(h, monkeypatch)
+    with pytest.raises(SwitchoverRefused, match="no leader"):
+        await status.switchover(cfg, "x")
+    for name in ("a", "b", "x"):
+        h.elector(name)
+        await h.clock.advance(0.1)
+    for to, why in (("nobody", "not a candidate"), ("a", "already the leader")):
+        with pytest.raises(SwitchoverRefused, match=why) as err:
+            await status.switchover(cfg, to)
+        assert "\n" not in str(err.value)
+    assert await h.backend.admin("unit").switchover_request() is None
+    first = await status.switchover(cfg, "x", requested_by="ops")
+    assert not first.reused and first.old_leader == "a"
+    again = await status.switchover(cfg, "x")  # a retried command finds its own request
+    assert again.reused and again.request.id == first.request.id
+    with pytest.raises(SwitchoverRefused, match="in flight"):
+        await status.switchover(cfg, "b")
+    view = await status.gather(cfg)
+    assert view["switchover"]["to"] == "x" and view["switchover"]["pending"]
+    assert "switchover: to x, requested by ops" in status.render_table(view)
+
+
+def test_help_lists_the_switchover_exit_codes() -> None:
+    text = CliRunner().invoke(main, ["--help"]).output
+    table = text.split("Exit codes", 1)[1]
+    assert re.search(r"^\s+4 `switchover` refused", table, re.M)
+    assert re.search(r"^\s+5 `switchover --wait`", table, re.M)
+    sub = CliRunner().invoke(main, ["switchover", "--endpoints=127.0.0.1:1", "--request-ttl=0"])
+    assert sub.exit_code == 2 and "request_ttl" in sub.output
