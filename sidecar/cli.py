@@ -133,6 +133,11 @@ Exit codes (every command):
     store refused our credentials (`run` stops on it)
   3 `run`: an orchestrator kill could not be confirmed; `status
     --sidecars`: a sidecar disagrees with the store
+  4 `switchover` refused, nothing written: no leader, the target is not a
+    candidate, is stale, already leads, or its id is ambiguous, or another
+    switchover is in flight
+  5 `switchover --wait`: the request expired or someone other than the
+    target leads
 """
 
 
@@ -306,6 +311,60 @@ def evict(candidate: str, key: str, force: bool, **values: Any) -> None:
         sys.exit(1)
     for k in gone:
         click.echo(f"evicted {candidate}: {k}")
+
+
+@main.command()
+@config_options(STORE_FIELDS + LOG_FIELDS)
+@click.option("--to", "to", default="", help="Candidate id that must lead next (default: the next in line).")
+@click.option("--wait", is_flag=True, help="Wait until the new leader recorded its term, or the request expired.")
+@click.option(
+    "--request-ttl",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds the request stays pending; a target that has not taken over by then no longer blocks others.",
+)
+@click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def switchover(to: str, wait: bool, request_ttl: float, output: str, **values: Any) -> None:
+    """Move leadership to --to (or the next candidate) through the store, from any machine.
+
+    Writes NAME.switchover; the leader stops its orchestrator (confirmed)
+    and hands over; until the target leads, no other candidate holds a
+    grant (each steps aside). Needs the sidecars' store credentials.
+    Refused, changing nothing, if it cannot succeed (see exit codes).
+    """
+    from sidecar.backends.base import BackendError, StoreForbidden
+    from sidecar.status import SwitchoverRefused, render_switchover, switchover_view
+    from sidecar.status import switchover as request_switchover
+
+    if not request_ttl > 0:
+        click.echo(f"election-sidecar: invalid config: request_ttl {request_ttl:g}: must be > 0", err=True)
+        sys.exit(2)
+    cfg = load_config(values, logs=True)
+    try:
+        res = asyncio.run(request_switchover(cfg, to, ttl=request_ttl, wait=wait))
+    except SwitchoverRefused as exc:
+        click.echo(f"election-sidecar: switchover refused: {exc}", err=True)
+        sys.exit(4)
+    except BackendError as exc:
+        click.echo(f"election-sidecar: switchover: {exc}", err=True)
+        sys.exit(2 if isinstance(exc, StoreForbidden) else 1)
+    view = switchover_view(res.request)
+    if output == "json":
+        out: dict[str, Any] = {"request": view, "old_leader": res.old_leader, "reused": res.reused}
+        if wait:
+            out.update(done=res.done, leader=res.new_leader, token=res.token, epoch=res.epoch, seconds=res.seconds)
+        click.echo(json.dumps(out))
+    else:
+        assert view is not None
+        click.echo(("already requested: " if res.reused else "requested: ") + render_switchover(view))
+        if wait and res.done:
+            click.echo(f"switchover done: leader {res.new_leader} token {res.token} epoch {res.epoch} "
+                       f"({res.seconds * 1000:.0f} ms)")  # fmt: skip
+    if wait and not res.done:
+        who = f"leader is {res.new_leader!r}" if res.new_leader else "no leader"
+        click.echo(f"election-sidecar: switchover not done: {who} after {res.seconds:.1f}s", err=True)
+        sys.exit(5)
 
 
 @main.command()

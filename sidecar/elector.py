@@ -46,6 +46,7 @@ from sidecar.backends.base import (
     SessionExpired,
     StoreForbidden,
     StoreUnavailable,
+    SwitchoverRequest,
 )
 from sidecar.clock import Clock, wait_for
 from sidecar.config import Config, ConfigError, check_timing
@@ -455,6 +456,13 @@ class Elector:
         self._counters["duplicate_candidate_id"] += 1
         self._emit("warning", "duplicate_candidate_id", keys=keys, hint="give every sidecar its own --candidate-id")
 
+    def switchover(self, verdict: str, request: SwitchoverRequest) -> None:
+        """A campaign acted on a switchover request: stepped aside for its target, or settled it."""
+        self._counters[f"switchover:{verdict}"] += 1
+        self._metrics.switchover(verdict)
+        level = "warning" if verdict in ("expired", "target-gone") else "info"
+        self._emit(level, "switchover", outcome=verdict, to=request.to, request_id=request.id, by=request.requested_by)
+
     def _race_lost(self, leader: Leadership) -> None:
         """Queued behind a live leader: normal, not an outage."""
         self._counters["race_lost"] += 1
@@ -534,11 +542,12 @@ class Elector:
         key = asyncio.create_task(self._own_key_gone(), name="own-key-gone")
         resign = asyncio.create_task(self._resign.wait(), name="resign")
         stop = asyncio.create_task(self._stop.wait(), name="stop")
+        switch = asyncio.create_task(self._switchover_requested(), name="switchover")
         try:
-            waits: set[asyncio.Future[Any]] = {lease.lost, self._term, key, resign, stop}
+            waits: set[asyncio.Future[Any]] = {lease.lost, self._term, key, resign, stop, switch}
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for t in (key, resign, stop):
+            for t in (key, resign, stop, switch):
                 t.cancel()
         if lease.lost.done():
             return lease.lost.result()
@@ -549,6 +558,10 @@ class Elector:
             return Loss(Reason.LEASE_LOST, "our candidate key was deleted")
         if resign.done():
             return Loss(Reason.RESIGNED, "resign requested")
+        if switch.done() and not switch.cancelled():
+            req = switch.result()  # a bug in the watch surfaces here, and ends the term through _demote
+            to = req.to or "the next candidate"
+            return Loss(Reason.SWITCHOVER, f"switchover to {to} requested by {req.requested_by} (id {req.id})")
         return Loss(Reason.SHUTDOWN, "stopping")
 
     async def _demote(self, grant: Grant, end: Loss) -> bool:
@@ -557,6 +570,9 @@ class Elector:
         self._counters[f"leadership_lost:{end.reason.value}"] += 1
         if end.reason.unasked:
             self._metrics.lease_lost(end.reason, "leader")
+        if end.reason is Reason.SWITCHOVER:
+            self._counters["switchover:handed-over"] += 1
+            self._metrics.switchover("handed-over")
         self._metrics.leading(None)
         self._set_state(State.DEMOTING, reason=end.reason.value, detail=end.detail)
         detail = ""
@@ -596,6 +612,18 @@ class Elector:
                 return  # the key went with the session
             except (StoreUnavailable, StoreForbidden) as exc:
                 self._store_unreachable(StoreCall.WATCH_OWN_KEY, exc)
+                await self._clock.sleep(self._cfg.retry_interval)
+
+    async def _switchover_requested(self) -> SwitchoverRequest:
+        """Return a pending switchover request that someone queued can fulfil.
+
+        Like the own-key watch, a failing watch never demotes by itself.
+        """
+        while True:
+            try:
+                return await self._election.wait_switchover(self._cfg.candidate_id)
+            except (StoreUnavailable, StoreForbidden, SessionExpired) as exc:
+                self._store_unreachable(StoreCall.WATCH_SWITCHOVER, exc)
                 await self._clock.sleep(self._cfg.retry_interval)
 
     async def _resign_key(self) -> None:

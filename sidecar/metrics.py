@@ -17,7 +17,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from sidecar import __version__
-from sidecar.model import ElectorMetrics, Grant, Reason, State, StoreCall
+from sidecar.model import SWITCHOVER_OUTCOMES, ElectorMetrics, Grant, Reason, State, StoreCall
 
 PREFIX = "election_"
 RTT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -56,6 +56,12 @@ class SidecarMetrics(ElectorMetrics):
             "lease_lost_total",
             "Leases or sessions lost, or leadership given up for lack of renewals, by reason and role.",
             ("reason", "role"),
+        )
+        self._switchovers = c(
+            "switchovers_total",
+            "Switchover requests acted on, by outcome: handed-over (leader demoted for one), step-aside "
+            "(a candidate re-queued for the target), completed (the target or next won), expired, target-gone.",
+            ("outcome",),
         )
         self._store_errors = c("store_unreachable_total", "Store calls that failed or timed out, by call.", ("during",))
         self.race_lost_total = c("race_lost_total", "Campaigns that found another leader and queued.").labels(**lv)
@@ -131,6 +137,8 @@ class SidecarMetrics(ElectorMetrics):
             self._kills.labels(**lv, signal=sig)
         for during in StoreCall:
             self._store_errors.labels(**lv, during=during)
+        for outcome in SWITCHOVER_OUTCOMES:
+            self._switchovers.labels(**lv, outcome=outcome)
 
     # -- ElectorMetrics ---------------------------------------------------
 
@@ -168,6 +176,9 @@ class SidecarMetrics(ElectorMetrics):
     def lock_delay(self, seconds: float) -> None:
         self.lock_delays.inc()
         self.lock_delay_seconds.set(seconds)
+
+    def switchover(self, outcome: str) -> None:
+        self._switchovers.labels(**self._lv, outcome=outcome).inc()
 
     # -- the rest of the sidecar ------------------------------------------
 

@@ -35,11 +35,12 @@ class Reason(enum.StrEnum):
     SHUTDOWN = "shutdown"  # the sidecar is stopping
     WATCHDOG_LOST = "watchdog-lost"  # the out-of-process deadline guard died
     INTERNAL_ERROR = "internal-error"  # a bug or hook failure in the sidecar itself
+    SWITCHOVER = "switchover"  # an operator asked, through the store, for another candidate to lead
 
     @property
     def unasked(self) -> bool:
         """A loss nobody asked for: counted and alerted on, unlike a resign or shutdown."""
-        return self not in (Reason.RESIGNED, Reason.SHUTDOWN)
+        return self not in (Reason.RESIGNED, Reason.SHUTDOWN, Reason.SWITCHOVER)
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,11 @@ class Timing:
         return self.demote_at(0.0, ttl)
 
 
+# Every outcome of a switchover request that a sidecar counts (election_switchovers_total{outcome}):
+# the leader hands over; a candidate steps aside for the target; the winner settles it.
+SWITCHOVER_OUTCOMES = ("handed-over", "step-aside", "completed", "expired", "target-gone")
+
+
 class StoreCall(enum.StrEnum):
     """Where the elector talks to the store; the ``during`` label of store errors."""
 
@@ -101,6 +107,7 @@ class StoreCall(enum.StrEnum):
     CAMPAIGN = "campaign"
     RESIGN = "resign"
     WATCH_OWN_KEY = "watch-own-key"
+    WATCH_SWITCHOVER = "watch-switchover"
 
 
 class EventSink(Protocol):
@@ -181,3 +188,5 @@ class ElectorMetrics:
     def kill_unconfirmed(self, active: bool) -> None: ...
 
     def lock_delay(self, seconds: float) -> None: ...
+
+    def switchover(self, outcome: str) -> None: ...

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import getpass
 import json
+import socket
+import time
 import urllib.request
+import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from sidecar.backends import connected
+from sidecar.backends.base import SwitchoverRequest
 from sidecar.config import Config
 
 
@@ -17,9 +24,11 @@ async def gather(cfg: Config) -> dict[str, Any]:
         leader = await election.leader()
         candidates = await election.candidates()
         problems = await election.problems()
+        request = await election.switchover_request()
     return {
         "election": cfg.election,
         "problems": problems,
+        "switchover": switchover_view(request),
         "leader": None if leader is None else {"id": leader.id, "token": leader.token, "epoch": leader.epoch},
         "candidates": [
             {
@@ -112,7 +121,128 @@ def render_table(view: dict[str, Any]) -> str:
     if not view["candidates"]:
         lines.append("(no candidates)")
     lines += [f"problem: {p}" for p in view.get("problems", [])]
+    if view.get("switchover"):
+        lines.append(render_switchover(view["switchover"]))
     return "\n".join(lines)
+
+
+def switchover_view(request: SwitchoverRequest | None, now: float | None = None) -> dict[str, Any] | None:
+    if request is None:
+        return None
+    now = time.time() if now is None else now
+    return {
+        "to": request.to,
+        "requested_by": request.requested_by,
+        "id": request.id,
+        "at": request.at,
+        "ttl": request.ttl,
+        "pending": request.pending(now),
+        "expires_in": round(request.at + request.ttl - now, 1),
+    }
+
+
+def render_switchover(sw: dict[str, Any]) -> str:
+    to = sw["to"] or "the next candidate"
+    state = f"in flight, expires in {sw['expires_in']:g}s" if sw["pending"] else "expired (the next winner clears it)"
+    return f"switchover: to {to}, requested by {sw['requested_by']} (id {sw['id']}): {state}"
+
+
+class SwitchoverRefused(Exception):
+    """The request was not written; the message says why. Nothing changed in the store."""
+
+
+@dataclass(frozen=True)
+class SwitchoverResult:
+    request: SwitchoverRequest
+    old_leader: str
+    reused: bool  # a pending request to the same target was there already (a retried command)
+    new_leader: str = ""  # with --wait: who leads now
+    token: int = 0
+    epoch: int = 0
+    seconds: float = 0.0
+    done: bool = False  # with --wait: the target (or, without one, someone else) leads
+
+
+def requester() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "?"
+    return f"{user}@{socket.gethostname()}"
+
+
+async def switchover(
+    cfg: Config, to: str = "", *, ttl: float = 30.0, wait: bool = False, requested_by: str = ""
+) -> SwitchoverResult:
+    """Write a switchover request after checking it can succeed; with ``wait``, follow it to its end.
+
+    Refused (SwitchoverRefused, nothing written) when there is no leader,
+    the target is not a candidate, is stale, is the leader, or its id is
+    used by more than one key, or another switchover is in flight.
+    """
+    async with connected(cfg) as backend:
+        admin = backend.admin(cfg.election)
+        leader = await admin.leader()
+        candidates = await admin.candidates()
+        if leader is None or not candidates:
+            raise SwitchoverRefused(f"no leader in election {cfg.election!r}: nothing to switch over from")
+        live = [c for c in candidates if c.token != leader.token]
+        if to:
+            mine = [c for c in candidates if c.id == to]
+            if not mine:
+                names = ", ".join(c.id for c in live) or "none"
+                raise SwitchoverRefused(
+                    f"to {to!r}: not a candidate in election {cfg.election!r} (candidates: {names})"
+                )
+            if len(mine) > 1:
+                keys = ", ".join(c.key for c in mine)
+                raise SwitchoverRefused(f"to {to!r}: the id is used by {len(mine)} keys ({keys}); ids must be unique")
+            if mine[0].token == leader.token or to == leader.id:
+                raise SwitchoverRefused(f"to {to!r}: already the leader")
+            if mine[0].stale:
+                raise SwitchoverRefused(f"to {to!r}: stale (its lease is gone); it cannot take over")
+        elif not [c for c in live if not c.stale]:
+            raise SwitchoverRefused("no other live candidate to take over")
+        now = time.time()
+        current = await admin.switchover_request()
+        reused = current is not None and current.pending(now) and current.to == to
+        if current is not None and current.pending(now) and not reused:
+            raise SwitchoverRefused(
+                f"a switchover to {current.to or 'the next candidate'!r} is in flight (id {current.id}, by "
+                f"{current.requested_by}, expires in {current.at + current.ttl - now:.0f}s); wait for it or its expiry"
+            )
+        if reused:
+            assert current is not None
+            request = current
+        else:
+            request = SwitchoverRequest(to, requested_by or requester(), uuid.uuid4().hex[:12], now, ttl)
+            await admin.request_switchover(request)
+        result = SwitchoverResult(request, leader.id, reused)
+        if not wait:
+            return result
+        return await _follow(admin, request, leader.token, result)
+
+
+async def _follow(admin: Any, request: SwitchoverRequest, old_token: int, result: SwitchoverResult) -> SwitchoverResult:
+    """Poll until the request is settled (a new leader recorded its epoch) or expired."""
+    start = time.monotonic()
+    deadline = start + max(0.0, request.at + request.ttl - time.time()) + 1.0
+    while time.monotonic() < deadline:
+        lead = await admin.leader()
+        current = await admin.switchover_request()
+        settled = current is None or current.id != request.id
+        if settled and lead is not None and lead.token != old_token and lead.epoch:
+            ok = lead.id == request.to if request.to else True
+            return SwitchoverResult(
+                request, result.old_leader, result.reused, lead.id, lead.token, lead.epoch,
+                time.monotonic() - start, ok,
+            )  # fmt: skip
+        await asyncio.sleep(0.02)
+    lead = await admin.leader()
+    return SwitchoverResult(
+        request, result.old_leader, result.reused, lead.id if lead else "", lead.token if lead else 0,
+        lead.epoch if lead else 0, time.monotonic() - start, False,
+    )  # fmt: skip
 
 
 async def watch_leader(cfg: Config, json_lines: bool = False) -> None:

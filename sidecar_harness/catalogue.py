@@ -130,6 +130,22 @@ async def resign(c: Campaign, leader: SidecarProcess | None, view: View) -> Inje
     return Injected(leader.candidate)
 
 
+async def switchover(c: Campaign, leader: SidecarProcess | None, view: View) -> Injected:
+    """Issue 17: an operator moves leadership to a named candidate through the store.
+    The leader stops its orchestrator first; candidates ahead of the target step aside."""
+    if leader is None:
+        return NOTHING
+    from sidecar.backends.base import SwitchoverRequest
+
+    queued = [cand for cand in await c.election.candidates() if cand.id != leader.candidate and not cand.stale]
+    if not queued:
+        return NOTHING
+    target = c.rng.choice(queued).id
+    request = SwitchoverRequest(target, "validate", f"fault-{c.rng.randrange(1 << 30):x}", time.time(), 10.0)
+    await c.election.request_switchover(request)
+    return Injected(f"{leader.candidate}->{target}")
+
+
 # -- orchestrators ----------------------------------------------------------------
 
 
@@ -607,6 +623,7 @@ FAULTS: list[Fault] = [
     Fault("orchestrator-kill", _signal_orchestrator(signal.SIGKILL), failover="always"),
     Fault("orchestrator-stop", _signal_orchestrator(signal.SIGSTOP), failover="never"),
     Fault("resign", resign, failover="always"),
+    Fault("switchover", switchover, failover="always"),
     Fault("member-kill", member_kill),
     Fault("leader-member-kill", leader_member_kill),
     Fault("quorum-loss", quorum_loss),

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from sidecar.backends.base import (
+    NO_REQUEST,
+    STEP_ASIDE,
     CampaignReport,
     Candidate,
     EpochRecord,
@@ -26,8 +29,12 @@ from sidecar.backends.base import (
     Session,
     SessionExpired,
     StoreUnavailable,
+    SwitchoverRequest,
+    leader_should_hand_over,
     parse_epoch_record,
     parse_resign_marker,
+    parse_switchover,
+    switchover_verdict,
 )
 from sidecar.clock import Clock, MonotonicClock
 from sidecar.config import Config
@@ -194,6 +201,29 @@ class MemoryElection:
         self._mine = name
         self._token = mine.create_revision
         while True:
+            verdict, request, mine = await self._queue(name, mine, candidate_id, on_wait, report)
+            if verdict == STEP_ASIDE:
+                continue
+            break
+        if verdict != NO_REQUEST:
+            self._store.plain.pop(self._switch_key, None)  # settled with our win, as etcd's txn does
+            if request is not None and report is not None:
+                report.switchover(verdict, request)
+        raw = self._store.plain.get(self._epoch_key)
+        old = parse_epoch_record(self._epoch_key, raw.encode() if raw is not None else None)
+        epoch = old.epoch + 1 if isinstance(old, EpochRecord) else 1
+        if isinstance(old, str) and report is not None:
+            report.epoch_record_repaired(self._epoch_key, old)
+        self._store.plain[self._epoch_key] = (
+            EpochRecord(epoch, mine.create_revision, candidate_id, name, mine.lease).encode().decode()
+        )
+        return Leadership(candidate_id, mine.create_revision, epoch)
+
+    async def _queue(
+        self, name: str, mine: _Key, candidate_id: str, on_wait: OnWait | None, report: CampaignReport | None
+    ) -> tuple[str, SwitchoverRequest | None, _Key]:
+        """Wait to head the queue; step aside (re-queue) if a switchover names someone else."""
+        while True:
             await self._store.gate()
             if self._store.keys.get(name) is not mine:
                 raise KeyLost(f"candidate key {name} vanished while campaigning")
@@ -208,17 +238,42 @@ class MemoryElection:
         await self._lock_delay(mine.create_revision, report)
         if self._store.keys.get(name) is not mine:
             raise KeyLost(f"candidate key {name} vanished during the lock-delay")
-        # The epoch bump and the ownership check happen in one step, as the
-        # etcd transaction does.
-        raw = self._store.plain.get(self._epoch_key)
-        old = parse_epoch_record(self._epoch_key, raw.encode() if raw is not None else None)
-        epoch = old.epoch + 1 if isinstance(old, EpochRecord) else 1
-        if isinstance(old, str) and report is not None:
-            report.epoch_record_repaired(self._epoch_key, old)
-        self._store.plain[self._epoch_key] = (
-            EpochRecord(epoch, mine.create_revision, candidate_id, name, mine.lease).encode().decode()
-        )
-        return Leadership(candidate_id, mine.create_revision, epoch)
+        # The decision, the ownership check and the epoch bump happen in one
+        # step (no await between them), as the etcd transaction does.
+        request = self._request()
+        others = {v.value for k, v in self._store.under(self._prefix) if k != name}
+        verdict = switchover_verdict(request, candidate_id, others, time.time())
+        if verdict == STEP_ASIDE:
+            assert request is not None
+            if report is not None:
+                report.switchover(verdict, request)
+            await self._store.delete(name)
+            mine = await self._store.create(name, candidate_id, mine.lease)
+            self._token = mine.create_revision
+        return verdict, request, mine
+
+    @property
+    def _switch_key(self) -> str:
+        return self._name + ".switchover"
+
+    def _request(self) -> SwitchoverRequest | None:
+        return parse_switchover((self._store.plain.get(self._switch_key) or "").encode())
+
+    async def wait_switchover(self, candidate_id: str) -> SwitchoverRequest:
+        while True:
+            request = self._request()
+            others = {v.value for k, v in self._store.under(self._prefix) if k != self._mine}
+            if leader_should_hand_over(request, candidate_id, others, time.time()):
+                assert request is not None
+                return request
+            await self._store.clock.sleep(0.05)
+
+    async def switchover_request(self) -> SwitchoverRequest | None:
+        return self._request()
+
+    async def request_switchover(self, request: SwitchoverRequest) -> None:
+        await self._store.gate()
+        self._store.plain[self._switch_key] = request.encode().decode()
 
     async def _lock_delay(self, mine: int, report: CampaignReport | None) -> None:
         """The etcd rule, with the store's exact knowledge of when a revoked lease would have run out."""

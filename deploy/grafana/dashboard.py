@@ -190,7 +190,17 @@ def annotation_queries() -> list[Builder[model.AnnotationQuery]]:
         .icon_color("red")
         .expr(increase_by("election_orchestrator_kills_total", BY_CANDIDATE, 'signal!="SIGTERM"') + " > 0")
     )
-    return [builtin, leader, kills]
+    # One mark per leader that handed over because an operator asked for a
+    # switchover: tells a planned move from a failure on the same timeline.
+    switchovers = (
+        db.AnnotationQuery()
+        .name("Switchovers")
+        .datasource(DS)
+        .enable(True)
+        .icon_color("purple")
+        .expr(increase_by("election_switchovers_total", BY_CANDIDATE, 'outcome="handed-over"') + " > 0")
+    )
+    return [builtin, leader, kills, switchovers]
 
 
 # -- panels ---------------------------------------------------------------------

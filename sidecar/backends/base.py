@@ -156,6 +156,92 @@ def parse_resign_marker(raw: bytes | None) -> ResignMarker | None:
     return ResignMarker(int(data["token"]), str(data["key"]))
 
 
+SWITCHOVER_TTL = 30.0  # seconds a switchover request stays pending unless the CLI says otherwise
+
+
+@dataclass(frozen=True)
+class SwitchoverRequest:
+    """``NAME.switchover``: an operator's request that leadership move, and to whom.
+
+    ``to`` is a candidate id, or "" for "whoever is next". ``at`` is the
+    requester's wall clock (seconds since the epoch) and the request is
+    pending until ``at + ttl``: the TTL only bounds how long a dead or slow
+    target can hold the election up; safety never depends on these clocks
+    (every handover still goes through the kill path and the fencing token).
+    """
+
+    to: str
+    requested_by: str
+    id: str
+    at: float
+    ttl: float = SWITCHOVER_TTL
+
+    def pending(self, now: float) -> bool:
+        return now < self.at + self.ttl
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {"to": self.to, "requested_by": self.requested_by, "id": self.id, "at": self.at, "ttl": self.ttl}
+        ).encode()
+
+
+def parse_switchover(raw: bytes | None) -> SwitchoverRequest | None:
+    """The request, or None when absent or unreadable.
+
+    A garbled request is no request: candidates then elect as usual, which
+    is the safe side (nobody steps aside for a target nobody can name).
+    """
+    if not raw:
+        return None
+    try:
+        data: Any = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    to, by, rid, at, ttl = (data.get(k) for k in ("to", "requested_by", "id", "at", "ttl"))
+    if not (isinstance(to, str) and isinstance(by, str) and isinstance(rid, str)):
+        return None
+    if not isinstance(at, int | float) or not isinstance(ttl, int | float) or isinstance(at, bool) or ttl <= 0:
+        return None
+    return SwitchoverRequest(to, by, rid, float(at), float(ttl))
+
+
+NO_REQUEST = "none"  # nothing pending: lead as usual
+STEP_ASIDE = "step-aside"  # a pending request names another live candidate: re-queue without a grant
+COMPLETED = "completed"  # the request names us, or anyone: lead and clear it
+EXPIRED = "expired"  # its TTL ran out: lead and clear it
+TARGET_GONE = "target-gone"  # its target is not queued (dead or never there): lead and clear it
+
+
+def switchover_verdict(request: SwitchoverRequest | None, me: str, others: set[str], now: float) -> str:
+    """The invariant, in one place for every backend.
+
+    ``others``: ids of the live candidates queued besides us. While a
+    request to X is pending and X is queued, every other candidate that
+    reaches the head of the queue steps aside (re-queues behind X) instead
+    of leading, so X is the next to hold a grant. The winner's epoch bump
+    compares the request key unchanged since it read it, so a request
+    written after that read makes the bump fail and the read run again.
+    """
+    if request is None:
+        return NO_REQUEST
+    if not request.pending(now):
+        return EXPIRED
+    if request.to in ("", me):
+        return COMPLETED
+    if request.to in others:
+        return STEP_ASIDE
+    return TARGET_GONE
+
+
+def leader_should_hand_over(request: SwitchoverRequest | None, me: str, others: set[str], now: float) -> bool:
+    """A leader acts on a pending request that someone queued can fulfil, and names someone else."""
+    if request is None or not request.pending(now) or request.to == me:
+        return False
+    return bool(others) if request.to == "" else request.to in others
+
+
 OnWait = Callable[[Leadership], None]
 """Called with the current leader (epoch may be 0) whenever a campaign must wait."""
 
@@ -185,6 +271,10 @@ class CampaignReport(Protocol):
     def epoch_record_repaired(self, key: str, found: str) -> None: ...
 
     def duplicate_candidate_id(self, candidate_id: str, keys: list[str]) -> None: ...
+
+    def switchover(self, verdict: str, request: SwitchoverRequest) -> None:
+        """A campaign acted on a switchover request (``STEP_ASIDE``, ``COMPLETED``, ...)."""
+        ...
 
 
 class Session(Protocol):
@@ -255,6 +345,12 @@ class Election(Protocol):
         """Return when our candidate key disappears (raises on store errors)."""
         ...
 
+    async def wait_switchover(self, candidate_id: str) -> SwitchoverRequest:
+        """While leading: return a pending switchover request that names
+        another queued candidate (or anyone, when others are queued).
+        Raises on store errors; the caller retries."""
+        ...
+
     async def close(self) -> None:
         """Release connections. Does not touch the keys."""
         ...
@@ -286,6 +382,14 @@ class ElectionAdmin(Protocol):
 
     def observe(self) -> AsyncIterator[Leadership | None]:
         """Yield the leader now and on every change."""
+        ...
+
+    async def switchover_request(self) -> SwitchoverRequest | None:
+        """The switchover request in the store, pending or not, or None."""
+        ...
+
+    async def request_switchover(self, request: SwitchoverRequest) -> None:
+        """Write (or overwrite) the switchover request the leader watches."""
         ...
 
     async def close(self) -> None:

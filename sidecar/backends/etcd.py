@@ -33,12 +33,19 @@ Store-side safety (docs/design.md, "Lock-delay"):
   asleep; every waiting loop also re-reads the store each retry interval,
   and a watch only ever starts from a revision actually read + 1;
 * a malformed ``NAME.epoch`` is repaired by the next winner, never fatal.
+
+Switchover (docs/design.md, "Switchover"): ``NAME.switchover`` holds an
+operator's request; the leader watches it and demotes, a candidate that
+heads the queue while the request names another queued candidate re-queues
+(delete + create its key) instead of leading, and the winner's epoch txn
+compares the request's mod revision and deletes it when it is settled.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,9 +61,11 @@ from etcd3aio import (
     SortTarget,
     prefix_range_end,
 )
-from etcd3aio._protobuf import LeaseKeepAliveRequest, WatchCreateRequest, WatchRequest, WatchStub
+from etcd3aio._protobuf import Compare, LeaseKeepAliveRequest, WatchCreateRequest, WatchRequest, WatchStub
 
 from sidecar.backends.base import (
+    NO_REQUEST,
+    STEP_ASIDE,
     CampaignReport,
     Candidate,
     EpochRecord,
@@ -69,8 +78,12 @@ from sidecar.backends.base import (
     SessionExpired,
     StoreForbidden,
     StoreUnavailable,
+    SwitchoverRequest,
+    leader_should_hand_over,
     parse_epoch_record,
     parse_resign_marker,
+    parse_switchover,
+    switchover_verdict,
 )
 from sidecar.clock import Clock
 from sidecar.config import Config, ConfigError, endpoint_hostports, etcd_password
@@ -342,6 +355,7 @@ class EtcdElection:
         self._prefix = name + "/"
         self._epoch_key = name + ".epoch"
         self._marker_key = name + ".resigned"
+        self._switch_key = name + ".switchover"
         self._key = ""
         self._rev = 0
         self._tracked: _Tracked | None = None
@@ -389,14 +403,64 @@ class EtcdElection:
             # first attempt did land): keep our place in the queue.
             rev = int(resp.responses[0].response_range.kvs[0].create_revision)
         self._key, self._rev = key, rev
-        await self._wait_for_predecessors(candidate_id, on_wait, report)
-        await self._lock_delay(report, float(getattr(session, "ttl", 0.0)))
-        epoch = await self._bump_epoch(candidate_id, lease, report)
-        return Leadership(candidate_id, rev, epoch)
+        while True:
+            kvs = await self._wait_for_predecessors(candidate_id, on_wait, report)
+            others = {kv.value.decode(errors="replace") for kv in kvs if kv.key.decode() != self._key}
+            # One read for the switchover request and what the lock-delay needs.
+            record, marker, request, mod = await self._read_at_once()
+            verdict = switchover_verdict(request, candidate_id, others, time.time())
+            if verdict == STEP_ASIDE:
+                assert request is not None
+                if report is not None:
+                    report.switchover(verdict, request)
+                await self._requeue(candidate_id, lease)
+                continue
+            await self._lock_delay(report, float(getattr(session, "ttl", 0.0)), (record, marker))
+            epoch = await self._bump_epoch(candidate_id, lease, report, mod, consume=verdict != NO_REQUEST)
+            if epoch is None:
+                continue  # the request changed since we read it: decide again
+            if verdict != NO_REQUEST and request is not None and report is not None:
+                report.switchover(verdict, request)
+            return Leadership(candidate_id, self._rev, epoch)
+
+    async def _read_switchover(self) -> tuple[SwitchoverRequest | None, int]:
+        """The request and its mod revision (0: absent), which the epoch txn compares."""
+        with _store_errors("switchover read"):
+            resp = await self._b.kv.get(self._switch_key, timeout=self._b.timeout)
+        if not resp.kvs:
+            return None, 0
+        return parse_switchover(resp.kvs[0].value), int(resp.kvs[0].mod_revision)
+
+    async def _requeue(self, candidate_id: str, lease: int) -> None:
+        """Step aside: go to the end of the queue without ever leading.
+
+        etcd refuses a delete and a put of one key in one txn, so two: between
+        them we hold no key, which is only ever safe (we are not leader).
+        """
+        kv = self._b.kv
+        with _store_errors("switchover step-aside"):
+            gone = await kv.txn(
+                compare=[kv.txn_compare_create_revision(self._key, self._rev)],
+                success=[kv.txn_op_delete(self._key)],
+                failure=[],
+                timeout=self._b.timeout,
+            )
+            if not gone.succeeded:
+                raise KeyLost(f"candidate key {self._key} vanished while stepping aside")
+            resp = await kv.txn(
+                compare=[kv.txn_compare_create_revision(self._key, 0)],
+                success=[kv.txn_op_put(self._key, candidate_id, lease=lease)],
+                failure=[],
+                timeout=self._b.timeout,
+            )
+        if not resp.succeeded:
+            raise KeyLost(f"candidate key {self._key} reappeared while stepping aside")
+        self._rev = int(resp.header.revision)
 
     async def _wait_for_predecessors(
         self, candidate_id: str, on_wait: OnWait | None, report: CampaignReport | None
-    ) -> None:
+    ) -> list[Any]:
+        """Return, with the queue as last read, once nobody is ahead of us."""
         told: tuple[str, int] | None = None
         duplicates_told = False
         while True:
@@ -409,7 +473,7 @@ class EtcdElection:
                 duplicates_told = True
             ahead = [kv for kv in kvs if kv.create_revision < self._rev]
             if not ahead:
-                return
+                return kvs
             head = ahead[0]
             leader = (head.value.decode(errors="replace"), int(head.create_revision))
             if on_wait is not None and leader != told:
@@ -455,18 +519,25 @@ class EtcdElection:
         self._tracked = _Tracked(token, key, lease, granted, hi, remaining, sent)
         return self._tracked
 
-    async def _read_at_once(self) -> tuple[EpochRecord | str, ResignMarker | None]:
-        """The epoch record and the resign marker, as of one revision."""
+    async def _read_at_once(
+        self,
+    ) -> tuple[EpochRecord | str, ResignMarker | None, SwitchoverRequest | None, int]:
+        """The epoch record, the resign marker, the switchover request and its mod revision, as of one revision."""
         kv = self._b.kv
         with _store_errors("epoch read"):
             resp = await kv.txn(
-                compare=[], success=[kv.txn_op_get(self._epoch_key), kv.txn_op_get(self._marker_key)],
-                failure=[], timeout=self._b.timeout,
-            )  # fmt: skip
+                compare=[],
+                success=[kv.txn_op_get(k) for k in (self._epoch_key, self._marker_key, self._switch_key)],
+                failure=[],
+                timeout=self._b.timeout,
+            )
         rec_kvs = resp.responses[0].response_range.kvs
         marker_kvs = resp.responses[1].response_range.kvs
+        switch_kvs = resp.responses[2].response_range.kvs
         record = parse_epoch_record(self._epoch_key, rec_kvs[0].value if rec_kvs else None)
-        return record, parse_resign_marker(marker_kvs[0].value if marker_kvs else None)
+        request = parse_switchover(switch_kvs[0].value) if switch_kvs else None
+        mod = int(switch_kvs[0].mod_revision) if switch_kvs else 0
+        return record, parse_resign_marker(marker_kvs[0].value if marker_kvs else None), request, mod
 
     async def _marker_token(self) -> int:
         with _store_errors("resign marker read"):
@@ -474,7 +545,12 @@ class EtcdElection:
         marker = parse_resign_marker(resp.kvs[0].value if resp.kvs else None)
         return marker.token if marker is not None else -1
 
-    async def _lock_delay(self, report: CampaignReport | None, own_ttl: float) -> None:
+    async def _lock_delay(
+        self,
+        report: CampaignReport | None,
+        own_ttl: float,
+        read: tuple[EpochRecord | str, ResignMarker | None] | None = None,
+    ) -> None:
         """Return once the last leader's grant cannot still be valid.
 
         We lead the queue now. If the last leader left by a confirmed resign
@@ -485,7 +561,7 @@ class EtcdElection:
         its orchestrator stopped (it writes the marker then).
         """
         clock = self._b.clock
-        record, marker = await self._read_at_once()
+        record, marker = read if read is not None else (await self._read_at_once())[:2]
         tracked = self._tracked
         if isinstance(record, EpochRecord):
             if record.token in (0, self._rev) or (marker is not None and marker.token == record.token):
@@ -543,8 +619,19 @@ class EtcdElection:
             call.cancel()
         raise StoreUnavailable("etcd watch ended")
 
-    async def _bump_epoch(self, candidate_id: str, lease: int, report: CampaignReport | None) -> int:
+    async def _bump_epoch(
+        self, candidate_id: str, lease: int, report: CampaignReport | None, switch_mod: int = 0, consume: bool = False
+    ) -> int | None:
+        """The new epoch, or None when the switchover request moved since ``switch_mod`` was read.
+
+        The txn compares the request key's mod revision (0: absent), so no
+        candidate leads on a decision made before a request landed; a settled
+        request (``consume``) is deleted in the same txn.
+        """
         kv = self._b.kv
+        unchanged = Compare(
+            result=Compare.EQUAL, target=Compare.MOD, key=self._switch_key.encode(), mod_revision=switch_mod
+        )
         while True:
             with _store_errors("epoch read"):
                 resp = await kv.get(self._epoch_key, timeout=self._b.timeout)
@@ -559,9 +646,13 @@ class EtcdElection:
                     compare=[
                         kv.txn_compare_create_revision(self._key, self._rev),
                         kv.txn_compare_version(self._epoch_key, version),
+                        unchanged,
                     ],
-                    success=[kv.txn_op_put(self._epoch_key, record)],
-                    failure=[kv.txn_op_get(self._key)],
+                    success=[
+                        kv.txn_op_put(self._epoch_key, record),
+                        *([kv.txn_op_delete(self._switch_key)] if consume else []),
+                    ],
+                    failure=[kv.txn_op_get(self._key), kv.txn_op_get(self._switch_key)],
                     timeout=self._b.timeout,
                 )
             if txn.succeeded:
@@ -571,6 +662,9 @@ class EtcdElection:
             mine = txn.responses[0].response_range.kvs
             if not mine or mine[0].create_revision != self._rev:
                 raise KeyLost(f"candidate key {self._key} vanished before the epoch bump")
+            switch = txn.responses[1].response_range.kvs
+            if (int(switch[0].mod_revision) if switch else 0) != switch_mod:
+                return None
             # Someone else wrote the epoch between our read and our txn: read again.
 
     async def resign(self) -> None:
@@ -602,6 +696,53 @@ class EtcdElection:
             # Re-read every retry interval: a watch is a hint, the read is the fact.
             if await self._wait_deleted(self._key.encode(), int(resp.header.revision) + 1, self._b.retry_interval):
                 return
+
+    async def wait_switchover(self, candidate_id: str) -> SwitchoverRequest:
+        while True:
+            kv = self._b.kv
+            end = prefix_range_end(self._prefix)
+            with _store_errors("switchover read"):
+                resp = await kv.txn(
+                    compare=[], success=[kv.txn_op_get(self._switch_key), kv.txn_op_get(self._prefix, range_end=end)],
+                    failure=[], timeout=self._b.timeout,
+                )  # fmt: skip
+            found = resp.responses[0].response_range.kvs
+            request = parse_switchover(found[0].value if found else None)
+            others = {
+                c.value.decode(errors="replace")
+                for c in resp.responses[1].response_range.kvs
+                if c.key.decode(errors="replace") != self._key
+            }
+            if leader_should_hand_over(request, candidate_id, others, time.time()):
+                assert request is not None
+                return request
+            # Re-read every retry interval: a target may join later, a watch is a hint.
+            await self._wait_changed(self._switch_key.encode(), int(resp.header.revision) + 1, self._b.retry_interval)
+
+    async def _wait_changed(self, key: bytes, from_revision: int, budget: float) -> None:
+        """Return on the first event on ``key`` after ``from_revision``, or when ``budget`` runs out."""
+        call = self._b.watch_stream(key, start_revision=from_revision)
+        try:
+            async with asyncio.timeout(budget):
+                with _store_errors("watch"):
+                    async for resp in call:
+                        if resp.canceled:
+                            raise StoreUnavailable(f"etcd watch canceled: {resp.cancel_reason or 'no reason given'}")
+                        if resp.events or resp.compact_revision:
+                            return
+        except TimeoutError:
+            return
+        finally:
+            call.cancel()
+
+    async def switchover_request(self) -> SwitchoverRequest | None:
+        await self._b.authenticate()
+        return (await self._read_switchover())[0]
+
+    async def request_switchover(self, request: SwitchoverRequest) -> None:
+        await self._b.authenticate()
+        with _store_errors("switchover write"):
+            await self._b.kv.put(self._switch_key, request.encode(), timeout=self._b.timeout)
 
     async def _epoch_at(self, revision: int) -> EpochRecord | str:
         with _store_errors("epoch read"):

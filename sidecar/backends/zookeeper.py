@@ -7,7 +7,10 @@ Layout, readable by kazoo's own ``Election(client, path).contenders()``:
 * leader = lowest sequence; token = the node's ``czxid`` (ZooKeeper's
   transaction ids only grow, so a later candidate's node has a higher one);
 * ``/<election>.epoch``: JSON ``{"epoch", "token", "leader"}``, bumped by a
-  ``multi`` that also checks the leader's own node (version 0).
+  ``multi`` that also checks the leader's own node (version 0);
+* ``/<election>.switchover``: an operator's switchover request (the same
+  JSON as on etcd); the epoch ``multi`` also checks its version (or, when
+  absent, that it still is: create + delete), and deletes it once settled.
 
 A Session is one ZooKeeper session, that is one KazooClient. kazoo runs
 its own thread; every call here uses kazoo's ``*_async`` API, and results
@@ -35,6 +38,7 @@ import json
 import re
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -54,6 +58,8 @@ from kazoo.retry import KazooRetry
 from kazoo.security import make_acl, make_digest_acl
 
 from sidecar.backends.base import (
+    NO_REQUEST,
+    STEP_ASIDE,
     CampaignReport,
     Candidate,
     EpochRecord,
@@ -66,8 +72,12 @@ from sidecar.backends.base import (
     SessionExpired,
     StoreForbidden,
     StoreUnavailable,
+    SwitchoverRequest,
+    leader_should_hand_over,
     parse_epoch_record,
     parse_resign_marker,
+    parse_switchover,
+    switchover_verdict,
 )
 from sidecar.clock import Clock
 from sidecar.config import Config, ConfigError, endpoint_hostports
@@ -457,6 +467,7 @@ class ZooKeeperElection:
         # One ephemeral node per session that campaigns, deleted by nothing of
         # ours: it goes only when the session ends (docs/design.md, 1b).
         self.sessions_path = self.base + ".sessions"
+        self.switch_path = self.base + ".switchover"
         self._node = ""
         self._client: KazooClient | None = None
         self._czxid = 0
@@ -524,27 +535,45 @@ class ZooKeeperElection:
             told: Leadership | None = None
             while True:
                 names = await self._children(client)
-                own = node.rsplit("/", 1)[1]
+                own = self._node.rsplit("/", 1)[1]
                 if own not in names:
-                    raise KeyLost(f"candidate node {node} vanished while campaigning")
+                    raise KeyLost(f"candidate node {self._node} vanished while campaigning")
                 ahead = names[: names.index(own)]
-                if not ahead:
-                    break
-                first = await self._leadership(client, ahead[0], with_epoch=False)
-                # Next in line behind the leader: if the epoch record is garbled
-                # when we come to lead, this is who led before us. Further back,
-                # we cannot know who will lead before us.
-                self._head = (first.token, self.base + "/" + ahead[0]) if first and len(ahead) == 1 else None
-                if first is not None and on_wait is not None and first != told:
-                    on_wait(first)
-                    told = first
-                fired, watcher = _watch(loop)
-                if await _call(client.exists_async, self.base + "/" + ahead[-1], watcher) is None:
-                    continue  # gone between the listing and the watch
-                await fired.wait()
-                self.wakeups += 1
-            await self._lock_delay(client, session.ttl, report)
-            epoch = await self._bump_epoch(client, candidate_id, report)
+                if ahead:
+                    first = await self._leadership(client, ahead[0], with_epoch=False)
+                    # Next in line behind the leader: if the epoch record is garbled
+                    # when we come to lead, this is who led before us. Further back,
+                    # we cannot know who will lead before us.
+                    self._head = (first.token, self.base + "/" + ahead[0]) if first and len(ahead) == 1 else None
+                    if first is not None and on_wait is not None and first != told:
+                        on_wait(first)
+                        told = first
+                    fired, watcher = _watch(loop)
+                    if await _call(client.exists_async, self.base + "/" + ahead[-1], watcher) is None:
+                        continue  # gone between the listing and the watch
+                    await fired.wait()
+                    self.wakeups += 1
+                    continue
+                request, version = await self._read_switchover(client)
+                others: set[str] = set()
+                if request is not None and request.to not in ("", candidate_id):
+                    others = await self._ids(client, [n for n in names if n != own])
+                verdict = switchover_verdict(request, candidate_id, others, time.time())
+                if verdict == STEP_ASIDE:
+                    assert request is not None
+                    if report is not None:
+                        report.switchover(verdict, request)
+                    await self._requeue(client, prefix, candidate_id)
+                    continue
+                # We will lead: first honour the last leader's grant (lock-delay).
+                await self._lock_delay(client, session.ttl, report)
+                got = await self._bump_epoch(client, candidate_id, report, version, consume=verdict != NO_REQUEST)
+                if got is None:
+                    continue  # the request changed since we read it: decide again
+                if verdict != NO_REQUEST and request is not None and report is not None:
+                    report.switchover(verdict, request)
+                epoch = got
+                break
         return Leadership(candidate_id, self._czxid, epoch)
 
     async def _get(self, client: KazooClient, path: str) -> bytes | None:
@@ -652,7 +681,49 @@ class ZooKeeperElection:
                 async with asyncio.timeout(self._b.retry_interval):
                     await fired.wait()
 
-    async def _bump_epoch(self, client: KazooClient, candidate_id: str, report: CampaignReport | None = None) -> int:
+    async def _read_switchover(self, client: KazooClient) -> tuple[SwitchoverRequest | None, int]:
+        """The request and its node version (-1: absent), which the epoch multi checks."""
+        with _store_errors("switchover read"):
+            try:
+                data, stat = await _call(client.get_async, self.switch_path)
+            except NoNodeError:
+                return None, -1
+        return parse_switchover(data), int(stat.version)
+
+    async def _ids(self, client: KazooClient, names: list[str]) -> set[str]:
+        """The candidate ids of ``names``, read in parallel (one round trip's wait, not one per node)."""
+
+        async def one(name: str) -> str | None:
+            with _store_errors("read candidate"), contextlib.suppress(NoNodeError):
+                data, _ = await _call(client.get_async, self.base + "/" + name)
+                return str((data or b"").decode(errors="replace"))
+            return None
+
+        return {i for i in await asyncio.gather(*(one(n) for n in names)) if i is not None}
+
+    async def _requeue(self, client: KazooClient, prefix: str, candidate_id: str) -> None:
+        """Step aside: a new node at the end of the queue, without ever leading."""
+        with _store_errors("switchover step-aside"):
+            try:
+                await _call(client.delete_async, self._node, 0)
+            except NoNodeError as exc:
+                raise KeyLost(f"candidate node {self._node} vanished while stepping aside") from exc
+            node = await _call(
+                client.create_async, self.base + "/" + prefix, candidate_id.encode(), self._b.acl, True, True, True
+            )
+            self._node = node
+            _, stat = await _call(client.get_async, node)
+        self._czxid = int(stat.czxid)
+
+    async def _bump_epoch(
+        self,
+        client: KazooClient,
+        candidate_id: str,
+        report: CampaignReport | None = None,
+        switch_version: int = -1,
+        consume: bool = False,
+    ) -> int | None:
+        """The new epoch, or None when the switchover node moved since ``switch_version`` was read."""
         while True:
             try:
                 data, stat = await _call(client.get_async, self.epoch_path)
@@ -668,6 +739,15 @@ class ZooKeeperElection:
             tx = client.transaction()
             tx.check(self._node, 0)  # our node exists, unchanged since we created it
             tx.set_data(self.epoch_path, record, stat.version)
+            if switch_version >= 0:
+                if consume:  # settled: gone with our win, in the same multi
+                    tx.delete(self.switch_path, switch_version)
+                else:
+                    tx.check(self.switch_path, switch_version)
+            else:
+                # Still absent: a create and a delete in one multi fail if it appeared.
+                tx.create(self.switch_path, b"", self._b.acl)
+                tx.delete(self.switch_path)
             results = await _call(tx.commit_async)
             if not any(isinstance(r, Exception) for r in results):
                 if isinstance(old, str) and report is not None:
@@ -675,6 +755,8 @@ class ZooKeeperElection:
                 return epoch
             if isinstance(results[0], NoNodeError | BadVersionError):
                 raise KeyLost(f"candidate node {self._node} vanished before the epoch bump")
+            if any(isinstance(r, NoNodeError | BadVersionError | NodeExistsError) for r in results[2:]):
+                return None
             # The epoch node moved under us: read it again.
 
     async def resign(self) -> None:
@@ -749,6 +831,42 @@ class ZooKeeperElection:
             if stat is None or int(stat.czxid) != self._czxid:
                 return
             await fired.wait()
+
+    async def wait_switchover(self, candidate_id: str) -> SwitchoverRequest:
+        if self._client is None:
+            await asyncio.Event().wait()  # never campaigned: nothing to hand over
+        client = self._client
+        assert client is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            fired, watcher = _watch(loop)
+            with _store_errors("watch switchover"):
+                # An exists watch fires on create, change and delete alike.
+                stat = await _call(client.exists_async, self.switch_path, watcher)
+            request = (await self._read_switchover(client))[0] if stat is not None else None
+            others: set[str] = set()
+            if request is not None:
+                own = self._node.rsplit("/", 1)[-1]
+                others = await self._ids(client, [n for n in await self._children(client) if n != own])
+            if leader_should_hand_over(request, candidate_id, others, time.time()):
+                assert request is not None
+                return request
+            # Re-read every retry interval: a target may join later.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._b.retry_interval):
+                    await fired.wait()
+
+    async def switchover_request(self) -> SwitchoverRequest | None:
+        client = self._client or await self._b.observer()
+        return (await self._read_switchover(client))[0]
+
+    async def request_switchover(self, request: SwitchoverRequest) -> None:
+        client = self._client or await self._b.observer()
+        with _store_errors("switchover write"):
+            try:
+                await _call(client.set_async, self.switch_path, request.encode())
+            except NoNodeError:
+                await _call(client.create_async, self.switch_path, request.encode(), self._b.acl)
 
     async def _leadership(self, client: KazooClient, name: str, with_epoch: bool = True) -> Leadership | None:
         with _store_errors("read leader"):

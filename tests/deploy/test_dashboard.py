@@ -151,6 +151,8 @@ def test_operator_questions_each_have_a_panel(dash: dict[str, Any]) -> None:
         assert metric in exprs, metric
     names = {a["name"]: a for a in dash["annotations"]["list"]}
     assert 'to="leader"' in names["Leader changes"]["expr"]
+    assert "election_switchovers_total" in names["Switchovers"]["expr"]
+    assert 'outcome="handed-over"' in names["Switchovers"]["expr"]
     # Every metric the dashboard plots is one the sidecar exports (docs/metrics.md lists them).
     documented = (ROOT / "docs" / "metrics.md").read_text()
     for metric in set(re.findall(r"\b(election_[a-z_]+?)(?:_bucket)?\{", exprs)):

@@ -81,6 +81,10 @@ class ScriptedBackend:
     async def wait_lost(self) -> None:
         await asyncio.Event().wait()
 
+    async def wait_switchover(self, candidate_id: str) -> object:
+        await asyncio.Event().wait()  # nobody ever asks for a switchover here
+        raise AssertionError("unreachable")
+
     async def close(self) -> None:
         return None
 
