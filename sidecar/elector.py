@@ -130,6 +130,7 @@ class Elector:
         self._unfit = ""  # why our timing cannot work with the TTL the store grants: fatal
         self._unrenewed = 0  # sessions in a row that ended before their first renewal
         self._unconfirmed = ""  # an orchestrator whose death is not confirmed: no handover
+        self._marker_pending = False  # a confirmed stop whose resign marker the store did not take yet
         self._out = ""  # why we are out of the election now
         self._term: asyncio.Future[Loss] | None = None
         self._seq = 0
@@ -326,6 +327,10 @@ class Elector:
         self._metrics.renewed(self._clock.now() - renewal.sent_at)
         self._backend_up = True
         self._emit("info", "session_opened", session=session.id, ttl=renewal.ttl)
+        if self._marker_pending:
+            # Once, before the orphan goes: later campaigns have keys of their own.
+            self._marker_pending = False
+            await self._resign_key()
         revoked, gone = await self._orphans.revoke()
         for orphan in revoked:
             self._emit("info", "orphan_session_revoked", session=orphan)
@@ -367,7 +372,14 @@ class Elector:
                 if not confirmed:
                     return  # no resign, no revoke: the lease is abandoned below
                 if end.reason is Reason.BACKEND_UNREACHABLE:
-                    return  # the store is not answering: our lease runs out, which needs no marker
+                    # The store is not answering, but it may again at any moment (a
+                    # member restarts, quorum returns) and our lease, refreshed by a
+                    # new raft leader or revoked as an orphan, can then go before it
+                    # would have expired: the successor would wait out a lock-delay.
+                    # Our orchestrator is confirmed stopped, so leave the marker now,
+                    # or as soon as the store answers, before the orphan is revoked.
+                    self._marker_pending = not await self._resign_key()
+                    return
                 # Our orchestrator is confirmed stopped, so the successor may
                 # start now: delete our key and leave the resign marker. After a
                 # lost lease the key is gone already, but the marker still spares
@@ -626,12 +638,17 @@ class Elector:
                 self._store_unreachable(StoreCall.WATCH_SWITCHOVER, exc)
                 await self._clock.sleep(self._cfg.retry_interval)
 
-    async def _resign_key(self) -> None:
+    async def _resign_key(self) -> bool:
+        """Delete our key and leave the resign marker; False if the store did not answer."""
         try:
             await wait_for(self._clock, self._election.resign(), self._cfg.effective_request_timeout)
-        except (StoreUnavailable, StoreForbidden, TimeoutError) as exc:
+        except (StoreUnavailable, StoreForbidden, SessionExpired, TimeoutError) as exc:
             # The key goes when the lease does; the successor waits at most TTL.
+            # (SessionExpired: a ZooKeeper session that is gone cannot write the
+            # marker; the successor's lock-delay then ends with the session.)
             self._store_unreachable(StoreCall.RESIGN, exc)
+            return False
+        return True
 
 
 async def _uncancellable(aw: Awaitable[bool]) -> bool:

@@ -346,10 +346,12 @@ async def test_a_lease_that_could_not_be_revoked_is_revoked_when_the_store_retur
     await h.clock.advance(0.1)
     first_lease = next(iter(h.store.leases))
     h.store.mode = "hang"
-    await h.clock.advance(8)  # demoted; the revoke hung and timed out
+    await h.clock.advance(10)  # demoted; the resign (marker) and then the revoke hung and timed out
     assert sink.of("session_close_failed")
     h.store.mode = "up"
     await h.clock.advance(6)  # the next session-open attempt comes within a retry cycle (4 s)
     assert sink.of("orphan_session_revoked")[0]["session"] == f"{first_lease:x}"
     assert first_lease not in h.store.leases
+    # The confirmed stop's resign marker was left before the orphan went: no lock-delay for the successor.
+    assert h.store.plain.get("unit.resigned"), h.store.plain
     assert state(a) in (State.CANDIDATE, State.LEADER)
