@@ -58,6 +58,7 @@ class Sidecar:
             on_orchestrator_exit=self._orchestrator_gone,
             on_kill=self.metrics.orchestrator_kill,
             on_guard_lost=self._guard_lost,
+            adopt_orphans=True,  # this process has no children but the watchdog and the wrappers
         )
 
     def _guard_lost(self, detail: str) -> None:

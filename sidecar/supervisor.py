@@ -98,7 +98,7 @@ class Tree:
         self,
         proc: asyncio.subprocess.Process,
         cgroup: proctree.Cgroup | None,
-        others: Callable[[], frozenset[int]] = frozenset,
+        others: Callable[[], frozenset[int]] | None = None,
     ) -> None:
         self.proc = proc
         self.cgroup = cgroup
@@ -115,7 +115,13 @@ class Tree:
         return self.root_fd is not None and not proctree.pidfd_exited(self.root_fd)
 
     def _orphan_walk(self, sig: int | None) -> list[int]:
-        """Processes of this tree left behind by a dead wrapper (now the sidecar's children)."""
+        """Processes of this tree left behind by a killed wrapper (now the sidecar's children).
+
+        Only when the wrapper was killed (a wrapper that exited by itself had
+        no child left) and only in a sidecar that adopts orphans.
+        """
+        if self.others is None or (self.proc.returncode or 0) >= 0:
+            return []
         exclude = self.others() | {self.proc.pid}
         if sig is not None:
             proctree.signal_tree(os.getpid(), sig, exclude)
@@ -180,7 +186,10 @@ class Tree:
             return [{"kind": "cgroup", "path": self.cgroup.path}]
         if self.start is None:
             return []
-        return [{"kind": "tree", "pid": self.pid, "start": self.start}]
+        spec: dict[str, Any] = {"kind": "tree", "pid": self.pid, "start": self.start}
+        if self.others is not None:
+            spec["orphans_to"] = os.getpid()  # where a killed wrapper's orphans go (see Tree)
+        return [spec]
 
     def release(self) -> None:
         if self.cgroup is not None:
@@ -449,9 +458,17 @@ class Supervisor:
         on_kill: Callable[[str], None],
         on_guard_lost: Callable[[str], None],
         tree: str | None = None,
+        adopt_orphans: bool = False,
     ) -> None:
         """``tree`` picks how descendants are tracked: "cgroup", "subreaper", or None for
-        $ELECTION_SIDECAR_KILL_TREE, else auto (cgroup where we may create one)."""
+        $ELECTION_SIDECAR_KILL_TREE, else auto (cgroup where we may create one).
+
+        ``adopt_orphans`` (the sidecar process sets it): in subreaper mode this
+        process becomes a subreaper too, and a killed wrapper's orphans are
+        found as "our descendants but the watchdog and the current wrapper".
+        That is only true of a process whose children are ours alone: never
+        set it in a process that has other children (a test runner)."""
+        self._adopt_orphans = adopt_orphans
         self._stopping_target: Target | None = None
         self.cfg = cfg
         self.command = command
@@ -492,7 +509,7 @@ class Supervisor:
     async def start(self) -> None:
         if self.command:
             self.mechanism = proctree.choose_mechanism(self._tree_request)
-            if self.mechanism == "subreaper":
+            if self.mechanism == "subreaper" and self._adopt_orphans:
                 # If the spawn wrapper is killed, its orphans come to us, not to init (see Tree).
                 proctree.set_child_subreaper()
             self.log.info("orchestrator_tree", mechanism=self.mechanism)
@@ -523,7 +540,7 @@ class Supervisor:
             sys.executable, "-I", "-S", SPAWN, *(["--guard", str(guard)] if guard >= 0 else []), *how,
             "--", *self.command, env=env, start_new_session=True, pass_fds=(guard,) if guard >= 0 else (),
         )  # fmt: skip
-        tree = Tree(proc, cgroup, self._other_children)
+        tree = Tree(proc, cgroup, self._other_children if self._adopt_orphans else None)
         self.log.info(
             "orchestrator_started",
             pid=proc.pid,

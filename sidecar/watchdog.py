@@ -118,11 +118,13 @@ class Target:
         self.fd: int | None = None
         self.path = ""
         self.pid = 0
+        self.orphans_to = 0
         if self.kind == "cgroup":
             self.path = str(spec["path"])
             self.cgroup = proctree.Cgroup(self.path)
         elif self.kind in ("tree", "pid"):
             self.pid = int(spec["pid"])
+            self.orphans_to = int(spec.get("orphans_to", 0))
             # None: already gone (or a stranger now has its pid): nothing to guard.
             self.fd = proctree.open_pidfd(self.pid, int(spec["start"]))
         else:
@@ -144,12 +146,14 @@ class Target:
             # The wrapper itself is left alone: it exits once its tree is empty.
             root, exclude = self.pid, frozenset[int]()
             if proctree.pidfd_exited(self.fd):
-                # Someone killed the wrapper: its orphans went to the sidecar (a
-                # child subreaper), so the tree is now the sidecar's descendants
-                # but us. Never walk the dead wrapper's pid: a stranger may have it.
-                if os.getppid() != SIDECAR:
-                    return  # the sidecar is gone too: they went to init, out of our reach
-                root, exclude = SIDECAR, frozenset({os.getpid()})
+                # The wrapper is gone. Never walk its pid: a stranger may have it.
+                # If the sidecar adopts orphans (it says so in the spec), a killed
+                # wrapper's orphans went to it: the tree is now the sidecar's
+                # descendants but us. Otherwise, or if the sidecar is gone too
+                # (they went to init), they are out of our reach.
+                if not self.orphans_to or os.getppid() != self.orphans_to:
+                    return
+                root, exclude = self.orphans_to, frozenset({os.getpid()})
             if sig == signal.SIGKILL:
                 proctree.kill_tree(root, KILL_CONFIRM, exclude)
             else:
@@ -231,9 +235,6 @@ class Guard:
             return None
         nxt = self.kill_at if self.termed else min(self.term_at, self.kill_at)
         return max(0.0, nxt - _now())
-
-
-SIDECAR = os.getppid()  # the sidecar that started us; a different parent later means it died
 
 
 def main() -> int:

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sidecar import proctree
 from sidecar.config import unknown_env
 from sidecar.model import Reason
 from tests.helpers import eventually, wait_until
@@ -53,7 +55,7 @@ async def main() -> None:
     sup = Supervisor(
         Config(kill_grace=0.3), [sys.executable, "-c", escaper, out, "setsid"], RecordingSink(), MonotonicClock(),
         on_orchestrator_exit=lambda: None, on_kill=lambda what: None, on_guard_lost=lambda detail: None,
-        tree="subreaper",
+        tree="subreaper", adopt_orphans=True,
     )
     await sup.start()
     now = time.clock_gettime(time.CLOCK_MONOTONIC)
@@ -188,7 +190,11 @@ async def test_a_standby_that_died_before_the_win_is_replaced(tmp_path: Path) ->
     try:
         tree = sup.strategy.child()
         assert tree is not None
-        tree.proc.kill()
+        # The standby crashes (its wrapper then exits by itself). Never kill a
+        # wrapper in this process: see Supervisor's adopt_orphans.
+        await eventually(lambda: bool(proctree.descendants(tree.pid)), 5, what="the standby to start")
+        for pid in proctree.descendants(tree.pid):
+            os.kill(pid, signal.SIGKILL)
         await tree.proc.wait()
         await sup.started_leading(grant())
         leading = sup.strategy.child()
@@ -199,3 +205,31 @@ async def test_a_standby_that_died_before_the_win_is_replaced(tmp_path: Path) ->
 
 def test_the_documented_kill_tree_setting_is_known() -> None:
     assert unknown_env({"ELECTION_SIDECAR_KILL_TREE": "subreaper"}) == []
+
+
+async def test_a_process_with_other_children_never_walks_them_as_orphans() -> None:
+    """Only the sidecar adopts a killed wrapper's orphans: in a process with other
+    children (here the test runner, with its own bystander child) a killed wrapper
+    must not make every other child of ours look like the orchestrator's orphan."""
+    bystander = await asyncio.create_subprocess_exec(sys.executable, "-c", "import time; time.sleep(60)")
+    sup = supervisor([sys.executable, "-c", "import time; time.sleep(60)"], "subreaper")
+    await sup.start()
+    try:
+        await sup.started_leading(grant())
+        tree = sup.strategy.child()
+        assert tree is not None
+        tree.proc.kill()  # the wrapper dies by a signal
+        await tree.proc.wait()
+        await sup.stopped_leading(grant(), Reason.RESIGNED)
+        await sup.close()
+        assert bystander.returncode is None and not gone(bystander.pid), (
+            "a child of ours that was never the orchestrator's was killed"
+        )
+    finally:
+        for pid in proctree.descendants(os.getpid()):
+            if pid != bystander.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        if bystander.returncode is None:
+            bystander.kill()
+        await bystander.wait()

@@ -137,6 +137,7 @@ def test_rbac_user_with_rights_leads_and_the_password_never_shows(
             "-m",
             "sidecar",
             "evict",
+            "--force",  # alice leads: evicting a leader must be asked for
             "--endpoints",
             ep,
             "--election",
