@@ -192,6 +192,12 @@ def _watchdog_kill(freeze_sidecar: bool) -> Inject:
         pid = _watchdog_of(leader) if leader is not None else None
         if leader is None or pid is None:
             return NOTHING
+        if freeze_sidecar and leader.candidate in c.peer_toys:
+            # A --kill-peer orchestrator is a process we did not start: with its
+            # watchdog dead and its sidecar frozen (possibly between the revoke
+            # and the SIGKILL), nothing of ours can stop one that misbehaves on
+            # revoke. A known limit (docs/design.md, section 5), not drawn here.
+            return NOTHING
         os.kill(pid, signal.SIGKILL)
         if not freeze_sidecar:
             return Injected(f"{leader.candidate}/watchdog", hold=1.0)
