@@ -289,7 +289,11 @@ class Elector:
         row the pause starts at the retry interval and doubles up to the TTL.
         A session that renewed even once resets it.
         """
-        if lease.renewed:
+        if lease.renewed or not self._backend_up:
+            # Renewed once, or ended because the store stopped answering (an
+            # outage, not a store that refuses our sessions): no pause, or the
+            # first session after the outage heals would come late and our
+            # orphaned key would head the queue for up to a TTL.
             self._unrenewed = 0
             return
         self._unrenewed += 1
