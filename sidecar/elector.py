@@ -387,8 +387,9 @@ class Elector:
                 # Our orchestrator is confirmed stopped, so the successor may
                 # start now: delete our key and leave the resign marker. After a
                 # lost lease the key is gone already, but the marker still spares
-                # the successor its lock-delay.
-                await self._resign_key()
+                # the successor its lock-delay; if the store did not take it,
+                # it is written once more before our orphan lease is revoked.
+                self._marker_pending = not await self._resign_key()
                 if end.reason is Reason.LEASE_LOST:
                     return
         finally:

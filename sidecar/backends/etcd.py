@@ -115,7 +115,9 @@ def _store_errors(what: str) -> Iterator[None]:
         if exc.code() == grpc.StatusCode.INVALID_ARGUMENT and "authentication failed" in details:
             raise StoreForbidden(f"etcd {what}: authentication failed (wrong user or password)") from exc
         raise StoreUnavailable(f"etcd {what}: {exc.code().name}: {details}") from exc
-    except (EtcdError, TimeoutError, OSError) as exc:
+    except (EtcdError, TimeoutError, OSError, asyncio.InvalidStateError) as exc:
+        # InvalidStateError: grpc.aio's answer to a write on a stream the
+        # server or the channel already ended (a member went away).
         raise StoreUnavailable(f"etcd {what}: {str(exc) or type(exc).__name__}") from exc
 
 
