@@ -590,6 +590,13 @@ class EtcdElection:
             )
         if until <= now:
             return  # its lease had run out: an expiry, and the wait is already over
+        # A lease that outlives its deleted key by a whole TTL is renewed by a
+        # live holder, which reads its own key every retry interval and so has
+        # seen it go, stopped its orchestrator (kill_grace) and ended the term
+        # long before: the wait never needs to run past this, even when the
+        # holder's marker was lost or overwritten (it re-queues on that lease).
+        cap = now + own_ttl + self._b.retry_interval
+        until = min(until, cap)
         if report is not None:
             report.lock_delay(LockDelay(key or "(unknown)", token, round(until - now, 3), why))
         while now < until:
@@ -599,7 +606,7 @@ class EtcdElection:
             if known is not None and known.alive:
                 # Its lease still runs (a deleted key): it bounds the grant while it lives.
                 known = await self._poll_lease(token, key, lease) or known
-                until = known.hi
+                until = min(known.hi, cap)
             now = clock.now()
 
     async def _wait_deleted(self, key: bytes, from_revision: int, budget: float) -> bool:

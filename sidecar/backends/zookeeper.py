@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import re
 import socket
 import threading
@@ -669,7 +670,12 @@ class ZooKeeperElection:
                 "waiting for the session to end (at most its timeout) or its stop to be confirmed"
             )
             report.lock_delay(LockDelay(node, token, round(bound, 3), why))
-        while True:
+        # A session that outlives its deleted node by a whole timeout is kept
+        # alive by a live holder, which has seen its node go and ended its term
+        # (it re-queues on that session): never wait past this, even if its
+        # marker was lost or overwritten.
+        cap = self._b.clock.now() + bound + self._b.retry_interval if bound else math.inf
+        while self._b.clock.now() < cap:
             fired.clear()
             if await self._marker_token(client, watcher) == token:
                 return  # it confirmed its orchestrator stopped
