@@ -168,7 +168,8 @@ async def test_a_late_ack_joins_the_stop_and_one_after_it_is_killed(tmp_path: Pa
         await sup.started_leading(g)
         sup.peer_acked(first.pid)
         stopping = asyncio.create_task(sup.stopped_leading(g, Reason.RESIGNED))
-        await asyncio.sleep(0.05)  # the stop has begun: SIGTERM sent, waiting for kill_grace
+        # The stop has begun (SIGTERM sent, waiting out kill_grace), not ended.
+        await eventually(lambda: sup._stopping_target is not None, 5, what="the stop to begin")
         assert not stopping.done()
         sup.peer_acked(late.pid)  # its ack was read only now
         assert await stopping is True
