@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -480,6 +481,120 @@ async def epoch_corrupt(c: Campaign, leader: SidecarProcess | None, view: View) 
     return Injected(f"{leader.candidate}/epoch-record", hold=1.0)
 
 
+# -- mixed fleets (issue 16) ---------------------------------------------------
+
+FOREIGN = "outsider"  # the plain recipe's value: a candidate id like any other to status and switchover
+
+
+class _Foreign:
+    """A candidate that is not ours: `etcdctl elect` on etcd, kazoo's `Election` recipe
+    on ZooKeeper. It knows nothing of epochs, markers or grants."""
+
+    def __init__(self, c: Campaign) -> None:
+        self.c = c
+        self.led = asyncio.Event()
+        self.proc: asyncio.subprocess.Process | None = None
+        self._stop = threading.Event()
+        self._thread: asyncio.Future[None] | None = None
+        self._election: Any = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.c.backend == "etcd":
+            from sidecar_harness.localetcd import find_binary
+
+            self.proc = await asyncio.create_subprocess_exec(
+                find_binary("etcdctl"), "--endpoints", ",".join(self.c.cluster.endpoints),
+                "elect", "campaign", FOREIGN,
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+
+            async def watch_stdout() -> None:
+                assert self.proc is not None and self.proc.stdout is not None
+                if await self.proc.stdout.readline():  # it prints its key once it leads
+                    self.led.set()
+
+            self._thread = asyncio.ensure_future(watch_stdout())
+            return
+
+        from kazoo.client import KazooClient
+
+        def run() -> None:  # in a thread of its own, like any kazoo user
+            zk = KazooClient(hosts=",".join(self.c.cluster.endpoints))
+            zk.start(5)
+            try:
+                self._election = zk.Election("/campaign", FOREIGN)
+
+                def lead() -> None:
+                    loop.call_soon_threadsafe(self.led.set)
+                    self._stop.wait(30)
+
+                with contextlib.suppress(Exception):  # cancelled before it led
+                    self._election.run(lead)
+            finally:
+                zk.stop()
+                zk.close()
+
+        self._thread = asyncio.ensure_future(asyncio.to_thread(run))
+
+    async def stop(self) -> None:
+        """Resign as the recipe does (etcdctl on SIGINT; kazoo when the function returns)."""
+        self._stop.set()
+        if self._election is not None:
+            self._election.cancel()
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        if self._thread is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._thread, 10)
+
+
+async def foreign_leader(c: Campaign, leader: SidecarProcess | None, view: View) -> Injected:
+    """A mixed fleet: a plain `etcdctl elect` (kazoo `Election`) candidate joins, an
+    operator switches leadership over to it, it leads a moment and resigns.
+
+    Our leader must hand over to it like to anyone (stopping its orchestrator
+    first), and when it leaves, the next sidecar must lead at once: its exit
+    is a clean resign of a candidate that never held a grant, not a lost
+    lease, so no lock-delay may follow it (a claim path that trusted only
+    its own markers would wait a TTL here)."""
+    if leader is None:
+        return NOTHING
+    from sidecar.backends.base import SwitchoverRequest
+
+    foreign, problems = _Foreign(c), []
+    await foreign.start()
+    end = time.monotonic() + 10
+    while time.monotonic() < end and not any(x.id == FOREIGN for x in await c.election.candidates()):
+        await asyncio.sleep(0.05)
+    request = SwitchoverRequest(FOREIGN, "validate", f"fault-{c.rng.randrange(1 << 30):x}", time.time(), 10.0)
+    await c.election.request_switchover(request)
+    try:
+        await asyncio.wait_for(foreign.led.wait(), TTL + 5)
+    except TimeoutError:
+        problems.append(f"the switchover to {FOREIGN} (a plain recipe candidate) did not land in {TTL + 5:g}s")
+    else:
+        # The recipe holds no grant the checker could see: ask the sidecars instead.
+        # Our leader demotes before its key goes, so none may still claim to lead.
+        claim = await c.claims()
+        if claim:
+            problems.append(f"{FOREIGN} leads while {[s.candidate for s, _ in claim]} still claim to")
+    marks = {s.candidate: _log_size(s) for s in c.sidecars}
+
+    async def leave() -> None:
+        await foreign.stop()
+        for s in c.sidecars:
+            for e in _events(s, "lock_delay", marks.get(s.candidate, 0)):
+                problems.append(f"{s.candidate} sat out a lock-delay after {FOREIGN} resigned: {e.get('why')}")
+
+    return Injected(f"{leader.candidate}->{FOREIGN}", leave, 1.0, problems)
+
+
 # -- ZooKeeper sessions (issue 14) ---------------------------------------------
 
 # ZooKeeper's default maxSessionTimeout is 20 ticks; localzk.py does not change it.
@@ -649,6 +764,9 @@ FAULTS: list[Fault] = [
     Fault("store-short-ttl", short_ttl, failover="always", backends=("zookeeper",)),
     Fault("session-replaced", session_replaced, backends=("zookeeper",)),
     Fault("member-isolate", member_isolate, failover="always", peer_links=True),
+    # Leadership goes to a candidate that is not a sidecar, so no sidecar "fails over"
+    # during the hold; what counts is the recovery after it resigns (the heal).
+    Fault("foreign-leader", foreign_leader, failover="never"),
 ]
 BY_KIND: dict[str, Fault] = {f.kind: f for f in FAULTS}
 CATALOGUE: dict[str, list[str]] = {
