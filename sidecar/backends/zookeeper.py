@@ -924,7 +924,32 @@ class ZooKeeperElection:
             except NoNodeError:
                 return []
         recorded = parse_epoch_record(self.epoch_path, raw)
-        return [f"{recorded} (the next leader rewrites it)"] if isinstance(recorded, str) else []
+        found = [f"{recorded} (the next leader rewrites it)"] if isinstance(recorded, str) else []
+        return found + await self._missing_liveness(client)
+
+    async def _missing_liveness(self, client: KazooClient) -> list[str]:
+        """Our candidates whose session has lost its liveness node (deleted by hand).
+
+        The lock-delay reads a vanished liveness node as "that session ended":
+        if such a candidate's node is then deleted too while it leads, its
+        successor would not wait out the session. Say so while it can be mended
+        (restarting that sidecar opens a new session with a new liveness node).
+        """
+        found = []
+        for name in await self._children(client):
+            sid = _session_of(name)
+            if not sid:
+                continue  # not one of ours (kazoo's own recipes name nodes by uuid)
+            with _store_errors("read liveness"):
+                stat = await _call(client.exists_async, self.base + "/" + name)
+                if stat is None or int(stat.ephemeralOwner) != sid:
+                    continue
+                if await _call(client.exists_async, self.liveness_path(sid)) is None:
+                    found.append(
+                        f"{self.liveness_path(sid)}: missing while candidate {self.base}/{name} lives; "
+                        "if that node is deleted too, its successor cannot wait out its session: restart that sidecar"
+                    )
+        return found
 
     async def evict(self, candidate_id: str, key: str = "") -> list[str]:
         client = self._client or await self._b.observer()

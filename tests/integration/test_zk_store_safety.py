@@ -176,3 +176,30 @@ async def test_an_unknown_version_is_one_line_not_a_failure() -> None:
     with pytest.raises(StoreUnavailable) as err:
         await backend.describe()
     assert "\n" not in str(err.value) and "127.0.0.1:1" in str(err.value)
+
+
+async def test_status_names_a_candidate_whose_liveness_node_is_gone(zookeeper: ZkServer) -> None:
+    """The lock-delay reads a missing liveness node as "that session ended". One
+    deleted by hand under a live leader removes the protection against a later
+    delete of its candidate node; `status` must say so while it can be mended."""
+    backend = ZooKeeperBackend(zookeeper.endpoints, MonotonicClock())
+    session = backend.session(3.0)
+    election = backend.election("liveness-gone")
+    try:
+        await session.open()
+        await election.campaign(session, "c0")
+        admin = backend.admin("liveness-gone")
+        assert await admin.problems() == []
+        path = election.liveness_path(int(session.id, 16))
+        kc = KazooClient(hosts=",".join(zookeeper.endpoints))
+        kc.start(5)
+        try:
+            kc.delete(path)  # what an operator's zkCli `delete` does
+        finally:
+            kc.stop()
+            kc.close()
+        problems = await admin.problems()
+        assert len(problems) == 1 and path in problems[0] and "restart that sidecar" in problems[0], problems
+    finally:
+        await session.close()
+        await backend.close()
