@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from sidecar.backends import connect
-from sidecar.backends.base import Backend, Session
+from sidecar.backends.base import Backend, Election, Session
 from sidecar.clock import MonotonicClock
 from sidecar.config import Config
 from sidecar.fencing.adapters.base import Fence, StaleToken, Write
@@ -48,6 +48,7 @@ class Term:
     who: str
     token: int
     session: Session
+    election: Election
 
 
 @dataclass
@@ -68,13 +69,20 @@ class StoreUnderTest:
         """Win the election as ``who``: a real session and candidate key in etcd or ZooKeeper."""
         session = self.backend.session(4.0 if self.kind == "zookeeper" else 30.0)
         await session.open()
-        won = await self.backend.election(self.election).campaign(session, who)
-        term = Term(who, won.token, session)
+        election = self.backend.election(self.election)
+        won = await election.campaign(session, who)
+        term = Term(who, won.token, session, election)
         self.terms.append(term)
         return term
 
     async def lose(self, term: Term) -> None:
-        """The lease (session) ends; the store deletes the candidate key with it."""
+        """The term ends as a sidecar ends it after a confirmed stop: resign, then close.
+
+        A bare close would revoke the lease with no resign marker, which the
+        successor must treat as a key gone before its lease could expire and
+        sit out a lock-delay of one TTL (issue 14): slow, and not what is tested here.
+        """
+        await term.election.resign()
         await term.session.close()
 
     async def close(self) -> None:
