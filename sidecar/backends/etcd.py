@@ -379,7 +379,11 @@ class EtcdElection:
         self._no_lead_prefix = name + NO_LEAD_SUFFIX + "/"
         self._key = ""
         self._rev = 0
-        self._tracked: _Tracked | None = None
+        self._tracked: _Tracked | None = None  # the head we polled last
+        # Every head polled lately, by token: a head that dies and then a
+        # candidate that steps aside (priority, switchover) make us poll the
+        # new head before we lead, and the dead leader's bound must survive that.
+        self._tracks: dict[int, _Tracked] = {}
         self.wakeups = 0  # watch events that woke this candidate; O(1) per change
 
     @property
@@ -575,7 +579,7 @@ class EtcdElection:
     async def _poll_lease(self, token: int, key: str, lease: int) -> _Tracked | None:
         """One LeaseTimeToLive of a leader's lease; the tracking of it, updated."""
         clock = self._b.clock
-        prev = self._tracked if self._tracked is not None and self._tracked.token == token else None
+        prev = self._tracks.get(token)
         sent = clock.now()
         with _store_errors("lease ttl"):
             resp = await self._b.lease.time_to_live(lease, timeout=self._b.timeout)
@@ -598,7 +602,9 @@ class EtcdElection:
             # Neither poll could have followed a renewal (that would read at
             # least 2 s left), so both bound the same expiry: keep the tighter.
             hi = min(hi, prev.hi)
-        self._tracked = _Tracked(token, key, lease, granted, hi, remaining, sent)
+        self._tracked = self._tracks[token] = _Tracked(token, key, lease, granted, hi, remaining, sent)
+        while len(self._tracks) > 8:  # bounded: only the last few heads can matter
+            del self._tracks[min(self._tracks)]
         return self._tracked
 
     async def _read_at_once(
@@ -655,7 +661,7 @@ class EtcdElection:
             token, key, lease = tracked.token, tracked.key, tracked.lease
         else:
             token, key, lease = 0, "", 0
-        known = self._tracked if self._tracked is not None and self._tracked.token == token else None
+        known = self._tracks.get(token)
         if lease and (known is None or known.alive):
             known = await self._poll_lease(token, key, lease) or known
         now = clock.now()

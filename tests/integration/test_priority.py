@@ -62,4 +62,6 @@ def test_each_crash_vacancy_goes_to_the_highest_live_priority(any_fleet: Fleet) 
     if fleet.backend == "etcd":
         # The vacancy's winner tracked the crashed leader's lease: no full-TTL fallback.
         waits = [e for s in fleet.sidecars for e in log_events(s, "lock_delay")]
-        assert not [e for e in waits if "unknown" in e["why"]], waits
+        assert not [e for e in waits if "unknown" in e["why"]], [
+            (e["candidate"], e["why"], e["seconds"]) for e in waits
+        ]
