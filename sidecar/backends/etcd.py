@@ -662,6 +662,15 @@ class EtcdElection:
         else:
             token, key, lease = 0, "", 0
         known = self._tracks.get(token)
+        if (
+            known is not None
+            and known.alive
+            and known.polled < clock.now() - 2 * self._b.retry_interval - self._b.timeout
+        ):
+            # Polled long ago and not since (we stopped being next in line or the
+            # vacancy's winner): renewals may have followed, so its bound is stale.
+            del self._tracks[token]  # or a poll that finds it gone would hand it back
+            known = None
         if lease and (known is None or known.alive):
             known = await self._poll_lease(token, key, lease) or known
         now = clock.now()
