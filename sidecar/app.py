@@ -47,7 +47,9 @@ class Sidecar:
         self.server: GrantServer | None = None
         self.elector: Elector | None = None
         self.registry = CollectorRegistry()
-        self.metrics = SidecarMetrics(self.registry, cfg.election, cfg.candidate_id, cfg.backend)
+        self.metrics = SidecarMetrics(
+            self.registry, cfg.election, cfg.candidate_id, cfg.backend, priority=cfg.priority, no_lead=cfg.no_lead
+        )
         self.loopmon = LoopMonitor(self.metrics.loop_lag_sample, self.clock)
         self.http: HttpApi | None = None
         self.supervisor = Supervisor(

@@ -27,6 +27,7 @@ from sidecar.config import (
     check_files,
     derive_timing,
     env_name,
+    parse_priority,
     unknown_env,
     validate,
 )
@@ -60,6 +61,7 @@ def config_options(names: tuple[str, ...] | None = None) -> Callable[[F], F]:
 
     def decorate(fn: F) -> F:
         for f in reversed(chosen):
+            # int fields arrive as strings: build_config turns a bad one into one line naming the field.
             extra: dict[str, Any] = {"type": {"float": float, "bool": bool}.get(str(f.type), str)}
             if f.metadata.get("choices"):
                 extra["type"] = click.Choice(f.metadata["choices"])
@@ -89,6 +91,8 @@ def build_config(values: dict[str, Any], command: tuple[str, ...] | None = None)
     names = {f.name for f in dataclasses.fields(Config)}
     kwargs = {k: v for k, v in values.items() if k in names}
     kwargs = derive_timing(kwargs)  # absent or None: fitted to the TTL
+    if kwargs.get("priority") is not None:
+        kwargs["priority"] = parse_priority(kwargs["priority"])
     if "endpoints" in kwargs:
         kwargs["endpoints"] = tuple(e.strip() for e in str(kwargs["endpoints"]).split(",") if e.strip())
     if "candidate_id" in kwargs and not kwargs["candidate_id"]:
@@ -134,8 +138,8 @@ Exit codes (every command):
   3 `run`: an orchestrator kill could not be confirmed; `status
     --sidecars`: a sidecar disagrees with the store
   4 `switchover` refused, nothing written: no leader, the target is not a
-    candidate, is stale, already leads, or its id is ambiguous, or another
-    switchover is in flight
+    candidate, runs with --no-lead, is stale, already leads, or its id is
+    ambiguous, or another switchover is in flight
   5 `switchover --wait`: the request expired or someone other than the
     target leads
 """

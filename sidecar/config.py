@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from sidecar import backends
+from sidecar.backends.base import PRIORITY_MAX, PRIORITY_MIN
 from sidecar.model import Timing
 
 ENV_PREFIX = "ELECTION_SIDECAR_"
@@ -49,6 +50,19 @@ class Config:
     election: str = field(default="election-sidecar", metadata=_opt("Election name (etcd key prefix)."))
     candidate_id: str = field(
         default="", metadata=_opt("This candidate's identity; defaults to hostname-pid.", flag="id")
+    )
+    priority: int = field(
+        default=0,
+        metadata=_opt(
+            "Preference for a vacancy, -1000..1000, higher first: at the head of the queue a candidate steps aside"
+            " for a live queued one of higher priority. Never preempts a sitting leader."
+        ),
+    )
+    no_lead: bool = field(
+        default=False,
+        metadata=_opt(
+            "Never lead (Patroni's nofailover): stay visible as a candidate, outside the queue; --priority is ignored."
+        ),
     )
     ttl: float = field(default=10.0, metadata=_opt("Lease TTL in seconds."))
     renew_deadline: float = field(
@@ -145,6 +159,24 @@ def _finite(name: str, value: float, *, minimum: float | None = None, strict: bo
         raise ConfigError(name, value, f"must be {'>' if strict else '>='} {minimum:g}")
 
 
+PRIORITY_RULE = f"must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX}"
+
+
+def parse_priority(value: object) -> int:
+    """The priority from a flag or environment string, or one ConfigError line."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = str(value).strip()
+    if not re.fullmatch(r"[+-]?[0-9]+", text):
+        raise ConfigError("priority", value, PRIORITY_RULE)
+    return int(text)
+
+
+def check_priority(priority: object) -> None:
+    if not isinstance(priority, int) or isinstance(priority, bool) or not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+        raise ConfigError("priority", priority, PRIORITY_RULE)
+
+
 def check_timing(cfg: Config) -> None:
     """The timing rules alone: at start-up against the asked TTL, and again
     against the TTL the store actually grants (it may grant less)."""
@@ -193,6 +225,7 @@ def validate(cfg: Config, command: Sequence[str] | None = None) -> Config:
     if len(cfg.candidate_id) > 253 or any(c.isspace() or not c.isprintable() for c in cfg.candidate_id):
         raise ConfigError("candidate_id", cfg.candidate_id, "must be at most 253 printable characters without spaces")
 
+    check_priority(cfg.priority)
     _finite("ttl", cfg.ttl, minimum=0, strict=True)
     _finite("renew_deadline", cfg.renew_deadline, minimum=0, strict=True)
     _finite("retry_interval", cfg.retry_interval, minimum=0, strict=True)

@@ -421,7 +421,14 @@ class Elector:
         """One campaign attempt. None: try again (or the lease is gone)."""
         self._emit("info", "campaigning", session=lease.id)
         campaign = asyncio.create_task(
-            self._election.campaign(lease.session, self._cfg.candidate_id, self._race_lost, report=self),
+            self._election.campaign(
+                lease.session,
+                self._cfg.candidate_id,
+                self._race_lost,
+                report=self,
+                priority=self._cfg.priority,
+                no_lead=self._cfg.no_lead,
+            ),
             name="campaign",
         )
         stop = asyncio.create_task(self._stop.wait(), name="stop")
@@ -479,6 +486,18 @@ class Elector:
         self._metrics.switchover(verdict)
         level = "warning" if verdict in ("expired", "target-gone") else "info"
         self._emit(level, "switchover", outcome=verdict, to=request.to, request_id=request.id, by=request.requested_by)
+
+    def priority_step_aside(self, outranked_by: str, priority: int) -> None:
+        """At the head of the queue, a live candidate of higher priority takes the vacancy instead of us."""
+        self._counters["priority_step_aside"] += 1
+        self._metrics.priority_step_aside()
+        self._emit(
+            "info",
+            "priority_step_aside",
+            outranked_by=outranked_by,
+            their_priority=priority,
+            priority=self._cfg.priority,
+        )
 
     def _race_lost(self, leader: Leadership) -> None:
         """Queued behind a live leader: normal, not an outage."""

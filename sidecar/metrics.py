@@ -25,7 +25,16 @@ LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
 
 class SidecarMetrics(ElectorMetrics):
-    def __init__(self, registry: CollectorRegistry, election: str, candidate: str, backend: str) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        election: str,
+        candidate: str,
+        backend: str,
+        *,
+        priority: int = 0,
+        no_lead: bool = False,
+    ) -> None:
         base = ["election", "candidate"]
         lv = {"election": election, "candidate": candidate}
         self._lv = lv
@@ -112,6 +121,19 @@ class SidecarMetrics(ElectorMetrics):
             "lock_delay_seconds", "Length of the last lock-delay wait (seconds), 0 before any."
         ).labels(**lv)
         self.lock_delay_seconds.set(0)
+        # Configuration, exported so a dashboard can tell which candidates may take a vacancy.
+        self.priority = g(
+            "candidate_priority", "This candidate's --priority (higher takes a vacancy first; 0 by default)."
+        ).labels(**lv)
+        self.priority.set(priority)
+        self.no_lead = g("candidate_no_lead", "1 if this candidate runs with --no-lead (never leads), else 0.").labels(
+            **lv
+        )
+        self.no_lead.set(1 if no_lead else 0)
+        self.priority_step_asides = c(
+            "priority_step_asides_total",
+            "Times this candidate reached the head of the queue and re-queued for a live one of higher priority.",
+        ).labels(**lv)
         self._store_info = g(
             "store_info", "1, labelled with facts about the store (server version); set at start.", ("version",)
         )
@@ -181,6 +203,9 @@ class SidecarMetrics(ElectorMetrics):
         self._switchovers.labels(**self._lv, outcome=outcome).inc()
 
     # -- the rest of the sidecar ------------------------------------------
+
+    def priority_step_aside(self) -> None:
+        self.priority_step_asides.inc()
 
     def store_info(self, version: str) -> None:
         """The store's version, as a label (an alert can name releases with known lease bugs)."""

@@ -36,9 +36,11 @@ async def gather(cfg: Config) -> dict[str, Any]:
                 "token": c.token,
                 "key": c.key,
                 "lease_ttl_remaining": c.lease_ttl_remaining,
-                "leader": leader is not None and c.token == leader.token,
+                "leader": leader is not None and c.token == leader.token and not c.no_lead,
                 # A key whose lease is gone is not a live candidate, whatever it says.
                 "stale": c.stale,
+                "priority": c.priority,
+                "no_lead": c.no_lead,
             }
             for c in candidates
         ],
@@ -108,14 +110,18 @@ def render_table(view: dict[str, Any]) -> str:
     ids = [c["id"] for c in view["candidates"]]
     # Two sidecars with one id are told apart only by their keys: show them then.
     with_key = len(set(ids)) < len(ids)
-    rows = [("", "CANDIDATE", *(("KEY",) if with_key else ()), "TOKEN", "LEASE LEFT", "STATE")]
+    rows = [("", "CANDIDATE", *(("KEY",) if with_key else ()), "TOKEN", "PRIORITY", "LEASE LEFT", "STATE")]
     for c in view["candidates"]:
         ttl = "n/a" if c["lease_ttl_remaining"] is None else f"{c['lease_ttl_remaining']:.0f}s"
         state = "stale" if c["stale"] else ("leader" if c["leader"] else "waiting")
+        no_lead = c.get("no_lead", False)
+        if no_lead and not c["stale"]:
+            state = "no-lead"  # registered beside the queue: visible, never leads
         if ids.count(c["id"]) > 1:
             state += " (duplicate id)"
         key = (c["key"],) if with_key else ()
-        rows.append(("*" if c["leader"] else "", c["id"], *key, str(c["token"]), ttl, state))
+        prio = "no-lead" if no_lead else str(c.get("priority", 0))
+        rows.append(("*" if c["leader"] else "", c["id"], *key, str(c["token"]), prio, ttl, state))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [head, *("  ".join(col.ljust(w) for col, w in zip(r, widths, strict=True)).rstrip() for r in rows)]
     if not view["candidates"]:
@@ -177,7 +183,7 @@ async def switchover(
     """Write a switchover request after checking it can succeed; with ``wait``, follow it to its end.
 
     Refused (SwitchoverRefused, nothing written) when there is no leader,
-    the target is not a candidate, is stale, is the leader, or its id is
+    the target is not a candidate, runs with --no-lead, is stale, is the leader, or its id is
     used by more than one key, or another switchover is in flight.
     """
     async with connected(cfg) as backend:
@@ -186,7 +192,7 @@ async def switchover(
         candidates = await admin.candidates()
         if leader is None or not candidates:
             raise SwitchoverRefused(f"no leader in election {cfg.election!r}: nothing to switch over from")
-        live = [c for c in candidates if c.token != leader.token]
+        live = [c for c in candidates if c.token != leader.token and not c.no_lead]
         if to:
             mine = [c for c in candidates if c.id == to]
             if not mine:
@@ -197,6 +203,8 @@ async def switchover(
             if len(mine) > 1:
                 keys = ", ".join(c.key for c in mine)
                 raise SwitchoverRefused(f"to {to!r}: the id is used by {len(mine)} keys ({keys}); ids must be unique")
+            if mine[0].no_lead:
+                raise SwitchoverRefused(f"to {to!r}: runs with --no-lead and never leads; choose another candidate")
             if mine[0].token == leader.token or to == leader.id:
                 raise SwitchoverRefused(f"to {to!r}: already the leader")
             if mine[0].stale:
@@ -281,7 +289,7 @@ async def evict(cfg: Config, candidate_id: str, *, key: str = "", force: bool = 
                 f"candidate id {candidate_id!r} is used by {len(mine)} keys ({keys}); pass --key to choose one"
             )
         target = mine[0]
-        if candidates[0].key == target.key and not force:
+        if candidates[0].key == target.key and not target.no_lead and not force:
             raise EvictRefused(
                 f"{candidate_id!r} is the leader. Evicting it ends its lease now; its successor then waits until "
                 "that lease could have expired (lock-delay) before it leads, and the evicted sidecar stops its "

@@ -138,7 +138,11 @@ async def switchover(c: Campaign, leader: SidecarProcess | None, view: View) -> 
         return NOTHING
     from sidecar.backends.base import SwitchoverRequest
 
-    queued = [cand for cand in await c.election.candidates() if cand.id != leader.candidate and not cand.stale]
+    queued = [
+        cand
+        for cand in await c.election.candidates()
+        if cand.id != leader.candidate and not cand.stale and not cand.no_lead  # the CLI refuses a no-lead target
+    ]
     if not queued:
         return NOTHING
     target = c.rng.choice(queued).id

@@ -124,6 +124,9 @@ class Campaign:
         self.samples = 0
         self.frozen: set[str] = set()  # SIGSTOPped: not asked, they cannot answer
         self.peer_toys: dict[str, subprocess.Popen[bytes] | None] = {}  # --kill-peer sidecars' orchestrators
+        # A --no-lead candidate beside the fleet (no fault aims at it): the
+        # campaign fails if it is ever elected or its orchestrator ever starts.
+        self.no_lead: SidecarProcess | None = None
         self.election: Any = None
         self.fenced = HarnessStore(fenced_store, self.workdir)
 
@@ -167,8 +170,17 @@ class Campaign:
             if peer:
                 self.peer_toys[name] = None
             sc.start(self.sidecar_env)
+        if not self.broken:
+            name = "s-nolead"
+            self.no_lead = SidecarProcess(
+                name, self.workdir, list(self.cluster.endpoints), "campaign", dict(FAST_TIMING),
+                backend=self.backend, command=self.toy_argv(name), extra_args=["--no-lead"],
+            )  # fmt: skip
+            self.no_lead.start()
         for sc in self.sidecars:
             await asyncio.to_thread(sc.wait_socket)
+        if self.no_lead is not None:
+            await asyncio.to_thread(self.no_lead.wait_socket)
         self.ensure_peer_toys()
         cfg = Config(backend=self.backend, endpoints=tuple(self.cluster.endpoints), election="campaign")
         self._backend = await connect(cfg, MonotonicClock())
@@ -199,7 +211,8 @@ class Campaign:
         for sc in self.sidecars:
             sc.signal(signal.SIGCONT)
             sc.resume_log()
-        await asyncio.gather(*(asyncio.to_thread(sc.stop, 10) for sc in self.sidecars))
+        others = [self.no_lead] if self.no_lead is not None else []
+        await asyncio.gather(*(asyncio.to_thread(sc.stop, 10) for sc in [*self.sidecars, *others]))
         for proxies in self.proxies.values():
             for p in proxies:
                 await p.close()
@@ -332,6 +345,13 @@ class Campaign:
         for r in self.results:
             violations += [f"fault {r.n} ({r.kind}): {p}" for p in r.problems]
         kills_late = []
+        if self.no_lead is not None:
+            log = self.no_lead.log_path.read_text(errors="replace") if self.no_lead.log_path.exists() else ""
+            if '"elected"' in log:
+                violations.append(f"{self.no_lead.candidate}: a --no-lead candidate was elected")
+            record = self.record_path(self.no_lead.candidate)
+            if record.exists() and record.read_text().strip():
+                violations.append(f"{self.no_lead.candidate}: a --no-lead candidate's orchestrator started")
         for sc in self.sidecars:
             for line in sc.log_path.read_text(errors="replace").splitlines():
                 if '"kill_unconfirmed"' in line:

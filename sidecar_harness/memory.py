@@ -16,7 +16,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from sidecar.backends.base import (
+    DEFAULT_PRIORITY,
+    NO_LEAD_SUFFIX,
     NO_REQUEST,
+    PRIORITY_STEP_ASIDE,
     STEP_ASIDE,
     CampaignReport,
     Candidate,
@@ -30,11 +33,14 @@ from sidecar.backends.base import (
     SessionExpired,
     StoreUnavailable,
     SwitchoverRequest,
+    candidate_id_of,
+    encode_candidate,
     leader_should_hand_over,
+    parse_candidate,
     parse_epoch_record,
     parse_resign_marker,
     parse_switchover,
-    switchover_verdict,
+    priority_verdict,
 )
 from sidecar.clock import Clock, MonotonicClock
 from sidecar.config import Config
@@ -192,17 +198,22 @@ class MemoryElection:
         candidate_id: str,
         on_wait: OnWait | None = None,
         report: CampaignReport | None = None,
+        *,
+        priority: int = DEFAULT_PRIORITY,
+        no_lead: bool = False,
     ) -> Leadership:
         await self._store.gate()
         if not session.id:
             raise SessionExpired("session not open")
+        if no_lead:
+            return await self._stand_by(session, candidate_id, on_wait)
         name = self._prefix + session.id
-        mine = await self._store.create(name, candidate_id, int(session.id, 16))
+        mine = await self._store.create(name, encode_candidate(candidate_id, priority), int(session.id, 16))
         self._mine = name
         self._token = mine.create_revision
         while True:
-            verdict, request, mine = await self._queue(name, mine, candidate_id, on_wait, report)
-            if verdict == STEP_ASIDE:
+            verdict, request, mine = await self._queue(name, mine, candidate_id, on_wait, report, priority=priority)
+            if verdict in (STEP_ASIDE, PRIORITY_STEP_ASIDE):
                 continue
             break
         if verdict != NO_REQUEST:
@@ -219,8 +230,36 @@ class MemoryElection:
         )
         return Leadership(candidate_id, mine.create_revision, epoch)
 
+    async def _stand_by(self, session: Session, candidate_id: str, on_wait: OnWait | None) -> Leadership:
+        """--no-lead: a key beside the queue; never leads, raises KeyLost if the key goes."""
+        name = self._no_lead_prefix + session.id
+        mine = await self._store.create(name, candidate_id, int(session.id, 16))
+        told: Leadership | None = None
+        while True:
+            await self._store.gate()
+            if self._store.keys.get(name) is not mine:
+                raise KeyLost(f"no-lead key {name} vanished")
+            queue = self._store.under(self._prefix)
+            if queue and on_wait is not None:
+                head = Leadership(candidate_id_of(queue[0][1].value), queue[0][1].create_revision, 0)
+                if head != told:
+                    on_wait(head)
+                    told = head
+            await self._store.clock.sleep(0.05)
+
+    @property
+    def _no_lead_prefix(self) -> str:
+        return self._name + NO_LEAD_SUFFIX + "/"
+
     async def _queue(
-        self, name: str, mine: _Key, candidate_id: str, on_wait: OnWait | None, report: CampaignReport | None
+        self,
+        name: str,
+        mine: _Key,
+        candidate_id: str,
+        on_wait: OnWait | None,
+        report: CampaignReport | None,
+        *,
+        priority: int,
     ) -> tuple[str, SwitchoverRequest | None, _Key]:
         """Wait to head the queue; step aside (re-queue) if a switchover names someone else."""
         while True:
@@ -232,7 +271,7 @@ class MemoryElection:
                 break
             predecessor = ahead[-1][1]
             if on_wait is not None:
-                on_wait(Leadership(ahead[0][1].value, ahead[0][1].create_revision, 0))
+                on_wait(Leadership(candidate_id_of(ahead[0][1].value), ahead[0][1].create_revision, 0))
             await predecessor.deleted.wait()
             self.wakeups += 1
         await self._lock_delay(mine.create_revision, report)
@@ -241,14 +280,22 @@ class MemoryElection:
         # The decision, the ownership check and the epoch bump happen in one
         # step (no await between them), as the etcd transaction does.
         request = self._request()
-        others = {v.value for k, v in self._store.under(self._prefix) if k != name}
-        verdict = switchover_verdict(request, candidate_id, others, time.time())
-        if verdict == STEP_ASIDE:
-            assert request is not None
-            if report is not None:
+        others: dict[str, int] = {}
+        for k, v in self._store.under(self._prefix):
+            if k != name:
+                cid, prio = parse_candidate(v.value)
+                others[cid] = max(prio, others.get(cid, prio))
+        verdict = priority_verdict(request, candidate_id, priority, others, time.time())
+        if verdict in (STEP_ASIDE, PRIORITY_STEP_ASIDE):
+            if report is not None and verdict == STEP_ASIDE:
+                assert request is not None
                 report.switchover(verdict, request)
+            elif report is not None:
+                best = max(others, key=lambda i: others[i])
+                report.priority_step_aside(best, others[best])
+            value = mine.value
             await self._store.delete(name)
-            mine = await self._store.create(name, candidate_id, mine.lease)
+            mine = await self._store.create(name, value, mine.lease)
             self._token = mine.create_revision
         return verdict, request, mine
 
@@ -262,7 +309,7 @@ class MemoryElection:
     async def wait_switchover(self, candidate_id: str) -> SwitchoverRequest:
         while True:
             request = self._request()
-            others = {v.value for k, v in self._store.under(self._prefix) if k != self._mine}
+            others = {candidate_id_of(v.value) for k, v in self._store.under(self._prefix) if k != self._mine}
             if leader_should_hand_over(request, candidate_id, others, time.time()):
                 assert request is not None
                 return request
@@ -332,7 +379,9 @@ class MemoryElection:
         # Until the new leader has bumped the epoch, the term is not yet its.
         ok = isinstance(recorded, EpochRecord) and recorded.token == key.create_revision
         return Leadership(
-            key.value, key.create_revision, recorded.epoch if isinstance(recorded, EpochRecord) and ok else 0
+            candidate_id_of(key.value),
+            key.create_revision,
+            recorded.epoch if isinstance(recorded, EpochRecord) and ok else 0,
         )
 
     async def problems(self) -> list[str]:
@@ -344,18 +393,21 @@ class MemoryElection:
         await self._store.gate()
         now = self._store.clock.now()
         out = []
-        for name, key in self._store.under(self._prefix):
-            lease = self._store.leases.get(key.lease)
-            left = lease[0] - now if lease else None
-            out.append(Candidate(key.value, key.create_revision, name, left, stale=left is None or left <= 0))
+        for no_lead, prefix in ((False, self._prefix), (True, self._no_lead_prefix)):
+            for name, key in self._store.under(prefix):
+                lease = self._store.leases.get(key.lease)
+                left = lease[0] - now if lease else None
+                cid, prio = (key.value, DEFAULT_PRIORITY) if no_lead else parse_candidate(key.value)
+                stale = left is None or left <= 0
+                out.append(Candidate(cid, key.create_revision, name, left, stale=stale, priority=prio, no_lead=no_lead))
         return out
 
     async def evict(self, candidate_id: str, key: str = "") -> list[str]:
         await self._store.gate()
         gone = [
             (name, k)
-            for name, k in self._store.under(self._prefix)
-            if k.value == candidate_id and (not key or name == key)
+            for name, k in self._store.under(self._prefix) + self._store.under(self._no_lead_prefix)
+            if candidate_id_of(k.value) == candidate_id and (not key or name == key)
         ]
         for _, k in gone:
             await self._store.revoke(k.lease)

@@ -17,6 +17,7 @@ Outcomes are typed, never guessed from messages:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -79,6 +80,44 @@ class Candidate:
     key: str
     lease_ttl_remaining: float | None = None  # None where the store cannot tell (ZooKeeper)
     stale: bool = False  # its lease or session is gone, though the key is still listed
+    priority: int = 0  # higher takes a vacancy first (docs/design.md, 1d)
+    no_lead: bool = False  # registered beside the queue, never in it: never leads
+
+
+DEFAULT_PRIORITY = 0
+PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
+NO_LEAD_SUFFIX = ".no-lead"  # NAME.no-lead/<lease or session>: where --no-lead candidates register
+_PRIORITY_TAG = re.compile(r"^priority=(-?[0-9]{1,4})$")
+
+
+def encode_candidate(candidate_id: str, priority: int = DEFAULT_PRIORITY) -> str:
+    """The value of a candidate key or node: the id, and the priority unless it is the default.
+
+    A default-priority candidate writes its bare id, byte for byte what it
+    wrote before priorities existed, so ``etcdctl elect -l`` and kazoo's
+    ``contenders()`` show it as before. Our ids never hold whitespace
+    (config.validate), so a space cannot be part of one.
+    """
+    return candidate_id if priority == DEFAULT_PRIORITY else f"{candidate_id} priority={priority}"
+
+
+def parse_candidate(value: str) -> tuple[str, int]:
+    """(id, priority) from a candidate value: ours, or anyone's (``etcdctl elect NAME VALUE``).
+
+    Only exactly ``<id> priority=<N>`` with N in range carries a priority;
+    any other string is an id of default priority, so a foreign candidate
+    never outranks ours by accident and is never misread as someone else.
+    """
+    cid, sep, tag = value.partition(" ")
+    if sep and cid and (m := _PRIORITY_TAG.match(tag)) is not None:
+        prio = int(m.group(1))
+        if PRIORITY_MIN <= prio <= PRIORITY_MAX:
+            return cid, prio
+    return value, DEFAULT_PRIORITY
+
+
+def candidate_id_of(value: str) -> str:
+    return parse_candidate(value)[0]
 
 
 @dataclass(frozen=True)
@@ -235,6 +274,43 @@ def switchover_verdict(request: SwitchoverRequest | None, me: str, others: set[s
     return TARGET_GONE
 
 
+PRIORITY_STEP_ASIDE = "priority-step-aside"  # a live queued candidate outranks us: re-queue without a grant
+
+
+def priority_verdict(
+    request: SwitchoverRequest | None, me: str, priority: int, others: dict[str, int], now: float
+) -> str:
+    """What a candidate at the head of the queue does, switchover and priorities together.
+
+    ``others``: id -> priority of the live candidates queued besides us. A
+    pending switchover decides first (an operator's explicit choice, even of
+    a lower priority); a request to us wins outright. Otherwise (no request,
+    or one to "anyone", expired or with its target gone) we step aside when
+    a queued candidate has a strictly higher priority: it takes the vacancy.
+    Nobody preempts a sitting leader: this is asked only at the head of the
+    queue, which a leader has already left behind.
+    """
+    verdict = switchover_verdict(request, me, set(others), now)
+    if verdict == STEP_ASIDE or (verdict == COMPLETED and request is not None and request.to == me):
+        return verdict
+    if any(p > priority for p in others.values()):
+        return PRIORITY_STEP_ASIDE
+    return verdict
+
+
+def vacancy_winner(waiting: list[tuple[str, int]]) -> int:
+    """Index, in queue order, of who takes the next vacancy among ``waiting`` (key, priority).
+
+    The first of the highest priority: ties keep queue order (no step-aside
+    among equals). -1 when nobody waits.
+    """
+    best = -1
+    for i, (_, prio) in enumerate(waiting):
+        if best < 0 or prio > waiting[best][1]:
+            best = i
+    return best
+
+
 def leader_should_hand_over(request: SwitchoverRequest | None, me: str, others: set[str], now: float) -> bool:
     """A leader acts on a pending request that someone queued can fulfil, and names someone else."""
     if request is None or not request.pending(now) or request.to == me:
@@ -274,6 +350,10 @@ class CampaignReport(Protocol):
 
     def switchover(self, verdict: str, request: SwitchoverRequest) -> None:
         """A campaign acted on a switchover request (``STEP_ASIDE``, ``COMPLETED``, ...)."""
+        ...
+
+    def priority_step_aside(self, outranked_by: str, priority: int) -> None:
+        """A campaign at the head of the queue re-queued behind ``outranked_by`` (of ``priority``)."""
         ...
 
 
@@ -319,8 +399,18 @@ class Election(Protocol):
         candidate_id: str,
         on_wait: OnWait | None = None,
         report: CampaignReport | None = None,
+        *,
+        priority: int = DEFAULT_PRIORITY,
+        no_lead: bool = False,
     ) -> Leadership:
         """Join the queue and return once this candidate leads.
+
+        ``priority`` travels in the key's value (``encode_candidate``); at
+        the head of the queue a candidate steps aside for a live queued one
+        of higher priority (``priority_verdict``). ``no_lead``: register
+        under ``NAME.no-lead/`` instead of the queue and never return (until
+        the registration or the session is lost, raised as usual), calling
+        ``on_wait`` with each new leader: nobody ever queues behind it.
 
         Blocks while others lead, waking only when its predecessor goes;
         ``on_wait(leader)`` is called each time it has to wait.

@@ -64,7 +64,10 @@ from etcd3aio import (
 from etcd3aio._protobuf import Compare, LeaseKeepAliveRequest, WatchCreateRequest, WatchRequest, WatchStub
 
 from sidecar.backends.base import (
+    DEFAULT_PRIORITY,
+    NO_LEAD_SUFFIX,
     NO_REQUEST,
+    PRIORITY_STEP_ASIDE,
     STEP_ASIDE,
     CampaignReport,
     Candidate,
@@ -79,11 +82,15 @@ from sidecar.backends.base import (
     StoreForbidden,
     StoreUnavailable,
     SwitchoverRequest,
+    candidate_id_of,
+    encode_candidate,
     leader_should_hand_over,
+    parse_candidate,
     parse_epoch_record,
     parse_resign_marker,
     parse_switchover,
-    switchover_verdict,
+    priority_verdict,
+    vacancy_winner,
 )
 from sidecar.clock import Clock
 from sidecar.config import Config, ConfigError, endpoint_hostports, etcd_password
@@ -328,6 +335,15 @@ class EtcdSession:
         self._lease = 0
 
 
+def _priorities(kvs: Any) -> dict[str, int]:
+    """id -> priority of candidate keys (an id held twice keeps its higher priority)."""
+    out: dict[str, int] = {}
+    for kv in kvs:
+        cid, prio = parse_candidate(kv.value.decode(errors="replace"))
+        out[cid] = max(prio, out.get(cid, prio))
+    return out
+
+
 @dataclass
 class _Tracked:
     """What a waiting candidate knows of one leader's lease, on its own clock.
@@ -358,9 +374,16 @@ class EtcdElection:
         self._epoch_key = name + ".epoch"
         self._marker_key = name + ".resigned"
         self._switch_key = name + ".switchover"
+        # --no-lead candidates register here, beside the queue and never in
+        # it: nobody queues behind them, and etcdctl elect never sees them.
+        self._no_lead_prefix = name + NO_LEAD_SUFFIX + "/"
         self._key = ""
         self._rev = 0
-        self._tracked: _Tracked | None = None
+        self._tracked: _Tracked | None = None  # the head we polled last
+        # Every head polled lately, by token: a head that dies and then a
+        # candidate that steps aside (priority, switchover) make us poll the
+        # new head before we lead, and the dead leader's bound must survive that.
+        self._tracks: dict[int, _Tracked] = {}
         self.wakeups = 0  # watch events that woke this candidate; O(1) per change
 
     @property
@@ -385,16 +408,22 @@ class EtcdElection:
         candidate_id: str,
         on_wait: OnWait | None = None,
         report: CampaignReport | None = None,
+        *,
+        priority: int = DEFAULT_PRIORITY,
+        no_lead: bool = False,
     ) -> Leadership:
         if not session.id:
             raise SessionExpired("session not open")
+        if no_lead:
+            return await self._stand_by(session, candidate_id, on_wait)
         kv = self._b.kv
         key = self._prefix + session.id
         lease = int(session.id, 16)
+        value = encode_candidate(candidate_id, priority)
         with _store_errors("campaign txn"):
             resp = await kv.txn(
                 compare=[kv.txn_compare_create_revision(key, 0)],
-                success=[kv.txn_op_put(key, candidate_id, lease=lease)],
+                success=[kv.txn_op_put(key, value, lease=lease)],
                 failure=[kv.txn_op_get(key)],
                 timeout=self._b.timeout,
             )
@@ -407,15 +436,18 @@ class EtcdElection:
         self._key, self._rev = key, rev
         while True:
             kvs = await self._wait_for_predecessors(candidate_id, on_wait, report)
-            others = {kv.value.decode(errors="replace") for kv in kvs if kv.key.decode() != self._key}
+            others = _priorities(kv for kv in kvs if kv.key.decode() != self._key)
             # One read for the switchover request and what the lock-delay needs.
             record, marker, request, mod = await self._read_at_once()
-            verdict = switchover_verdict(request, candidate_id, others, time.time())
-            if verdict == STEP_ASIDE:
-                assert request is not None
-                if report is not None:
+            verdict = priority_verdict(request, candidate_id, priority, others, time.time())
+            if verdict in (STEP_ASIDE, PRIORITY_STEP_ASIDE):
+                if report is not None and verdict == STEP_ASIDE:
+                    assert request is not None
                     report.switchover(verdict, request)
-                await self._requeue(candidate_id, lease)
+                elif report is not None:
+                    best = max(others, key=lambda i: others[i])
+                    report.priority_step_aside(best, others[best])
+                await self._requeue(value, lease)
                 continue
             await self._lock_delay(report, float(getattr(session, "ttl", 0.0)), (record, marker))
             epoch = await self._bump_epoch(candidate_id, lease, report, mod, consume=verdict != NO_REQUEST)
@@ -433,7 +465,46 @@ class EtcdElection:
             return None, 0
         return parse_switchover(resp.kvs[0].value), int(resp.kvs[0].mod_revision)
 
-    async def _requeue(self, candidate_id: str, lease: int) -> None:
+    async def _stand_by(self, session: Session, candidate_id: str, on_wait: OnWait | None) -> Leadership:
+        """A --no-lead candidacy: one key under NAME.no-lead/ on our lease, then reads only.
+
+        It never returns a leadership: it raises KeyLost when the key goes
+        (evicted; the elector registers again) and is cancelled otherwise.
+        No write after the registration (etcd's keepalives do not touch the
+        revision), so a no-lead candidate left alone costs the store nothing.
+        """
+        kv = self._b.kv
+        key = self._no_lead_prefix + session.id
+        with _store_errors("no-lead register"):
+            resp = await kv.txn(
+                compare=[kv.txn_compare_create_revision(key, 0)],
+                success=[kv.txn_op_put(key, candidate_id, lease=int(session.id, 16))],
+                failure=[kv.txn_op_get(key)],
+                timeout=self._b.timeout,
+            )
+        rev = (
+            int(resp.header.revision)
+            if resp.succeeded
+            else int(resp.responses[0].response_range.kvs[0].create_revision)
+        )
+        told: tuple[str, int] | None = None
+        end = prefix_range_end(self._prefix)
+        while True:
+            with _store_errors("no-lead read"):
+                own = await kv.get(key, timeout=self._b.timeout)
+            if not own.kvs or int(own.kvs[0].create_revision) != rev:
+                raise KeyLost(f"no-lead key {key} vanished")
+            kvs, _ = await self._candidate_kvs()
+            if kvs and on_wait is not None:
+                head = (candidate_id_of(kvs[0].value.decode(errors="replace")), int(kvs[0].create_revision))
+                if head != told:
+                    on_wait(Leadership(head[0], head[1], 0))
+                    told = head
+            # NAME.no-lead/ and NAME/ both lie in [NAME, end of NAME/): one
+            # watch from the first read's revision wakes us for either.
+            await self._wait_changed(self._name.encode(), int(own.header.revision) + 1, self._b.retry_interval, end)
+
+    async def _requeue(self, value: str, lease: int) -> None:
         """Step aside: go to the end of the queue without ever leading.
 
         etcd refuses a delete and a put of one key in one txn, so two: between
@@ -451,7 +522,7 @@ class EtcdElection:
                 raise KeyLost(f"candidate key {self._key} vanished while stepping aside")
             resp = await kv.txn(
                 compare=[kv.txn_compare_create_revision(self._key, 0)],
-                success=[kv.txn_op_put(self._key, candidate_id, lease=lease)],
+                success=[kv.txn_op_put(self._key, value, lease=lease)],
                 failure=[],
                 timeout=self._b.timeout,
             )
@@ -469,7 +540,11 @@ class EtcdElection:
             kvs, revision = await self._candidate_kvs()
             if not any(kv.key.decode() == self._key for kv in kvs):
                 raise KeyLost(f"candidate key {self._key} vanished while campaigning")
-            twins = [kv.key.decode(errors="replace") for kv in kvs if kv.value.decode(errors="replace") == candidate_id]
+            twins = [
+                kv.key.decode(errors="replace")
+                for kv in kvs
+                if candidate_id_of(kv.value.decode(errors="replace")) == candidate_id
+            ]
             if len(twins) > 1 and not duplicates_told and report is not None:
                 report.duplicate_candidate_id(candidate_id, twins)
                 duplicates_told = True
@@ -477,25 +552,34 @@ class EtcdElection:
             if not ahead:
                 return kvs
             head = ahead[0]
-            leader = (head.value.decode(errors="replace"), int(head.create_revision))
+            leader = (candidate_id_of(head.value.decode(errors="replace")), int(head.create_revision))
             if on_wait is not None and leader != told:
                 # Once per leader: the re-reads below are a backstop, not news.
                 on_wait(Leadership(leader[0], leader[1], 0))
                 told = leader
             budget = self._b.retry_interval
-            if len(ahead) == 1 and head.lease:
-                # Next in line: follow the leader's lease, so that if its key
-                # goes before the lease could have run out we know how long to wait.
+            if head.lease and (len(ahead) == 1 or self._takes_next_vacancy(kvs)):
+                # Next in line, or the one whose priority takes the vacancy
+                # (the others step aside for it): follow the leader's lease, so
+                # that if its key goes before the lease could have run out we
+                # know how long to wait, and a crash costs no full-TTL fallback.
                 tracked = await self._poll_lease(int(head.create_revision), head.key.decode(), int(head.lease))
                 if tracked is not None and tracked.alive and tracked.remaining <= 1:
                     budget = min(budget, NEAR_EXPIRY_POLL)
             if await self._wait_deleted(ahead[-1].key, revision + 1, budget):
                 self.wakeups += 1
 
+    def _takes_next_vacancy(self, kvs: list[Any]) -> bool:
+        waiting = [
+            (kv.key.decode(errors="replace"), parse_candidate(kv.value.decode(errors="replace"))[1]) for kv in kvs[1:]
+        ]
+        best = vacancy_winner(waiting)
+        return best >= 0 and waiting[best][0] == self._key
+
     async def _poll_lease(self, token: int, key: str, lease: int) -> _Tracked | None:
         """One LeaseTimeToLive of a leader's lease; the tracking of it, updated."""
         clock = self._b.clock
-        prev = self._tracked if self._tracked is not None and self._tracked.token == token else None
+        prev = self._tracks.get(token)
         sent = clock.now()
         with _store_errors("lease ttl"):
             resp = await self._b.lease.time_to_live(lease, timeout=self._b.timeout)
@@ -518,7 +602,9 @@ class EtcdElection:
             # Neither poll could have followed a renewal (that would read at
             # least 2 s left), so both bound the same expiry: keep the tighter.
             hi = min(hi, prev.hi)
-        self._tracked = _Tracked(token, key, lease, granted, hi, remaining, sent)
+        self._tracked = self._tracks[token] = _Tracked(token, key, lease, granted, hi, remaining, sent)
+        while len(self._tracks) > 8:  # bounded: only the last few heads can matter
+            del self._tracks[min(self._tracks)]
         return self._tracked
 
     async def _read_at_once(
@@ -575,7 +661,16 @@ class EtcdElection:
             token, key, lease = tracked.token, tracked.key, tracked.lease
         else:
             token, key, lease = 0, "", 0
-        known = self._tracked if self._tracked is not None and self._tracked.token == token else None
+        known = self._tracks.get(token)
+        if (
+            known is not None
+            and known.alive
+            and known.polled < clock.now() - 2 * self._b.retry_interval - self._b.timeout
+        ):
+            # Polled long ago and not since (we stopped being next in line or the
+            # vacancy's winner): renewals may have followed, so its bound is stale.
+            del self._tracks[token]  # or a poll that finds it gone would hand it back
+            known = None
         if lease and (known is None or known.alive):
             known = await self._poll_lease(token, key, lease) or known
         now = clock.now()
@@ -718,7 +813,7 @@ class EtcdElection:
             found = resp.responses[0].response_range.kvs
             request = parse_switchover(found[0].value if found else None)
             others = {
-                c.value.decode(errors="replace")
+                candidate_id_of(c.value.decode(errors="replace"))
                 for c in resp.responses[1].response_range.kvs
                 if c.key.decode(errors="replace") != self._key
             }
@@ -728,9 +823,10 @@ class EtcdElection:
             # Re-read every retry interval: a target may join later, a watch is a hint.
             await self._wait_changed(self._switch_key.encode(), int(resp.header.revision) + 1, self._b.retry_interval)
 
-    async def _wait_changed(self, key: bytes, from_revision: int, budget: float) -> None:
-        """Return on the first event on ``key`` after ``from_revision``, or when ``budget`` runs out."""
-        call = self._b.watch_stream(key, start_revision=from_revision)
+    async def _wait_changed(self, key: bytes, from_revision: int, budget: float, range_end: bytes = b"") -> None:
+        """Return on the first event on ``key`` (or in [key, range_end)) after ``from_revision``,
+        or when ``budget`` runs out."""
+        call = self._b.watch_stream(key, range_end, start_revision=from_revision)
         try:
             async with asyncio.timeout(budget):
                 with _store_errors("watch"):
@@ -769,7 +865,7 @@ class EtcdElection:
         # predecessor's: report 0 ("not yet confirmed") rather than a lie.
         # A garbled record also reads as 0; problems() names it.
         epoch = recorded.epoch if isinstance(recorded, EpochRecord) and recorded.token == token else 0
-        return Leadership(first.value.decode(errors="replace"), token, epoch)
+        return Leadership(candidate_id_of(first.value.decode(errors="replace")), token, epoch)
 
     async def problems(self) -> list[str]:
         kvs, revision = await self._candidate_kvs()
@@ -779,14 +875,30 @@ class EtcdElection:
             out.append(f"{recorded} (the next leader rewrites it)")
         ids: dict[str, list[str]] = {}
         for kv in kvs:
-            ids.setdefault(kv.value.decode(errors="replace"), []).append(kv.key.decode(errors="replace"))
+            ids.setdefault(candidate_id_of(kv.value.decode(errors="replace")), []).append(
+                kv.key.decode(errors="replace")
+            )
         for cid, keys in ids.items():
             if len(keys) > 1:
                 out.append(f"candidate id {cid!r} is used by {len(keys)} keys ({', '.join(keys)}): ids must be unique")
         return out
 
+    async def _no_lead_kvs(self) -> list[Any]:
+        with _store_errors("range"):
+            resp = await self._b.kv.get(
+                self._no_lead_prefix,
+                range_end=prefix_range_end(self._no_lead_prefix),
+                sort_order=SortOrder.ASCEND,
+                sort_target=SortTarget.CREATE,
+                timeout=self._b.timeout,
+            )
+        return list(resp.kvs)
+
     async def candidates(self) -> list[Candidate]:
-        kvs, _ = await self._candidate_kvs()
+        """The queue, leader first, then the --no-lead candidates (never leaders, never queued)."""
+        queued, _ = await self._candidate_kvs()
+        standing = await self._no_lead_kvs()
+        kvs = queued + standing
 
         async def ttl_of(lease: int) -> float | None:
             if not lease:
@@ -796,22 +908,35 @@ class EtcdElection:
             return float(r.TTL) if r.TTL >= 0 else None
 
         ttls = await asyncio.gather(*(ttl_of(int(kv.lease)) for kv in kvs))
-        return [
-            Candidate(
-                kv.value.decode(errors="replace"),
-                int(kv.create_revision),
-                kv.key.decode(errors="replace"),
-                ttl,
-                stale=ttl is None or ttl <= 0,
+        out = []
+        for i, (kv, ttl) in enumerate(zip(kvs, ttls, strict=True)):
+            no_lead = i >= len(queued)
+            cid, prio = (
+                (kv.value.decode(errors="replace"), DEFAULT_PRIORITY)
+                if no_lead
+                else parse_candidate(kv.value.decode(errors="replace"))
             )
-            for kv, ttl in zip(kvs, ttls, strict=True)
-        ]
+            key = kv.key.decode(errors="replace")
+            out.append(
+                Candidate(
+                    cid,
+                    int(kv.create_revision),
+                    key,
+                    ttl,
+                    stale=ttl is None or ttl <= 0,
+                    priority=prio,
+                    no_lead=no_lead,
+                )
+            )
+        return out
 
     async def evict(self, candidate_id: str, key: str = "") -> list[str]:
-        kvs, _ = await self._candidate_kvs()
+        queued, _ = await self._candidate_kvs()
+        standing = await self._no_lead_kvs()
         gone = []
-        for kv in kvs:
-            if kv.value.decode(errors="replace") != candidate_id:
+        for i, kv in enumerate(queued + standing):
+            value = kv.value.decode(errors="replace")
+            if (value if i >= len(queued) else candidate_id_of(value)) != candidate_id:
                 continue
             if key and kv.key.decode(errors="replace") != key:
                 continue

@@ -59,7 +59,10 @@ from kazoo.retry import KazooRetry
 from kazoo.security import make_acl, make_digest_acl
 
 from sidecar.backends.base import (
+    DEFAULT_PRIORITY,
+    NO_LEAD_SUFFIX,
     NO_REQUEST,
+    PRIORITY_STEP_ASIDE,
     STEP_ASIDE,
     CampaignReport,
     Candidate,
@@ -74,11 +77,14 @@ from sidecar.backends.base import (
     StoreForbidden,
     StoreUnavailable,
     SwitchoverRequest,
+    candidate_id_of,
+    encode_candidate,
     leader_should_hand_over,
+    parse_candidate,
     parse_epoch_record,
     parse_resign_marker,
     parse_switchover,
-    switchover_verdict,
+    priority_verdict,
 )
 from sidecar.clock import Clock
 from sidecar.config import Config, ConfigError, endpoint_hostports
@@ -469,6 +475,9 @@ class ZooKeeperElection:
         # ours: it goes only when the session ends (docs/design.md, 1b).
         self.sessions_path = self.base + ".sessions"
         self.switch_path = self.base + ".switchover"
+        # --no-lead candidates: one ephemeral node per session here, beside
+        # the queue (kazoo's recipes never see it, nobody queues behind it).
+        self.no_lead_path = self.base + NO_LEAD_SUFFIX
         self._node = ""
         self._client: KazooClient | None = None
         self._czxid = 0
@@ -511,9 +520,15 @@ class ZooKeeperElection:
         candidate_id: str,
         on_wait: OnWait | None = None,
         report: CampaignReport | None = None,
+        *,
+        priority: int = DEFAULT_PRIORITY,
+        no_lead: bool = False,
     ) -> Leadership:
         if not isinstance(session, ZooKeeperSession):
             raise TypeError("a ZooKeeper election needs a ZooKeeper session")
+        if no_lead:
+            return await self._stand_by(session, candidate_id, on_wait)
+        value = encode_candidate(candidate_id, priority).encode()
         client = session.client
         self._client = client
         self._session_id = int(session.id, 16)
@@ -527,9 +542,7 @@ class ZooKeeperElection:
                 # A create whose answer was lost did land: keep that place.
                 node = self.base + "/" + mine[0]
             else:
-                node = await _call(
-                    client.create_async, self.base + "/" + prefix, candidate_id.encode(), self._b.acl, True, True, True
-                )
+                node = await _call(client.create_async, self.base + "/" + prefix, value, self._b.acl, True, True, True)
             self._node = node
             _, stat = await _call(client.get_async, node)
             self._czxid = int(stat.czxid)
@@ -556,15 +569,18 @@ class ZooKeeperElection:
                     self.wakeups += 1
                     continue
                 request, version = await self._read_switchover(client)
-                others: set[str] = set()
-                if request is not None and request.to not in ("", candidate_id):
-                    others = await self._ids(client, [n for n in names if n != own])
-                verdict = switchover_verdict(request, candidate_id, others, time.time())
-                if verdict == STEP_ASIDE:
-                    assert request is not None
-                    if report is not None:
+                # The others' priorities: one parallel read of the queue, only
+                # when someone else is queued (a lone candidate reads nothing more).
+                others = await self._priorities(client, [n for n in names if n != own])
+                verdict = priority_verdict(request, candidate_id, priority, others, time.time())
+                if verdict in (STEP_ASIDE, PRIORITY_STEP_ASIDE):
+                    if report is not None and verdict == STEP_ASIDE:
+                        assert request is not None
                         report.switchover(verdict, request)
-                    await self._requeue(client, prefix, candidate_id)
+                    elif report is not None:
+                        best = max(others, key=lambda i: others[i])
+                        report.priority_step_aside(best, others[best])
+                    await self._requeue(client, prefix, value)
                     continue
                 # We will lead: first honour the last leader's grant (lock-delay).
                 await self._lock_delay(client, session.ttl, report)
@@ -696,27 +712,72 @@ class ZooKeeperElection:
                 return None, -1
         return parse_switchover(data), int(stat.version)
 
-    async def _ids(self, client: KazooClient, names: list[str]) -> set[str]:
-        """The candidate ids of ``names``, read in parallel (one round trip's wait, not one per node)."""
+    async def _priorities(self, client: KazooClient, names: list[str]) -> dict[str, int]:
+        """id -> priority of ``names``, read in parallel (one round trip's wait, not one per node)."""
 
-        async def one(name: str) -> str | None:
+        async def one(name: str) -> tuple[str, int] | None:
             with _store_errors("read candidate"), contextlib.suppress(NoNodeError):
                 data, _ = await _call(client.get_async, self.base + "/" + name)
-                return str((data or b"").decode(errors="replace"))
+                return parse_candidate((data or b"").decode(errors="replace"))
             return None
 
-        return {i for i in await asyncio.gather(*(one(n) for n in names)) if i is not None}
+        out: dict[str, int] = {}
+        for got in await asyncio.gather(*(one(n) for n in names)):
+            if got is not None:
+                out[got[0]] = max(got[1], out.get(got[0], got[1]))
+        return out
 
-    async def _requeue(self, client: KazooClient, prefix: str, candidate_id: str) -> None:
+    async def _ids(self, client: KazooClient, names: list[str]) -> set[str]:
+        return set(await self._priorities(client, names))
+
+    async def _stand_by(self, session: ZooKeeperSession, candidate_id: str, on_wait: OnWait | None) -> Leadership:
+        """A --no-lead candidacy: one ephemeral node under NAME.no-lead/, then watches and reads only.
+
+        Never returns a leadership; raises KeyLost when the node goes
+        (evicted: the elector registers again). No write after the create
+        but the session's own keepalives.
+        """
+        client = session.client
+        self._client = client
+        self._session_id = int(session.id, 16)
+        loop = asyncio.get_running_loop()
+        node = f"{self.no_lead_path}/{session.id}"
+        told: Leadership | None = None
+        with _store_errors("no-lead register"):
+            with contextlib.suppress(NodeExistsError):  # a create whose answer was lost did land
+                await _call(client.create_async, node, candidate_id.encode(), self._b.acl, True, False, True)
+            _, stat = await _call(client.get_async, node)
+            owner = int(stat.ephemeralOwner)
+            while True:
+                fired, watcher = _watch(loop)
+                mine = await _call(client.exists_async, node, watcher)
+                if mine is None or int(mine.ephemeralOwner) != owner:
+                    raise KeyLost(f"no-lead node {node} vanished")
+                try:
+                    names = await _call(client.get_children_async, self.base, watcher)
+                except NoNodeError:
+                    names = []
+                for name in sorted((n for n in names if _seq(n) >= 0), key=_seq):
+                    head = await self._leadership(client, name, with_epoch=False)
+                    if head is None:
+                        continue  # gone between the listing and the read
+                    if on_wait is not None and head != told:
+                        on_wait(head)
+                        told = head
+                    break
+                # Watches are hints: re-read every retry interval whatever they say.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._b.retry_interval):
+                        await fired.wait()
+
+    async def _requeue(self, client: KazooClient, prefix: str, value: bytes) -> None:
         """Step aside: a new node at the end of the queue, without ever leading."""
         with _store_errors("switchover step-aside"):
             try:
                 await _call(client.delete_async, self._node, 0)
             except NoNodeError as exc:
                 raise KeyLost(f"candidate node {self._node} vanished while stepping aside") from exc
-            node = await _call(
-                client.create_async, self.base + "/" + prefix, candidate_id.encode(), self._b.acl, True, True, True
-            )
+            node = await _call(client.create_async, self.base + "/" + prefix, value, self._b.acl, True, True, True)
             self._node = node
             _, stat = await _call(client.get_async, node)
         self._czxid = int(stat.czxid)
@@ -890,7 +951,7 @@ class ZooKeeperElection:
                         epoch = recorded.epoch
                 except NoNodeError:
                     pass
-        return Leadership((data or b"").decode(errors="replace"), token, epoch)
+        return Leadership(candidate_id_of((data or b"").decode(errors="replace")), token, epoch)
 
     async def leader(self) -> Leadership | None:
         client = self._client or await self._b.observer()
@@ -902,6 +963,7 @@ class ZooKeeperElection:
         return None
 
     async def candidates(self) -> list[Candidate]:
+        """The queue, leader first, then the --no-lead candidates (never leaders, never queued)."""
         client = self._client or await self._b.observer()
         out = []
         for name in await self._children(client):
@@ -913,8 +975,23 @@ class ZooKeeperElection:
             # An ephemeral node exists exactly as long as its session: never stale,
             # but ZooKeeper does not tell how long the session has left.
             node = self.base + "/" + name
-            out.append(Candidate((data or b"").decode(errors="replace"), int(stat.czxid), node, None, stale=False))
-        return out
+            cid, prio = parse_candidate((data or b"").decode(errors="replace"))
+            out.append(Candidate(cid, int(stat.czxid), node, None, stale=False, priority=prio))
+        with _store_errors("list no-lead candidates"):
+            try:
+                standing = await _call(client.get_children_async, self.no_lead_path)
+            except NoNodeError:
+                standing = []
+        found = []
+        for name in standing:
+            with _store_errors("read candidate"):
+                try:
+                    data, stat = await _call(client.get_async, self.no_lead_path + "/" + name)
+                except NoNodeError:
+                    continue
+            node = self.no_lead_path + "/" + name
+            found.append(Candidate((data or b"").decode(errors="replace"), int(stat.czxid), node, None, no_lead=True))
+        return out + sorted(found, key=lambda c: c.token)
 
     async def problems(self) -> list[str]:
         client = self._client or await self._b.observer()

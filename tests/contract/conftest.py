@@ -14,7 +14,7 @@ import pytest
 
 from sidecar.backends.base import Backend, Session
 from sidecar.backends.etcd import EtcdBackend
-from sidecar.backends.zookeeper import ZooKeeperBackend, ZooKeeperSession
+from sidecar.backends.zookeeper import ZooKeeperBackend, ZooKeeperSession, _four_letter
 from sidecar.clock import MonotonicClock
 from sidecar.config import Config, validate
 from sidecar.elector import Elector
@@ -35,15 +35,18 @@ class Contender:
     backend: Backend
     cfg: Config
     kill_session: Callable[[Session], Awaitable[None]]
+    # The store's write counter (etcd revision, ZooKeeper zxid): what a candidate's writes cost it.
+    store_revision: Callable[[], Awaitable[int]]
     clock: MonotonicClock = field(default_factory=MonotonicClock)
     electors: list[Elector] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
-    async def join(self, n: int) -> list[Elector]:
+    async def join(self, n: int, **changes: object) -> list[Elector]:
+        """``changes``: Config fields for these candidates (priority, no_lead)."""
         new = []
         for _ in range(n):
             e = Elector(
-                replace(self.cfg, candidate_id=f"{self.kind}-{len(self.electors)}"),
+                replace(self.cfg, candidate_id=f"{self.kind}-{len(self.electors)}", **changes),  # type: ignore[arg-type]
                 self.backend,
                 self.clock,
                 RecordingSink(),
@@ -92,6 +95,9 @@ async def contender(request: pytest.FixtureRequest, election_name: str) -> Async
         async def kill(session: Session) -> None:
             await store.revoke(int(session.id, 16))
 
+        async def revision() -> int:
+            return store.revision
+
     elif kind == "etcd":
         etcd: EtcdServer = request.getfixturevalue("etcd")
         etcd_backend = await EtcdBackend(etcd.endpoints, clock).connect()
@@ -101,6 +107,9 @@ async def contender(request: pytest.FixtureRequest, election_name: str) -> Async
             # What the server does when a lease runs out, done now.
             await etcd_backend.lease.revoke(int(session.id, 16))
 
+        async def revision() -> int:
+            return int((await etcd_backend.kv.get("contract-revision-probe")).header.revision)
+
     else:
         zk: ZkServer = request.getfixturevalue("zookeeper")
         backend = ZooKeeperBackend(zk.endpoints, clock)
@@ -109,8 +118,14 @@ async def contender(request: pytest.FixtureRequest, election_name: str) -> Async
             assert isinstance(session, ZooKeeperSession)
             await expire_zk_session(zk, session)
 
+        async def revision() -> int:
+            # The server's last zxid, from srvr (no session, so no write of its own).
+            host, _, port = zk.endpoints[0].rpartition(":")
+            answer = await _four_letter(host, int(port), b"srvr", 5.0)
+            return int(answer.split("Zxid: ", 1)[1].split()[0], 16)
+
     cfg = validate(Config(backend=kind, election=election_name, **TIMING))  # type: ignore[arg-type]
-    c = Contender(kind, backend, cfg, kill, clock)
+    c = Contender(kind, backend, cfg, kill, revision, clock)
     yield c
     await c.close()
     if reaper is not None:

@@ -159,3 +159,79 @@ async def test_an_abandoned_session_keeps_its_key_until_the_store_expires_it(con
 
 async def _no_candidates(election: Any) -> bool:
     return not await election.candidates()
+
+
+async def _leader_among(contender: Contender, live: list[Any], timeout: float = 15) -> Any:
+    await eventually(
+        lambda: len([e for e in live if e.state is State.LEADER and e.snapshot().grant is not None]) == 1,
+        timeout,
+        what=f"one {contender.kind} leader among the live candidates",
+    )
+    return next(e for e in live if e.state is State.LEADER)
+
+
+async def test_each_vacancy_goes_to_the_highest_priority_live_candidate(contender: Contender) -> None:
+    """Priorities decide vacancies, never preempt: the first joiner leads although it ranks lowest."""
+    first = (await contender.join(1, priority=0))[0]
+    assert await _leader_among(contender, [first]) is first
+    # Queued in an order that is NOT the priority order, so each vacancy needs step-asides.
+    queued = [*await contender.join(1, priority=1), *await contender.join(1, priority=5),
+              *await contender.join(1, priority=3), *await contender.join(1, priority=2)]  # fmt: skip
+    live = [first, *queued]
+    await asyncio.sleep(contender.cfg.retry_interval * 2)
+    assert [e for e in live if e.state is State.LEADER] == [first], "a higher priority preempted a sitting leader"
+    leader = first
+    expected_order = [5, 3, 2, 1]
+    for want in expected_order:
+        assert leader.session is not None
+        live.remove(leader)
+        # A crash, not a resign: the session goes server-side and the elector never rejoins.
+        leader.stop()
+        await contender.kill_session(leader.session)
+        leader = await _leader_among(contender, live)
+        assert leader._cfg.priority == want, (
+            f"{contender.kind}: vacancy went to priority {leader._cfg.priority}, "
+            f"not {want} (live: {[e._cfg.priority for e in live]})"
+        )
+    stepped = sum(e.counters["priority_step_aside"] for e in queued)
+    assert stepped >= 1, "nobody ever stepped aside for a higher priority"
+    # What the store shows: each candidate's priority, read back from its key.
+    shown = {c.id: c.priority for c in await contender.backend.admin(contender.cfg.election).candidates()}
+    assert shown == {leader._cfg.candidate_id: 1}
+
+
+async def test_a_no_lead_candidate_never_leads_nor_blocks_and_costs_no_writes(contender: Contender) -> None:
+    # Joined first: in the queue it would head it and everyone would wait on it.
+    watcher = (await contender.join(1, no_lead=True))[0]
+    a, b = await contender.join(2)
+    leader = await _leader_among(contender, [watcher, a, b])
+    assert leader is a, "the no-lead candidate held up the queue"
+    admin = contender.backend.admin(contender.cfg.election)
+    listed = await admin.candidates()
+    assert [(c.id, c.no_lead) for c in listed][-1] == (watcher._cfg.candidate_id, True), listed
+    assert (await admin.leader()) is not None and (await admin.leader()).id == a._cfg.candidate_id  # type: ignore[union-attr]
+    for gone in (a, b):
+        assert gone.session is not None
+        gone.stop()
+        await contender.kill_session(gone.session)
+        if gone is a:
+            assert await _leader_among(contender, [watcher, b]) is b
+    # Alone now: it must neither lead nor churn the store.
+    await eventually(lambda: a.state is State.FOLLOWER and b.state is State.FOLLOWER, what="the others gone")
+    await asyncio.sleep(contender.cfg.retry_interval * 2)  # settle: the last kill's own writes land
+    before = await contender.store_revision()
+    window = 2 * contender.cfg.ttl
+    end = time.monotonic() + window
+    while time.monotonic() < end:
+        assert watcher.state is not State.LEADER and watcher.snapshot().grant is None
+        await asyncio.sleep(0.05)
+    climbed = await contender.store_revision() - before
+    # etcd keepalives do not touch the revision; a ZooKeeper keepalive is a
+    # one-check multi (a write, by design: section 3b), one per retry interval.
+    allowed = window / contender.cfg.retry_interval + 4 if contender.kind == "zookeeper" else 1
+    assert climbed <= allowed, (
+        f"{contender.kind}: the store moved {climbed} writes in {window}s with one no-lead candidate"
+    )
+    assert watcher.counters["elected"] == 0 and watcher.state is State.CANDIDATE
+    assert [c.id for c in await admin.candidates()] == [watcher._cfg.candidate_id]
+    assert await admin.leader() is None
