@@ -67,7 +67,14 @@ class ScriptedBackend:
         return "unit"
 
     async def campaign(
-        self, session: Session, candidate_id: str, on_wait: object = None, report: object = None
+        self,
+        session: Session,
+        candidate_id: str,
+        on_wait: object = None,
+        report: object = None,
+        *,
+        priority: int = 0,
+        no_lead: bool = False,
     ) -> Leadership:
         self.campaigns += 1
         if self.campaigns == 1:
@@ -126,7 +133,14 @@ class WinningBackend(ScriptedBackend):
         return s
 
     async def campaign(
-        self, session: Session, candidate_id: str, on_wait: object = None, report: object = None
+        self,
+        session: Session,
+        candidate_id: str,
+        on_wait: object = None,
+        report: object = None,
+        *,
+        priority: int = 0,
+        no_lead: bool = False,
     ) -> Leadership:
         self.campaigns += 1
         return Leadership(candidate_id, self.campaigns, self.campaigns)
