@@ -17,7 +17,16 @@
   <= 20 ms on loopback); the candidates ahead of it step aside on the way;
 * footprint: RSS, CPU and wake-ups of an idle leader (with its watchdog)
   and candidate over --idle seconds, against `etcdctl elect` as a process;
-  process start -> elected from the sidecar's own log timestamps.
+  process start -> elected from the sidecar's own log timestamps;
+* fleet: 10 and 30 candidates in one election on one etcd, idle for
+  --fleet-idle seconds: CPU per sidecar (mean, max), etcd's own CPU (less
+  its CPU with no sidecar, measured first) and the requests etcd counted
+  (keepalives/s from its /metrics), to show the store's cost grows with N
+  while each sidecar's stays flat.
+
+--timing picks the sidecars' timing for footprint and fleet: ``fast`` (the
+demo's, TTL 3 s, keepalive every 0.5 s) or ``default`` (the production
+defaults, TTL 10 s, keepalive every 2 s).
 
 No timed assertions live here or in the tests; these numbers go to
 bench/RESULTS.md with the command that produced them.
@@ -365,33 +374,41 @@ def watchdog_pid(sidecar_pid: int) -> int | None:
     return None
 
 
-def start_to_elected(endpoints: list[str], rounds: int, workdir: Path) -> dict[str, list[float]]:
+def start_to_elected(
+    endpoints: list[str], rounds: int, workdir: Path, timing: dict[str, float]
+) -> dict[str, list[float]]:
     """Process start -> first log line, and -> ``elected``, from the sidecar's own ``mono`` timestamps.
 
     The clock is CLOCK_MONOTONIC in both processes; the start is taken just
     before the fork. Each round is a fresh election, so the sidecar wins at once.
+    Also the CPU time the sidecar had used once ``elected`` was seen: on a
+    shared machine the wall-clock figures stretch with the load, this much less.
     """
-    first, elected = [], []
+    first, elected, cpu = [], [], []
     for i in range(rounds):
-        s = SidecarProcess(f"s{i}", workdir, endpoints, f"bench-start-{os.getpid()}-{i}", dict(FAST_TIMING))
+        s = SidecarProcess(f"s{i}", workdir, endpoints, f"bench-start-{os.getpid()}-{i}", dict(timing))
         t0 = time.monotonic()
         s.start()
         try:
             wait(lambda s=s: bool(log_events(s.log_path, "elected")), 30)
+            cpu.append(proc_stats(s.pid)[0])
             lines = [json.loads(x) for x in s.log_path.read_text().splitlines() if x.startswith("{")]
             first.append(min(float(rec["mono"]) for rec in lines if "mono" in rec) - t0)
             elected.append(log_events(s.log_path, "elected")[0] - t0)
         finally:
             s.stop()
-    return {"start_to_first_log": first, "start_to_elected": elected}
+    return {"start_to_first_log": first, "start_to_elected": elected, "cpu_to_elected": cpu}
 
 
-def footprint(endpoints: list[str], idle: float, workdir: Path) -> dict[str, Any]:
+TIMINGS: dict[str, dict[str, float]] = {"fast": FAST_TIMING, "default": {}}  # {}: the Config defaults
+
+
+def footprint(endpoints: list[str], idle: float, workdir: Path, timing: dict[str, float]) -> dict[str, Any]:
     election = f"bench-idle-{os.getpid()}"
     # The leader runs an orchestrator (gate mode), so its watchdog runs too.
-    leader = SidecarProcess("i0", workdir, endpoints, election, dict(FAST_TIMING), command=["sleep", "100000"]).start()
+    leader = SidecarProcess("i0", workdir, endpoints, election, dict(timing), command=["sleep", "100000"]).start()
     wait(lambda: bool(log_events(leader.log_path, "elected")), 30)
-    follower = SidecarProcess("i1", workdir, endpoints, election, dict(FAST_TIMING)).start()
+    follower = SidecarProcess("i1", workdir, endpoints, election, dict(timing)).start()
     sidecars = [leader, follower]
     etcdctl = subprocess.Popen(
         [find_binary("etcdctl"), "--endpoints", ",".join(endpoints), "elect", election + "-ctl", "x"],
@@ -423,11 +440,81 @@ def footprint(endpoints: list[str], idle: float, workdir: Path) -> dict[str, Any
             s.stop()
 
 
+def etcd_requests(metrics_url: str) -> dict[str, float]:
+    """etcd's own count of gRPC messages received, by method (its /metrics endpoint)."""
+    import urllib.request
+
+    out: dict[str, float] = {}
+    with urllib.request.urlopen(metrics_url, timeout=5) as resp:
+        for line in resp.read().decode().splitlines():
+            if not line.startswith("grpc_server_msg_received_total{"):
+                continue
+            labels, value = line[len("grpc_server_msg_received_total{") :].rsplit("} ", 1)
+            method = next(x.split("=", 1)[1].strip('"') for x in labels.split(",") if x.startswith("grpc_method="))
+            out[method] = out.get(method, 0.0) + float(value)
+    return out
+
+
+def fleet(etcd: LocalEtcd, sizes: list[int], idle: float, workdir: Path, timing: dict[str, float]) -> dict[str, Any]:
+    """N candidates in one election on one etcd, idle: per-sidecar CPU, etcd's CPU, requests etcd counted.
+
+    etcd's CPU with no sidecar is measured first over the same window and
+    subtracted, so the figure is what the fleet costs the store. Keepalives/s
+    and all requests/s come from etcd's own counters, not from ours.
+    """
+    member = etcd.members[0]
+    assert member.proc is not None
+    etcd_pid = member.proc.pid
+    metrics_url = f"http://127.0.0.1:{member.metrics_port}/metrics"
+
+    def window(pids: list[int]) -> tuple[list[float], float, dict[str, float]]:
+        before = [proc_stats(pid)[0] for pid in pids]
+        etcd_before, req_before = proc_stats(etcd_pid)[0], etcd_requests(metrics_url)
+        time.sleep(idle)
+        after = [proc_stats(pid)[0] for pid in pids]
+        etcd_cpu, req_after = proc_stats(etcd_pid)[0] - etcd_before, etcd_requests(metrics_url)
+        rates = {m: (req_after.get(m, 0.0) - req_before.get(m, 0.0)) / idle for m in req_after}
+        return [100 * (a - b) / idle for a, b in zip(after, before, strict=True)], 100 * etcd_cpu / idle, rates
+
+    _, etcd_idle, _ = window([])
+    res: dict[str, Any] = {"idle_s": idle, "etcd_cpu_pct_no_sidecars": round(etcd_idle, 3)}
+    for n in sizes:
+        election = f"bench-fleet{n}-{os.getpid()}"
+        sidecars: list[SidecarProcess] = []
+        try:
+            for i in range(n):
+                sidecars.append(SidecarProcess(f"n{n}c{i}", workdir, etcd.endpoints, election, dict(timing)).start())
+            for s in sidecars:
+                # Everyone queued or leads; then let the start-up settle before the window opens.
+                wait(lambda s=s: bool(log_events(s.log_path, "race_lost") or log_events(s.log_path, "elected")), 60)
+            time.sleep(3)
+            cpu, etcd_cpu, rates = window([s.pid for s in sidecars])
+            per = etcd_cpu - etcd_idle
+            res[str(n)] = {
+                "sidecar_cpu_pct_mean": round(statistics.fmean(cpu), 3),
+                "sidecar_cpu_pct_max": round(max(cpu), 3),
+                "sidecar_cpu_pct_sum": round(sum(cpu), 3),
+                "etcd_cpu_pct": round(etcd_cpu, 3),
+                "etcd_cpu_pct_over_idle_per_sidecar": round(per / n, 4),
+                "keepalives_per_s": round(rates.get("LeaseKeepAlive", 0.0), 2),
+                "keepalives_per_s_per_sidecar": round(rates.get("LeaseKeepAlive", 0.0) / n, 3),
+                "etcd_requests_per_s": round(sum(rates.values()), 2),
+                "etcd_requests_per_s_by_method": {m: round(r, 2) for m, r in sorted(rates.items()) if r},
+            }
+        finally:
+            for s in sidecars:
+                s.stop()
+    return res
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--idle", type=float, default=60.0)
-    ap.add_argument("--only", default="handover,switchover,failover,wakeups,footprint")
+    ap.add_argument("--only", default="handover,switchover,failover,wakeups,footprint,fleet")
+    ap.add_argument("--timing", choices=sorted(TIMINGS), default="fast", help="sidecar timing for footprint and fleet")
+    ap.add_argument("--fleet-idle", type=float, default=30.0, help="seconds each fleet size is measured idle")
+    ap.add_argument("--fleet-sizes", default="10,30")
     ap.add_argument("--json", default="", help="also write the numbers here")
     args = ap.parse_args()
     only = set(args.only.split(","))
@@ -483,16 +570,35 @@ def main() -> int:
             print(f"  ratio: {woke / herd:.3f}")
             results["wakeups"] = {"ours": woke, "prefix_watch": herd}
         if "footprint" in only:
-            fp = footprint(etcd.endpoints, args.idle, workdir)
-            print(f"footprint over {args.idle:g}s idle: {json.dumps(fp)}")
+            timing = TIMINGS[args.timing]
+            fp = footprint(etcd.endpoints, args.idle, workdir, timing)
+            fp["timing"] = args.timing
+            print(f"footprint over {args.idle:g}s idle, {args.timing} timing: {json.dumps(fp)}")
             for role in ("leader", "candidate"):
                 ratio = fp[role]["cpu_pct"] / max(fp["etcdctl_elect"]["cpu_pct"], 1e-9)
                 print(f"  idle CPU {role}/etcdctl elect: {ratio:.1f}")
             results["footprint"] = fp
-            st = start_to_elected(etcd.endpoints, 5, workdir)
+            st = start_to_elected(etcd.endpoints, 5, workdir, timing)
             print(f"start -> first log line: {p(st['start_to_first_log'])}")
             print(f"start -> elected (fresh election): {p(st['start_to_elected'])}")
+            print(f"  CPU used by then: {p(st['cpu_to_elected'])}")
             results["start_s"] = {k: [round(x, 3) for x in v] for k, v in st.items()}
+        if "fleet" in only:
+            sizes = [int(x) for x in args.fleet_sizes.split(",")]
+            fl = fleet(etcd, sizes, args.fleet_idle, workdir, TIMINGS[args.timing])
+            fl["timing"] = args.timing
+            print(f"fleet on one etcd, {args.timing} timing, {args.fleet_idle:g}s idle each:")
+            print(f"  etcd CPU with no sidecar: {fl['etcd_cpu_pct_no_sidecars']:.3f} %")
+            for n in sizes:
+                r = fl[str(n)]
+                print(
+                    f"  N={n}: CPU per sidecar mean {r['sidecar_cpu_pct_mean']:.3f} % "
+                    f"(max {r['sidecar_cpu_pct_max']:.3f} %); etcd CPU {r['etcd_cpu_pct']:.3f} % "
+                    f"({r['etcd_cpu_pct_over_idle_per_sidecar']:.4f} % per sidecar over idle); "
+                    f"keepalives/s {r['keepalives_per_s']:.2f} ({r['keepalives_per_s_per_sidecar']:.3f} per sidecar); "
+                    f"etcd requests/s {r['etcd_requests_per_s']:.2f}"
+                )
+            results["fleet"] = fl
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

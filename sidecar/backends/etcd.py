@@ -46,7 +46,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -364,6 +364,64 @@ class _Tracked:
     remaining: int
     polled: float
     alive: bool = True
+
+
+def _deleted(resp: Any) -> bool | None:
+    """A watch response, for a leader waiting for its own key's deletion."""
+    if resp.compact_revision:
+        return False  # history compacted under us: read the state afresh
+    if resp.canceled:
+        raise StoreUnavailable(f"etcd watch canceled: {resp.cancel_reason or 'no reason given'}")
+    return True if any(ev.type == _DELETE for ev in resp.events) else None
+
+
+def _changed(resp: Any) -> bool | None:
+    """A watch response, for a leader waiting for any change of the switchover key (then it reads)."""
+    if resp.canceled:
+        raise StoreUnavailable(f"etcd watch canceled: {resp.cancel_reason or 'no reason given'}")
+    return True if resp.events or resp.compact_revision else None
+
+
+class _KeptWatch:
+    """One watch stream that outlives the re-reads around it.
+
+    The leader re-reads its own key and the switchover key every retry
+    interval (the read is the fact, the watch a hint). A new stream per
+    interval was half of an idle leader's wake-ups: gRPC's threads wake for
+    every stream set up and torn down, while an idle open stream costs
+    nothing. So the stream starts once, after the first read, and is kept
+    until it ends; as it started from a revision actually read + 1, no
+    event after that read is missed, whatever the later reads saw.
+    """
+
+    def __init__(self, call: Any, seen: Callable[[Any], bool | None], end: str = "") -> None:
+        """``seen(resp)``: True (what we wait for), False (read afresh), None (keep waiting), or raises.
+
+        ``end``: raise StoreUnavailable with it when the stream ends; empty, read afresh.
+        """
+        self._call = call
+        self._task = asyncio.create_task(self._read(seen, end))
+
+    async def _read(self, seen: Callable[[Any], bool | None], end: str) -> bool:
+        with _store_errors("watch"):
+            async for resp in self._call:
+                verdict = seen(resp)
+                if verdict is not None:
+                    return verdict
+        if end:
+            raise StoreUnavailable(end)
+        return False
+
+    async def wait(self, budget: float) -> bool | None:
+        """None when ``budget`` ran out with the stream still open; else what ``_read`` returned (or raised)."""
+        done, _ = await asyncio.wait({self._task}, timeout=budget)
+        return self._task.result() if done else None
+
+    def close(self) -> None:
+        self._task.cancel()
+        self._call.cancel()
+        if self._task.done() and not self._task.cancelled():
+            self._task.exception()  # retrieved: an ended stream's error was already raised or is moot
 
 
 class EtcdElection:
@@ -792,36 +850,63 @@ class EtcdElection:
     async def wait_lost(self) -> None:
         if not self._key:
             return
-        while True:
-            with _store_errors("own key read"):
-                resp = await self._b.kv.get(self._key, timeout=self._b.timeout)
-            if not resp.kvs or resp.kvs[0].create_revision != self._rev:
-                return
-            # Re-read every retry interval: a watch is a hint, the read is the fact.
-            if await self._wait_deleted(self._key.encode(), int(resp.header.revision) + 1, self._b.retry_interval):
-                return
+        watch: _KeptWatch | None = None
+        try:
+            while True:
+                with _store_errors("own key read"):
+                    resp = await self._b.kv.get(self._key, timeout=self._b.timeout)
+                if not resp.kvs or resp.kvs[0].create_revision != self._rev:
+                    return
+                # Re-read every retry interval: a watch is a hint, the read is the fact.
+                if watch is None:
+                    call = self._b.watch_stream(
+                        self._key.encode(), start_revision=int(resp.header.revision) + 1, no_put=True
+                    )
+                    watch = _KeptWatch(call, _deleted, end="etcd watch ended")
+                ended = await watch.wait(self._b.retry_interval)
+                if ended:
+                    return
+                if ended is False:  # compacted: watch afresh from the next read
+                    watch.close()
+                    watch = None
+        finally:
+            if watch is not None:
+                watch.close()
 
     async def wait_switchover(self, candidate_id: str) -> SwitchoverRequest:
-        while True:
-            kv = self._b.kv
-            end = prefix_range_end(self._prefix)
-            with _store_errors("switchover read"):
-                resp = await kv.txn(
-                    compare=[], success=[kv.txn_op_get(self._switch_key), kv.txn_op_get(self._prefix, range_end=end)],
-                    failure=[], timeout=self._b.timeout,
-                )  # fmt: skip
-            found = resp.responses[0].response_range.kvs
-            request = parse_switchover(found[0].value if found else None)
-            others = {
-                candidate_id_of(c.value.decode(errors="replace"))
-                for c in resp.responses[1].response_range.kvs
-                if c.key.decode(errors="replace") != self._key
-            }
-            if leader_should_hand_over(request, candidate_id, others, time.time()):
-                assert request is not None
-                return request
-            # Re-read every retry interval: a target may join later, a watch is a hint.
-            await self._wait_changed(self._switch_key.encode(), int(resp.header.revision) + 1, self._b.retry_interval)
+        watch: _KeptWatch | None = None
+        try:
+            while True:
+                kv = self._b.kv
+                end = prefix_range_end(self._prefix)
+                with _store_errors("switchover read"):
+                    resp = await kv.txn(
+                        compare=[],
+                        success=[kv.txn_op_get(self._switch_key), kv.txn_op_get(self._prefix, range_end=end)],
+                        failure=[],
+                        timeout=self._b.timeout,
+                    )
+                found = resp.responses[0].response_range.kvs
+                request = parse_switchover(found[0].value if found else None)
+                others = {
+                    candidate_id_of(c.value.decode(errors="replace"))
+                    for c in resp.responses[1].response_range.kvs
+                    if c.key.decode(errors="replace") != self._key
+                }
+                if leader_should_hand_over(request, candidate_id, others, time.time()):
+                    assert request is not None
+                    return request
+                # Re-read every retry interval: a target may join later, a watch is a hint.
+                # The stream is kept over quiet intervals (see _KeptWatch), started afresh after an event.
+                if watch is None:
+                    call = self._b.watch_stream(self._switch_key.encode(), start_revision=int(resp.header.revision) + 1)
+                    watch = _KeptWatch(call, _changed)
+                if await watch.wait(self._b.retry_interval) is not None:
+                    watch.close()
+                    watch = None
+        finally:
+            if watch is not None:
+                watch.close()
 
     async def _wait_changed(self, key: bytes, from_revision: int, budget: float, range_end: bytes = b"") -> None:
         """Return on the first event on ``key`` (or in [key, range_end)) after ``from_revision``,
