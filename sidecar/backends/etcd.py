@@ -442,6 +442,10 @@ class EtcdElection:
         # candidate that steps aside (priority, switchover) make us poll the
         # new head before we lead, and the dead leader's bound must survive that.
         self._tracks: dict[int, _Tracked] = {}
+        # (token, key, lease) of the leader this campaign last queued behind:
+        # when the epoch record is gone too (`etcdctl del --prefix NAME`), it
+        # is the only trace of a leader whose grant may still run.
+        self._head_seen: tuple[int, str, int] | None = None
         self.wakeups = 0  # watch events that woke this candidate; O(1) per change
 
     @property
@@ -513,6 +517,7 @@ class EtcdElection:
                 continue  # the request changed since we read it: decide again
             if verdict != NO_REQUEST and request is not None and report is not None:
                 report.switchover(verdict, request)
+            self._head_seen = None  # waited out: from now on we are the leader to honour
             return Leadership(candidate_id, self._rev, epoch)
 
     async def _read_switchover(self) -> tuple[SwitchoverRequest | None, int]:
@@ -610,6 +615,7 @@ class EtcdElection:
             if not ahead:
                 return kvs
             head = ahead[0]
+            self._head_seen = (int(head.create_revision), head.key.decode(errors="replace"), int(head.lease))
             leader = (candidate_id_of(head.value.decode(errors="replace")), int(head.create_revision))
             if on_wait is not None and leader != told:
                 # Once per leader: the re-reads below are a backstop, not news.
@@ -709,8 +715,23 @@ class EtcdElection:
         clock = self._b.clock
         record, marker = read if read is not None else (await self._read_at_once())[:2]
         tracked = self._tracked
-        if isinstance(record, EpochRecord):
-            if record.token in (0, self._rev) or (marker is not None and marker.token == record.token):
+        if isinstance(record, EpochRecord) and record.token == 0:
+            # No record: a fresh election, or one whose record went with the
+            # leader's key (`etcdctl del --prefix NAME` while it leads). The
+            # leader we queued behind tells them apart: if its lease still
+            # lives, its key was deleted under it and its grant may run.
+            seen = self._head_seen
+            if seen is None or seen[0] == self._rev or (marker is not None and marker.token == seen[0]):
+                return
+            token, key, lease = seen
+            self._tracks.pop(token, None)  # only a poll from now counts here
+            polled = await self._poll_lease(token, key, lease) if lease else None
+            if polled is None or not polled.alive:
+                # Gone: it expired, or its holder revoked it on a clean exit
+                # (`etcdctl elect` does; such a candidate held no grant).
+                return
+        elif isinstance(record, EpochRecord):
+            if record.token == self._rev or (marker is not None and marker.token == record.token):
                 return
             token, key, lease = record.token, record.key, record.lease
         elif tracked is not None:  # the record is garbage: the head we followed is the best we know

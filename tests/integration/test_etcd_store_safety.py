@@ -110,7 +110,7 @@ async def queued(s: Successor) -> None:
     await eventually(lambda: bool(s.sink.of("race_lost")), what="the successor queued behind the frozen leader")
 
 
-@pytest.mark.parametrize("how", ["key-deleted", "lease-revoked"])
+@pytest.mark.parametrize("how", ["key-deleted", "lease-revoked", "prefix-deleted"])
 async def test_successor_waits_out_a_frozen_leaders_lease_when_its_key_goes_early(store: Store, how: str) -> None:
     lease, key, _ = await store.frozen_leader()
     b = store.join("b")
@@ -122,6 +122,11 @@ async def test_successor_waits_out_a_frozen_leaders_lease_when_its_key_goes_earl
     )
     if how == "key-deleted":
         await store.raw.kv.delete(key)  # etcdctl del
+    elif how == "prefix-deleted":
+        # `etcdctl del --prefix NAME`: every key of the election, the successor's
+        # own and the epoch record (which names the leader) among them.
+        name = store.cfg.election.encode()
+        await store.raw.kv.delete(name, range_end=name[:-1] + bytes([name[-1] + 1]))
     else:
         await store.raw.lease.revoke(lease)  # etcdctl lease revoke
     gone = time.monotonic()
