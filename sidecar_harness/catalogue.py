@@ -418,6 +418,24 @@ async def _zk(c: Campaign, op: Callable[[Any], object]) -> None:
     await asyncio.wait_for(asyncio.to_thread(run), 10)
 
 
+def _deleteall(path: str) -> Callable[[Any], None]:
+    """zkCli's `deleteall`: children first, then the node. Candidates queue again at
+    once, so the final delete may find new children: each retry removes those too."""
+    from kazoo.exceptions import NoNodeError, NotEmptyError
+
+    def run(zk: Any) -> None:
+        for _ in range(10):
+            try:
+                zk.delete(path, recursive=True)
+                return
+            except NoNodeError:
+                return
+            except NotEmptyError:
+                continue
+
+    return run
+
+
 async def _leader_key(c: Campaign, leader: SidecarProcess) -> str | None:
     """The leader's candidate key as the store lists it (the oldest with its id)."""
     with contextlib.suppress(Exception):
@@ -427,15 +445,31 @@ async def _leader_key(c: Campaign, leader: SidecarProcess) -> str | None:
     return None
 
 
-def _key_gone(how: Literal["delete", "revoke"]) -> Inject:
+def _key_gone(how: Literal["delete", "revoke", "prefix"]) -> Inject:
     """The leader's key vanishes long before its lease could expire: `etcdctl del` of
-    the key, or `etcdctl lease revoke` of its lease. Its successor must wait out
+    the key, `etcdctl lease revoke` of its lease, or `etcdctl del --prefix` of the whole
+    election (zkCli `deleteall`; the epoch record goes too on etcd). Its successor must wait out
     the lease (or the leader's confirmed stop), not the key."""
 
     async def cut(c: Campaign, leader: SidecarProcess | None, view: View) -> Injected:
         key = await _leader_key(c, leader) if leader is not None else None
         if leader is None or key is None:
             return NOTHING
+        if how == "prefix":
+            # Of a frozen leader: its orchestrator acts on to its grant's deadline
+            # (the watchdog's kill), so a successor that leads on the key alone overlaps.
+            leader.signal(signal.SIGSTOP)
+            c.frozen.add(leader.candidate)
+            if c.backend == "zookeeper":
+                await _zk(c, _deleteall("/campaign"))
+            else:  # every key of the election, the epoch record and the resign marker among them
+                await _etcdctl(c, "del", "--prefix", "campaign")
+
+            async def cont() -> None:
+                leader.signal(signal.SIGCONT)
+                c.frozen.discard(leader.candidate)
+
+            return Injected(f"{leader.candidate}/election-deleted", cont, HOLD_FROZEN)
         if how == "delete" and c.backend == "zookeeper":
             await _zk(c, lambda zk: zk.delete(key))  # zkCli's `delete`
         elif how == "delete":
@@ -762,6 +796,8 @@ FAULTS: list[Fault] = [
     Fault("peer-hides", peer_hides, failover="always"),
     Fault("key-delete", _key_gone("delete"), failover="always"),
     Fault("lease-revoke", _key_gone("revoke"), failover="always", backends=("etcd",)),
+    # An operator "cleaning up" the election under a frozen leader: every candidate queues again.
+    Fault("prefix-delete", _key_gone("prefix")),
     Fault("evict-frozen-leader", evict_frozen),
     Fault("epoch-corrupt", epoch_corrupt, failover="always"),
     # etcd grants what is asked above its 2 s minimum; ZooKeeper clamps to maxSessionTimeout.
