@@ -166,6 +166,15 @@ def log_events(path: Path, event: str) -> list[float]:
     return out
 
 
+def queued(log: Path) -> bool:
+    """The sidecar's last campaign is queued behind a leader (``race_lost`` after ``campaigning``).
+
+    Each sidecar needs a log of its own: the log files are appended to.
+    """
+    campaigning, lost = log_events(log, "campaigning"), log_events(log, "race_lost")
+    return bool(campaigning and lost) and max(lost) >= max(campaigning)
+
+
 def our_handover(
     endpoints: list[str], backend: str, rounds: int, workdir: Path, via: str
 ) -> tuple[list[float], list[float]]:
@@ -179,7 +188,7 @@ def our_handover(
     """
     election = f"bench-{backend}-{via}-{os.getpid()}"
     sidecars = [
-        SidecarProcess(f"h{via}{i}", workdir, endpoints, election, dict(FAST_TIMING), backend=backend).start()
+        SidecarProcess(f"h{backend}-{via}{i}", workdir, endpoints, election, dict(FAST_TIMING), backend=backend).start()
         for i in range(2)
     ]
     try:
@@ -191,6 +200,10 @@ def our_handover(
             wait(lambda: sum(c.current() is not None for c in clients) == 1)
             leader = next(i for i, c in enumerate(clients) if c.current() is not None)
             succ = clients[1 - leader]
+            # The other one must be queued behind the leader, or the leader
+            # wins again after its resign and the round never ends (seen at
+            # start-up on a loaded machine).
+            wait(lambda s=sidecars[1 - leader]: queued(s.log_path))
             n_elected = len(log_events(sidecars[1 - leader].log_path, "elected"))
             n_resign = len(log_events(sidecars[leader].log_path, "resign_requested"))
             t = time.monotonic()
