@@ -32,7 +32,10 @@ Store-side safety (docs/design.md, "Lock-delay"):
   cut off from its raft leader cancels them instead of holding a candidate
   asleep; every waiting loop also re-reads the store each retry interval,
   and a watch only ever starts from a revision actually read + 1;
-* a malformed ``NAME.epoch`` is repaired by the next winner, never fatal.
+* a malformed ``NAME.epoch`` is repaired by the next winner, never fatal;
+* after a clean resign the next in line claims the term in one txn that
+  compares what it predicted while waiting (``_claim``); any surprise
+  fails a compare and the usual path (lock-delay, step-aside, repair) decides.
 
 Switchover (docs/design.md, "Switchover"): ``NAME.switchover`` holds an
 operator's request; the leader watches it and demotes, a candidate that
@@ -424,6 +427,26 @@ class _KeptWatch:
             self._task.exception()  # retrieved: an ended stream's error was already raised or is moot
 
 
+@dataclass
+class _Seen:
+    """The epoch record and the switchover request (None: absent) a waiting candidate last read."""
+
+    epoch: Any
+    switch: Any
+
+
+@dataclass
+class _Claimed:
+    """The term a candidate claimed in one txn as the head's key went."""
+
+    epoch: int
+
+
+def _mod_is(key: str, mod_revision: int) -> Compare:
+    """The key was last written at ``mod_revision`` (0: it does not exist)."""
+    return Compare(result=Compare.EQUAL, target=Compare.MOD, key=key.encode(), mod_revision=mod_revision)
+
+
 class EtcdElection:
     def __init__(self, backend: EtcdBackend, name: str) -> None:
         self._b = backend
@@ -497,7 +520,11 @@ class EtcdElection:
             rev = int(resp.responses[0].response_range.kvs[0].create_revision)
         self._key, self._rev = key, rev
         while True:
-            kvs = await self._wait_for_predecessors(candidate_id, on_wait, report)
+            waited = await self._wait_for_predecessors(candidate_id, lease, priority, on_wait, report)
+            if isinstance(waited, _Claimed):
+                self._head_seen = None  # waited out: from now on we are the leader to honour
+                return Leadership(candidate_id, self._rev, waited.epoch)
+            kvs = waited
             others = _priorities(kv for kv in kvs if kv.key.decode() != self._key)
             # One read for the switchover request and what the lock-delay needs.
             record, marker, request, mod = await self._read_at_once()
@@ -594,13 +621,16 @@ class EtcdElection:
         self._rev = int(resp.header.revision)
 
     async def _wait_for_predecessors(
-        self, candidate_id: str, on_wait: OnWait | None, report: CampaignReport | None
-    ) -> list[Any]:
-        """Return, with the queue as last read, once nobody is ahead of us."""
+        self, candidate_id: str, lease: int, priority: int, on_wait: OnWait | None, report: CampaignReport | None
+    ) -> list[Any] | _Claimed:
+        """Return, with the queue as last read, once nobody is ahead of us;
+        or the term we claimed in one txn the moment the head's key went."""
         told: tuple[str, int] | None = None
         duplicates_told = False
+        read: tuple[list[Any], int, _Seen] | None = None
         while True:
-            kvs, revision = await self._candidate_kvs()
+            kvs, revision, seen = read if read is not None else await self._queue_read()
+            read = None
             if not any(kv.key.decode() == self._key for kv in kvs):
                 raise KeyLost(f"candidate key {self._key} vanished while campaigning")
             twins = [
@@ -632,6 +662,108 @@ class EtcdElection:
                     budget = min(budget, NEAR_EXPIRY_POLL)
             if await self._wait_deleted(ahead[-1].key, revision + 1, budget):
                 self.wakeups += 1
+                if len(ahead) == 1:
+                    # The head went: claim on what we read while waiting, in one
+                    # round trip; a failed claim reads the queue in its failure
+                    # branch, so a wrong guess costs no round trip more than before.
+                    claimed = await self._claim(
+                        candidate_id, lease, priority=priority, kvs=kvs, revision=revision, seen=seen
+                    )
+                    if isinstance(claimed, _Claimed):
+                        return claimed
+                    read = claimed  # a failed claim read the queue again: no second round trip
+
+    async def _queue_read(self) -> tuple[list[Any], int, _Seen]:
+        """The queue (oldest first) and the records a claim predicts from, as of one revision.
+
+        One txn, so a waiting candidate pays no more round trips than a plain
+        range: what it learns here is what ``_claim`` compares.
+        """
+        await self._b.authenticate()
+        with _store_errors("range"):
+            resp = await self._b.kv.txn(compare=[], success=self._queue_ops(), failure=[], timeout=self._b.timeout)
+        return self._queue_of(resp)
+
+    def _queue_ops(self) -> list[Any]:
+        kv = self._b.kv
+        return [
+            kv.txn_op_get(self._prefix, range_end=prefix_range_end(self._prefix)),
+            kv.txn_op_get(self._epoch_key),
+            kv.txn_op_get(self._switch_key),
+        ]
+
+    @staticmethod
+    def _queue_of(resp: Any) -> tuple[list[Any], int, _Seen]:
+        queue, epoch, switch = (list(r.response_range.kvs) for r in resp.responses)
+        queue.sort(key=lambda c: int(c.create_revision))
+        return queue, int(resp.header.revision), _Seen(epoch[0] if epoch else None, switch[0] if switch else None)
+
+    async def _claim(
+        self, candidate_id: str, lease: int, *, priority: int, kvs: list[Any], revision: int, seen: _Seen
+    ) -> _Claimed | tuple[list[Any], int, _Seen] | None:
+        """Lead in one txn, right after the head's key went. Otherwise the
+        queue as the failed txn read it (the slow path goes on from there), or
+        None when the claim was not even tried.
+
+        We predict the common case: the head led (it bumped the epoch, before
+        or after our read) and resigned cleanly. The txn then wins only if
+        the store holds exactly what the slow path would have read and led
+        on without a lock-delay: our key at its create revision; no key under
+        the prefix created before it (a range compare); the epoch record as
+        read (if it names the head already) or as the head's own bump of it
+        writes it; no switchover request; and the marker the head's clean
+        resign writes in the txn that deletes its key. A marker with its
+        token is only ever written after its orchestrator was confirmed
+        stopped, and the record names the last leader, so the lock-delay
+        rule (section 1b) holds with no wait. Anything else (a head that
+        never led, a key gone without that marker, a garbled record, a
+        pending request, a newcomer or bump we did not predict) fails a
+        compare or is not tried, and the slow path (queue read, lock-delay,
+        step-aside, repair) decides as before, on the queue the failed txn
+        read: no round trip more than before the claim existed.
+
+        Priorities: the verdict is taken on the queue as read (``kvs``, the
+        head counted too, since it re-queues on the same key with the same
+        priority), and the txn compares that nobody else joined since that
+        read (``revision``): a newcomer of higher priority would have taken
+        the vacancy on the slow path, so any newcomer sends us there.
+        """
+        head = kvs[0]
+        record = parse_epoch_record(self._epoch_key, seen.epoch.value if seen.epoch is not None else None)
+        if not isinstance(record, EpochRecord) or seen.switch is not None or not head.lease:
+            return None  # a record to repair, a request to weigh, a head with no lease: the slow path
+        others = _priorities(c for c in kvs if c.key.decode() != self._key)
+        if priority_verdict(None, candidate_id, priority, others, time.time()) != NO_REQUEST:
+            return None  # someone queued outranks us: the slow path steps aside for it
+        kv = self._b.kv
+        token, key = int(head.create_revision), head.key.decode(errors="replace")
+        if record.token == token:
+            last, same = record, _mod_is(self._epoch_key, int(seen.epoch.mod_revision))
+        else:
+            # Read before the head bumped: expect the record its bump writes.
+            leader = candidate_id_of(head.value.decode(errors="replace"))
+            last = EpochRecord(record.epoch + 1, token, leader, key, int(head.lease))
+            same = kv.txn_compare_value(self._epoch_key, last.encode())
+        epoch = last.epoch + 1
+        end, joined = prefix_range_end(self._prefix), revision + 1
+        compare = [
+            kv.txn_compare_create_revision(self._key, self._rev),
+            # etcd's range compare holds only if every key in the range passes:
+            # nobody under the prefix was created before us,
+            kv.txn_compare_create_revision(self._prefix, self._rev - 1, result=Compare.GREATER, range_end=end),
+            # and nobody joined since our read, but for the head's own key
+            # (the same key, re-created when it re-queues after its resign).
+            kv.txn_compare_create_revision(self._prefix, joined, result=Compare.LESS, range_end=head.key),
+            kv.txn_compare_create_revision(head.key + b"\0", joined, result=Compare.LESS, range_end=end),
+            same,
+            _mod_is(self._switch_key, 0),
+            kv.txn_compare_value(self._marker_key, ResignMarker(token, key).encode()),
+        ]
+        new = EpochRecord(epoch, self._rev, candidate_id, self._key, lease).encode()
+        with _store_errors("claim txn"):
+            txn = await kv.txn(compare=compare, success=[kv.txn_op_put(self._epoch_key, new)],
+                               failure=self._queue_ops(), timeout=self._b.timeout)  # fmt: skip
+        return _Claimed(epoch) if txn.succeeded else self._queue_of(txn)
 
     def _takes_next_vacancy(self, kvs: list[Any]) -> bool:
         waiting = [

@@ -1,0 +1,246 @@
+"""Issue 16: the one-txn claim after a clean resign, and every way its guess can be wrong.
+
+A candidate next in line reads the epoch record and the switchover key with
+the queue while it waits; when the head's key goes it claims the term in one
+txn that compares what it predicted (the head led and resigned cleanly). Each
+test below breaks one part of that guess between the read and the claim and
+checks that the slow path decides instead, as it did before the claim
+existed: each fails if the compare that guards it is removed from
+``EtcdElection._claim``. Candidates here are bare backend elections on the
+real etcd, so the test chooses exactly when the head goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pytest
+
+from sidecar.backends import connect
+from sidecar.backends.base import DEFAULT_PRIORITY, EpochRecord, KeyLost, LockDelay, SwitchoverRequest
+from sidecar.backends.etcd import EtcdBackend, EtcdElection, EtcdSession
+from sidecar.clock import MonotonicClock
+from sidecar.config import Config
+from sidecar.model import Leadership
+from sidecar_harness.fleet import fast_config
+from tests.conftest import EtcdServer
+from tests.helpers import eventually
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Report:
+    """A CampaignReport that remembers what it was told."""
+
+    delays: list[LockDelay] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+    verdicts: list[str] = field(default_factory=list)
+
+    def lock_delay(self, delay: LockDelay) -> None:
+        self.delays.append(delay)
+
+    def epoch_record_repaired(self, key: str, found: str) -> None:
+        self.repaired.append(found)
+
+    def duplicate_candidate_id(self, candidate_id: str, keys: list[str]) -> None: ...
+
+    def switchover(self, verdict: str, request: SwitchoverRequest) -> None:
+        self.verdicts.append(verdict)
+
+    def priority_step_aside(self, candidate_id: str, priority: int) -> None:
+        self.verdicts.append(f"priority-step-aside for {candidate_id}")
+
+
+@dataclass
+class Waiter:
+    """A candidate campaigning in the background, with what its campaign read the slow way."""
+
+    election: EtcdElection
+    report: Report
+    queued: asyncio.Event
+    task: asyncio.Task[Leadership]
+    slow_reads: list[int]
+
+
+class Env:
+    def __init__(self, cfg: Config, backend: EtcdBackend, raw: Any) -> None:
+        self.cfg, self.backend, self.raw = cfg, backend, raw
+        self.sessions: list[EtcdSession] = []
+        self.tasks: list[asyncio.Task[Leadership]] = []
+
+    @property
+    def epoch_key(self) -> str:
+        return self.cfg.election + ".epoch"
+
+    async def session(self) -> EtcdSession:
+        s = self.backend.session(self.cfg.ttl)
+        await s.open()
+        self.sessions.append(s)
+        return s
+
+    async def lead(self, cid: str) -> tuple[EtcdElection, Leadership]:
+        e = self.backend.election(self.cfg.election)
+        return e, await e.campaign(await self.session(), cid)
+
+    async def wait(self, cid: str, priority: int = DEFAULT_PRIORITY) -> Waiter:
+        """A candidate queued behind the current head (its wait has read the store once)."""
+        e = self.backend.election(self.cfg.election)
+        slow: list[int] = []
+        read_at_once = e._read_at_once
+
+        async def counted() -> Any:
+            slow.append(1)  # the slow path's read: the claim was not taken
+            return await read_at_once()
+
+        e._read_at_once = counted  # type: ignore[method-assign]
+        queued, report = asyncio.Event(), Report()
+        session = await self.session()
+        task = asyncio.create_task(e.campaign(session, cid, lambda _: queued.set(), report, priority=priority))
+        self.tasks.append(task)
+        await asyncio.wait_for(queued.wait(), 5)
+        return Waiter(e, report, queued, task, slow)
+
+    async def record(self) -> dict[str, Any]:
+        resp = await self.raw.kv.get(self.epoch_key)
+        return dict(json.loads(resp.kvs[0].value))
+
+
+@pytest.fixture
+async def env(etcd: EtcdServer, election_name: str) -> AsyncIterator[Env]:
+    # A long retry interval: the waiter reads the store once when it queues
+    # and then only when woken, so what the test changes after that read is
+    # exactly what its claim has to notice.
+    cfg = replace(fast_config(election_name), endpoints=tuple(etcd.endpoints), retry_interval=2.0)
+    backend = await connect(cfg, MonotonicClock())
+    assert isinstance(backend, EtcdBackend)
+    from etcd3aio import Etcd3Client
+
+    raw = Etcd3Client(etcd.endpoints)
+    await raw.connect()
+    e = Env(cfg, backend, raw)
+    yield e
+    for t in e.tasks:
+        t.cancel()
+    await asyncio.gather(*e.tasks, return_exceptions=True)
+    for s in e.sessions:
+        await s.close()
+    await backend.close()
+    await raw.close()
+
+
+async def test_a_clean_resign_is_claimed_in_one_txn(env: Env) -> None:
+    a, lead_a = await env.lead("a")
+    b = await env.wait("b")
+    await a.resign()
+    lead_b = await asyncio.wait_for(b.task, 5)
+    assert lead_b.epoch == lead_a.epoch + 1 and lead_b.token > lead_a.token
+    assert b.slow_reads == [], "the claim was not taken: the slow path decided"
+    rec = await env.record()
+    assert (rec["epoch"], rec["token"], rec["leader"]) == (lead_b.epoch, lead_b.token, "b")
+    assert b.report.delays == []
+
+
+@pytest.mark.parametrize("bumped", [5, 20])
+async def test_a_head_that_bumps_after_our_read_is_predicted_exactly(env: Env, bumped: int) -> None:
+    """The waiter read the record before the head's own bump: it expects exactly that bump (epoch 4 -> 5).
+
+    Any other record (here epoch 20: a write it did not predict) fails the
+    claim, and the slow path follows the record it finds.
+    """
+    a, lead_a = await env.lead("a")
+    older = EpochRecord(4, 1, "old", "", 0)
+    await env.raw.kv.put(env.epoch_key, older.encode())  # what the waiter reads: the term before a's
+    b = await env.wait("b")
+    lease_a = int(env.sessions[0].id, 16)
+    await env.raw.kv.put(env.epoch_key, EpochRecord(bumped, lead_a.token, "a", a._key, lease_a).encode())
+    await a.resign()
+    lead_b = await asyncio.wait_for(b.task, 5)
+    assert lead_b.epoch == bumped + 1, f"epoch {lead_b.epoch} after a record of epoch {bumped}"
+    assert b.slow_reads == ([] if bumped == 5 else [1])
+
+
+async def test_a_bump_we_did_not_predict_fails_the_claim(env: Env) -> None:
+    """Stale prediction: someone wrote the epoch after our read; the new term must follow it, never go back."""
+    a, lead_a = await env.lead("a")
+    b = await env.wait("b")
+    rec = await env.record()
+    rec["epoch"] = 50  # a term we never saw (the token and key still name a)
+    await env.raw.kv.put(env.epoch_key, json.dumps(rec))
+    await a.resign()
+    lead_b = await asyncio.wait_for(b.task, 5)
+    assert lead_b.epoch == 51, f"epoch {lead_b.epoch}: the claim used the stale record (a led epoch {lead_a.epoch})"
+    assert b.slow_reads == [1]
+
+
+async def test_a_record_garbled_after_our_read_is_still_repaired(env: Env) -> None:
+    a, _ = await env.lead("a")
+    b = await env.wait("b")
+    await env.raw.kv.put(env.epoch_key, b"garbage")
+    await a.resign()
+    lead_b = await asyncio.wait_for(b.task, 5)
+    assert b.report.repaired and "not JSON" in b.report.repaired[0], b.report.repaired
+    rec = await env.record()
+    assert rec["token"] == lead_b.token and rec["epoch"] == lead_b.epoch >= 2
+
+
+async def test_a_head_gone_without_its_marker_still_gets_the_lock_delay(env: Env) -> None:
+    """A crash or an `etcdctl del` after the waiter's read: no marker, so no claim; the lease bounds the wait."""
+    a, _ = await env.lead("a")
+    b = await env.wait("b")
+    await env.raw.kv.delete(a._key)  # the key goes, the lease (and a's grant) lives
+    await asyncio.sleep(0.5)
+    assert not b.task.done(), "the successor led while the old leader's lease still ran"
+    await eventually(lambda: bool(b.report.delays), what="the lock-delay is reported")
+    assert b.report.delays[0].predecessor == a._key
+    await a.resign()  # it saw its key go and confirmed its stop: the marker ends the wait
+    await asyncio.wait_for(b.task, 8)
+
+
+async def test_a_switchover_request_after_our_read_fails_the_claim(env: Env) -> None:
+    a, _ = await env.lead("a")
+    b = await env.wait("b")
+    c = await env.wait("c")
+    await env.backend.election(env.cfg.election).request_switchover(SwitchoverRequest("c", "test", "r1", 0, 1e12))
+    await a.resign()  # the leader acts on the request
+    lead_c = await asyncio.wait_for(c.task, 10)
+    assert lead_c.id == "c"
+    assert "step-aside" in b.report.verdicts, "b led although the request named c"
+    assert not b.task.done()
+
+
+async def test_a_waiter_whose_key_went_after_its_read_does_not_claim(env: Env) -> None:
+    """Evicted while it waited, with a newer candidate behind it: no key of its own, no term."""
+    a, _ = await env.lead("a")
+    b = await env.wait("b")
+    await env.wait("c")  # someone behind b, so the queue below the head is not empty
+    await env.raw.kv.delete(b.election._key)  # `evict --key` of b: its lease lives on
+    await a.resign()
+    with pytest.raises(KeyLost):
+        await asyncio.wait_for(b.task, 5)
+
+
+async def test_a_higher_priority_candidate_that_joined_after_our_read_takes_the_vacancy(env: Env) -> None:
+    """The priority rule is decided on the queue at claim time: a newcomer fails the claim."""
+    a, _ = await env.lead("a")
+    b = await env.wait("b")
+    c = await env.wait("c", priority=DEFAULT_PRIORITY + 10)  # joins after b's read, outranks b
+    await a.resign()
+    lead_c = await asyncio.wait_for(c.task, 10)
+    assert lead_c.id == "c", "b claimed the vacancy a higher-priority candidate queued for"
+    assert "priority-step-aside for c" in b.report.verdicts and not b.task.done()
+
+
+async def test_a_higher_priority_candidate_we_saw_queued_takes_the_vacancy(env: Env) -> None:
+    """The same when our last read already showed it: no claim is even tried."""
+    a, _ = await env.lead("a")
+    b = await env.wait("b")
+    c = await env.wait("c", priority=DEFAULT_PRIORITY + 10)
+    await asyncio.sleep(env.cfg.retry_interval + 0.3)  # b's periodic re-read has seen c
+    await a.resign()
+    lead_c = await asyncio.wait_for(c.task, 10)
+    assert lead_c.id == "c" and "priority-step-aside for c" in b.report.verdicts
