@@ -571,7 +571,7 @@ class ZooKeeperElection:
                         # The head went (or so the watch says): one pipelined
                         # read and one multi instead of the slow path's five
                         # round trips; anything unusual goes the slow way.
-                        claimed = await self._claim(client, candidate_id, self.base + "/" + ahead[0])
+                        claimed = await self._claim(client, candidate_id, priority, self.base + "/" + ahead[0])
                         if claimed is not None:
                             epoch = claimed
                             break
@@ -601,11 +601,13 @@ class ZooKeeperElection:
                 break
         return Leadership(candidate_id, self._czxid, epoch)
 
-    async def _claim(self, client: KazooClient, candidate_id: str, head: str) -> int | None:
+    async def _claim(self, client: KazooClient, candidate_id: str, priority: int, head: str) -> int | None:
         """Lead at once after the head's node went, if nothing calls for the slow path; else None.
 
         The same decision as the slow path, on reads sent together (kazoo
-        pipelines them on the session's connection): the head's node gone
+        pipelines them on the session's connection): we head the listing
+        (and the priorities of the others, read only if there are any, do
+        not send us aside), the head's node gone
         (an exists watch also fires on a change of its data), no switchover
         request, an epoch record that parses, and no lock-delay (no last
         leader, us, or its token in the marker: section 1b). Sequence numbers
@@ -624,13 +626,20 @@ class ZooKeeperElection:
             return bytes(data or b""), stat
 
         with _store_errors("claim"):
-            head_stat, (raw_record, record_stat), (raw_marker, marker_stat), switch_stat = await asyncio.gather(
+            names, head_stat, (raw_record, record_stat), (raw_marker, marker_stat), switch_stat = await asyncio.gather(
+                self._children(client),
                 _call(client.exists_async, head),
                 read(self.epoch_path),
                 read(self.marker_path),
                 _call(client.exists_async, self.switch_path),
             )
-        if head_stat is not None or switch_stat is not None or record_stat is None:
+        own = self._node.rsplit("/", 1)[1]
+        if head_stat is not None or switch_stat is not None or record_stat is None or names[:1] != [own]:
+            return None
+        # The priority rule, on the queue as listed now (as the slow path
+        # does): a queued candidate that outranks us takes the vacancy.
+        others = await self._priorities(client, names[1:]) if len(names) > 1 else {}
+        if priority_verdict(None, candidate_id, priority, others, time.time()) != NO_REQUEST:
             return None
         record = parse_epoch_record(self.epoch_path, raw_record)
         marker = parse_resign_marker(raw_marker)

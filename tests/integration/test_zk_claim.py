@@ -28,6 +28,7 @@ pytestmark = pytest.mark.integration
 class Report:
     delays: list[LockDelay] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
+    stepped_aside_for: list[str] = field(default_factory=list)
 
     def lock_delay(self, delay: LockDelay) -> None:
         self.delays.append(delay)
@@ -38,6 +39,9 @@ class Report:
     def duplicate_candidate_id(self, candidate_id: str, keys: list[str]) -> None: ...
 
     def switchover(self, verdict: str, request: SwitchoverRequest) -> None: ...
+
+    def priority_step_aside(self, outranked_by: str, priority: int) -> None:
+        self.stepped_aside_for.append(outranked_by)
 
 
 class Env:
@@ -56,10 +60,11 @@ class Env:
         e = self.backend.election(self.name)
         return e, await e.campaign(await self.session(), cid)
 
-    async def wait(self, cid: str) -> tuple[ZooKeeperElection, Report, asyncio.Task[Leadership]]:
+    async def wait(self, cid: str, priority: int = 0) -> tuple[ZooKeeperElection, Report, asyncio.Task[Leadership]]:
         e = self.backend.election(self.name)
         queued, report = asyncio.Event(), Report()
-        task = asyncio.create_task(e.campaign(await self.session(), cid, lambda _: queued.set(), report))
+        session = await self.session()
+        task = asyncio.create_task(e.campaign(session, cid, lambda _: queued.set(), report, priority=priority))
         self.tasks.append(task)
         await asyncio.wait_for(queued.wait(), 5)
         await asyncio.sleep(0.2)  # its exists watch is set
@@ -156,3 +161,12 @@ async def test_a_pending_switchover_request_is_left_to_the_slow_path(env: Env) -
     await a.resign()
     lead_c = await asyncio.wait_for(task_c, 10)
     assert lead_c.id == "c" and not task_b.done()
+
+
+async def test_a_queued_candidate_of_higher_priority_takes_the_vacancy(env: Env) -> None:
+    a, _ = await env.lead("a")
+    _, report_b, task_b = await env.wait("b")
+    _, _, task_c = await env.wait("c", priority=10)
+    await a.resign()
+    lead_c = await asyncio.wait_for(task_c, 10)
+    assert lead_c.id == "c" and report_b.stepped_aside_for == ["c"] and not task_b.done()
