@@ -284,14 +284,18 @@ def priority_verdict(
 
     ``others``: id -> priority of the live candidates queued besides us. A
     pending switchover decides first (an operator's explicit choice, even of
-    a lower priority); a request to us wins outright. Otherwise (no request,
-    or one to "anyone", expired or with its target gone) we step aside when
-    a queued candidate has a strictly higher priority: it takes the vacancy.
+    a lower priority): to us or to "anyone", we lead; to another queued
+    candidate, we step aside. Otherwise (no request, or one expired or with
+    its target gone) we step aside when a queued candidate has a strictly
+    higher priority: it takes the vacancy.
     Nobody preempts a sitting leader: this is asked only at the head of the
     queue, which a leader has already left behind.
     """
     verdict = switchover_verdict(request, me, set(others), now)
-    if verdict == STEP_ASIDE or (verdict == COMPLETED and request is not None and request.to == me):
+    if verdict in (STEP_ASIDE, COMPLETED):
+        # A pending request decides, "anyone" included: the leader it moves
+        # away from has re-queued behind us, and by priority alone it would
+        # take the vacancy straight back (a switchover that goes nowhere).
         return verdict
     if any(p > priority for p in others.values()):
         return PRIORITY_STEP_ASIDE

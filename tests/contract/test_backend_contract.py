@@ -200,6 +200,20 @@ async def test_each_vacancy_goes_to_the_highest_priority_live_candidate(contende
     assert shown == {leader._cfg.candidate_id: 1}
 
 
+async def test_a_switchover_to_anyone_moves_leadership_off_the_top_priority(contender: Contender) -> None:
+    """`switchover` without --to: the next in line leads. The leader it moves away
+    from re-queues behind; by priority alone it would take the vacancy straight back."""
+    from sidecar.backends.base import SwitchoverRequest
+
+    top = (await contender.join(1, priority=5))[0]
+    assert await _leader_among(contender, [top]) is top
+    others = await contender.join(2)
+    admin = contender.backend.admin(contender.cfg.election)
+    await admin.request_switchover(SwitchoverRequest("", "contract", "anyone-1", time.time(), 30.0))
+    leader = await _leader_among(contender, others)
+    assert top.state is not State.LEADER and leader is others[0], (contender.kind, top.state, leader)
+
+
 async def test_a_no_lead_candidate_never_leads_nor_blocks_and_costs_no_writes(contender: Contender) -> None:
     # Joined first: in the queue it would head it and everyone would wait on it.
     watcher = (await contender.join(1, no_lead=True))[0]

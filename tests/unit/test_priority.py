@@ -58,9 +58,11 @@ def test_verdicts_with_priorities() -> None:
     assert priority_verdict(req("a"), "a", mine, {"b": 9}, NOW) == COMPLETED
     # A request to another queued candidate: step aside for it, whatever the priorities.
     assert priority_verdict(req("b"), "a", 9, {"b": 0}, NOW) == STEP_ASIDE
-    # "Anyone", expired or a gone target: priorities still decide who takes the vacancy.
-    assert priority_verdict(req(""), "a", mine, {"b": 2}, NOW) == PRIORITY_STEP_ASIDE
+    # "Anyone": the next in line leads, whatever the priorities. The leader the request
+    # moves away from re-queues behind it; by priority it would take the vacancy back.
+    assert priority_verdict(req(""), "a", mine, {"b": 2}, NOW) == COMPLETED
     assert priority_verdict(req(""), "a", mine, {"b": 1}, NOW) == COMPLETED
+    # Expired or a gone target: priorities decide who takes the vacancy.
     assert priority_verdict(req("b", at=NOW - 60), "a", mine, {"b": 2}, NOW) == PRIORITY_STEP_ASIDE
     assert priority_verdict(req("b", at=NOW - 60), "a", mine, {"b": 0}, NOW) == EXPIRED
     assert priority_verdict(req("gone"), "a", mine, {"b": 0}, NOW) == TARGET_GONE
