@@ -465,10 +465,16 @@ class EtcdElection:
         # candidate that steps aside (priority, switchover) make us poll the
         # new head before we lead, and the dead leader's bound must survive that.
         self._tracks: dict[int, _Tracked] = {}
-        # (token, key, lease) of the leader this campaign last queued behind:
-        # when the epoch record is gone too (`etcdctl del --prefix NAME`), it
-        # is the only trace of a leader whose grant may still run.
-        self._head_seen: tuple[int, str, int] | None = None
+        # token -> (key, lease) of every head this candidate queued behind
+        # since it last led (the newest few): when the epoch record is gone
+        # too (`etcdctl del --prefix NAME`), they are the only trace of a
+        # leader whose grant may still run. All of them, not the last: after
+        # such a delete the queue re-forms behind candidates that never led.
+        self._heads_seen: dict[int, tuple[str, int]] = {}
+        # The longest TTL any leader's lease was granted, as polled: sidecars
+        # of one election may run different --ttl (a rolling change), and a
+        # wait bounded by our own TTL alone would end before a longer lease.
+        self._max_granted = 0.0
         self.wakeups = 0  # watch events that woke this candidate; O(1) per change
 
     @property
@@ -522,7 +528,7 @@ class EtcdElection:
         while True:
             waited = await self._wait_for_predecessors(candidate_id, lease, priority, on_wait, report)
             if isinstance(waited, _Claimed):
-                self._head_seen = None  # waited out: from now on we are the leader to honour
+                self._heads_seen.clear()  # waited out: from now on we are the leader to honour
                 return Leadership(candidate_id, self._rev, waited.epoch)
             kvs = waited
             others = _priorities(kv for kv in kvs if kv.key.decode() != self._key)
@@ -544,7 +550,7 @@ class EtcdElection:
                 continue  # the request changed since we read it: decide again
             if verdict != NO_REQUEST and request is not None and report is not None:
                 report.switchover(verdict, request)
-            self._head_seen = None  # waited out: from now on we are the leader to honour
+            self._heads_seen.clear()  # waited out: from now on we are the leader to honour
             return Leadership(candidate_id, self._rev, epoch)
 
     async def _read_switchover(self) -> tuple[SwitchoverRequest | None, int]:
@@ -645,7 +651,9 @@ class EtcdElection:
             if not ahead:
                 return kvs
             head = ahead[0]
-            self._head_seen = (int(head.create_revision), head.key.decode(errors="replace"), int(head.lease))
+            self._heads_seen[int(head.create_revision)] = (head.key.decode(errors="replace"), int(head.lease))
+            while len(self._heads_seen) > 8:  # bounded: the newest heads are the ones that can matter
+                del self._heads_seen[min(self._heads_seen)]
             leader = (candidate_id_of(head.value.decode(errors="replace")), int(head.create_revision))
             if on_wait is not None and leader != told:
                 # Once per leader: the re-reads below are a backstop, not news.
@@ -781,10 +789,18 @@ class EtcdElection:
             resp = await self._b.lease.time_to_live(lease, timeout=self._b.timeout)
         got = clock.now()
         if resp.TTL < 0:  # gone (revoked or expired): what we knew before is all we will know
-            if prev is not None:
+            if prev is not None and prev.alive:
+                slack = 2 * NEAR_EXPIRY_POLL + min(self._b.timeout, 0.5)
+                if not (prev.remaining <= 1 and sent - prev.polled <= slack):
+                    # Revoked, not expired: it may have been renewed after our last
+                    # poll (then frozen) and its grant runs from that renewal, which
+                    # came before this answer. Only two near-expiry polls around the
+                    # disappearance prove an expiry with no renewal in between.
+                    prev.hi = max(prev.hi, got + prev.granted * (1 + self._b.drift))
                 prev.alive = False
             return prev
         remaining, granted = int(resp.TTL), float(resp.grantedTTL)
+        self._max_granted = max(self._max_granted, granted)
         # The server's "remaining" second is truncated and counts on its clock.
         hi = got + (remaining + 1) * (1 + self._b.drift)
         if (
@@ -850,18 +866,22 @@ class EtcdElection:
         if isinstance(record, EpochRecord) and record.token == 0:
             # No record: a fresh election, or one whose record went with the
             # leader's key (`etcdctl del --prefix NAME` while it leads). The
-            # leader we queued behind tells them apart: if its lease still
-            # lives, its key was deleted under it and its grant may run.
-            seen = self._head_seen
-            if seen is None or seen[0] == self._rev or (marker is not None and marker.token == seen[0]):
+            # heads we queued behind tell them apart: one whose lease still
+            # lives had its key deleted under it, and its grant may run.
+            alive = []
+            for t, (k, le) in sorted(self._heads_seen.items(), reverse=True):
+                if t == self._rev or not le or (marker is not None and marker.token == t):
+                    continue
+                self._tracks.pop(t, None)  # only a poll from now counts here
+                polled = await self._poll_lease(t, k, le)
+                if polled is not None and polled.alive:
+                    alive.append(polled)
+            if not alive:
+                # None, or all gone: expired, or revoked by their holders on a
+                # clean exit (`etcdctl elect` does; such a candidate held no grant).
                 return
-            token, key, lease = seen
-            self._tracks.pop(token, None)  # only a poll from now counts here
-            polled = await self._poll_lease(token, key, lease) if lease else None
-            if polled is None or not polled.alive:
-                # Gone: it expired, or its holder revoked it on a clean exit
-                # (`etcdctl elect` does; such a candidate held no grant).
-                return
+            latest = max(alive, key=lambda x: x.hi)
+            token, key, lease = latest.token, latest.key, latest.lease
         elif isinstance(record, EpochRecord):
             if record.token == self._rev or (marker is not None and marker.token == record.token):
                 return
@@ -885,8 +905,11 @@ class EtcdElection:
         if lease and (known is None or known.alive):
             known = await self._poll_lease(token, key, lease) or known
         now = clock.now()
+        # The longest lease we know of, ours or a leader's: --ttl may differ
+        # between sidecars, and the leader's is the one that bounds its grant.
+        ttl = max(own_ttl, self._max_granted, known.granted if known is not None else 0.0)
         if known is None:
-            until, why = now + own_ttl, "the last leader's lease is unknown: waiting one TTL"
+            until, why = now + ttl, "the last leader's lease is unknown: waiting one TTL"
         else:
             until = known.hi
             why = (
@@ -901,7 +924,7 @@ class EtcdElection:
         # seen it go, stopped its orchestrator (kill_grace) and ended the term
         # long before: the wait never needs to run past this, even when the
         # holder's marker was lost or overwritten (it re-queues on that lease).
-        cap = now + own_ttl + self._b.retry_interval
+        cap = now + ttl + self._b.retry_interval
         until = min(until, cap)
         if report is not None:
             report.lock_delay(LockDelay(key or "(unknown)", token, round(until - now, 3), why))

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import pytest
@@ -50,9 +51,9 @@ class Store:
     raw: Any  # the etcd3aio client, for what an operator would do with etcdctl
     successors: list[Successor] = field(default_factory=list)
 
-    async def frozen_leader(self) -> tuple[int, str, int]:
+    async def frozen_leader(self, ttl: float = TTL) -> tuple[int, str, int]:
         """A leader that holds a grant and then stops: (lease, key, token)."""
-        lease = (await self.raw.lease.grant(int(TTL))).ID
+        lease = (await self.raw.lease.grant(int(ttl))).ID
         key = f"{self.cfg.election}/{lease:x}"
         put = await self.raw.kv.put(key, "frozen", lease=lease)
         token = int(put.header.revision)
@@ -70,7 +71,7 @@ class Store:
         stream.cancel()
         return sent
 
-    def join(self, candidate: str) -> Successor:
+    def join(self, candidate: str, cfg: Config | None = None) -> Successor:
         sink = RecordingSink()
         elected: list[float] = []
 
@@ -78,7 +79,7 @@ class Store:
             elected.append(time.monotonic())
 
         e = Elector(
-            replace(self.cfg, candidate_id=candidate),
+            replace(cfg or self.cfg, candidate_id=candidate),
             self.backend,
             MonotonicClock(),
             sink,
@@ -253,3 +254,88 @@ async def test_a_candidate_on_a_member_without_a_raft_leader_does_not_sleep_unaw
         await asyncio.wait_for(asyncio.gather(*(s.task for s in st.successors), return_exceptions=True), 15)
         await backend.close()
         await lonely.close()
+
+
+async def test_after_a_prefix_delete_a_head_that_never_led_does_not_hide_the_frozen_leader(store: Store) -> None:
+    """Hostile review: after `del --prefix` the queue re-forms behind a candidate that
+    never led; if it then stops cleanly (its lease revoked), the one behind it must
+    still wait out the frozen leader, not read "lease gone" as "nothing to wait for"."""
+    lease, _, _ = await store.frozen_leader()
+    a, b = store.join("a"), store.join("b")
+    await queued(a)
+    await queued(b)
+    last_renewal = await store.renew(lease)
+    name = store.cfg.election.encode()
+    await store.raw.kv.delete(name, range_end=name[:-1] + bytes([name[-1] + 1]))  # etcdctl del --prefix NAME
+    await eventually(lambda: bool(a.sink.of("lock_delay") or b.sink.of("lock_delay")), what="a lock-delay")
+    head, other = (a, b) if a.sink.of("lock_delay") else (b, a)
+    await eventually(lambda: len(other.sink.of("race_lost")) >= 2, what="the other queued behind the new head")
+    head.elector.stop()  # a clean stop: its campaign ends and its lease is revoked
+    await asyncio.wait_for(head.task, 10)
+    await eventually(lambda: bool(other.elected_at), timeout=TTL + 5, what="the other leads")
+    assert other.elected_at[0] >= last_renewal + GRANT, (
+        f"led {last_renewal + GRANT - other.elected_at[0]:.3f}s before the frozen leader's grant ended"
+    )
+
+
+@pytest.mark.parametrize("how", ["key-deleted", "lease-revoked"])
+async def test_a_leader_with_a_longer_ttl_than_ours_is_waited_out_in_full(store: Store, how: str) -> None:
+    """Hostile review: sidecars may run different --ttl (a rolling change). The wait was
+    capped by the successor's own TTL (3 s) while the frozen leader's lease ran 10 s."""
+    ttl = 10.0
+    lease, key, _ = await store.frozen_leader(ttl)
+    b = store.join("b")
+    await queued(b)
+    last_renewal = await store.renew(lease)
+    await eventually(lambda: time.monotonic() > last_renewal + FAST_TIMING["retry_interval"] * 1.5, what="a poll")
+    if how == "key-deleted":
+        await store.raw.kv.delete(key)
+    else:
+        await store.raw.lease.revoke(lease)
+    await eventually(lambda: bool(b.elected_at), timeout=ttl + 5, what="the successor leads")
+    grant = ttl * (1 - 0.01) - FAST_TIMING["margin"]
+    assert b.elected_at[0] >= last_renewal + grant, (
+        f"{how}: led {last_renewal + grant - b.elected_at[0]:.3f}s before the frozen leader's grant ended"
+    )
+
+
+async def test_a_renewal_after_the_last_poll_then_a_revoke_is_waited_out(store: Store) -> None:
+    """Hostile review: the leader renews just after the successor's poll, freezes, and is
+    evicted (lease revoke) before the next poll. The bound of that poll predates the
+    renewal; a lease found revoked, not seen expiring, may run a whole TTL from then."""
+    ttl = 5.0
+    cfg = replace(store.cfg, ttl=ttl, renew_deadline=2.5, retry_interval=2.0, kill_grace=1.0)
+    lease, _, token = await store.frozen_leader(ttl)
+    b = store.join("b", cfg)
+    await queued(b)
+    el: Any = b.elector.election
+    await eventually(lambda: token in el._tracks, what="b polls the leader's lease")
+
+    def polled_after(t: float) -> bool:
+        return bool(el._tracks[token].polled > t)
+
+    def past(t: float) -> bool:
+        return time.monotonic() > t
+
+    # Wanted: b polls 1.1-1.9 s after a renewal (its bound then has under a second of
+    # slack), the leader renews once more just after that poll, freezes, and is
+    # revoked before b's next poll. The leader, alive, renews every 2 s meanwhile.
+    for _ in range(10):
+        renewed = await store.renew(lease)
+        poll = renewed
+        while poll - renewed < 1.1:
+            await eventually(partial(polled_after, poll), timeout=5, what="b polls again")
+            poll = el._tracks[token].polled
+        if poll - renewed > 1.9:
+            continue
+        await eventually(partial(past, poll + 0.2), what="a moment after b's poll")
+        if el._tracks[token].polled == poll:
+            break
+    last_renewal = await store.renew(lease)  # then it freezes
+    await store.raw.lease.revoke(lease)  # evict --force
+    assert el._tracks[token].polled == poll, "b polled between the renewal and the revoke: the race was missed"
+    await eventually(lambda: bool(b.elected_at), timeout=ttl + 5, what="the successor leads")
+    grant = ttl * (1 - 0.01) - FAST_TIMING["margin"]
+    assert b.elected_at[0] >= last_renewal + grant, (
+        f"led {last_renewal + grant - b.elected_at[0]:.3f}s before the frozen leader's grant ended"
+    )
