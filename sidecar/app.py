@@ -127,6 +127,12 @@ class Sidecar:
             facts = {}
         self.log.info("store_version", backend=self.cfg.backend, **facts)
         self.metrics.store_info(facts.get("version", ""))
+        late = self.cfg.ttl * (1 - self.cfg.drift) - self.cfg.renew_deadline
+        if self.cfg.backend == "etcd" and late < 2:
+            # A renewal sent this late leaves under 2 s of lease; a successor
+            # polling a lease that then vanishes cannot tell it from an expiry
+            # (docs/design.md 1b, "Residual"): fine for demos, not production.
+            self.log.warning("late_renewal_window", seconds_left=round(late, 3), advice="use --ttl 5 or more")
 
     async def run(self) -> int:
         backend = await connect(self.cfg, self.clock)

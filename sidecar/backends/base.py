@@ -134,11 +134,18 @@ class EpochRecord:
     leader: str = ""
     key: str = ""
     lease: int = 0
+    # etcd: the leader's granted lease TTL in seconds (0: not recorded). Sidecars
+    # may run different --ttl; a successor that never polled this lease must
+    # still know how long its grant could run (docs/design.md, 1b).
+    ttl: int = 0
 
     def encode(self) -> bytes:
-        return json.dumps(
-            {"epoch": self.epoch, "token": self.token, "leader": self.leader, "key": self.key, "lease": self.lease}
-        ).encode()
+        fields: dict[str, object] = {
+            "epoch": self.epoch, "token": self.token, "leader": self.leader, "key": self.key, "lease": self.lease,
+        }  # fmt: skip
+        if self.ttl:  # written only when known: older records and ZooKeeper's stay byte for byte as before
+            fields["ttl"] = self.ttl
+        return json.dumps(fields).encode()
 
 
 def parse_epoch_record(key: str, raw: bytes | None) -> EpochRecord | str:
@@ -161,13 +168,15 @@ def parse_epoch_record(key: str, raw: bytes | None) -> EpochRecord | str:
     for name, value in (("epoch", epoch), ("token", token), ("lease", lease)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             return f"{key}: {name} {value!r} is not a non-negative integer"
-    leader, cand = data.get("leader", ""), data.get("key", "")
+    leader, cand, ttl = data.get("leader", ""), data.get("key", ""), data.get("ttl", 0)
     return EpochRecord(
         int(epoch),  # type: ignore[arg-type]  # checked above
         int(token),
         leader if isinstance(leader, str) else "",
         cand if isinstance(cand, str) else "",
         int(lease),
+        # Only a hint that lengthens waits: a bad one is dropped, not a garbled record.
+        ttl if isinstance(ttl, int) and not isinstance(ttl, bool) and 0 < ttl < 1_000_000 else 0,
     )
 
 

@@ -106,6 +106,7 @@ _NOPUT = 0  # WatchCreateRequest.FilterType.NOPUT
 # about three election timeouts, cancels) streams carrying this, instead of
 # serving them from a partitioned minority for ever.
 REQUIRE_LEADER = ("hasleader", "true")
+MAX_HEADS_SEEN = 64  # keys a waiting candidate remembers having queued behind (see _heads_seen)
 NEAR_EXPIRY_POLL = 0.1  # seconds between lease polls once the head's lease runs out (see _Tracked)
 
 
@@ -471,10 +472,7 @@ class EtcdElection:
         # leader whose grant may still run. All of them, not the last: after
         # such a delete the queue re-forms behind candidates that never led.
         self._heads_seen: dict[int, tuple[str, int]] = {}
-        # The longest TTL any leader's lease was granted, as polled: sidecars
-        # of one election may run different --ttl (a rolling change), and a
-        # wait bounded by our own TTL alone would end before a longer lease.
-        self._max_granted = 0.0
+        self._own_ttl = 0  # our lease's granted TTL, written into the epoch record when we lead
         self.wakeups = 0  # watch events that woke this candidate; O(1) per change
 
     @property
@@ -525,6 +523,7 @@ class EtcdElection:
             # first attempt did land): keep our place in the queue.
             rev = int(resp.responses[0].response_range.kvs[0].create_revision)
         self._key, self._rev = key, rev
+        self._own_ttl = int(float(getattr(session, "ttl", 0.0)))
         while True:
             waited = await self._wait_for_predecessors(candidate_id, lease, priority, on_wait, report)
             if isinstance(waited, _Claimed):
@@ -651,9 +650,15 @@ class EtcdElection:
             if not ahead:
                 return kvs
             head = ahead[0]
-            self._heads_seen[int(head.create_revision)] = (head.key.decode(errors="replace"), int(head.lease))
-            while len(self._heads_seen) > 8:  # bounded: the newest heads are the ones that can matter
-                del self._heads_seen[min(self._heads_seen)]
+            # Every key ahead of us may lead before we next read the queue (a
+            # handover between two reads), so remember them all, not the head.
+            for kv in ahead:
+                self._heads_seen[int(kv.create_revision)] = (kv.key.decode(errors="replace"), int(kv.lease))
+            excess = len(self._heads_seen) - MAX_HEADS_SEEN
+            if excess > 0:  # bounded: forget first those no longer queued, oldest first
+                queued = {int(kv.create_revision) for kv in ahead}
+                for t in sorted(t for t in self._heads_seen if t not in queued)[:excess]:
+                    del self._heads_seen[t]
             leader = (candidate_id_of(head.value.decode(errors="replace")), int(head.create_revision))
             if on_wait is not None and leader != told:
                 # Once per leader: the re-reads below are a backstop, not news.
@@ -749,8 +754,11 @@ class EtcdElection:
             last, same = record, _mod_is(self._epoch_key, int(seen.epoch.mod_revision))
         else:
             # Read before the head bumped: expect the record its bump writes.
+            tracked = self._tracks.get(token)
+            if tracked is None:
+                return None  # its TTL, which its bump records, is unknown to us: the slow path
             leader = candidate_id_of(head.value.decode(errors="replace"))
-            last = EpochRecord(record.epoch + 1, token, leader, key, int(head.lease))
+            last = EpochRecord(record.epoch + 1, token, leader, key, int(head.lease), int(tracked.granted))
             same = kv.txn_compare_value(self._epoch_key, last.encode())
         epoch = last.epoch + 1
         end, joined = prefix_range_end(self._prefix), revision + 1
@@ -767,7 +775,7 @@ class EtcdElection:
             _mod_is(self._switch_key, 0),
             kv.txn_compare_value(self._marker_key, ResignMarker(token, key).encode()),
         ]
-        new = EpochRecord(epoch, self._rev, candidate_id, self._key, lease).encode()
+        new = EpochRecord(epoch, self._rev, candidate_id, self._key, lease, self._own_ttl).encode()
         with _store_errors("claim txn"):
             txn = await kv.txn(compare=compare, success=[kv.txn_op_put(self._epoch_key, new)],
                                failure=self._queue_ops(), timeout=self._b.timeout)  # fmt: skip
@@ -800,7 +808,6 @@ class EtcdElection:
                 prev.alive = False
             return prev
         remaining, granted = int(resp.TTL), float(resp.grantedTTL)
-        self._max_granted = max(self._max_granted, granted)
         # The server's "remaining" second is truncated and counts on its clock.
         hi = got + (remaining + 1) * (1 + self._b.drift)
         if (
@@ -863,6 +870,7 @@ class EtcdElection:
         clock = self._b.clock
         record, marker = read if read is not None else (await self._read_at_once())[:2]
         tracked = self._tracked
+        recorded_ttl = 0.0  # the last leader's TTL as its epoch record gives it, for a lease we never polled
         if isinstance(record, EpochRecord) and record.token == 0:
             # No record: a fresh election, or one whose record went with the
             # leader's key (`etcdctl del --prefix NAME` while it leads). The
@@ -886,6 +894,7 @@ class EtcdElection:
             if record.token == self._rev or (marker is not None and marker.token == record.token):
                 return
             token, key, lease = record.token, record.key, record.lease
+            recorded_ttl = float(record.ttl)
         elif tracked is not None:  # the record is garbage: the head we followed is the best we know
             if marker is not None and marker.token == tracked.token:
                 return
@@ -905,9 +914,11 @@ class EtcdElection:
         if lease and (known is None or known.alive):
             known = await self._poll_lease(token, key, lease) or known
         now = clock.now()
-        # The longest lease we know of, ours or a leader's: --ttl may differ
-        # between sidecars, and the leader's is the one that bounds its grant.
-        ttl = max(own_ttl, self._max_granted, known.granted if known is not None else 0.0)
+        # The longest lease we know of, ours or this leader's: --ttl may differ
+        # between sidecars (a rolling change), and the leader's bounds its grant.
+        # Only this leader's: a process-wide maximum would carry one long lease
+        # (etcdctl elect's sessions are 60 s) into every later wait.
+        ttl = max(own_ttl, recorded_ttl, known.granted if known is not None else 0.0)
         if known is None:
             until, why = now + ttl, "the last leader's lease is unknown: waiting one TTL"
         else:
@@ -978,7 +989,7 @@ class EtcdElection:
             # A garbled record is overwritten: every term bumped it with one
             # put, so its version is a fair stand-in for the lost term number.
             epoch = old.epoch + 1 if isinstance(old, EpochRecord) else version + 1
-            record = EpochRecord(epoch, self._rev, candidate_id, self._key, lease).encode()
+            record = EpochRecord(epoch, self._rev, candidate_id, self._key, lease, self._own_ttl).encode()
             with _store_errors("epoch txn"):
                 txn = await kv.txn(
                     compare=[

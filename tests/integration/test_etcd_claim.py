@@ -157,7 +157,8 @@ async def test_a_head_that_bumps_after_our_read_is_predicted_exactly(env: Env, b
     await env.raw.kv.put(env.epoch_key, older.encode())  # what the waiter reads: the term before a's
     b = await env.wait("b")
     lease_a = int(env.sessions[0].id, 16)
-    await env.raw.kv.put(env.epoch_key, EpochRecord(bumped, lead_a.token, "a", a._key, lease_a).encode())
+    ttl_a = int(env.sessions[0].ttl)  # a head of this release records its lease's TTL in its bump
+    await env.raw.kv.put(env.epoch_key, EpochRecord(bumped, lead_a.token, "a", a._key, lease_a, ttl_a).encode())
     await a.resign()
     lead_b = await asyncio.wait_for(b.task, 5)
     assert lead_b.epoch == bumped + 1, f"epoch {lead_b.epoch} after a record of epoch {bumped}"

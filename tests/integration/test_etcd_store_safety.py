@@ -339,3 +339,60 @@ async def test_a_renewal_after_the_last_poll_then_a_revoke_is_waited_out(store: 
     assert b.elected_at[0] >= last_renewal + grant, (
         f"led {last_renewal + grant - b.elected_at[0]:.3f}s before the frozen leader's grant ended"
     )
+
+
+async def test_a_leader_that_took_over_between_two_queue_reads_is_remembered(store: Store) -> None:
+    """Second review: queue [X leading, A, b]; X resigns cleanly, A takes over and
+    freezes, and `del --prefix` comes before b read the queue again. b had only
+    remembered X (its lease gone): it led at once, beside the frozen A."""
+    raw, name = store.raw, store.cfg.election
+
+    async def member(cid: str) -> tuple[int, str, int]:
+        lease = (await raw.lease.grant(int(TTL))).ID
+        key = f"{name}/{lease:x}"
+        return lease, key, int((await raw.kv.put(key, cid, lease=lease)).header.revision)
+
+    xl, xk, xt = await member("X")
+    await raw.kv.put(name + ".epoch", json.dumps({"epoch": 7, "token": xt, "leader": "X", "key": xk, "lease": xl}))
+    al, ak, at = await member("A")
+    b = store.join("b")
+    await queued(b)
+    for _ in range(2):  # X and A alive (renewing) while b settles into its read cadence
+        await store.renew(xl)
+        await store.renew(al)
+    kv = raw.kv
+    marker = json.dumps({"token": xt, "key": xk})
+    await kv.txn(compare=[], success=[kv.txn_op_delete(xk), kv.txn_op_put(name + ".resigned", marker)], failure=[])
+    await raw.lease.revoke(xl)  # X resigned cleanly
+    await kv.put(name + ".epoch", json.dumps({"epoch": 8, "token": at, "leader": "A", "key": ak, "lease": al}))
+    last_renewal = await store.renew(al)  # A leads, renews once and freezes
+    nm = name.encode()
+    await kv.delete(nm, range_end=nm[:-1] + bytes([nm[-1] + 1]))  # etcdctl del --prefix NAME
+    await eventually(lambda: bool(b.elected_at), timeout=TTL + 5, what="b leads")
+    assert b.elected_at[0] >= last_renewal + GRANT, (
+        f"led {last_renewal + GRANT - b.elected_at[0]:.3f}s before the frozen leader A's grant ended"
+    )
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+async def test_a_longer_leader_ttl_is_read_from_its_epoch_record(store: Store, fresh: bool) -> None:
+    """Second review: a rolling --ttl change; the successor that must wait never polled
+    the frozen leader's lease (it was not next in line, or it started after the
+    eviction). The leader's TTL, recorded in its epoch record, bounds the wait."""
+    ttl = 10
+    lease, key, token = await store.frozen_leader(ttl)
+    record = {"epoch": 7, "token": token, "leader": "frozen", "key": key, "lease": lease, "ttl": ttl}
+    await store.raw.kv.put(store.cfg.election + ".epoch", json.dumps(record))  # as a leader of this release writes it
+    last_renewal = await store.renew(lease)
+    await store.raw.lease.revoke(lease)  # evict --force of the frozen leader
+    b = store.join("b")
+    if not fresh:
+        a = store.join("a")  # queued first, gone again before it led (a rolling restart)
+        await queued(a)
+        a.elector.stop()
+        await asyncio.wait_for(a.task, 10)
+    await eventually(lambda: bool(b.elected_at), timeout=ttl + 5, what="b leads")
+    grant = ttl * (1 - 0.01) - FAST_TIMING["margin"]
+    assert b.elected_at[0] >= last_renewal + grant, (
+        f"led {last_renewal + grant - b.elected_at[0]:.3f}s before the frozen leader's grant ended"
+    )

@@ -55,3 +55,12 @@ def test_status_shows_keys_and_problems_when_ids_repeat() -> None:
     assert "problem: e.epoch: not JSON" in out
     view["candidates"] = view["candidates"][:1]
     assert "KEY" not in render_table(view)
+
+
+def test_the_epoch_record_carries_the_leaders_ttl_only_when_known() -> None:
+    plain = EpochRecord(3, 7, "a", "k", 9)
+    assert b"ttl" not in plain.encode()  # ZooKeeper's and older records: byte for byte as before
+    assert parse_epoch_record("e", EpochRecord(3, 7, "a", "k", 9, 10).encode()) == EpochRecord(3, 7, "a", "k", 9, 10)
+    for bad in (b'"x"', b"-1", b"true", b"1e9"):  # a bad TTL is dropped, never a garbled record
+        raw = b'{"epoch": 3, "token": 7, "ttl": ' + bad + b"}"
+        assert parse_epoch_record("e", raw) == EpochRecord(3, 7), bad
