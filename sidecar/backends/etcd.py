@@ -871,6 +871,7 @@ class EtcdElection:
         record, marker = read if read is not None else (await self._read_at_once())[:2]
         tracked = self._tracked
         recorded_ttl = 0.0  # the last leader's TTL as its epoch record gives it, for a lease we never polled
+        headless = False  # no record: waiting on remembered keys, bounded by our own TTL
         if isinstance(record, EpochRecord) and record.token == 0:
             # No record: a fresh election, or one whose record went with the
             # leader's key (`etcdctl del --prefix NAME` while it leads). The
@@ -890,6 +891,10 @@ class EtcdElection:
                 return
             latest = max(alive, key=lambda x: x.hi)
             token, key, lease = latest.token, latest.key, latest.lease
+            # Our own TTL bounds this wait, not theirs: a remembered key may be a
+            # plain recipe's (etcdctl elect's 60 s session outlives its key and
+            # never held a grant), and a 500-fault run sat 44 s on one.
+            headless = True
         elif isinstance(record, EpochRecord):
             if record.token == self._rev or (marker is not None and marker.token == record.token):
                 return
@@ -918,7 +923,7 @@ class EtcdElection:
         # between sidecars (a rolling change), and the leader's bounds its grant.
         # Only this leader's: a process-wide maximum would carry one long lease
         # (etcdctl elect's sessions are 60 s) into every later wait.
-        ttl = max(own_ttl, recorded_ttl, known.granted if known is not None else 0.0)
+        ttl = own_ttl if headless else max(own_ttl, recorded_ttl, known.granted if known is not None else 0.0)
         if known is None:
             until, why = now + ttl, "the last leader's lease is unknown: waiting one TTL"
         else:
