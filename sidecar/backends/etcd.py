@@ -371,7 +371,7 @@ class _Tracked:
 
 
 def _deleted(resp: Any) -> bool | None:
-    """A watch response, for a leader waiting for its own key's deletion."""
+    """A watch response, for one waiting for a key's deletion (a leader its own, a candidate its predecessor's)."""
     if resp.compact_revision:
         return False  # history compacted under us: read the state afresh
     if resp.canceled:
@@ -380,7 +380,7 @@ def _deleted(resp: Any) -> bool | None:
 
 
 def _changed(resp: Any) -> bool | None:
-    """A watch response, for a leader waiting for any change of the switchover key (then it reads)."""
+    """A watch response, for one waiting for any change of a key or range (then it reads)."""
     if resp.canceled:
         raise StoreUnavailable(f"etcd watch canceled: {resp.cancel_reason or 'no reason given'}")
     return True if resp.events or resp.compact_revision else None
@@ -395,7 +395,9 @@ class _KeptWatch:
     every stream set up and torn down, while an idle open stream costs
     nothing. So the stream starts once, after the first read, and is kept
     until it ends; as it started from a revision actually read + 1, no
-    event after that read is missed, whatever the later reads saw.
+    event after that read is missed, whatever the later reads saw. A
+    one-shot wait (``_wait_deleted``, ``_wait_changed``) is the same stream
+    closed after one budget.
     """
 
     def __init__(self, call: Any, seen: Callable[[Any], bool | None], end: str = "") -> None:
@@ -956,22 +958,13 @@ class EtcdElection:
 
     async def _wait_deleted(self, key: bytes, from_revision: int, budget: float) -> bool:
         """True once ``key`` is deleted; False when ``budget`` runs out (the caller reads again)."""
-        call = self._b.watch_stream(key, start_revision=from_revision, no_put=True)
+        watch = _KeptWatch(
+            self._b.watch_stream(key, start_revision=from_revision, no_put=True), _deleted, end="etcd watch ended"
+        )
         try:
-            async with asyncio.timeout(budget):
-                with _store_errors("watch"):
-                    async for resp in call:
-                        if resp.compact_revision:
-                            return False  # history compacted under us: read the state afresh
-                        if resp.canceled:
-                            raise StoreUnavailable(f"etcd watch canceled: {resp.cancel_reason or 'no reason given'}")
-                        if any(ev.type == _DELETE for ev in resp.events):
-                            return True
-        except TimeoutError:
-            return False
+            return bool(await watch.wait(budget))
         finally:
-            call.cancel()
-        raise StoreUnavailable("etcd watch ended")
+            watch.close()
 
     async def _bump_epoch(
         self, candidate_id: str, lease: int, report: CampaignReport | None, switch_mod: int = 0, consume: bool = False
@@ -1103,19 +1096,11 @@ class EtcdElection:
     async def _wait_changed(self, key: bytes, from_revision: int, budget: float, range_end: bytes = b"") -> None:
         """Return on the first event on ``key`` (or in [key, range_end)) after ``from_revision``,
         or when ``budget`` runs out."""
-        call = self._b.watch_stream(key, range_end, start_revision=from_revision)
+        watch = _KeptWatch(self._b.watch_stream(key, range_end, start_revision=from_revision), _changed)
         try:
-            async with asyncio.timeout(budget):
-                with _store_errors("watch"):
-                    async for resp in call:
-                        if resp.canceled:
-                            raise StoreUnavailable(f"etcd watch canceled: {resp.cancel_reason or 'no reason given'}")
-                        if resp.events or resp.compact_revision:
-                            return
-        except TimeoutError:
-            return
+            await watch.wait(budget)
         finally:
-            call.cancel()
+            watch.close()
 
     async def switchover_request(self) -> SwitchoverRequest | None:
         await self._b.authenticate()
