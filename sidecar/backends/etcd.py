@@ -481,12 +481,14 @@ class EtcdElection:
     def name(self) -> str:
         return self._name
 
-    async def _candidate_kvs(self) -> tuple[list[Any], int]:
+    async def _candidate_kvs(self, prefix: str = "") -> tuple[list[Any], int]:
+        """The keys under ``prefix`` (default: the queue), oldest first, and the revision read."""
+        prefix = prefix or self._prefix
         await self._b.authenticate()
         with _store_errors("range"):
             resp = await self._b.kv.get(
-                self._prefix,
-                range_end=prefix_range_end(self._prefix),
+                prefix,
+                range_end=prefix_range_end(prefix),
                 sort_order=SortOrder.ASCEND,
                 sort_target=SortTarget.CREATE,
                 timeout=self._b.timeout,
@@ -507,24 +509,10 @@ class EtcdElection:
             raise SessionExpired("session not open")
         if no_lead:
             return await self._stand_by(session, candidate_id, on_wait)
-        kv = self._b.kv
         key = self._prefix + session.id
         lease = int(session.id, 16)
         value = encode_candidate(candidate_id, priority)
-        with _store_errors("campaign txn"):
-            resp = await kv.txn(
-                compare=[kv.txn_compare_create_revision(key, 0)],
-                success=[kv.txn_op_put(key, value, lease=lease)],
-                failure=[kv.txn_op_get(key)],
-                timeout=self._b.timeout,
-            )
-        if resp.succeeded:
-            rev = int(resp.header.revision)
-        else:
-            # Same lease campaigning again (e.g. after a retried request whose
-            # first attempt did land): keep our place in the queue.
-            rev = int(resp.responses[0].response_range.kvs[0].create_revision)
-        self._key, self._rev = key, rev
+        self._key, self._rev = key, await self._create_once("campaign txn", key, value, lease)
         self._own_ttl = int(float(getattr(session, "ttl", 0.0)))
         while True:
             waited = await self._wait_for_predecessors(candidate_id, lease, priority, on_wait, report)
@@ -554,6 +542,24 @@ class EtcdElection:
             self._heads_seen.clear()  # waited out: from now on we are the leader to honour
             return Leadership(candidate_id, self._rev, epoch)
 
+    async def _create_once(self, what: str, key: str, value: str, lease: int) -> int:
+        """Create ``key`` on ``lease`` unless it exists; its create revision either way.
+
+        The same lease registering again (after a retried request whose first
+        attempt did land) keeps the key it has, and so its place in the queue.
+        """
+        kv = self._b.kv
+        with _store_errors(what):
+            resp = await kv.txn(
+                compare=[kv.txn_compare_create_revision(key, 0)],
+                success=[kv.txn_op_put(key, value, lease=lease)],
+                failure=[kv.txn_op_get(key)],
+                timeout=self._b.timeout,
+            )
+        if resp.succeeded:
+            return int(resp.header.revision)
+        return int(resp.responses[0].response_range.kvs[0].create_revision)
+
     async def _read_switchover(self) -> tuple[SwitchoverRequest | None, int]:
         """The request and its mod revision (0: absent), which the epoch txn compares."""
         with _store_errors("switchover read"):
@@ -572,18 +578,7 @@ class EtcdElection:
         """
         kv = self._b.kv
         key = self._no_lead_prefix + session.id
-        with _store_errors("no-lead register"):
-            resp = await kv.txn(
-                compare=[kv.txn_compare_create_revision(key, 0)],
-                success=[kv.txn_op_put(key, candidate_id, lease=int(session.id, 16))],
-                failure=[kv.txn_op_get(key)],
-                timeout=self._b.timeout,
-            )
-        rev = (
-            int(resp.header.revision)
-            if resp.succeeded
-            else int(resp.responses[0].response_range.kvs[0].create_revision)
-        )
+        rev = await self._create_once("no-lead register", key, candidate_id, int(session.id, 16))
         told: tuple[str, int] | None = None
         end = prefix_range_end(self._prefix)
         while True:
@@ -1145,21 +1140,10 @@ class EtcdElection:
                 out.append(f"candidate id {cid!r} is used by {len(keys)} keys ({', '.join(keys)}): ids must be unique")
         return out
 
-    async def _no_lead_kvs(self) -> list[Any]:
-        with _store_errors("range"):
-            resp = await self._b.kv.get(
-                self._no_lead_prefix,
-                range_end=prefix_range_end(self._no_lead_prefix),
-                sort_order=SortOrder.ASCEND,
-                sort_target=SortTarget.CREATE,
-                timeout=self._b.timeout,
-            )
-        return list(resp.kvs)
-
     async def candidates(self) -> list[Candidate]:
         """The queue, leader first, then the --no-lead candidates (never leaders, never queued)."""
         queued, _ = await self._candidate_kvs()
-        standing = await self._no_lead_kvs()
+        standing, _ = await self._candidate_kvs(self._no_lead_prefix)
         kvs = queued + standing
 
         async def ttl_of(lease: int) -> float | None:
@@ -1194,7 +1178,7 @@ class EtcdElection:
 
     async def evict(self, candidate_id: str, key: str = "") -> list[str]:
         queued, _ = await self._candidate_kvs()
-        standing = await self._no_lead_kvs()
+        standing, _ = await self._candidate_kvs(self._no_lead_prefix)
         gone = []
         for i, kv in enumerate(queued + standing):
             value = kv.value.decode(errors="replace")
