@@ -617,20 +617,12 @@ class ZooKeeperElection:
         + delete). A garbled record, a request, a missing epoch node, an
         unclean exit or a failed multi: None, and the slow path decides.
         """
-
-        async def read(path: str) -> tuple[bytes | None, Any]:
-            try:
-                data, stat = await _call(client.get_async, path)
-            except NoNodeError:
-                return None, None
-            return bytes(data or b""), stat
-
         with _store_errors("claim"):
             names, head_stat, (raw_record, record_stat), (raw_marker, marker_stat), switch_stat = await asyncio.gather(
                 self._children(client),
                 _call(client.exists_async, head),
-                read(self.epoch_path),
-                read(self.marker_path),
+                self._read(client, self.epoch_path),
+                self._read(client, self.marker_path),
                 _call(client.exists_async, self.switch_path),
             )
         own = self._node.rsplit("/", 1)[1]
@@ -663,12 +655,16 @@ class ZooKeeperElection:
             results = await _call(tx.commit_async)
         return None if any(isinstance(r, Exception) for r in results) else epoch
 
-    async def _get(self, client: KazooClient, path: str) -> bytes | None:
+    async def _read(self, client: KazooClient, path: str) -> tuple[bytes | None, Any]:
+        """The node's data and stat; (None, None) when it does not exist."""
         try:
-            data, _ = await _call(client.get_async, path)
+            data, stat = await _call(client.get_async, path)
         except NoNodeError:
-            return None
-        return bytes(data or b"")
+            return None, None
+        return bytes(data or b""), stat
+
+    async def _get(self, client: KazooClient, path: str) -> bytes | None:
+        return (await self._read(client, path))[0]
 
     async def _marker_token(self, client: KazooClient, watcher: Callable[[Any], None] | None = None) -> int:
         """The token in the resign marker, -1 if none; ``watcher`` fires when it is created or set."""
@@ -1037,15 +1033,14 @@ class ZooKeeperElection:
         client = self._client or await self._b.observer()
         out = []
         for name in await self._children(client):
+            node = self.base + "/" + name
             with _store_errors("read candidate"):
-                try:
-                    data, stat = await _call(client.get_async, self.base + "/" + name)
-                except NoNodeError:
-                    continue
+                data, stat = await self._read(client, node)
+            if stat is None:
+                continue  # gone since the listing
             # An ephemeral node exists exactly as long as its session: never stale,
             # but ZooKeeper does not tell how long the session has left.
-            node = self.base + "/" + name
-            cid, prio = parse_candidate((data or b"").decode(errors="replace"))
+            cid, prio = parse_candidate(data.decode(errors="replace") if data else "")
             out.append(Candidate(cid, int(stat.czxid), node, None, stale=False, priority=prio))
         with _store_errors("list no-lead candidates"):
             try:
@@ -1054,13 +1049,14 @@ class ZooKeeperElection:
                 standing = []
         found = []
         for name in standing:
-            with _store_errors("read candidate"):
-                try:
-                    data, stat = await _call(client.get_async, self.no_lead_path + "/" + name)
-                except NoNodeError:
-                    continue
             node = self.no_lead_path + "/" + name
-            found.append(Candidate((data or b"").decode(errors="replace"), int(stat.czxid), node, None, no_lead=True))
+            with _store_errors("read candidate"):
+                data, stat = await self._read(client, node)
+            if stat is None:
+                continue
+            found.append(
+                Candidate(data.decode(errors="replace") if data else "", int(stat.czxid), node, None, no_lead=True)
+            )
         return out + sorted(found, key=lambda c: c.token)
 
     async def problems(self) -> list[str]:
