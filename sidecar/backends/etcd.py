@@ -474,7 +474,7 @@ class EtcdElection:
         # leader whose grant may still run. All of them, not the last: after
         # such a delete the queue re-forms behind candidates that never led.
         self._heads_seen: dict[int, tuple[str, int]] = {}
-        self._own_ttl = 0  # our lease's granted TTL, written into the epoch record when we lead
+        self._own_ttl = 0  # our lease's granted TTL: our lock-delay bound, and recorded when we lead
         self.wakeups = 0  # watch events that woke this candidate; O(1) per change
 
     @property
@@ -533,7 +533,7 @@ class EtcdElection:
                     report.priority_step_aside(best, others[best])
                 await self._requeue(value, lease)
                 continue
-            await self._lock_delay(report, float(getattr(session, "ttl", 0.0)), (record, marker))
+            await self._lock_delay(report, float(self._own_ttl), (record, marker))
             epoch = await self._bump_epoch(candidate_id, lease, report, mod, consume=verdict != NO_REQUEST)
             if epoch is None:
                 continue  # the request changed since we read it: decide again
