@@ -36,7 +36,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from sidecar.fencing.adapters.base import StaleToken
@@ -45,14 +44,27 @@ from sidecar_harness.fenced_store import open_store
 
 
 class Recorder:
+    """Appends one JSON line per call, each with a single unbuffered write.
+
+    It is called from the SIGTERM handler too, and the sidecar signals the
+    orchestrator and then every process in its cgroup: a second SIGTERM can land
+    inside the first one's write. A buffered file object raises "reentrant call"
+    there; a bare descriptor has no buffer to re-enter, and O_APPEND keeps every
+    line whole even with escaped children appending to the same file.
+    """
+
     def __init__(self, path: str, writer: str) -> None:
-        # Open for the life of the process, line-buffered: a SIGKILL loses at most a partial line.
-        self.f = Path(path).open("a", buffering=1)  # noqa: SIM115
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         self.writer = writer
 
     def __call__(self, kind: str, **fields: Any) -> None:
         line = {"kind": kind, "writer": self.writer, "pid": os.getpid(), "mono": monotonic(), **fields}
-        self.f.write(json.dumps(line) + "\n")
+        data = (json.dumps(line) + "\n").encode()
+        while data:  # a regular file takes the line at once; a pipe may take part of it
+            data = data[os.write(self.fd, data) :]
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 def connect(path: str, timeout: float = 10.0) -> BlockingGrantClient:
