@@ -42,6 +42,19 @@ def log_tail(path: Path, lines: int = 5) -> str:
         return "(no log)"
 
 
+def last_words(path: Path) -> str:
+    """Why a store process exited, from its log: its last panic or fatal line, else its last lines."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    marks = ('"level":"panic"', '"level":"fatal"', " FATAL ", " ERROR ", "panic:")
+    for line in reversed(lines):
+        if any(m in line for m in marks):
+            return line[:800]
+    return " | ".join(lines[-5:])[:800]
+
+
 @dataclass
 class LocalMember:
     """One store process: its name, its client endpoint and its log."""

@@ -17,6 +17,7 @@ import pytest
 
 from sidecar_harness.localetcd import EtcdNotFound, LocalEtcd
 from sidecar_harness.localpg import LocalPostgres, PostgresNotFound
+from sidecar_harness.localstore import last_words
 from sidecar_harness.localzk import LocalZooKeeper, ZooKeeperNotFound
 
 ETCD_IMAGE = "quay.io/coreos/etcd:v3.5.17"
@@ -141,6 +142,28 @@ def zookeeper() -> Iterator[ZkServer]:
 def zk_ensemble() -> Iterator[ZkServer]:
     """A fresh 3-server loopback ensemble per test: tests kill its servers."""
     yield from _local_zk(3)
+
+
+_reported_dead: set[int] = set()
+
+
+@pytest.fixture(autouse=True)
+def _session_stores_survive(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A shared store that exits fails every later test with "connection
+    refused" and takes its log with it at the end of the session: name the
+    test it died in, and why, once."""
+    yield
+    for name in ("etcd", "zookeeper"):
+        server = request.node.funcargs.get(name) if hasattr(request.node, "funcargs") else None
+        local = getattr(server, "local", None)
+        for m in getattr(local, "members", ()):
+            if not m.alive and id(m) not in _reported_dead:
+                _reported_dead.add(id(m))
+                code = m.proc.returncode if m.proc is not None else None
+                pytest.fail(
+                    f"the session's {name} member {m.name} exited during this test (exit code {code}): "
+                    f"{last_words(m.log_path)}"
+                )
 
 
 @pytest.fixture(scope="session")

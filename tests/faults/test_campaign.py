@@ -89,3 +89,24 @@ def test_member_isolated_from_its_peers(backend: str, tmp_path: Path, measure: A
         f"seed {r['seed']}, demoted {row['demoted_s']}, failover {row['failover_s']}, "
         f"smallest gap {r['checker']['min_gap_ms']} ms",
     )
+
+
+def test_a_store_member_that_exits_on_its_own_is_reported_and_started_again() -> None:
+    """After every heal the campaign checks its store: a member no fault killed that is gone
+    (etcd 3.5.1 panics on a cancelled read-only txn) is a problem of that fault, not a silent outage later."""
+    from sidecar_harness.faults import revive_exited
+    from sidecar_harness.localetcd import LocalEtcd
+
+    try:
+        find_binary("etcd")
+    except EtcdNotFound as exc:
+        missing(str(exc))
+    with LocalEtcd(1) as cluster:
+        (m,) = cluster.members
+        assert revive_exited(cluster) == []
+        assert m.proc is not None
+        m.proc.kill()  # behind the harness's back, as a crash would
+        m.proc.wait(10)
+        problems = revive_exited(cluster)
+        assert len(problems) == 1 and "m0 exited on its own" in problems[0], problems
+        assert m.alive, "the member was not started again"
