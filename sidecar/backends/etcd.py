@@ -136,6 +136,11 @@ def _read(path: str) -> bytes | None:
     return Path(path).read_bytes() if path else None
 
 
+def _one(named: dict[str, Any], key: str) -> list[Any]:
+    """The kvs of one key from an election read: [kv] or [], as a range would give."""
+    return [named[key]] if key in named else []
+
+
 class EtcdBackend:
     """One gRPC channel to the cluster, shared by sessions and elections."""
 
@@ -683,16 +688,38 @@ class EtcdElection:
                         return claimed
                     read = claimed  # a failed claim read the queue again: no second round trip
 
+    async def _election_read(self, what: str) -> tuple[dict[str, Any], list[Any], int]:
+        """Every key of this election as of one revision: the ``NAME.*`` keys
+        by name, the queue (unsorted), and that revision.
+
+        One plain range over [NAME., NAME0), which holds exactly ``NAME.*``
+        and ``NAME/*``, and never a read-only txn, though several ranges in one
+        would do: etcd 3.5.0 to 3.5.4 panic, and the member exits, when the
+        client cancels a read-only txn while its ranges run (etcd-io/etcd#14110,
+        fixed in 3.5.5), and every call of ours carries a deadline and can be
+        cancelled by a stop. A range answers the same cancellation with an error.
+        """
+        with _store_errors(what):
+            resp = await self._b.kv.get(self._name + ".", range_end=self._name + "0", timeout=self._b.timeout)
+        named: dict[str, Any] = {}
+        queue: list[Any] = []
+        for kv in resp.kvs:
+            key = kv.key.decode(errors="replace")
+            if key.startswith(self._prefix):
+                queue.append(kv)
+            else:
+                named[key] = kv  # NAME.epoch, NAME.resigned, NAME.switchover, NAME.no-lead/...
+        return named, queue, int(resp.header.revision)
+
     async def _queue_read(self) -> tuple[list[Any], int, _Seen]:
         """The queue (oldest first) and the records a claim predicts from, as of one revision.
 
-        One txn, so a waiting candidate pays no more round trips than a plain
-        range: what it learns here is what ``_claim`` compares.
+        One range over the whole election, so a waiting candidate pays one
+        round trip: what it learns here is what ``_claim`` compares.
         """
         await self._b.authenticate()
-        with _store_errors("range"):
-            resp = await self._b.kv.txn(compare=[], success=self._queue_ops(), failure=[], timeout=self._b.timeout)
-        return self._queue_of(resp)
+        named, queue, revision = await self._election_read("range")
+        return self._queue_of([queue, _one(named, self._epoch_key), _one(named, self._switch_key)], revision)
 
     def _queue_ops(self) -> list[Any]:
         kv = self._b.kv
@@ -703,10 +730,10 @@ class EtcdElection:
         ]
 
     @staticmethod
-    def _queue_of(resp: Any) -> tuple[list[Any], int, _Seen]:
-        queue, epoch, switch = (list(r.response_range.kvs) for r in resp.responses)
+    def _queue_of(kvs: list[list[Any]], revision: int) -> tuple[list[Any], int, _Seen]:
+        queue, epoch, switch = kvs
         queue.sort(key=lambda c: int(c.create_revision))
-        return queue, int(resp.header.revision), _Seen(epoch[0] if epoch else None, switch[0] if switch else None)
+        return queue, revision, _Seen(epoch[0] if epoch else None, switch[0] if switch else None)
 
     async def _claim(
         self, candidate_id: str, lease: int, *, priority: int, kvs: list[Any], revision: int, seen: _Seen
@@ -776,7 +803,9 @@ class EtcdElection:
         with _store_errors("claim txn"):
             txn = await kv.txn(compare=compare, success=[kv.txn_op_put(self._epoch_key, new)],
                                failure=self._queue_ops(), timeout=self._b.timeout)  # fmt: skip
-        return _Claimed(epoch) if txn.succeeded else self._queue_of(txn)
+        if txn.succeeded:
+            return _Claimed(epoch)
+        return self._queue_of([list(r.response_range.kvs) for r in txn.responses], int(txn.header.revision))
 
     def _takes_next_vacancy(self, kvs: list[Any]) -> bool:
         waiting = [
@@ -827,17 +856,10 @@ class EtcdElection:
         self,
     ) -> tuple[EpochRecord | str, ResignMarker | None, SwitchoverRequest | None, int]:
         """The epoch record, the resign marker, the switchover request and its mod revision, as of one revision."""
-        kv = self._b.kv
-        with _store_errors("epoch read"):
-            resp = await kv.txn(
-                compare=[],
-                success=[kv.txn_op_get(k) for k in (self._epoch_key, self._marker_key, self._switch_key)],
-                failure=[],
-                timeout=self._b.timeout,
-            )
-        rec_kvs = resp.responses[0].response_range.kvs
-        marker_kvs = resp.responses[1].response_range.kvs
-        switch_kvs = resp.responses[2].response_range.kvs
+        named, _, _ = await self._election_read("epoch read")
+        rec_kvs, marker_kvs, switch_kvs = (
+            _one(named, key) for key in (self._epoch_key, self._marker_key, self._switch_key)
+        )
         record = parse_epoch_record(self._epoch_key, rec_kvs[0].value if rec_kvs else None)
         request = parse_switchover(switch_kvs[0].value) if switch_kvs else None
         mod = int(switch_kvs[0].mod_revision) if switch_kvs else 0
@@ -1057,20 +1079,12 @@ class EtcdElection:
         watch: _KeptWatch | None = None
         try:
             while True:
-                kv = self._b.kv
-                end = prefix_range_end(self._prefix)
-                with _store_errors("switchover read"):
-                    resp = await kv.txn(
-                        compare=[],
-                        success=[kv.txn_op_get(self._switch_key), kv.txn_op_get(self._prefix, range_end=end)],
-                        failure=[],
-                        timeout=self._b.timeout,
-                    )
-                found = resp.responses[0].response_range.kvs
+                named, queue, revision = await self._election_read("switchover read")
+                found = _one(named, self._switch_key)
                 request = parse_switchover(found[0].value if found else None)
                 others = {
                     candidate_id_of(c.value.decode(errors="replace"))
-                    for c in resp.responses[1].response_range.kvs
+                    for c in queue
                     if c.key.decode(errors="replace") != self._key
                 }
                 if leader_should_hand_over(request, candidate_id, others, time.time()):
@@ -1079,7 +1093,7 @@ class EtcdElection:
                 # Re-read every retry interval: a target may join later, a watch is a hint.
                 # The stream is kept over quiet intervals (see _KeptWatch), started afresh after an event.
                 if watch is None:
-                    call = self._b.watch_stream(self._switch_key.encode(), start_revision=int(resp.header.revision) + 1)
+                    call = self._b.watch_stream(self._switch_key.encode(), start_revision=revision + 1)
                     watch = _KeptWatch(call, _changed)
                 if await watch.wait(self._b.retry_interval) is not None:
                     watch.close()

@@ -103,6 +103,11 @@ class EtcdFence:
         tx = EtcdTxn(self.kv)
         yield tx
         ops = list(tx.ops)
+        if ops and all(op.WhichOneof("request") == "request_range" for op in ops) and not self.keep_history:
+            # Its answers would go nowhere, and etcd 3.5.0-3.5.4 panic (the
+            # member exits) when a read-only txn is cancelled mid-range, as our
+            # deadline does (docs/design.md, "etcd releases that panic").
+            raise ValueError("a fenced etcd txn must put or delete: read with kv.get, then fence the writes")
         if self.keep_history:
             # Zero-padded token first, then a unique tail: keys sort by token, never collide.
             entry = f"{self.history_prefix}{token:020d}-{uuid.uuid4().hex}"
