@@ -125,7 +125,12 @@ class Sidecar:
         except (BackendError, TimeoutError) as exc:
             self.log.warning("store_version_unknown", error=str(exc) or type(exc).__name__)
             facts = {}
+        bugs = facts.pop("known_bugs", "")
         self.log.info("store_version", backend=self.cfg.backend, **facts)
+        if bugs:
+            # Safety does not rest on these (docs/design.md), but an operator
+            # should know the release they run has them, and upgrade.
+            self.log.warning("store_version_has_known_bugs", version=facts.get("version"), bugs=bugs)
         self.metrics.store_info(facts.get("version", ""))
         late = self.cfg.ttl * (1 - self.cfg.drift) - self.cfg.renew_deadline
         if self.cfg.backend == "etcd" and late < 2:

@@ -136,6 +136,30 @@ def _read(path: str) -> bytes | None:
     return Path(path).read_bytes() if path else None
 
 
+# Released etcd bugs that bear on a leader election, with the first release
+# of its line that fixes each (docs/design.md, "etcd releases with lease
+# bugs"). The sidecar warns at start when the member it talks to is older.
+KNOWN_BUGS: tuple[tuple[tuple[int, int, int], str], ...] = (
+    ((3, 5, 2), "a watch catching up can panic the member (etcd-io/etcd#12845, #13505)"),
+    ((3, 5, 3), "lease renewals and TTL reads are not linearizable (etcd-io/etcd#13675)"),
+    ((3, 5, 5), "a read-only txn cancelled by its client panics the member (etcd-io/etcd#14110)"),
+    ((3, 5, 8), "a leader on a slow disk can revoke leases after stepping down (etcd-io/etcd#15247)"),
+    ((3, 5, 14), "LeaseTimeToLive can answer from a member whose leader changed (etcd-io/etcd#17704)"),
+    ((3, 4, 32), "LeaseTimeToLive can answer from a member whose leader changed (etcd-io/etcd#17705)"),
+)
+
+
+def known_bugs(version: str) -> list[str]:
+    """The bugs in KNOWN_BUGS that ``version`` (as the member reports it) still has; [] if unparsable."""
+    try:
+        have = tuple(int(p) for p in version.split("-", maxsplit=1)[0].split(".")[:3])
+    except ValueError:
+        return []
+    if len(have) != 3:
+        return []
+    return [what for fixed, what in KNOWN_BUGS if have[:2] == fixed[:2] and have < fixed]
+
+
 def _one(named: dict[str, Any], key: str) -> list[Any]:
     """The kvs of one key from an election read: [kv] or [], as a range would give."""
     return [named[key]] if key in named else []
@@ -231,7 +255,8 @@ class EtcdBackend:
 
     async def describe(self) -> dict[str, str]:
         """Facts about the store for the start-up log and the store_info metric."""
-        return {"version": await self.server_version()}
+        version = await self.server_version()
+        return {"version": version, **({"known_bugs": "; ".join(bugs)} if (bugs := known_bugs(version)) else {})}
 
     def admin(self, name: str) -> EtcdElection:
         # One class serves both roles; the protocols keep each caller to its own part.

@@ -219,6 +219,9 @@ async def test_the_store_version_is_known(store: Store) -> None:
     assert describe is not None, "the etcd backend cannot tell its server version"
     facts = await describe()
     assert facts["version"].startswith("3."), facts
+    from sidecar.backends.etcd import known_bugs
+
+    assert facts.get("known_bugs", "") == "; ".join(known_bugs(facts["version"])), facts
 
 
 async def test_a_candidate_on_a_member_without_a_raft_leader_does_not_sleep_unaware(

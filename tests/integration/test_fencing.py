@@ -65,6 +65,12 @@ def test_leaders_child_gets_the_token_and_followers_run_nothing(fleet: Fleet) ->
         if s is not leader:
             assert not fleet.record(s.candidate).exists(), "a follower's orchestrator was started in gate mode"
     assert verdict(fleet).accepted > 0
+    # Each sidecar named the store's release, and warned if that release has known bugs.
+    from sidecar.backends.etcd import known_bugs
+
+    (version,) = {log_events(s, "store_version")[0]["version"] for s in fleet.sidecars}
+    warned = [e["bugs"] for s in fleet.sidecars for e in log_events(s, "store_version_has_known_bugs")]
+    assert warned == ["; ".join(known_bugs(version))] * len(fleet.sidecars) if known_bugs(version) else not warned
 
 
 def test_resign_stops_the_old_child_before_the_successor_starts(fleet: Fleet, measure: Any) -> None:

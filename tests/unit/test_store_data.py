@@ -64,3 +64,17 @@ def test_the_epoch_record_carries_the_leaders_ttl_only_when_known() -> None:
     for bad in (b'"x"', b"-1", b"true", b"1e9"):  # a bad TTL is dropped, never a garbled record
         raw = b'{"epoch": 3, "token": 7, "ttl": ' + bad + b"}"
         assert parse_epoch_record("e", raw) == EpochRecord(3, 7), bad
+
+
+def test_known_etcd_bugs_follow_the_release_line_and_its_fixes() -> None:
+    from sidecar.backends.etcd import known_bugs
+
+    old = known_bugs("3.5.1")
+    assert any("#14110" in b for b in old) and any("#13675" in b for b in old), old
+    assert not any("#12845" in b for b in known_bugs("3.5.2"))
+    assert known_bugs("3.5.14") == [] and known_bugs("3.6.0") == []
+    # Each line has its own fix: 3.4.31 lacks the 3.4 backport, and 3.5 fixes say nothing of it.
+    line_34 = known_bugs("3.4.31")
+    assert line_34 and all("#17705" in b for b in line_34), line_34
+    assert known_bugs("3.4.32") == []
+    assert known_bugs("garbage") == [] and known_bugs("3.5") == []
