@@ -253,9 +253,34 @@ class Cgroup:
             finally:
                 os.close(fd)
 
-    def remove(self) -> None:
-        try:  # noqa: SIM105 (no contextlib: the watchdog loads this)
+    def remove(self) -> bool:
+        """Remove the group if it is empty; False if it is not (yet).
+
+        Right after its last member died the kernel may still count tasks that
+        are exiting (EBUSY): the supervisor removes such a group at its next
+        spawn (remove_empty_groups), the watchdog retries until it can.
+        """
+        try:
             os.rmdir(self.path)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        return True
+
+
+def remove_empty_groups(prefix: str) -> None:
+    """Remove our groups whose names start with ``prefix`` and that are empty (rmdir fails on the rest)."""
+    base = own_cgroup2_dir()
+    if base is None:
+        return
+    try:
+        names = [n for n in os.listdir(base) if n.startswith(prefix)]
+    except OSError:
+        return
+    for name in names:
+        try:  # noqa: SIM105 (no contextlib: the watchdog loads this)
+            os.rmdir(os.path.join(base, name))
         except OSError:
             pass
 

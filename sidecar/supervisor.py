@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -488,6 +489,10 @@ class Supervisor:
         self._leading = False
         self._stopping = False
         self._spawned = 0
+        # Our groups' names. The pid says whose they are; the random part
+        # keeps them apart from groups an earlier process with our pid left
+        # behind (pids are reused; a SIGKILLed sidecar's empty group can stay).
+        self._group_prefix = f"election-sidecar-{os.getpid()}-{secrets.token_hex(3)}"
         self._watchers: set[asyncio.Task[None]] = set()
 
     @property
@@ -531,7 +536,8 @@ class Supervisor:
         self._spawned += 1
         cgroup = None
         if self.mechanism == "cgroup":
-            cgroup = proctree.Cgroup.create(f"election-sidecar-{os.getpid()}-{self._spawned}")
+            proctree.remove_empty_groups(self._group_prefix + "-")  # any an earlier term could not remove
+            cgroup = proctree.Cgroup.create(f"{self._group_prefix}-{self._spawned}")
             how = ["cgroup", cgroup.path]
         else:
             how = ["subreaper"]

@@ -153,9 +153,8 @@ class Target:
             if sig == signal.SIGKILL:
                 # The sidecar may be dead and never remove the group: once empty, we do.
                 end = _now() + KILL_CONFIRM
-                while self.cgroup.procs() and _now() < end:
-                    time.sleep(0.005)
-                self.cgroup.remove()
+                while (self.cgroup.procs() or not self.cgroup.remove()) and _now() < end:
+                    time.sleep(0.005)  # exiting tasks keep an empty group busy for a moment
         elif self.fd is not None and self.kind == "tree":
             # The wrapper itself is left alone: it exits once its tree is empty.
             root, exclude = self.pid, frozenset[int]()

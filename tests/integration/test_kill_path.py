@@ -10,6 +10,7 @@ the watchdog alone (sidecar SIGKILLed or SIGSTOPped) kills the helper too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -354,3 +355,29 @@ async def test_ready_retries_an_unconfirmed_kill_until_it_is_confirmed() -> None
     assert sup.unconfirmed is not None, "forgot a target that may still run"
     assert await sup.ready() == ""
     assert sup.unconfirmed is None
+
+
+async def test_a_group_left_by_an_earlier_process_with_our_pid_does_not_stop_the_start(tmp_path: Path) -> None:
+    """A SIGKILLed sidecar can leave an empty cgroup behind (its tasks still exiting when it
+    was removed), and pids are reused: a later sidecar with the same pid must still start
+    its orchestrator. Seen in CI: the new leader's start failed with FileExistsError and it
+    demoted, so a switchover landed on someone else."""
+    if not proctree.cgroup_usable():
+        pytest.skip("no cgroup v2 hierarchy of ours to create groups in")
+    base = proctree.own_cgroup2_dir()
+    assert base is not None
+    leftovers = [os.path.join(base, f"election-sidecar-{os.getpid()}-{n}") for n in (1, 2)]
+    for path in leftovers:
+        os.mkdir(path)
+    sup = supervisor([sys.executable, "-c", "import time; time.sleep(60)"], "cgroup")
+    try:
+        await sup.start()
+        g = grant()
+        await sup.started_leading(g)  # raised FileExistsError on the old naming
+        assert sup.child is not None and sup.child.returncode is None
+        assert await sup.stopped_leading(g, Reason.RESIGNED) is True
+    finally:
+        await sup.close()
+        for path in leftovers:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
