@@ -229,6 +229,14 @@ class Cgroup:
             return []
         return [int(p) for p in text.split()]
 
+    def populated(self) -> bool:
+        """Whether a task still counts in the group or below it (exiting ones too: rmdir waits for them)."""
+        try:
+            with open(os.path.join(self.path, "cgroup.events")) as f:
+                return "populated 1" in f.read()
+        except FileNotFoundError:
+            return False
+
     def kill(self) -> None:
         """SIGKILL every member, forks in flight included."""
         try:
@@ -258,7 +266,7 @@ class Cgroup:
 
         Right after its last member died the kernel may still count tasks that
         are exiting (EBUSY): the supervisor removes such a group at its next
-        spawn (remove_empty_groups), the watchdog retries until it can.
+        spawn (remove_empty_groups), the watchdog waits for ``populated 0``.
         """
         try:
             os.rmdir(self.path)

@@ -153,8 +153,12 @@ class Target:
             if sig == signal.SIGKILL:
                 # The sidecar may be dead and never remove the group: once empty, we do.
                 end = _now() + KILL_CONFIRM
-                while (self.cgroup.procs() or not self.cgroup.remove()) and _now() < end:
-                    time.sleep(0.005)  # exiting tasks keep an empty group busy for a moment
+                # Exiting tasks keep the group busy a moment after cgroup.procs
+                # is empty. Not until rmdir succeeds: a group with child groups
+                # never would, and the next target waits for this loop.
+                while (self.cgroup.procs() or self.cgroup.populated()) and _now() < end:
+                    time.sleep(0.005)
+                self.cgroup.remove()
         elif self.fd is not None and self.kind == "tree":
             # The wrapper itself is left alone: it exits once its tree is empty.
             root, exclude = self.pid, frozenset[int]()

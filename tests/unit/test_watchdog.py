@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import sidecar.watchdog
 from sidecar import proctree
 from tests.helpers import wait_until
@@ -158,3 +160,38 @@ def test_garbage_commands_are_logged_not_fatal() -> None:
         assert wd.stderr is not None and wd.stderr.read().count(b"watchdog_bad_command") == 3
     finally:
         wd.kill()
+
+
+def test_a_group_with_child_groups_does_not_hold_up_the_next_targets_kill(tmp_path: Path) -> None:
+    """Targets are killed one after another. A killed cgroup that cannot be removed (an
+    orchestrator that manages cgroups leaves child groups) must not delay the next SIGKILL:
+    compared with the same kill without that group in front, in the same run."""
+    if not proctree.cgroup_usable():
+        pytest.skip("no writable cgroup v2 group here")
+    base = proctree.own_cgroup2_dir()
+    assert base is not None
+    group = os.path.join(base, f"election-sidecar-test-{os.getpid()}")
+    os.mkdir(group)
+    os.mkdir(os.path.join(group, "child"))  # the job runner's own group, empty
+
+    def kill_latency(*front: dict[str, Any]) -> float:
+        target, wd = stubborn(), start_watchdog()
+        try:
+            t = now()
+            arm(wd, t + 0.1, t + 0.2, *front, pid_target(target.pid))
+            assert target.wait(10) == -9
+            return now() - (t + 0.2)
+        finally:
+            target.kill()
+            wd.kill()
+
+    try:
+        alone = kill_latency()
+        behind = kill_latency({"kind": "cgroup", "path": group})
+        assert os.path.isdir(group), "the watchdog removed a group that still had a child group"
+    finally:
+        os.rmdir(os.path.join(group, "child"))
+        os.rmdir(group)
+    assert behind - alone < sidecar.watchdog.KILL_CONFIRM / 2, (
+        f"SIGKILL {behind:.3f}s after the deadline behind a group with child groups, {alone:.3f}s without it"
+    )
