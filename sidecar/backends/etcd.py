@@ -160,11 +160,6 @@ def known_bugs(version: str) -> list[str]:
     return [what for fixed, what in KNOWN_BUGS if have[:2] == fixed[:2] and have < fixed]
 
 
-def _one(named: dict[str, Any], key: str) -> list[Any]:
-    """The kvs of one key from an election read: [kv] or [], as a range would give."""
-    return [named[key]] if key in named else []
-
-
 class EtcdBackend:
     """One gRPC channel to the cluster, shared by sessions and elections."""
 
@@ -217,6 +212,43 @@ class EtcdBackend:
         with _store_errors("status"):
             resp = await self.client.maintenance.status(timeout=self.timeout)  # type: ignore[union-attr]
         return str(resp.version)
+
+    async def snapshot(self, what: str, reads: list[tuple[str, str | bytes | None]]) -> tuple[list[list[Any]], int]:
+        """Several ranges (key, range end) as of one revision: their kvs and that revision.
+
+        Never a read-only txn, though one would do: etcd 3.5.0 to 3.5.4 panic,
+        and the member exits, when the client cancels a read-only txn while
+        its ranges run (etcd-io/etcd#14110, fixed in 3.5.5), and every call of
+        ours carries a deadline and can be cancelled by a stop. A plain range
+        answers the same cancellation with an error. Nor one range over every
+        ``NAME.*`` key: other elections' and applications' keys share that
+        prefix, and past gRPC's 4 MiB message limit every read would fail.
+        The ranges go out together; any answered at an older revision than the
+        newest is asked again at that one, so all describe one moment (what
+        the txn gave us), in one round trip when nothing changed in between.
+        """
+        kv = self.kv
+
+        async def get(key: str, end: str | bytes | None, revision: int = 0) -> Any:
+            return await kv.get(key, range_end=end, revision=revision, timeout=self.timeout)
+
+        with _store_errors(what):
+            for _ in range(3):
+                resps = list(await asyncio.gather(*(get(k, e) for k, e in reads)))
+                rev = max(int(r.header.revision) for r in resps)
+                stale = [i for i, r in enumerate(resps) if int(r.header.revision) != rev]
+                again = await asyncio.gather(*(get(*reads[i], rev) for i in stale), return_exceptions=True)
+                compacted = False
+                for i, r in zip(stale, again, strict=True):
+                    if isinstance(r, grpc.aio.AioRpcError) and r.code() == grpc.StatusCode.OUT_OF_RANGE:
+                        compacted = True  # compacted in between: read afresh
+                    elif isinstance(r, BaseException):
+                        raise r
+                    else:
+                        resps[i] = r
+                if not compacted:
+                    return [list(r.kvs) for r in resps], rev
+        raise StoreUnavailable(f"etcd {what}: the store compacted the revision we read, three times in a row")
 
     def watch_stream(self, key: bytes, range_end: bytes = b"", start_revision: int = 0, *, no_put: bool = False) -> Any:
         """One Watch stream, no retries, with require-leader.
@@ -713,38 +745,17 @@ class EtcdElection:
                         return claimed
                     read = claimed  # a failed claim read the queue again: no second round trip
 
-    async def _election_read(self, what: str) -> tuple[dict[str, Any], list[Any], int]:
-        """Every key of this election as of one revision: the ``NAME.*`` keys
-        by name, the queue (unsorted), and that revision.
-
-        One plain range over [NAME., NAME0), which holds exactly ``NAME.*``
-        and ``NAME/*``, and never a read-only txn, though several ranges in one
-        would do: etcd 3.5.0 to 3.5.4 panic, and the member exits, when the
-        client cancels a read-only txn while its ranges run (etcd-io/etcd#14110,
-        fixed in 3.5.5), and every call of ours carries a deadline and can be
-        cancelled by a stop. A range answers the same cancellation with an error.
-        """
-        with _store_errors(what):
-            resp = await self._b.kv.get(self._name + ".", range_end=self._name + "0", timeout=self._b.timeout)
-        named: dict[str, Any] = {}
-        queue: list[Any] = []
-        for kv in resp.kvs:
-            key = kv.key.decode(errors="replace")
-            if key.startswith(self._prefix):
-                queue.append(kv)
-            else:
-                named[key] = kv  # NAME.epoch, NAME.resigned, NAME.switchover, NAME.no-lead/...
-        return named, queue, int(resp.header.revision)
-
     async def _queue_read(self) -> tuple[list[Any], int, _Seen]:
         """The queue (oldest first) and the records a claim predicts from, as of one revision.
 
-        One range over the whole election, so a waiting candidate pays one
+        One snapshot (three ranges at once), so a waiting candidate pays one
         round trip: what it learns here is what ``_claim`` compares.
         """
         await self._b.authenticate()
-        named, queue, revision = await self._election_read("range")
-        return self._queue_of([queue, _one(named, self._epoch_key), _one(named, self._switch_key)], revision)
+        kvs, revision = await self._b.snapshot(
+            "range", [(self._prefix, prefix_range_end(self._prefix)), (self._epoch_key, None), (self._switch_key, None)]
+        )
+        return self._queue_of(kvs, revision)
 
     def _queue_ops(self) -> list[Any]:
         kv = self._b.kv
@@ -881,9 +892,8 @@ class EtcdElection:
         self,
     ) -> tuple[EpochRecord | str, ResignMarker | None, SwitchoverRequest | None, int]:
         """The epoch record, the resign marker, the switchover request and its mod revision, as of one revision."""
-        named, _, _ = await self._election_read("epoch read")
-        rec_kvs, marker_kvs, switch_kvs = (
-            _one(named, key) for key in (self._epoch_key, self._marker_key, self._switch_key)
+        (rec_kvs, marker_kvs, switch_kvs), _ = await self._b.snapshot(
+            "epoch read", [(self._epoch_key, None), (self._marker_key, None), (self._switch_key, None)]
         )
         record = parse_epoch_record(self._epoch_key, rec_kvs[0].value if rec_kvs else None)
         request = parse_switchover(switch_kvs[0].value) if switch_kvs else None
@@ -1104,8 +1114,9 @@ class EtcdElection:
         watch: _KeptWatch | None = None
         try:
             while True:
-                named, queue, revision = await self._election_read("switchover read")
-                found = _one(named, self._switch_key)
+                (found, queue), revision = await self._b.snapshot(
+                    "switchover read", [(self._switch_key, None), (self._prefix, prefix_range_end(self._prefix))]
+                )
                 request = parse_switchover(found[0].value if found else None)
                 others = {
                     candidate_id_of(c.value.decode(errors="replace"))

@@ -60,6 +60,24 @@ async def test_reads_that_time_out_leave_the_member_running(member: LocalEtcd, e
         await fill.close()
 
 
+async def test_keys_that_only_share_the_name_never_reach_our_reads(member: LocalEtcd, election_name: str) -> None:
+    """``NAME.cache/...`` (an application's keys) or ``NAME.eu/...`` (another election)
+    share our records' prefix. Read along with them, past gRPC's 4 MiB message limit
+    every read of this election failed (RESOURCE_EXHAUSTED), for good."""
+    fill = EtcdBackend(member.endpoints, MonotonicClock(), request_timeout=30.0)
+    await fill.connect()
+    try:
+        for i in range(5):
+            await fill.kv.put(f"{election_name}.cache/{i}", "x" * 1_000_000)
+        election = fill.election(election_name)
+        queue, _, _ = await election._queue_read()
+        assert queue == []
+        record, marker, request, _ = await election._read_at_once()
+        assert marker is None and request is None, (record, marker, request)
+    finally:
+        await fill.close()
+
+
 async def test_a_fenced_txn_of_reads_only_is_refused_before_it_is_sent(member: LocalEtcd, election_name: str) -> None:
     from sidecar.fencing.adapters.etcd import EtcdFence
 

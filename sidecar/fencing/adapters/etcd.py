@@ -103,7 +103,12 @@ class EtcdFence:
         tx = EtcdTxn(self.kv)
         yield tx
         ops = list(tx.ops)
-        if ops and all(op.WhichOneof("request") == "request_range" for op in ops) and not self.keep_history:
+        if not ops and not self.keep_history:
+            # Nothing to commit: check the token still leads with a plain range
+            # (a compare-only txn counts as read-only in etcd; see below).
+            await self.leader_key(token)
+            return
+        if all(op.WhichOneof("request") == "request_range" for op in ops) and not self.keep_history:
             # Its answers would go nowhere, and etcd 3.5.0-3.5.4 panic (the
             # member exits) when a read-only txn is cancelled mid-range, as our
             # deadline does (docs/design.md, "etcd releases that panic").
