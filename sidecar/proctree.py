@@ -222,12 +222,17 @@ class Cgroup:
         return cls(path)
 
     def procs(self) -> list[int]:
-        try:
-            with open(os.path.join(self.path, "cgroup.procs")) as f:
-                text = f.read()
-        except FileNotFoundError:
-            return []
-        return [int(p) for p in text.split()]
+        """Every task in the group and in the groups below it: an orchestrator
+        that manages cgroups (a job runner) moves its workers into child groups,
+        which the group's own cgroup.procs does not list."""
+        out: list[int] = []
+        for where, _, _ in os.walk(self.path):
+            try:
+                with open(os.path.join(where, "cgroup.procs")) as f:
+                    out += [int(p) for p in f.read().split()]
+            except FileNotFoundError:
+                continue
+        return out
 
     def populated(self) -> bool:
         """Whether a task still counts in the group or below it (exiting ones too: rmdir waits for them)."""
@@ -275,22 +280,6 @@ class Cgroup:
         except OSError:
             return False
         return True
-
-
-def remove_empty_groups(prefix: str) -> None:
-    """Remove our groups whose names start with ``prefix`` and that are empty (rmdir fails on the rest)."""
-    base = own_cgroup2_dir()
-    if base is None:
-        return
-    try:
-        names = [n for n in os.listdir(base) if n.startswith(prefix)]
-    except OSError:
-        return
-    for name in names:
-        try:  # noqa: SIM105 (no contextlib: the watchdog loads this)
-            os.rmdir(os.path.join(base, name))
-        except OSError:
-            pass
 
 
 def cgroup_usable() -> bool:

@@ -100,9 +100,11 @@ class Tree:
         proc: asyncio.subprocess.Process,
         cgroup: proctree.Cgroup | None,
         others: Callable[[], frozenset[int]] | None = None,
+        leftovers: list[proctree.Cgroup] | None = None,
     ) -> None:
         self.proc = proc
         self.cgroup = cgroup
+        self.leftovers = leftovers  # where a group we could not remove yet goes, to be retried
         self.start = proctree.start_time(proc.pid)
         # Held so that, once the wrapper has exited, its pid (free for reuse
         # once reaped) is never walked again: a stranger could have it.
@@ -160,7 +162,8 @@ class Tree:
         if self.proc.returncode is None:
             return False
         if self.cgroup is not None:
-            return not self.cgroup.procs()
+            # populated: tasks in child groups and tasks still exiting count too.
+            return not self.cgroup.procs() and not self.cgroup.populated()
         # A wrapper that exited by itself had no child left. One that was
         # killed left orphans with us: the tree is empty once none is left.
         if (self.proc.returncode or 0) < 0 and self._orphan_walk(None):
@@ -193,8 +196,8 @@ class Tree:
         return [spec]
 
     def release(self) -> None:
-        if self.cgroup is not None:
-            self.cgroup.remove()
+        if self.cgroup is not None and not self.cgroup.remove() and self.leftovers is not None:
+            self.leftovers.append(self.cgroup)
         if self.root_fd is not None:
             os.close(self.root_fd)
             self.root_fd = None
@@ -493,6 +496,7 @@ class Supervisor:
         # keeps them apart from groups an earlier process with our pid left
         # behind (pids are reused; a SIGKILLed sidecar's empty group can stay).
         self._group_prefix = f"election-sidecar-{os.getpid()}-{secrets.token_hex(3)}"
+        self._leftover_groups: list[proctree.Cgroup] = []
         self._watchers: set[asyncio.Task[None]] = set()
 
     @property
@@ -536,7 +540,9 @@ class Supervisor:
         self._spawned += 1
         cgroup = None
         if self.mechanism == "cgroup":
-            proctree.remove_empty_groups(self._group_prefix + "-")  # any an earlier term could not remove
+            # Groups of earlier terms that were still busy when released. Only
+            # those: a listing would also find a group whose spawn is in flight.
+            self._leftover_groups[:] = [g for g in self._leftover_groups if not g.remove()]
             cgroup = proctree.Cgroup.create(f"{self._group_prefix}-{self._spawned}")
             how = ["cgroup", cgroup.path]
         else:
@@ -546,7 +552,7 @@ class Supervisor:
             sys.executable, "-I", "-S", SPAWN, *(["--guard", str(guard)] if guard >= 0 else []), *how,
             "--", *self.command, env=env, start_new_session=True, pass_fds=(guard,) if guard >= 0 else (),
         )  # fmt: skip
-        tree = Tree(proc, cgroup, self._other_children if self._adopt_orphans else None)
+        tree = Tree(proc, cgroup, self._other_children if self._adopt_orphans else None, self._leftover_groups)
         self.log.info(
             "orchestrator_started",
             pid=proc.pid,
@@ -764,3 +770,5 @@ class Supervisor:
                 self.watchdog.arm(self.unconfirmed.watchdog_targets(), now, now)
         if self._guarded():
             await self.watchdog.close(disarm=self.unconfirmed is None)
+        for group in self._leftover_groups:  # a last try for groups still busy when released
+            group.remove()

@@ -148,35 +148,46 @@ class Target:
         return self.path or f"{self.kind} {self.pid}"
 
     def signal(self, sig: int) -> None:
+        """One pass: never waits, so the next target is signalled at once (see settle)."""
         if self.kind == "cgroup":
-            self.cgroup.signal(sig)
-            if sig == signal.SIGKILL:
-                # The sidecar may be dead and never remove the group: once empty, we do.
-                end = _now() + KILL_CONFIRM
-                # Exiting tasks keep the group busy a moment after cgroup.procs
-                # is empty. Not until rmdir succeeds: a group with child groups
-                # never would, and the next target waits for this loop.
-                while (self.cgroup.procs() or self.cgroup.populated()) and _now() < end:
-                    time.sleep(0.005)
-                self.cgroup.remove()
+            self.cgroup.signal(sig)  # SIGKILL: cgroup.kill, forks in flight included
         elif self.fd is not None and self.kind == "tree":
-            # The wrapper itself is left alone: it exits once its tree is empty.
-            root, exclude = self.pid, frozenset[int]()
-            if proctree.pidfd_exited(self.fd):
-                # The wrapper is gone. Never walk its pid: a stranger may have it.
-                # If the sidecar adopts orphans (it says so in the spec), a killed
-                # wrapper's orphans went to it: the tree is now the sidecar's
-                # descendants but us. Otherwise, or if the sidecar is gone too
-                # (they went to init), they are out of our reach.
-                if not self.orphans_to or os.getppid() != self.orphans_to:
-                    return
-                root, exclude = self.orphans_to, frozenset({os.getpid()})
-            if sig == signal.SIGKILL:
-                proctree.kill_tree(root, KILL_CONFIRM, exclude)
-            else:
-                proctree.signal_tree(root, sig, exclude)
+            found = self._tree_root()
+            if found is not None:
+                proctree.signal_tree(found[0], sig, found[1])
         elif self.fd is not None:
             proctree.pidfd_signal(self.fd, sig)
+
+    def settle(self) -> None:
+        """After every target had its SIGKILL: make sure, and tidy up (may take up to KILL_CONFIRM)."""
+        if self.kind == "cgroup":
+            # The sidecar may be dead and never remove the group: once empty, we
+            # do. Exiting tasks keep it busy a moment after cgroup.procs is
+            # empty; a group with child groups never could be removed, so wait
+            # for the tasks ("populated 0"), not for rmdir.
+            end = _now() + KILL_CONFIRM
+            while (self.cgroup.procs() or self.cgroup.populated()) and _now() < end:
+                time.sleep(0.005)
+            self.cgroup.remove()
+        elif self.fd is not None and self.kind == "tree":
+            found = self._tree_root()
+            if found is not None:
+                proctree.kill_tree(found[0], KILL_CONFIRM, found[1])  # re-kills forks in flight
+
+    def _tree_root(self) -> tuple[int, frozenset[int]] | None:
+        """Where the tree hangs (root, pids to leave out), or None when it is out of reach."""
+        assert self.fd is not None
+        # The wrapper itself is left alone: it exits once its tree is empty.
+        if not proctree.pidfd_exited(self.fd):
+            return self.pid, frozenset()
+        # The wrapper is gone. Never walk its pid: a stranger may have it.
+        # If the sidecar adopts orphans (it says so in the spec), a killed
+        # wrapper's orphans went to it: the tree is now the sidecar's
+        # descendants but us. Otherwise, or if the sidecar is gone too
+        # (they went to init), they are out of our reach.
+        if not self.orphans_to or os.getppid() != self.orphans_to:
+            return None
+        return self.orphans_to, frozenset({os.getpid()})
 
     def close(self) -> None:
         if self.fd is not None:
@@ -203,6 +214,14 @@ class Guard:
                 t.signal(sig)
             except OSError as exc:
                 errors.append(f"{t.name()}: {exc}")
+        if sig == signal.SIGKILL:
+            # Only now the waits: a target stuck in uninterruptible sleep must
+            # not hold up the SIGKILL of the ones after it.
+            for t in self.targets:
+                try:
+                    t.settle()
+                except OSError as exc:
+                    errors.append(f"{t.name()}: {exc}")
         return errors
 
     def clear(self) -> None:

@@ -47,6 +47,26 @@ while True:
     time.sleep(0.005)
 """
 
+# An orchestrator that manages cgroups (a job runner): it moves a worker into a
+# child group of its own group; the worker finishes its batch (ignores SIGTERM).
+CGROUP_MANAGER = r"""
+import os, signal, sys, time
+out = sys.argv[1]
+me = open("/proc/self/cgroup").read().split("0::", 1)[1].strip()
+point = sys.argv[2]
+sub = os.path.join(point + me, "worker")
+os.mkdir(sub)
+if os.fork() == 0:
+    with open(os.path.join(sub, "cgroup.procs"), "w") as f:
+        f.write(str(os.getpid()))
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    while True:
+        os.write(fd, f"{os.getpid()} {time.monotonic_ns()}\n".encode())
+        time.sleep(0.005)
+signal.pause()
+"""
+
 # A sidecar reduced to its supervisor, in its own process, so a test can
 # SIGKILL or SIGSTOP it and leave the watchdog alone on guard.
 RUNNER = r"""
@@ -381,3 +401,33 @@ async def test_a_group_left_by_an_earlier_process_with_our_pid_does_not_stop_the
         for path in leftovers:
             with contextlib.suppress(OSError):
                 os.rmdir(path)
+
+
+async def test_a_worker_in_a_child_group_is_stopped_before_the_stop_is_confirmed(reap_writers: Path) -> None:
+    """The group's own cgroup.procs does not list tasks in its child groups: a stop was
+    confirmed, and the watchdog disarmed, while such a worker went on writing (found by
+    review: 190 writes after the confirmed stop)."""
+    if not proctree.cgroup_usable():
+        pytest.skip("no writable cgroup v2 group here")
+    mount = proctree.cgroup2_mount()
+    assert mount is not None
+    out = reap_writers
+    sup = supervisor([sys.executable, "-c", CGROUP_MANAGER, str(out), mount[0]], "cgroup")
+    await sup.start()
+    try:
+        g = grant()
+        await sup.started_leading(g)
+        await eventually(lambda: bool(writers(out)), 10, what="the worker writing")
+        assert await sup.stopped_leading(g, Reason.RESIGNED) is True
+        returned = time.monotonic_ns()
+        alive = [pid for pid in writers(out) if not gone(pid)]
+        assert not alive, f"stopped_leading confirmed the stop but worker {alive} in a child group still runs"
+        assert max(ns for _, ns in writes(out)) < returned
+    finally:
+        await sup.close()
+        base = proctree.own_cgroup2_dir() or ""
+        for name in os.listdir(base) if base else []:  # the worker's group keeps ours from being removed
+            if name.startswith(f"election-sidecar-{os.getpid()}-"):
+                with contextlib.suppress(OSError):
+                    os.rmdir(os.path.join(base, name, "worker"))
+                    os.rmdir(os.path.join(base, name))
