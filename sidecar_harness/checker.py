@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,7 +72,13 @@ def read_records(paths: list[Path]) -> list[dict[str, Any]]:
             try:
                 out.append(json.loads(line))
             except ValueError:
-                continue  # a line cut short by SIGKILL
+                # A line cut short by SIGKILL, and perhaps another writer's
+                # whole record appended right after it, on the same line: keep
+                # that record (losing an act would hide an overlap).
+                tail = line.rfind('{"kind"', 1)
+                if tail > 0:
+                    with contextlib.suppress(ValueError):
+                        out.append(json.loads(line[tail:]))
     return out
 
 

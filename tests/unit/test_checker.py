@@ -106,3 +106,13 @@ def test_a_reused_pid_cannot_hide_a_neighbour(tmp_path: Path) -> None:
     a = _acts(tmp_path / "a.jsonl", "a", 10, 5, [1.0, 3.0])
     b = _acts(tmp_path / "b.jsonl", "b", 10, 7, [2.0, 4.0])  # pid 10 reused by another writer
     assert any("overlap" in x for x in check([a, b]).violations)
+
+
+def test_a_record_appended_to_a_line_cut_short_by_sigkill_is_still_read(tmp_path: Path) -> None:
+    """A writer SIGKILLed mid-line leaves no newline: the next writer's whole record joins it."""
+    from sidecar_harness.checker import read_records
+
+    path = tmp_path / "r.jsonl"
+    act = {"kind": "act", "writer": "b", "pid": 2, "mono": 1.5, "token": 9}
+    path.write_text('{"kind": "act", "writer": "a", "pi' + json.dumps(act) + "\n")
+    assert read_records([path]) == [act]
