@@ -270,8 +270,8 @@ class Cgroup:
         """Remove the group if it is empty; False if it is not (yet).
 
         Right after its last member died the kernel may still count tasks that
-        are exiting (EBUSY): the supervisor removes such a group at its next
-        spawn (remove_empty_groups), the watchdog waits for ``populated 0``.
+        are exiting (EBUSY): the supervisor retries such a group at its next
+        spawn and at close, the watchdog waits for ``populated 0``.
         """
         try:
             os.rmdir(self.path)
