@@ -321,18 +321,35 @@ class GateChild(ChildStrategy):
 class StandbyChild(ChildStrategy):
     mode = "standby"
 
+    def __init__(self, spawn: Callable[[Grant | None], Awaitable[Tree]]) -> None:
+        super().__init__(spawn)
+        # One spawn at a time. A term won while a crashed standby was being
+        # replaced started a second orchestrator beside the new standby, and
+        # the one not held in self.tree ran untracked: never stopped, and its
+        # crash never noticed.
+        self._spawning = asyncio.Lock()
+
     async def start(self) -> None:
-        self.tree = await self.spawn(None)
+        async with self._spawning:
+            self.tree = await self.spawn(None)
 
     async def begin_term(self, grant: Grant) -> Target | None:
-        if self.tree is None or self.tree.proc.returncode is not None:
-            # Won while the standby was down (between its crash and its restart):
-            # lead with a fresh one rather than with no orchestrator at all.
-            self.tree = await self.spawn(grant)
-        return self.tree
+        async with self._spawning:
+            if self.tree is None or self.tree.proc.returncode is not None:
+                # Won while the standby was down (between its crash and its restart):
+                # lead with a fresh one rather than with no orchestrator at all.
+                self.tree = await self.spawn(grant)
+            return self.tree
 
     async def after_stop(self) -> None:
-        self.tree = await self.spawn(None)
+        async with self._spawning:
+            self.tree = await self.spawn(None)
+
+    async def replace(self, crashed: Tree, wanted: Callable[[], bool]) -> None:
+        """A new standby for one that crashed, unless a term or a stop has replaced it meanwhile."""
+        async with self._spawning:
+            if self.tree is crashed and wanted():
+                self.tree = await self.spawn(None)
 
 
 class PidfileStrategy(Strategy):
@@ -596,7 +613,7 @@ class Supervisor:
                 self.log.error("orchestrator_kill_unconfirmed", target=tree.describe())
                 return
             tree.release()
-            self.strategy.tree = await self._spawn(None)
+            await self.strategy.replace(tree, lambda: not (self._stopping or self._leading))
 
     # -- elector hooks ------------------------------------------------------
 

@@ -431,3 +431,57 @@ async def test_a_worker_in_a_child_group_is_stopped_before_the_stop_is_confirmed
                 with contextlib.suppress(OSError):
                     os.rmdir(os.path.join(base, name, "worker"))
                     os.rmdir(os.path.join(base, name))
+
+
+STANDBY_ONCE_CRASHING = r"""
+import os, sys, time
+record, flag = sys.argv[1], sys.argv[2]
+if not os.environ.get("ELECTION_TOKEN") and not os.path.exists(flag):
+    open(flag, "w").close()
+    sys.exit(3)  # the first standby crashes once
+with open(record, "a") as f:
+    f.write(f"{os.getpid()}\n")
+time.sleep(60)
+"""
+
+
+async def test_a_term_won_while_a_crashed_standby_is_replaced_runs_one_orchestrator(tmp_path: Path) -> None:
+    """The standby crashes; while its replacement is being spawned the election is won. Found
+    by review: begin_term saw the dead standby and spawned the leader's own, the replacement
+    spawned too, and one of the two ran untracked (never stopped)."""
+    record, flag = tmp_path / "pids", tmp_path / "crashed"
+    sup = supervisor([sys.executable, "-c", STANDBY_ONCE_CRASHING, str(record), str(flag)], None, standby=True)
+    spawn, calls = sup._spawn, 0
+    replacing, go_on = asyncio.Event(), asyncio.Event()
+
+    async def held(grant: Grant | None) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # the replacement of the crashed standby: hold it in flight
+            replacing.set()
+            await go_on.wait()
+        return await spawn(grant)
+
+    sup._spawn = held  # type: ignore[method-assign]
+    sup.strategy.spawn = held  # type: ignore[attr-defined]
+    await sup.start()
+
+    def running() -> list[int]:
+        pids = [int(p) for p in record.read_text().split()] if record.exists() else []
+        return [p for p in pids if not gone(p)]
+
+    try:
+        await asyncio.wait_for(replacing.wait(), 10)
+        g = grant()
+        term = asyncio.create_task(sup.started_leading(g))
+        await asyncio.sleep(0.2)  # the term begins while the replacement is in flight (a window)
+        go_on.set()
+        await asyncio.wait_for(term, 10)
+        await eventually(lambda: len(running()) >= 1, 10, what="an orchestrator running")
+        await asyncio.sleep(0.5)  # a second spawn, if any, has started by now (negative window)
+        assert len(running()) == 1, f"{len(running())} orchestrators run for one term: {running()}"
+        assert await sup.stopped_leading(g, Reason.RESIGNED) is True
+    finally:
+        await sup.close()
+        for pid in running():
+            os.kill(pid, signal.SIGKILL)
