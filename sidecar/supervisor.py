@@ -162,8 +162,9 @@ class Tree:
         if self.proc.returncode is None:
             return False
         if self.cgroup is not None:
-            # populated: tasks in child groups and tasks still exiting count too.
-            return not self.cgroup.procs() and not self.cgroup.populated()
+            # populated: every task of the group and the groups below it,
+            # exiting ones too (the same the tasks listed would tell, and more).
+            return not self.cgroup.populated()
         # A wrapper that exited by itself had no child left. One that was
         # killed left orphans with us: the tree is empty once none is left.
         if (self.proc.returncode or 0) < 0 and self._orphan_walk(None):

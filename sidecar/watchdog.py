@@ -164,9 +164,10 @@ class Target:
             # The sidecar may be dead and never remove the group: once empty, we
             # do. Exiting tasks keep it busy a moment after cgroup.procs is
             # empty; a group with child groups never could be removed, so wait
-            # for the tasks ("populated 0"), not for rmdir.
+            # for the tasks ("populated 0", which counts every task below the
+            # group, exiting ones too), not for rmdir.
             end = _now() + KILL_CONFIRM
-            while (self.cgroup.procs() or self.cgroup.populated()) and _now() < end:
+            while self.cgroup.populated() and _now() < end:
                 time.sleep(0.005)
             self.cgroup.remove()
         elif self.fd is not None and self.kind == "tree":

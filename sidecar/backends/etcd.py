@@ -752,18 +752,16 @@ class EtcdElection:
         round trip: what it learns here is what ``_claim`` compares.
         """
         await self._b.authenticate()
-        kvs, revision = await self._b.snapshot(
-            "range", [(self._prefix, prefix_range_end(self._prefix)), (self._epoch_key, None), (self._switch_key, None)]
-        )
+        kvs, revision = await self._b.snapshot("range", self._queue_ranges())
         return self._queue_of(kvs, revision)
 
+    def _queue_ranges(self) -> list[tuple[str, str | bytes | None]]:
+        """What ``_queue_of`` reads, in its order: the queue, the epoch record, the switchover key."""
+        return [(self._prefix, prefix_range_end(self._prefix)), (self._epoch_key, None), (self._switch_key, None)]
+
     def _queue_ops(self) -> list[Any]:
-        kv = self._b.kv
-        return [
-            kv.txn_op_get(self._prefix, range_end=prefix_range_end(self._prefix)),
-            kv.txn_op_get(self._epoch_key),
-            kv.txn_op_get(self._switch_key),
-        ]
+        """The same reads inside a txn (the claim's failure branch)."""
+        return [self._b.kv.txn_op_get(key, range_end=end) for key, end in self._queue_ranges()]
 
     @staticmethod
     def _queue_of(kvs: list[list[Any]], revision: int) -> tuple[list[Any], int, _Seen]:
