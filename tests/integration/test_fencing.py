@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from sidecar_harness.checker import Verdict, check, read_records
-from sidecar_harness.fleet import FAST_TIMING
+from sidecar_harness.fleet import FAST_TIMING, SidecarProcess
 from tests.helpers import wait_until
 from tests.integration.conftest import Fleet, log_events, pid_gone
 
@@ -49,10 +49,21 @@ def started(path: Path) -> bool:
     return bool(records(path, "start"))
 
 
-def child_pid(view: dict[str, Any]) -> int:
-    pid = view["orchestrator"]["pid"]
-    assert isinstance(pid, int)
-    return pid
+def child_pid(sidecar: SidecarProcess) -> int:
+    """The leader's orchestrator pid, once it has one.
+
+    A sidecar says it leads as soon as it won; it spawns the orchestrator
+    just after, so the first status that says "leader" may name no pid yet.
+    """
+    found: list[int] = []
+
+    def known() -> bool:
+        pid = ((sidecar.status() or {}).get("orchestrator") or {}).get("pid")
+        found[:] = [pid] if isinstance(pid, int) else []
+        return bool(found)
+
+    wait_until(known, 10, what=f"{sidecar.candidate}'s orchestrator pid in its status")
+    return found[0]
 
 
 def test_leaders_child_gets_the_token_and_followers_run_nothing(fleet: Fleet) -> None:
@@ -92,8 +103,8 @@ def test_resign_stops_the_old_child_before_the_successor_starts(fleet: Fleet, me
 
 def test_sigkilled_sidecar_takes_its_child_with_it(fleet: Fleet, measure: Any) -> None:
     fleet.start(2, toy_flags=())
-    old, view = fleet.wait_one_leader()
-    pid = child_pid(view)
+    old, _ = fleet.wait_one_leader()
+    pid = child_pid(old)
     t = time.monotonic()
     old.signal(signal.SIGKILL)
     wait_until(lambda: pid_gone(pid), 5, what="orphaned orchestrator to die")
@@ -123,7 +134,7 @@ def test_frozen_sidecar_cooperative_child_self_fences_before_lease_expiry(fleet:
 def test_frozen_sidecar_non_cooperative_child_is_killed_by_the_watchdog(fleet: Fleet, measure: Any) -> None:
     fleet.start(2, toy_flags=("--no-self-fence", "--ignore-sigterm"))
     old, view = fleet.wait_one_leader()
-    pid = child_pid(view)
+    pid = child_pid(old)
     wait_acting(fleet, old.candidate, view["token"])
     old.signal(signal.SIGSTOP)
     try:
