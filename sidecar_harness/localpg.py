@@ -18,12 +18,12 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from sidecar_harness.localstore import free_ports, log_tail, spawn_logged
+from sidecar_harness.shareddir import shared_tempdir
 
 
 class PostgresNotFound(RuntimeError):
@@ -79,7 +79,8 @@ class LocalPostgres:
     def start(self, timeout: float = 60.0) -> LocalPostgres:
         bindir = find_bindir()
         prefix = _unprivileged()
-        self._tmp = Path(tempfile.mkdtemp(prefix="election-sidecar-pg-"))
+        # The server runs as its own user, so its directory must be reachable by it.
+        self._tmp = shared_tempdir("election-sidecar-pg-")
         try:
             data, sockets = self._tmp / "data", self._tmp / "sock"
             sockets.mkdir()
@@ -92,7 +93,8 @@ class LocalPostgres:
             init = subprocess.run(
                 [*prefix, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
                  "-E", "UTF8", "--no-sync", "--no-instructions"],
-                capture_output=True, text=True, check=False,
+                # It returns to its working directory, which the test's may not let it do.
+                capture_output=True, text=True, check=False, cwd=self._tmp,
             )  # fmt: skip
             if init.returncode != 0:
                 tail = " | ".join((init.stderr or init.stdout).strip().splitlines()[-3:])
@@ -104,7 +106,7 @@ class LocalPostgres:
                 # Throwaway data: durability buys nothing here and costs seconds per test.
                 "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
             ]  # fmt: skip
-            self.proc = spawn_logged(argv, self.log_path)
+            self.proc = spawn_logged(argv, self.log_path, cwd=self._tmp)
             self.wait_ready(timeout)
         except BaseException:
             self.stop()

@@ -145,10 +145,10 @@ class ProcessGroup:
         self.stop()
 
 
-def spawn_logged(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+def spawn_logged(argv: list[str], log_path: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
     """Start a server in its own session with stdout and stderr appended to its log."""
     log = log_path.open("ab")
     try:
-        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd)
     finally:
         log.close()

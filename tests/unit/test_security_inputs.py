@@ -24,6 +24,7 @@ from sidecar.fencing.protocol import CLIENT_TYPES, SERVER_TYPES, ProtocolError, 
 from sidecar.fencing.server import GrantServer
 from sidecar.http_api import HttpApi
 from sidecar.loopmon import LoopMonitor
+from sidecar_harness.shareddir import shared_tempdir
 from tests.helpers import RecordingSink
 
 # -- fuzzing -----------------------------------------------------------------
@@ -129,8 +130,7 @@ async def open_server() -> AsyncIterator[tuple[GrantServer, RecordingSink, list[
     """A server whose socket everyone may connect to, so uid checks are what decides."""
     sink = RecordingSink()
     refused: list[int] = []
-    d = Path(tempfile.mkdtemp(prefix="es-sec-"))
-    d.chmod(0o755)
+    d = shared_tempdir("es-sec-")  # uid 65534 must reach the socket
 
     async def status() -> dict[str, Any]:
         return {"state": "follower"}
