@@ -14,6 +14,7 @@ import itertools
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from functools import partial
 
 from sidecar.backends.base import (
     DEFAULT_PRIORITY,
@@ -41,6 +42,7 @@ from sidecar.backends.base import (
     parse_resign_marker,
     parse_switchover,
     priority_verdict,
+    steps_aside_early,
 )
 from sidecar.clock import Clock, MonotonicClock
 from sidecar.config import Config
@@ -266,14 +268,28 @@ class MemoryElection:
             await self._store.gate()
             if self._store.keys.get(name) is not mine:
                 raise KeyLost(f"candidate key {name} vanished while campaigning")
-            ahead = [(k, v) for k, v in self._store.under(self._prefix) if v.create_revision < mine.create_revision]
+            queue = self._store.under(self._prefix)
+            ahead = [(k, v) for k, v in queue if v.create_revision < mine.create_revision]
             if not ahead:
                 break
+            behind = {candidate_id_of(v.value) for _, v in queue if v.create_revision > mine.create_revision}
+            request = self._request()
+            if steps_aside_early(request, candidate_id, behind, time.time()):
+                # As etcd and ZooKeeper do: re-queue behind the target now, not at the head.
+                assert request is not None
+                if report is not None:
+                    report.switchover(STEP_ASIDE, request)
+                mine = await self._requeue(name, mine)
+                continue
             predecessor = ahead[-1][1]
             if on_wait is not None:
                 on_wait(Leadership(candidate_id_of(ahead[0][1].value), ahead[0][1].create_revision, 0))
-            await predecessor.deleted.wait()
-            self.wakeups += 1
+            async with self._store.changed:
+                await self._store.changed.wait_for(
+                    partial(self._woken, predecessor, self._store.plain.get(self._switch_key))
+                )
+            if predecessor.deleted.is_set():
+                self.wakeups += 1
         await self._lock_delay(mine.create_revision, report)
         if self._store.keys.get(name) is not mine:
             raise KeyLost(f"candidate key {name} vanished during the lock-delay")
@@ -293,11 +309,20 @@ class MemoryElection:
             elif report is not None:
                 best = max(others, key=lambda i: others[i])
                 report.priority_step_aside(best, others[best])
-            value = mine.value
-            await self._store.delete(name)
-            mine = await self._store.create(name, value, mine.lease)
-            self._token = mine.create_revision
+            mine = await self._requeue(name, mine)
         return verdict, request, mine
+
+    def _woken(self, predecessor: _Key, request_was: str | None) -> bool:
+        """The predecessor went, or the switchover request changed."""
+        return predecessor.deleted.is_set() or self._store.plain.get(self._switch_key) != request_was
+
+    async def _requeue(self, name: str, mine: _Key) -> _Key:
+        """Step aside: the same key again, at the end of the queue."""
+        value = mine.value
+        await self._store.delete(name)
+        mine = await self._store.create(name, value, mine.lease)
+        self._token = mine.create_revision
+        return mine
 
     @property
     def _switch_key(self) -> str:
@@ -321,6 +346,8 @@ class MemoryElection:
     async def request_switchover(self, request: SwitchoverRequest) -> None:
         await self._store.gate()
         self._store.plain[self._switch_key] = request.encode().decode()
+        async with self._store.changed:
+            self._store.changed.notify_all()  # waiting candidates ahead of its target step aside
 
     async def _lock_delay(self, mine: int, report: CampaignReport | None) -> None:
         """The etcd rule, with the store's exact knowledge of when a revoked lease would have run out."""

@@ -51,6 +51,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,7 @@ from etcd3aio import (
 from etcd3aio._protobuf import Compare, LeaseKeepAliveRequest, WatchCreateRequest, WatchRequest, WatchStub
 
 from sidecar.backends.base import (
+    COMPLETED,
     DEFAULT_PRIORITY,
     NO_LEAD_SUFFIX,
     NO_REQUEST,
@@ -93,6 +95,7 @@ from sidecar.backends.base import (
     parse_resign_marker,
     parse_switchover,
     priority_verdict,
+    steps_aside_early,
     vacancy_winner,
 )
 from sidecar.clock import Clock
@@ -250,20 +253,29 @@ class EtcdBackend:
                     return [list(r.kvs) for r in resps], rev
         raise StoreUnavailable(f"etcd {what}: the store compacted the revision we read, three times in a row")
 
-    def watch_stream(self, key: bytes, range_end: bytes = b"", start_revision: int = 0, *, no_put: bool = False) -> Any:
+    def watch_stream(
+        self, key: bytes, range_end: bytes = b"", start_revision: int = 0, *, no_put: bool = False, also: bytes = b""
+    ) -> Any:
         """One Watch stream, no retries, with require-leader.
 
         ``start_revision`` must be a revision we actually read + 1: resuming
         from anything else (etcd3aio uses a response header's revision) can
-        skip the very DELETE we wait for.
+        skip the very DELETE we wait for. ``also``: a second key watched on
+        the same stream from the same revision, every event (a second stream
+        would cost gRPC's threads a set-up and tear-down per wait).
         """
         assert self._watch_stub is not None, "connect() first"
-        create = WatchCreateRequest(
-            key=key, range_end=range_end, start_revision=start_revision, filters=[_NOPUT] if no_put else []
-        )
+        creates = [
+            WatchCreateRequest(
+                key=key, range_end=range_end, start_revision=start_revision, filters=[_NOPUT] if no_put else []
+            )
+        ]
+        if also:
+            creates.append(WatchCreateRequest(key=also, start_revision=start_revision))
 
         async def requests() -> AsyncIterator[WatchRequest]:
-            yield WatchRequest(create_request=create)
+            for create in creates:
+                yield WatchRequest(create_request=create)
             await asyncio.Event().wait()  # keep the request side open; the call is cancelled to end it
 
         token = self.client.watch._metadata if self.client.watch is not None else ()
@@ -441,6 +453,13 @@ def _deleted(resp: Any) -> bool | None:
     return True if any(ev.type == _DELETE for ev in resp.events) else None
 
 
+def _deleted_or_changed(other: bytes, resp: Any) -> bool | None:
+    """``_deleted``, and False (read afresh) on any event on ``other`` (a second watch on the stream)."""
+    if any(ev.kv.key == other for ev in resp.events):
+        return False
+    return _deleted(resp)
+
+
 def _changed(resp: Any) -> bool | None:
     """A watch response, for one waiting for any change of a key or range (then it reads)."""
     if resp.canceled:
@@ -502,9 +521,10 @@ class _Seen:
 
 @dataclass
 class _Claimed:
-    """The term a candidate claimed in one txn as the head's key went."""
+    """The term a candidate claimed in one txn as the head's key went, and the request it settled."""
 
     epoch: int
+    request: SwitchoverRequest | None = None
 
 
 def _mod_is(key: str, mod_revision: int) -> Compare:
@@ -579,6 +599,8 @@ class EtcdElection:
         while True:
             waited = await self._wait_for_predecessors(candidate_id, lease, priority, on_wait, report)
             if isinstance(waited, _Claimed):
+                if waited.request is not None and report is not None:
+                    report.switchover(COMPLETED, waited.request)
                 self._heads_seen.clear()  # waited out: from now on we are the leader to honour
                 return Leadership(candidate_id, self._rev, waited.epoch)
             kvs = waited
@@ -718,6 +740,16 @@ class EtcdElection:
                 queued = {int(kv.create_revision) for kv in ahead}
                 for t in sorted(t for t in self._heads_seen if t not in queued)[:excess]:
                     del self._heads_seen[t]
+            behind = {
+                candidate_id_of(kv.value.decode(errors="replace")) for kv in kvs if kv.create_revision > self._rev
+            }
+            request = parse_switchover(seen.switch.value) if seen.switch is not None else None
+            if steps_aside_early(request, candidate_id, behind, time.time()):
+                assert request is not None
+                if report is not None:
+                    report.switchover(STEP_ASIDE, request)
+                await self._requeue(encode_candidate(candidate_id, priority), lease)
+                continue
             leader = (candidate_id_of(head.value.decode(errors="replace")), int(head.create_revision))
             if on_wait is not None and leader != told:
                 # Once per leader: the re-reads below are a backstop, not news.
@@ -732,7 +764,10 @@ class EtcdElection:
                 tracked = await self._poll_lease(int(head.create_revision), head.key.decode(), int(head.lease))
                 if tracked is not None and tracked.alive and tracked.remaining <= 1:
                     budget = min(budget, NEAR_EXPIRY_POLL)
-            if await self._wait_deleted(ahead[-1].key, revision + 1, budget):
+            # A switchover request naming someone behind us sends us aside
+            # before the leader has gone: watch its key on the same stream (even
+            # with nobody behind us yet: one may queue before the request comes).
+            if await self._wait_deleted(ahead[-1].key, revision + 1, budget, self._switch_key.encode()):
                 self.wakeups += 1
                 if len(ahead) == 1:
                     # The head went: claim on what we read while waiting, in one
@@ -782,13 +817,14 @@ class EtcdElection:
         on without a lock-delay: our key at its create revision; no key under
         the prefix created before it (a range compare); the epoch record as
         read (if it names the head already) or as the head's own bump of it
-        writes it; no switchover request; and the marker the head's clean
+        writes it; no switchover request (or a pending one naming us or
+        anyone, which the txn then deletes); and the marker the head's clean
         resign writes in the txn that deletes its key. A marker with its
         token is only ever written after its orchestrator was confirmed
         stopped, and the record names the last leader, so the lock-delay
         rule (section 1b) holds with no wait. Anything else (a head that
         never led, a key gone without that marker, a garbled record, a
-        pending request, a newcomer or bump we did not predict) fails a
+        request for someone else, a newcomer or bump we did not predict) fails a
         compare or is not tried, and the slow path (queue read, lock-delay,
         step-aside, repair) decides as before, on the queue the failed txn
         read: no round trip more than before the claim existed.
@@ -801,11 +837,17 @@ class EtcdElection:
         """
         head = kvs[0]
         record = parse_epoch_record(self._epoch_key, seen.epoch.value if seen.epoch is not None else None)
-        if not isinstance(record, EpochRecord) or seen.switch is not None or not head.lease:
-            return None  # a record to repair, a request to weigh, a head with no lease: the slow path
+        if not isinstance(record, EpochRecord) or not head.lease:
+            return None  # a record to repair, a head with no lease: the slow path
         others = _priorities(c for c in kvs if c.key.decode() != self._key)
-        if priority_verdict(None, candidate_id, priority, others, time.time()) != NO_REQUEST:
-            return None  # someone queued outranks us: the slow path steps aside for it
+        request = parse_switchover(seen.switch.value) if seen.switch is not None else None
+        verdict = priority_verdict(request, candidate_id, priority, others, time.time())
+        if verdict != (NO_REQUEST if seen.switch is None else COMPLETED):
+            # Someone queued outranks us, or a request to weigh that does not
+            # name us (or "anyone"): expired, garbled, its target gone or
+            # ahead of us. The slow path steps aside, or leads and clears it.
+            return None
+        switch_mod = int(seen.switch.mod_revision) if seen.switch is not None else 0
         kv = self._b.kv
         token, key = int(head.create_revision), head.key.decode(errors="replace")
         if record.token == token:
@@ -820,25 +862,33 @@ class EtcdElection:
             same = kv.txn_compare_value(self._epoch_key, last.encode())
         epoch = last.epoch + 1
         end, joined = prefix_range_end(self._prefix), revision + 1
+        # With no request, nobody may have joined since our read, but for the
+        # head's own key (the same key, re-created when it re-queues after its
+        # resign): a newcomer might outrank us. A pending request naming us
+        # decides over priorities, as on the slow path, so newcomers do not
+        # matter then; and the candidates it sends aside re-queue behind us
+        # while we wait, often after our last read.
+        no_newcomer = [
+            kv.txn_compare_create_revision(self._prefix, joined, result=Compare.LESS, range_end=head.key),
+            kv.txn_compare_create_revision(head.key + b"\0", joined, result=Compare.LESS, range_end=end),
+        ]
         compare = [
             kv.txn_compare_create_revision(self._key, self._rev),
             # etcd's range compare holds only if every key in the range passes:
-            # nobody under the prefix was created before us,
+            # nobody under the prefix was created before us.
             kv.txn_compare_create_revision(self._prefix, self._rev - 1, result=Compare.GREATER, range_end=end),
-            # and nobody joined since our read, but for the head's own key
-            # (the same key, re-created when it re-queues after its resign).
-            kv.txn_compare_create_revision(self._prefix, joined, result=Compare.LESS, range_end=head.key),
-            kv.txn_compare_create_revision(head.key + b"\0", joined, result=Compare.LESS, range_end=end),
+            *(no_newcomer if verdict == NO_REQUEST else []),
             same,
-            _mod_is(self._switch_key, 0),
+            # The request as read (or still none): one naming us is settled here.
+            _mod_is(self._switch_key, switch_mod),
             kv.txn_compare_value(self._marker_key, ResignMarker(token, key).encode()),
         ]
         new = EpochRecord(epoch, self._rev, candidate_id, self._key, lease, self._own_ttl).encode()
+        success = [kv.txn_op_put(self._epoch_key, new), *([kv.txn_op_delete(self._switch_key)] if switch_mod else [])]
         with _store_errors("claim txn"):
-            txn = await kv.txn(compare=compare, success=[kv.txn_op_put(self._epoch_key, new)],
-                               failure=self._queue_ops(), timeout=self._b.timeout)  # fmt: skip
+            txn = await kv.txn(compare=compare, success=success, failure=self._queue_ops(), timeout=self._b.timeout)
         if txn.succeeded:
-            return _Claimed(epoch)
+            return _Claimed(epoch, request)
         return self._queue_of([list(r.response_range.kvs) for r in txn.responses], int(txn.header.revision))
 
     def _takes_next_vacancy(self, kvs: list[Any]) -> bool:
@@ -1006,11 +1056,11 @@ class EtcdElection:
                 until = min(known.hi, cap)
             now = clock.now()
 
-    async def _wait_deleted(self, key: bytes, from_revision: int, budget: float) -> bool:
-        """True once ``key`` is deleted; False when ``budget`` runs out (the caller reads again)."""
-        watch = _KeptWatch(
-            self._b.watch_stream(key, start_revision=from_revision, no_put=True), _deleted, end="etcd watch ended"
-        )
+    async def _wait_deleted(self, key: bytes, from_revision: int, budget: float, also: bytes = b"") -> bool:
+        """True once ``key`` is deleted; False when ``budget`` runs out or ``also`` changed (the caller reads again)."""
+        seen = _deleted if not also else partial(_deleted_or_changed, also)
+        call = self._b.watch_stream(key, start_revision=from_revision, no_put=True, also=also)
+        watch = _KeptWatch(call, seen, end="etcd watch ended")
         try:
             return bool(await watch.wait(budget))
         finally:

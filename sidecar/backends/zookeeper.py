@@ -59,6 +59,7 @@ from kazoo.retry import KazooRetry
 from kazoo.security import make_acl, make_digest_acl
 
 from sidecar.backends.base import (
+    COMPLETED,
     DEFAULT_PRIORITY,
     NO_LEAD_SUFFIX,
     NO_REQUEST,
@@ -85,6 +86,7 @@ from sidecar.backends.base import (
     parse_resign_marker,
     parse_switchover,
     priority_verdict,
+    steps_aside_early,
 )
 from sidecar.clock import Clock
 from sidecar.config import Config, ConfigError, endpoint_hostports
@@ -479,6 +481,7 @@ class ZooKeeperElection:
         # the queue (kazoo's recipes never see it, nobody queues behind it).
         self.no_lead_path = self.base + NO_LEAD_SUFFIX
         self._node = ""
+        self._value = b""  # our node's data, rewritten as is to wake the next in line
         self._client: KazooClient | None = None
         self._czxid = 0
         self._session_id = 0
@@ -528,7 +531,7 @@ class ZooKeeperElection:
             raise TypeError("a ZooKeeper election needs a ZooKeeper session")
         if no_lead:
             return await self._stand_by(session, candidate_id, on_wait)
-        value = encode_candidate(candidate_id, priority).encode()
+        value = self._value = encode_candidate(candidate_id, priority).encode()
         client = session.client
         self._client = client
         self._session_id = int(session.id, 16)
@@ -553,6 +556,13 @@ class ZooKeeperElection:
                 if own not in names:
                     raise KeyLost(f"candidate node {self._node} vanished while campaigning")
                 ahead = names[: names.index(own)]
+                behind = names[names.index(own) + 1 :]
+                # Woken with a request pending (the leader acting on one touches
+                # its node, which wakes the next in line; each step-aside wakes
+                # the next): step aside now if its target is behind us.
+                if ahead and behind and await self._steps_aside_early(client, candidate_id, behind, report):
+                    await self._requeue(client, prefix, value)
+                    continue
                 if ahead:
                     first = await self._leadership(client, ahead[0], with_epoch=False)
                     # Next in line behind the leader: if the epoch record is garbled
@@ -573,7 +583,9 @@ class ZooKeeperElection:
                         # round trips; anything unusual goes the slow way.
                         claimed = await self._claim(client, candidate_id, priority, self.base + "/" + ahead[0])
                         if claimed is not None:
-                            epoch = claimed
+                            epoch, settled = claimed
+                            if settled is not None and report is not None:
+                                report.switchover(COMPLETED, settled)
                             break
                     continue
                 request, version = await self._read_switchover(client)
@@ -601,7 +613,33 @@ class ZooKeeperElection:
                 break
         return Leadership(candidate_id, self._czxid, epoch)
 
-    async def _claim(self, client: KazooClient, candidate_id: str, priority: int, head: str) -> int | None:
+    async def _steps_aside_early(
+        self, client: KazooClient, candidate_id: str, behind: list[str], report: CampaignReport | None
+    ) -> bool:
+        """Whether a pending request names a candidate queued behind us (see ``steps_aside_early``).
+
+        No watch on the request node: every epoch multi creates and deletes
+        it (the only way a multi can say "still absent"), so a watch there
+        would wake every waiting candidate on every handover. Asked on each
+        wake-up instead; reads the request only when the node exists, and
+        the ids behind us only when it names someone else.
+        """
+        with _store_errors("switchover read"):
+            if await _call(client.exists_async, self.switch_path) is None:
+                return False
+        request, _ = await self._read_switchover(client)
+        now = time.time()
+        if request is None or not request.pending(now) or request.to in ("", candidate_id):
+            return False
+        if not steps_aside_early(request, candidate_id, await self._ids(client, behind), now):
+            return False
+        if report is not None:
+            report.switchover(STEP_ASIDE, request)
+        return True
+
+    async def _claim(
+        self, client: KazooClient, candidate_id: str, priority: int, head: str
+    ) -> tuple[int, SwitchoverRequest | None] | None:
         """Lead at once after the head's node went, if nothing calls for the slow path; else None.
 
         The same decision as the slow path, on reads sent together (kazoo
@@ -609,30 +647,40 @@ class ZooKeeperElection:
         (and the priorities of the others, read only if there are any, do
         not send us aside), the head's node gone
         (an exists watch also fires on a change of its data), no switchover
-        request, an epoch record that parses, and no lock-delay (no last
-        leader, us, or its token in the marker: section 1b). Sequence numbers
-        only grow, so with the head gone nobody is ahead of us. The multi
-        checks our node, the record's version, the marker's version (no
-        newer marker since we read it) and that no request appeared (create
-        + delete). A garbled record, a request, a missing epoch node, an
-        unclean exit or a failed multi: None, and the slow path decides.
+        request or a pending one naming us or anyone, an epoch record that
+        parses, and no lock-delay (no last leader, us, or its token in the
+        marker: section 1b). Sequence numbers only grow, so with the head
+        gone nobody is ahead of us. The multi checks our node, the record's
+        version, the marker's version (no newer marker since we read it) and
+        that no request appeared (create + delete), or deletes the request
+        we settle at the version read. A garbled record, a request for
+        someone else, a missing epoch node, an unclean exit or a failed
+        multi: None, and the slow path decides.
         """
         with _store_errors("claim"):
-            names, head_stat, (raw_record, record_stat), (raw_marker, marker_stat), switch_stat = await asyncio.gather(
+            names, head_stat, (raw_record, record_stat), (raw_marker, marker_stat), switch = await asyncio.gather(
                 self._children(client),
                 _call(client.exists_async, head),
                 self._read(client, self.epoch_path),
                 self._read(client, self.marker_path),
-                _call(client.exists_async, self.switch_path),
+                self._read(client, self.switch_path),
             )
         own = self._node.rsplit("/", 1)[1]
-        if head_stat is not None or switch_stat is not None or record_stat is None or names[:1] != [own]:
+        if head_stat is not None or record_stat is None or names[:1] != [own]:
             return None
-        # The priority rule, on the queue as listed now (as the slow path
-        # does): a queued candidate that outranks us takes the vacancy.
-        others = await self._priorities(client, names[1:]) if len(names) > 1 else {}
-        if priority_verdict(None, candidate_id, priority, others, time.time()) != NO_REQUEST:
-            return None
+        raw_switch, switch_stat = switch
+        request = parse_switchover(raw_switch) if switch_stat is not None else None
+        if switch_stat is not None:
+            # Only a pending request naming us (or anyone) is settled here; it
+            # decides over priorities, as on the slow path.
+            if request is None or not request.pending(time.time()) or request.to not in ("", candidate_id):
+                return None
+        else:
+            # The priority rule, on the queue as listed now (as the slow path
+            # does): a queued candidate that outranks us takes the vacancy.
+            others = await self._priorities(client, names[1:]) if len(names) > 1 else {}
+            if priority_verdict(None, candidate_id, priority, others, time.time()) != NO_REQUEST:
+                return None
         record = parse_epoch_record(self.epoch_path, raw_record)
         marker = parse_resign_marker(raw_marker)
         if not isinstance(record, EpochRecord):
@@ -649,11 +697,14 @@ class ZooKeeperElection:
         )
         if marker_stat is not None:
             tx.check(self.marker_path, marker_stat.version)
-        tx.create(self.switch_path, b"", self._b.acl)
-        tx.delete(self.switch_path)
+        if switch_stat is not None:
+            tx.delete(self.switch_path, switch_stat.version)  # settled: gone unless it changed since our read
+        else:
+            tx.create(self.switch_path, b"", self._b.acl)  # and none appeared since
+            tx.delete(self.switch_path)
         with _store_errors("claim"):
             results = await _call(tx.commit_async)
-        return None if any(isinstance(r, Exception) for r in results) else epoch
+        return None if any(isinstance(r, Exception) for r in results) else (epoch, request)
 
     async def _read(self, client: KazooClient, path: str) -> tuple[bytes | None, Any]:
         """The node's data and stat; (None, None) when it does not exist."""
@@ -983,11 +1034,28 @@ class ZooKeeperElection:
                 others = await self._ids(client, [n for n in await self._children(client) if n != own])
             if leader_should_hand_over(request, candidate_id, others, time.time()):
                 assert request is not None
+                self._nudge_next_in_line(client)
                 return request
             # Re-read every retry interval: a target may join later.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._b.retry_interval):
                     await fired.wait()
+
+    def _nudge_next_in_line(self, client: KazooClient) -> None:
+        """Wake the candidate queued behind us, without waiting for the answer.
+
+        It watches our node with an ``exists`` watch, which also fires on a
+        write of its data: setting our node's data to what it holds wakes it,
+        and only it, to look at the request and step aside if the target is
+        behind it (its own departure then wakes the next). The leader goes on
+        to stop its orchestrator meanwhile: the step-asides are off the
+        switchover's path. A hint only: if it is lost, the candidates step
+        aside when they reach the head of the queue, as before. Nothing
+        reads our node's version (the epoch multi checks it only before we
+        lead), and ``wait_lost`` compares the czxid.
+        """
+        if self._node and self._value:
+            client.set_async(self._node, self._value)
 
     async def switchover_request(self) -> SwitchoverRequest | None:
         client = self._client or await self._b.observer()

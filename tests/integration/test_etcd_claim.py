@@ -245,3 +245,60 @@ async def test_a_higher_priority_candidate_we_saw_queued_takes_the_vacancy(env: 
     await a.resign()
     lead_c = await asyncio.wait_for(c.task, 10)
     assert lead_c.id == "c" and "priority-step-aside for c" in b.report.verdicts
+
+
+async def queue_ids(env: Env) -> list[str]:
+    cands = await env.backend.election(env.cfg.election).candidates()
+    return [c.id for c in sorted(cands, key=lambda c: c.token) if not c.no_lead]
+
+
+async def test_a_candidate_ahead_of_the_target_steps_aside_while_the_leader_still_leads(env: Env) -> None:
+    """Issue 17: b, between the leader and the target c, re-queues behind c as soon as the request lands.
+
+    The leader here is a bare election that never acts on requests, so
+    only b's own watch on the request can move it; before, b stepped aside
+    only on reaching the head of the queue, a hop on the switchover's path.
+    """
+    a, lead_a = await env.lead("a")
+    b = await env.wait("b")
+    c = await env.wait("c")
+    request = SwitchoverRequest("c", "test", "r-early", 0, 1e12)
+    waits: list[bytes] = []
+    wait_deleted = c.election._wait_deleted
+
+    async def recorded(key: bytes, *args: Any) -> bool:
+        waits.append(key)
+        return await wait_deleted(key, *args)
+
+    c.election._wait_deleted = recorded  # type: ignore[method-assign,assignment]
+    await env.backend.election(env.cfg.election).request_switchover(request)
+    await eventually(lambda: "step-aside" in b.report.verdicts, 5, what="b stepping aside while a leads")
+
+    async def requeued() -> bool:
+        return await queue_ids(env) == ["a", "c", "b"]
+
+    await eventually(requeued, 5, what="b queued again behind c")
+    assert not c.task.done() and c.report.verdicts == []
+    # c now waits on a itself (the hand-over below should find it there, not mid-read).
+    await eventually(lambda: waits[-1:] == [a._key.encode()], 5, what="c waiting on a's key")
+    await a.resign()
+    lead_c = await asyncio.wait_for(c.task, 5)
+    assert lead_c.id == "c" and lead_c.epoch == lead_a.epoch + 1
+    assert c.report.verdicts == ["completed"]
+    assert c.slow_reads == [], "the target went the slow way: its claim did not settle the request"
+    assert await env.backend.election(env.cfg.election).switchover_request() is None
+    assert not b.task.done()
+
+
+async def test_a_request_naming_the_next_in_line_is_settled_by_its_claim(env: Env) -> None:
+    """The target next in line claims in one txn and deletes the request in it."""
+    a, lead_a = await env.lead("a")
+    # Written before b queues, so b's first read has it (the leader, a bare
+    # election, never acts on it).
+    await env.backend.election(env.cfg.election).request_switchover(SwitchoverRequest("b", "test", "r-b", 0, 1e12))
+    b = await env.wait("b")
+    await a.resign()
+    lead_b = await asyncio.wait_for(b.task, 5)
+    assert (lead_b.id, lead_b.epoch) == ("b", lead_a.epoch + 1)
+    assert b.report.verdicts == ["completed"] and b.slow_reads == []
+    assert await env.backend.election(env.cfg.election).switchover_request() is None

@@ -11,6 +11,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from kazoo.client import KazooClient
@@ -20,6 +21,7 @@ from sidecar.backends.zookeeper import NODE_MARK, ZooKeeperBackend, ZooKeeperEle
 from sidecar.clock import MonotonicClock
 from sidecar.model import Leadership
 from tests.conftest import ZkServer
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -29,6 +31,7 @@ class Report:
     delays: list[LockDelay] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
     stepped_aside_for: list[str] = field(default_factory=list)
+    verdicts: list[str] = field(default_factory=list)
 
     def lock_delay(self, delay: LockDelay) -> None:
         self.delays.append(delay)
@@ -38,7 +41,8 @@ class Report:
 
     def duplicate_candidate_id(self, candidate_id: str, keys: list[str]) -> None: ...
 
-    def switchover(self, verdict: str, request: SwitchoverRequest) -> None: ...
+    def switchover(self, verdict: str, request: SwitchoverRequest) -> None:
+        self.verdicts.append(verdict)
 
     def priority_step_aside(self, outranked_by: str, priority: int) -> None:
         self.stepped_aside_for.append(outranked_by)
@@ -170,3 +174,48 @@ async def test_a_queued_candidate_of_higher_priority_takes_the_vacancy(env: Env)
     await a.resign()
     lead_c = await asyncio.wait_for(task_c, 10)
     assert lead_c.id == "c" and report_b.stepped_aside_for == ["c"] and not task_b.done()
+
+
+async def queue_ids(env: Env) -> list[str]:
+    cands = await env.backend.election(env.name).candidates()
+    return [c.id for c in sorted(cands, key=lambda c: c.token) if not c.no_lead]
+
+
+async def test_a_candidate_ahead_of_the_target_steps_aside_while_the_leader_still_leads(env: Env) -> None:
+    """Issue 17: b, between the leader and the target c, re-queues behind c as soon as the request lands.
+
+    The bare leader plays only the leader's first step (``wait_switchover``
+    returns the request: the sidecar would now stop its orchestrator) and
+    never resigns until the test says so; before, b stepped aside only on
+    reaching the head of the queue, a hop on the switchover's path. The
+    target then claims and settles the request in one multi.
+    """
+    a, lead_a = await env.lead("a")
+    _, report_b, task_b = await env.wait("b")
+    e_c, report_c, task_c = await env.wait("c")
+    slow: list[int] = []
+    bump_epoch = e_c._bump_epoch
+
+    async def counted(*args: Any, **kw: Any) -> int | None:
+        slow.append(1)  # the slow path's epoch write: c's claim was not taken
+        return await bump_epoch(*args, **kw)
+
+    e_c._bump_epoch = counted  # type: ignore[method-assign]
+    await env.backend.election(env.name).request_switchover(SwitchoverRequest("c", "test", "r-early", 0, 1e12))
+    assert (await asyncio.wait_for(a.wait_switchover("a"), 5)).to == "c"
+    await eventually(lambda: "step-aside" in report_b.verdicts, 5, what="b stepping aside while a leads")
+
+    async def requeued() -> bool:
+        return await queue_ids(env) == ["a", "c", "b"]
+
+    await eventually(requeued, 5, what="b queued again behind c")
+    assert not task_c.done()
+    # c now waits on a itself (the hand-over below should find it there, not mid-read).
+    c_client, a_path = env.sessions[2].client, a._node
+    await eventually(lambda: bool(c_client._data_watchers.get(a_path)), 5, what="c watching a's node")
+    await a.resign()
+    lead_c = await asyncio.wait_for(task_c, 5)
+    assert lead_c.id == "c" and lead_c.epoch == lead_a.epoch + 1
+    assert report_c.verdicts == ["completed"] and slow == [], "c went the slow way"
+    assert await env.backend.election(env.name).switchover_request() is None
+    assert not task_b.done()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -19,7 +21,9 @@ from sidecar.backends.base import (
     TARGET_GONE,
     SwitchoverRequest,
     leader_should_hand_over,
+    parse_candidate,
     parse_switchover,
+    steps_aside_early,
     switchover_verdict,
 )
 from sidecar.cli import main
@@ -28,6 +32,7 @@ from sidecar.elector import Elector, Hooks
 from sidecar.model import Grant, Reason, State
 from sidecar.status import SwitchoverRefused
 from sidecar_harness.memory import MemoryBackend
+from tests.helpers import eventually
 from tests.unit.test_elector import Harness
 
 NOW = 1_000_000.0
@@ -45,6 +50,15 @@ def test_verdicts() -> None:
     assert switchover_verdict(req(""), "a", others, NOW) == COMPLETED
     assert switchover_verdict(req("x", at=NOW - 31), "a", others, NOW) == EXPIRED
     assert switchover_verdict(req("gone"), "a", others, NOW) == TARGET_GONE
+
+
+def test_only_a_candidate_ahead_of_a_pending_requests_target_steps_aside_early() -> None:
+    assert steps_aside_early(req("x"), "a", {"x", "b"}, NOW)  # x queued behind a
+    assert not steps_aside_early(req("x"), "a", {"b"}, NOW)  # x ahead of a, or not queued
+    assert not steps_aside_early(req("a"), "a", {"x"}, NOW)  # names a itself
+    assert not steps_aside_early(req(""), "a", {"x"}, NOW)  # "anyone": the next in line takes it
+    assert not steps_aside_early(req("x", at=NOW - 31), "a", {"x"}, NOW)  # expired
+    assert not steps_aside_early(None, "a", {"x"}, NOW)
 
 
 def test_the_leader_acts_only_on_a_request_someone_queued_can_fulfil() -> None:
@@ -149,3 +163,42 @@ def test_help_lists_the_switchover_exit_codes() -> None:
     assert re.search(r"^\s+5 `switchover --wait`", table, re.M)
     sub = CliRunner().invoke(main, ["switchover", "--endpoints=127.0.0.1:1", "--request-ttl=0"])
     assert sub.exit_code == 2 and "request_ttl" in sub.output
+
+
+class _Verdicts:
+    """A CampaignReport that keeps the switchover verdicts."""
+
+    def __init__(self) -> None:
+        self.verdicts: list[str] = []
+
+    def switchover(self, verdict: str, request: SwitchoverRequest) -> None:
+        self.verdicts.append(verdict)
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *a, **k: None  # the other reports do not matter here
+
+
+async def test_a_candidate_ahead_of_the_target_steps_aside_while_the_leader_still_leads(h: Harness) -> None:
+    """The memory store, like etcd and ZooKeeper: b re-queues behind c as soon as the request lands."""
+
+    async def bare(cid: str) -> tuple[Any, Any]:
+        session = h.backend.session(5.0)
+        await session.open()
+        return h.backend.election("unit"), session
+
+    a, sa = await bare("a")
+    await a.campaign(sa, "a")  # a bare leader: it never acts on requests
+    (b, sb), (c, sc) = await bare("b"), await bare("c")
+    rb, rc = _Verdicts(), _Verdicts()
+    tb = asyncio.create_task(b.campaign(sb, "b", None, rb))
+    await eventually(lambda: len(h.store.under("unit/")) == 2, 5, what="b queued")
+    tc = asyncio.create_task(c.campaign(sc, "c", None, rc))
+    await eventually(lambda: len(h.store.under("unit/")) == 3, 5, what="c queued")
+    await h.backend.admin("unit").request_switchover(SwitchoverRequest("c", "test", "r1", time.time(), 30.0))
+    await eventually(lambda: rb.verdicts == ["step-aside"], 5, what="b stepping aside while a leads")
+    assert [parse_candidate(v.value)[0] for _, v in h.store.under("unit/")] == ["a", "c", "b"]
+    await a.resign()
+    lead_c = await asyncio.wait_for(tc, 5)
+    assert lead_c.id == "c" and rc.verdicts == ["completed"] and not tb.done()
+    tb.cancel()
+    await asyncio.gather(tb, return_exceptions=True)
