@@ -453,11 +453,17 @@ def _deleted(resp: Any) -> bool | None:
     return True if any(ev.type == _DELETE for ev in resp.events) else None
 
 
-def _deleted_or_changed(other: bytes, resp: Any) -> bool | None:
-    """``_deleted``, and False (read afresh) on any event on ``other`` (a second watch on the stream)."""
-    if any(ev.kv.key == other for ev in resp.events):
+def _deleted_or_request(other: bytes, wakes: Callable[[bytes], bool], resp: Any) -> bool | None:
+    """``_deleted`` for the first watch of the stream; for ``other`` (the second: the
+    switchover request key), False (read afresh) on a write of a value ``wakes`` says
+    concerns us, None on anything else (its deletion, a request for someone else)."""
+    if resp.compact_revision or resp.canceled:
+        return _deleted(resp)
+    if any(ev.type == _DELETE and ev.kv.key != other for ev in resp.events):
+        return True
+    if any(ev.kv.key == other and ev.type != _DELETE and wakes(bytes(ev.kv.value)) for ev in resp.events):
         return False
-    return _deleted(resp)
+    return None
 
 
 def _changed(resp: Any) -> bool | None:
@@ -498,6 +504,11 @@ class _KeptWatch:
         if end:
             raise StoreUnavailable(end)
         return False
+
+    @property
+    def task(self) -> asyncio.Task[bool]:
+        """The reader: done once the stream said what we wait for, ended or failed."""
+        return self._task
 
     async def wait(self, budget: float) -> bool | None:
         """None when ``budget`` ran out with the stream still open; else what ``_read`` returned (or raised)."""
@@ -765,9 +776,26 @@ class EtcdElection:
                 if tracked is not None and tracked.alive and tracked.remaining <= 1:
                     budget = min(budget, NEAR_EXPIRY_POLL)
             # A switchover request naming someone behind us sends us aside
-            # before the leader has gone: watch its key on the same stream (even
-            # with nobody behind us yet: one may queue before the request comes).
-            if await self._wait_deleted(ahead[-1].key, revision + 1, budget, self._switch_key.encode()):
+            # before the leader has gone: with someone behind us, watch its key
+            # on the same stream. Only a request whose target is behind us (as
+            # last read) wakes us; others, and its deletion when the target
+            # claims, wake nobody (on two cores, every waiting candidate
+            # re-reading at once slowed the leader's own stop).
+            switch_mod = int(seen.switch.mod_revision) if seen.switch is not None else 0
+            pred, switch = ahead[-1], self._switch_key.encode() if behind else b""
+
+            def concerns_us(value: bytes, behind: set[str] = behind) -> bool:
+                return steps_aside_early(parse_switchover(value), candidate_id, behind, time.time())
+
+            if await self._wait_deleted(
+                pred.key,
+                revision + 1,
+                budget,
+                switch,
+                created=int(pred.create_revision),
+                also_mod=switch_mod,
+                wakes=concerns_us,
+            ):
                 self.wakeups += 1
                 if len(ahead) == 1:
                     # The head went: claim on what we read while waiting, in one
@@ -1056,15 +1084,75 @@ class EtcdElection:
                 until = min(known.hi, cap)
             now = clock.now()
 
-    async def _wait_deleted(self, key: bytes, from_revision: int, budget: float, also: bytes = b"") -> bool:
-        """True once ``key`` is deleted; False when ``budget`` runs out or ``also`` changed (the caller reads again)."""
-        seen = _deleted if not also else partial(_deleted_or_changed, also)
+    async def _wait_deleted(
+        self,
+        key: bytes,
+        from_revision: int,
+        budget: float,
+        also: bytes = b"",
+        *,
+        created: int = 0,
+        also_mod: int = 0,
+        wakes: Callable[[bytes], bool] = lambda _: True,
+    ) -> bool:
+        """True once ``key`` is deleted; False when ``budget`` runs out or ``also`` is
+        written with a value ``wakes`` accepts (the caller reads again).
+
+        ``created``: ``key``'s create revision, and ``also_mod``: ``also``'s
+        mod revision (0: absent), in the read we watch from.
+
+        A watch from a revision the store has already passed is "unsynced"
+        in etcd: its events come from a catch-up loop that runs every 100 ms
+        (mvcc's syncWatchersLoop), not at once. Our watch starts from our
+        last read + 1, so anything written between that read and the watch's
+        creation (the leader resigning, a candidate ahead stepping aside, at
+        the moment a switchover makes them) reached us up to 100 ms late:
+        measured, a switchover's target sat 87 ms on a predecessor gone 1 ms
+        after its read. The creation answer carries the store's revision;
+        when the store moved, one read of the two keys answers at once.
+        """
+        lagging = asyncio.Event()
+        judge = _deleted if not also else partial(_deleted_or_request, also, wakes)
+
+        def seen(resp: Any) -> bool | None:
+            if resp.created and int(resp.header.revision) >= from_revision:
+                lagging.set()
+            return judge(resp)
+
         call = self._b.watch_stream(key, start_revision=from_revision, no_put=True, also=also)
         watch = _KeptWatch(call, seen, end="etcd watch ended")
+        lag = asyncio.ensure_future(lagging.wait())
+        loop = asyncio.get_running_loop()
+        end = loop.time() + budget
         try:
-            return bool(await watch.wait(budget))
+            done, _ = await asyncio.wait({watch.task, lag}, timeout=budget, return_when=asyncio.FIRST_COMPLETED)
+            if lag in done and watch.task not in done:
+                looked = await self._look_now(key, created, also, also_mod, wakes)
+                if looked is not None:
+                    return looked
+            return bool(await watch.wait(max(0.0, end - loop.time())))
         finally:
+            lag.cancel()
             watch.close()
+
+    async def _look_now(
+        self, key: bytes, created: int, also: bytes, also_mod: int, wakes: Callable[[bytes], bool]
+    ) -> bool | None:
+        """What a lagging watch will say: True (``key`` gone), False (``also`` written
+        with a value ``wakes`` accepts), None (neither).
+
+        Gone includes re-created: a candidate that steps aside deletes its
+        key and puts the same key again, behind us.
+        """
+        reads: list[tuple[str, str | bytes | None]] = [(key.decode(errors="replace"), None)]
+        if also:
+            reads.append((also.decode(errors="replace"), None))
+        kvs, _ = await self._b.snapshot("watch catch-up read", reads)
+        if not kvs[0] or (created and int(kvs[0][0].create_revision) != created):
+            return True
+        if also and kvs[1] and int(kvs[1][0].mod_revision) != also_mod and wakes(bytes(kvs[1][0].value)):
+            return False
+        return None
 
     async def _bump_epoch(
         self, candidate_id: str, lease: int, report: CampaignReport | None, switch_mod: int = 0, consume: bool = False
