@@ -71,7 +71,13 @@ class Env:
         task = asyncio.create_task(e.campaign(session, cid, lambda _: queued.set(), report, priority=priority))
         self.tasks.append(task)
         await asyncio.wait_for(queued.wait(), 5)
-        await asyncio.sleep(0.2)  # its exists watch is set
+        # Its exists watch on its predecessor is set (kazoo files it once the server answered).
+        base = "/" + self.name.strip("/") + "/"
+        await eventually(
+            lambda: any(p.startswith(base) and w for p, w in session.client._data_watchers.items()),
+            5,
+            what=f"{cid} watching its predecessor",
+        )
         return e, report, task
 
 
