@@ -466,19 +466,26 @@ async def test_a_term_won_while_a_crashed_standby_is_replaced_runs_one_orchestra
     sup.strategy.spawn = held  # type: ignore[attr-defined]
     await sup.start()
 
-    def running() -> list[int]:
-        pids = [int(p) for p in record.read_text().split()] if record.exists() else []
-        return [p for p in pids if not gone(p)]
+    def recorded() -> list[int]:
+        return [int(p) for p in record.read_text().split()] if record.exists() else []
 
+    def running() -> list[int]:
+        return [p for p in recorded() if not gone(p)]
+
+    spawning: asyncio.Lock = sup.strategy._spawning  # type: ignore[attr-defined]
     try:
         await asyncio.wait_for(replacing.wait(), 10)
         g = grant()
         term = asyncio.create_task(sup.started_leading(g))
-        await asyncio.sleep(0.2)  # the term begins while the replacement is in flight (a window)
+        # The term begins while the replacement is in flight: it waits for the spawn lock.
+        await eventually(lambda: bool(spawning._waiters), 10, what="the term waiting on the spawn in flight")
         go_on.set()
         await asyncio.wait_for(term, 10)
-        await eventually(lambda: len(running()) >= 1, 10, what="an orchestrator running")
-        await asyncio.sleep(0.5)  # a second spawn, if any, has started by now (negative window)
+        async with spawning:
+            pass  # every spawn queued behind the term is done
+        # Each orchestrator spawned (all but the first, which crashed before recording) wrote its pid.
+        await eventually(lambda: len(recorded()) == calls - 1, 10, what="every spawned orchestrator recorded")
+        assert calls == 2, f"{calls} spawns: the term started an orchestrator of its own"
         assert len(running()) == 1, f"{len(running())} orchestrators run for one term: {running()}"
         assert await sup.stopped_leading(g, Reason.RESIGNED) is True
     finally:
