@@ -1089,14 +1089,14 @@ class EtcdElection:
         key: bytes,
         from_revision: int,
         budget: float,
-        also: bytes = b"",
+        also: bytes,
         *,
-        created: int = 0,
-        also_mod: int = 0,
-        wakes: Callable[[bytes], bool] = lambda _: True,
+        created: int,
+        also_mod: int,
+        wakes: Callable[[bytes], bool],
     ) -> bool:
-        """True once ``key`` is deleted; False when ``budget`` runs out or ``also`` is
-        written with a value ``wakes`` accepts (the caller reads again).
+        """True once ``key`` is deleted; False when ``budget`` runs out or ``also`` (if
+        not empty) is written with a value ``wakes`` accepts (the caller reads again).
 
         ``created``: ``key``'s create revision, and ``also_mod``: ``also``'s
         mod revision (0: absent), in the read we watch from.
