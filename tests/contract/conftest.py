@@ -54,8 +54,15 @@ class Contender:
             self.electors.append(e)
             new.append(e)
             self.tasks.append(asyncio.create_task(e.run()))
-            # Join one at a time so the queue order is known.
-            await eventually(lambda e=e: e.state is not State.FOLLOWER, what="candidate joined")  # type: ignore[misc]
+            # Join one at a time so the queue order is known: wait until the store
+            # lists its key (the elector says CANDIDATE before its campaign has
+            # registered, and a later joiner could register first).
+            cid = e._cfg.candidate_id
+
+            async def listed(cid: str = cid) -> bool:
+                return cid in {c.id for c in await self.backend.admin(self.cfg.election).candidates()}
+
+            await eventually(listed, what=f"candidate {cid} registered in the store")
         return new
 
     def leaders(self) -> list[Elector]:
