@@ -473,6 +473,26 @@ def _changed(resp: Any) -> bool | None:
     return True if resp.events or resp.compact_revision else None
 
 
+def _request_to_act_on(resp: Any, me: str, others: set[str], now: float) -> SwitchoverRequest | None:
+    """The request a leader's watch response carries, if the leader can act on it without reading again.
+
+    The switchover path's first hop: a watch event carries the request as
+    written, so re-reading it would cost the leader a round trip while the
+    request waits. What the event cannot say is who is queued now; the
+    leader's last read (at most a retry interval old) stands in for that,
+    as the CLI already checked the target when it wrote the request. A
+    target that left since then is a target that died mid-switchover: the
+    next in line leads and settles the request, as it would one moment
+    later. A target our last read did not list (it joined since), a
+    deletion or anything else: None, and the leader reads afresh.
+    """
+    last = resp.events[-1] if resp.events else None
+    if last is None or last.type == _DELETE:
+        return None
+    request = parse_switchover(bytes(last.kv.value))
+    return request if leader_should_hand_over(request, me, others, now) else None
+
+
 class _KeptWatch:
     """One watch stream that outlives the re-reads around it.
 
@@ -1248,6 +1268,21 @@ class EtcdElection:
 
     async def wait_switchover(self, candidate_id: str) -> SwitchoverRequest:
         watch: _KeptWatch | None = None
+        # The other candidates as of our last read, and what the watch found
+        # we can act on without reading again (see _request_to_act_on).
+        others: set[str] = set()
+        found_by_watch: list[SwitchoverRequest] = []
+
+        def seen(resp: Any) -> bool | None:
+            verdict = _changed(resp)
+            if verdict is not True:
+                return verdict
+            request = _request_to_act_on(resp, candidate_id, others, time.time())
+            if request is None:
+                return False  # read afresh, as for any change
+            found_by_watch.append(request)
+            return True
+
         try:
             while True:
                 (found, queue), revision = await self._b.snapshot(
@@ -1266,8 +1301,10 @@ class EtcdElection:
                 # The stream is kept over quiet intervals (see _KeptWatch), started afresh after an event.
                 if watch is None:
                     call = self._b.watch_stream(self._switch_key.encode(), start_revision=revision + 1)
-                    watch = _KeptWatch(call, _changed)
+                    watch = _KeptWatch(call, seen)
                 if await watch.wait(self._b.retry_interval) is not None:
+                    if found_by_watch:
+                        return found_by_watch[0]
                     watch.close()
                     watch = None
         finally:

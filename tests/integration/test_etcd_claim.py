@@ -305,6 +305,49 @@ async def test_a_request_naming_the_next_in_line_is_settled_by_its_claim(env: En
     assert await env.backend.election(env.cfg.election).switchover_request() is None
 
 
+def _count_switchover_reads(env: Env) -> list[int]:
+    """Each leader's switchover read, as it returns (the candidates' queue reads are not counted)."""
+    reads: list[int] = []
+    snapshot = env.backend.snapshot
+
+    async def counted(what: str, ranges: Any) -> Any:
+        got = await snapshot(what, ranges)
+        if what == "switchover read":
+            reads.append(1)
+        return got
+
+    env.backend.snapshot = counted  # type: ignore[method-assign]
+    return reads
+
+
+async def test_the_leader_acts_on_the_request_its_watch_carries(env: Env) -> None:
+    """Issue 17: the switchover's first hop is the leader's watch event, not a read after it.
+
+    The event carries the request; the leader's last read already listed
+    the target, so reading again would only cost the request a round trip.
+    """
+    a, _ = await env.lead("a")
+    await env.wait("b")
+    reads = _count_switchover_reads(env)
+    waiting = asyncio.create_task(a.wait_switchover("a"))
+    await eventually(lambda: reads == [1], 5, what="the leader's first switchover read")
+    await env.backend.election(env.cfg.election).request_switchover(SwitchoverRequest("b", "test", "r-w", 0, 1e12))
+    assert (await asyncio.wait_for(waiting, 5)).id == "r-w"
+    assert reads == [1], "the leader read the store again after the watch had brought it the request"
+
+
+async def test_a_request_for_a_target_the_leader_has_not_seen_yet_is_read_again(env: Env) -> None:
+    """The fast path's one unknown: a target that joined since the leader's last read; it reads, then acts."""
+    a, _ = await env.lead("a")
+    reads = _count_switchover_reads(env)
+    waiting = asyncio.create_task(a.wait_switchover("a"))
+    await eventually(lambda: reads == [1], 5, what="the leader's first switchover read")
+    await env.wait("c")  # joins after that read
+    await env.backend.election(env.cfg.election).request_switchover(SwitchoverRequest("c", "test", "r-c", 0, 1e12))
+    assert (await asyncio.wait_for(waiting, 5)).to == "c"
+    assert reads == [1, 1]
+
+
 async def _handover_after(
     env: Env, leader: EtcdElection, cid: str, lagged: bool, watching: asyncio.Event
 ) -> tuple[EtcdElection, float]:
