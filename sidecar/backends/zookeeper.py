@@ -847,6 +847,17 @@ class ZooKeeperElection:
     async def _ids(self, client: KazooClient, names: list[str]) -> set[str]:
         return set(await self._priorities(client, names))
 
+    async def _ids_by_node(self, client: KazooClient, names: list[str]) -> dict[str, str]:
+        """node name -> candidate id of ``names`` (those gone meanwhile left out), read in parallel."""
+
+        async def one(name: str) -> tuple[str, str] | None:
+            with _store_errors("read candidate"), contextlib.suppress(NoNodeError):
+                data, _ = await _call(client.get_async, self.base + "/" + name)
+                return name, parse_candidate((data or b"").decode(errors="replace"))[0]
+            return None
+
+        return dict(got for got in await asyncio.gather(*(one(n) for n in names)) if got is not None)
+
     async def _stand_by(self, session: ZooKeeperSession, candidate_id: str, on_wait: OnWait | None) -> Leadership:
         """A --no-lead candidacy: one ephemeral node under NAME.no-lead/, then watches and reads only.
 
@@ -1022,16 +1033,38 @@ class ZooKeeperElection:
         client = self._client
         assert client is not None
         loop = asyncio.get_running_loop()
+        # node name -> candidate id: a candidate node's data is written once
+        # (our nudge rewrites our own node with the same value), so only
+        # nodes that joined since the last read need reading.
+        ids_of: dict[str, str] = {}
         while True:
             fired, watcher = _watch(loop)
-            with _store_errors("watch switchover"):
-                # An exists watch fires on create, change and delete alike.
-                stat = await _call(client.exists_async, self.switch_path, watcher)
-            request = (await self._read_switchover(client))[0] if stat is not None else None
-            others: set[str] = set()
-            if request is not None:
-                own = self._node.rsplit("/", 1)[-1]
-                others = await self._ids(client, [n for n in await self._children(client) if n != own])
+
+            async def watch_request(watcher: Callable[[Any], None]) -> None:
+                with _store_errors("watch switchover"):
+                    # An exists watch fires on create, change and delete alike.
+                    await _call(client.exists_async, self.switch_path, watcher)
+
+            # Sent together, answered in order on our session: one round trip
+            # where the request, then the queue, then its ids cost three
+            # after every wake-up. The queue is listed even with no request
+            # (a cheap read each retry interval) so that the ids are known
+            # before one comes, and a request costs that one round trip.
+            watched, read, listed = await asyncio.gather(
+                watch_request(watcher), self._read_switchover(client), self._children(client), return_exceptions=True
+            )
+            for failed in (watched, read, listed):
+                if isinstance(failed, BaseException):
+                    raise failed  # the first in the order sent; the others' outcomes are moot
+            assert not isinstance(read, BaseException) and not isinstance(listed, BaseException)
+            request, names = read[0], listed
+            own = self._node.rsplit("/", 1)[-1]
+            names = [n for n in names if n != own]
+            ids_of = {n: ids_of[n] for n in names if n in ids_of}
+            unknown = [n for n in names if n not in ids_of]
+            if unknown:
+                ids_of.update(await self._ids_by_node(client, unknown))
+            others = set(ids_of.values())
             if leader_should_hand_over(request, candidate_id, others, time.time()):
                 assert request is not None
                 self._nudge_next_in_line(client)

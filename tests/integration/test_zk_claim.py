@@ -8,6 +8,7 @@ check that guards it is removed from ``ZooKeeperElection._claim``.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 from kazoo.client import KazooClient
 
+from sidecar.backends import zookeeper as zk_mod
 from sidecar.backends.base import LockDelay, SwitchoverRequest
 from sidecar.backends.zookeeper import NODE_MARK, ZooKeeperBackend, ZooKeeperElection, ZooKeeperSession
 from sidecar.clock import MonotonicClock
@@ -225,3 +227,45 @@ async def test_a_candidate_ahead_of_the_target_steps_aside_while_the_leader_stil
     assert report_c.verdicts == ["completed"] and slow == [], "c went the slow way"
     assert await env.backend.election(env.name).switchover_request() is None
     assert not task_b.done()
+
+
+async def test_the_leader_learns_of_a_request_in_one_round_trip(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 17: after its watch fires, the leader sends every read it needs at once.
+
+    Before, the request node's watch, the request, the queue and the
+    queued candidates' ids were four round trips, one after the other,
+    between the request landing and the leader's stop. The queue's ids are
+    now known before a request comes, and the rest goes out together.
+    """
+    a, _ = await env.lead("a")
+    await env.wait("b")
+    env.backend.retry_interval = 30.0  # no re-read of the leader's own between the request and its answer
+    mine: contextvars.ContextVar[bool] = contextvars.ContextVar("leader", default=False)
+    trace: list[str] = []
+    call = zk_mod._call
+
+    async def traced(fn: Any, *args: Any, **kw: Any) -> Any:
+        if not mine.get():
+            return await call(fn, *args, **kw)
+        trace.append("send")
+        try:
+            return await call(fn, *args, **kw)
+        finally:
+            trace.append("answer")
+
+    monkeypatch.setattr(zk_mod, "_call", traced)
+
+    async def leader() -> SwitchoverRequest:
+        mine.set(True)  # inherited by the tasks the leader's wait starts
+        return await a.wait_switchover("a")
+
+    waiting = asyncio.create_task(leader())
+    # The first read is done and the watch is set: all sent, all answered.
+    await eventually(lambda: bool(trace) and trace.count("send") == trace.count("answer"), 5, what="first read")
+    await eventually(lambda: bool(env.sessions[0].client._data_watchers), 5, what="the leader's watch")
+    first = len(trace)
+    await env.backend.election(env.name).request_switchover(SwitchoverRequest("b", "test", "r-1rt", 0, 1e12))
+    assert (await asyncio.wait_for(waiting, 5)).to == "b"
+    after = trace[first:]
+    # One round trip: everything is sent before the first answer comes back.
+    assert after == sorted(after, reverse=True), f"round trips after the request: {after}"
