@@ -164,6 +164,12 @@ class LocalZooKeeper(ProcessGroup):
         argv = [
             "java", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
             "-Dzookeeper.admin.enableServer=false",
+            # Throwaway data, as for etcd (--unsafe-no-fsync) and PostgreSQL
+            # (fsync=off): a write is on the OS once written, which survives
+            # every fault we inject (a killed or frozen process, a cut link);
+            # only a machine crash would lose it. An fsync per write on a
+            # shared disk made ZooKeeper's write latency the disk's, not ours.
+            "-Dzookeeper.forceSync=no",
             "-cp", self.classpath,
             "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(s.data_dir / "zoo.cfg"),
         ]  # fmt: skip
