@@ -316,7 +316,7 @@ def _count_switchover_reads(env: Env) -> list[int]:
             reads.append(1)
         return got
 
-    env.backend.snapshot = counted  # type: ignore[method-assign]
+    env.backend.snapshot = counted  # type: ignore[method-assign,assignment]
     return reads
 
 
