@@ -103,17 +103,18 @@ class EtcdFence:
         tx = EtcdTxn(self.kv)
         yield tx
         ops = list(tx.ops)
-        if not ops and not self.keep_history:
-            # Nothing to commit: check the token still leads with a plain range
-            # (a compare-only txn counts as read-only in etcd; see below).
-            await self.leader_key(token)
-            return
-        if all(op.WhichOneof("request") == "request_range" for op in ops) and not self.keep_history:
-            # Its answers would go nowhere, and etcd 3.5.0-3.5.4 panic (the
-            # member exits) when a read-only txn is cancelled mid-range, as our
-            # deadline does (docs/design.md, "etcd releases that panic").
-            raise ValueError("a fenced etcd txn must put or delete: read with kv.get, then fence the writes")
-        if self.keep_history:
+        if not self.keep_history:
+            if not ops:
+                # Nothing to commit: check the token still leads with a plain range
+                # (a compare-only txn counts as read-only in etcd; see below).
+                await self.leader_key(token)
+                return
+            if all(op.WhichOneof("request") == "request_range" for op in ops):
+                # Its answers would go nowhere, and etcd 3.5.0-3.5.4 panic (the
+                # member exits) when a read-only txn is cancelled mid-range, as our
+                # deadline does (docs/design.md, "etcd releases that panic").
+                raise ValueError("a fenced etcd txn must put or delete: read with kv.get, then fence the writes")
+        else:
             # Zero-padded token first, then a unique tail: keys sort by token, never collide.
             entry = f"{self.history_prefix}{token:020d}-{uuid.uuid4().hex}"
             record = json.dumps({"token": token, "writer": writer, "mono": monotonic()})
