@@ -473,24 +473,63 @@ def _changed(resp: Any) -> bool | None:
     return True if resp.events or resp.compact_revision else None
 
 
-def _request_to_act_on(resp: Any, me: str, others: set[str], now: float) -> SwitchoverRequest | None:
-    """The request a leader's watch response carries, if the leader can act on it without reading again.
+class _LeaderView:
+    """What a leader knows of the request key and the queue: its last read, then every event since.
 
-    The switchover path's first hop: a watch event carries the request as
-    written, so re-reading it would cost the leader a round trip while the
-    request waits. What the event cannot say is who is queued now; the
-    leader's last read (at most a retry interval old) stands in for that,
-    as the CLI already checked the target when it wrote the request. A
-    target that left since then is a target that died mid-switchover: the
-    next in line leads and settles the request, as it would one moment
-    later. A target our last read did not list (it joined since), a
-    deletion or anything else: None, and the leader reads afresh.
+    The switchover's first hop is the leader's watch event, and a read
+    after it cost a round trip while the request waited. One watch over
+    ``[NAME.switchover, end of NAME/)`` delivers the request's writes and
+    the queue's changes in revision order, so the read plus the events
+    after it describe the store as of the newest event, as a read at that
+    revision would: the leader acts on a request at once, and never on a
+    target that left before it (a view as old as the last read did; the
+    review that caught it wrote a request for a candidate gone 20 ms
+    earlier). Events at or below the read's revision are skipped: the kept
+    watch may still be delivering what a later read already holds. The
+    range also holds other keys that sort between (another election named
+    ``NAME.x``): their events wake the leader and are ignored.
     """
-    last = resp.events[-1] if resp.events else None
-    if last is None or last.type == _DELETE:
-        return None
-    request = parse_switchover(bytes(last.kv.value))
-    return request if leader_should_hand_over(request, me, others, now) else None
+
+    def __init__(self, own_key: str, switch_key: bytes, prefix: bytes, me: str) -> None:
+        self._own, self._switch, self._prefix, self._me = own_key.encode(), switch_key, prefix, me
+        self._queue: dict[bytes, str] = {}  # candidate key -> id, others than us
+        self.request: SwitchoverRequest | None = None
+        self._revision = 0
+        self.acted = False  # the watch found a request to act on (``request``)
+
+    def reset(self, switch: Any, queue: list[Any], revision: int) -> None:
+        """The read's answer: what it found at ``revision``."""
+        self.request = parse_switchover(bytes(switch.value)) if switch is not None else None
+        self._queue = {
+            bytes(c.key): candidate_id_of(bytes(c.value).decode(errors="replace"))
+            for c in queue
+            if bytes(c.key) != self._own
+        }
+        self._revision = revision
+
+    def acts_now(self, now: float) -> bool:
+        return leader_should_hand_over(self.request, self._me, set(self._queue.values()), now)
+
+    def seen(self, resp: Any) -> bool | None:
+        """A watch response: True to act on ``request``, False to read afresh, None to keep waiting."""
+        if resp.canceled:
+            raise StoreUnavailable(f"etcd watch canceled: {resp.cancel_reason or 'no reason given'}")
+        if resp.compact_revision:
+            return False  # history compacted under us: read the state afresh
+        for ev in resp.events:
+            key, rev = bytes(ev.kv.key), int(ev.kv.mod_revision)
+            if rev <= self._revision:
+                continue  # the last read already holds it
+            self._revision = rev
+            if key == self._switch:
+                self.request = None if ev.type == _DELETE else parse_switchover(bytes(ev.kv.value))
+            elif key.startswith(self._prefix) and key != self._own:
+                if ev.type == _DELETE:
+                    self._queue.pop(key, None)
+                else:
+                    self._queue[key] = candidate_id_of(bytes(ev.kv.value).decode(errors="replace"))
+        self.acted = self.acts_now(time.time())
+        return True if self.acted else None
 
 
 class _KeptWatch:
@@ -1267,44 +1306,27 @@ class EtcdElection:
                 watch.close()
 
     async def wait_switchover(self, candidate_id: str) -> SwitchoverRequest:
+        view = _LeaderView(self._key, self._switch_key.encode(), self._prefix.encode(), candidate_id)
         watch: _KeptWatch | None = None
-        # The other candidates as of our last read, and what the watch found
-        # we can act on without reading again (see _request_to_act_on).
-        others: set[str] = set()
-        found_by_watch: list[SwitchoverRequest] = []
-
-        def seen(resp: Any) -> bool | None:
-            verdict = _changed(resp)
-            if verdict is not True:
-                return verdict
-            request = _request_to_act_on(resp, candidate_id, others, time.time())
-            if request is None:
-                return False  # read afresh, as for any change
-            found_by_watch.append(request)
-            return True
-
         try:
             while True:
                 (found, queue), revision = await self._b.snapshot(
                     "switchover read", [(self._switch_key, None), (self._prefix, prefix_range_end(self._prefix))]
                 )
-                request = parse_switchover(found[0].value if found else None)
-                others = {
-                    candidate_id_of(c.value.decode(errors="replace"))
-                    for c in queue
-                    if c.key.decode(errors="replace") != self._key
-                }
-                if leader_should_hand_over(request, candidate_id, others, time.time()):
-                    assert request is not None
-                    return request
-                # Re-read every retry interval: a target may join later, a watch is a hint.
-                # The stream is kept over quiet intervals (see _KeptWatch), started afresh after an event.
+                view.reset(found[0] if found else None, queue, revision)
+                if view.acts_now(time.time()):
+                    assert view.request is not None
+                    return view.request
+                # Re-read every retry interval: a watch is a hint, the read is the fact.
+                # One watch over the request key and the queue, kept over quiet intervals
+                # (see _KeptWatch) and started afresh after a compaction or an end.
                 if watch is None:
-                    call = self._b.watch_stream(self._switch_key.encode(), start_revision=revision + 1)
-                    watch = _KeptWatch(call, seen)
+                    call = self._b.watch_stream(self._switch_key.encode(), prefix_range_end(self._prefix), revision + 1)
+                    watch = _KeptWatch(call, view.seen)
                 if await watch.wait(self._b.retry_interval) is not None:
-                    if found_by_watch:
-                        return found_by_watch[0]
+                    if view.acted:
+                        assert view.request is not None
+                        return view.request
                     watch.close()
                     watch = None
         finally:
