@@ -42,7 +42,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import (
@@ -847,16 +847,12 @@ class ZooKeeperElection:
     async def _ids(self, client: KazooClient, names: list[str]) -> set[str]:
         return set(await self._priorities(client, names))
 
-    async def _ids_by_node(self, client: KazooClient, names: list[str]) -> dict[str, str]:
-        """node name -> candidate id of ``names`` (those gone meanwhile left out), read in parallel."""
-
-        async def one(name: str) -> tuple[str, str] | None:
-            with _store_errors("read candidate"), contextlib.suppress(NoNodeError):
-                data, _ = await _call(client.get_async, self.base + "/" + name)
-                return name, parse_candidate((data or b"").decode(errors="replace"))[0]
-            return None
-
-        return dict(got for got in await asyncio.gather(*(one(n) for n in names)) if got is not None)
+    async def _node_id(self, client: KazooClient, name: str) -> tuple[str, str] | None:
+        """(node name, candidate id) of one queued node; None if it is gone."""
+        with _store_errors("read candidate"), contextlib.suppress(NoNodeError):
+            data, _ = await _call(client.get_async, self.base + "/" + name)
+            return name, parse_candidate((data or b"").decode(errors="replace"))[0]
+        return None
 
     async def _stand_by(self, session: ZooKeeperSession, candidate_id: str, on_wait: OnWait | None) -> Leadership:
         """A --no-lead candidacy: one ephemeral node under NAME.no-lead/, then watches and reads only.
@@ -1033,10 +1029,8 @@ class ZooKeeperElection:
         client = self._client
         assert client is not None
         loop = asyncio.get_running_loop()
-        # node name -> candidate id: a candidate node's data is written once
-        # (our nudge rewrites our own node with the same value), so only
-        # nodes that joined since the last read need reading.
-        ids_of: dict[str, str] = {}
+        known: list[str] = []  # the other candidates' nodes, as last listed
+        woke = False
         while True:
             fired, watcher = _watch(loop)
 
@@ -1046,25 +1040,32 @@ class ZooKeeperElection:
                     await _call(client.exists_async, self.switch_path, watcher)
 
             # Sent together, answered in order on our session: one round trip
-            # where the request, then the queue, then its ids cost three
-            # after every wake-up. The queue is listed even with no request
-            # (a cheap read each retry interval) so that the ids are known
-            # before one comes, and a request costs that one round trip.
-            watched, read, listed = await asyncio.gather(
-                watch_request(watcher), self._read_switchover(client), self._children(client), return_exceptions=True
+            # where the request, the queue and its ids cost three after every
+            # wake-up. A wake-up is most likely a request, so it also reads the
+            # ids of the nodes listed last time (a node's data can be rewritten
+            # by hand: ids are read, never remembered); the re-read each retry
+            # interval lists the queue and reads ids only when a request is there.
+            got = await asyncio.gather(
+                watch_request(watcher),
+                self._read_switchover(client),
+                self._children(client),
+                *(self._node_id(client, n) for n in (known if woke else [])),
+                return_exceptions=True,
             )
-            for failed in (watched, read, listed):
+            for failed in got:
                 if isinstance(failed, BaseException):
                     raise failed  # the first in the order sent; the others' outcomes are moot
-            assert not isinstance(read, BaseException) and not isinstance(listed, BaseException)
-            request, names = read[0], listed
+            read, listed = cast(tuple[SwitchoverRequest | None, int], got[1]), cast(list[str], got[2])
+            fresh = dict(cast(tuple[str, str], x) for x in got[3:] if x is not None)
+            request = read[0]
             own = self._node.rsplit("/", 1)[-1]
-            names = [n for n in names if n != own]
-            ids_of = {n: ids_of[n] for n in names if n in ids_of}
-            unknown = [n for n in names if n not in ids_of]
-            if unknown:
-                ids_of.update(await self._ids_by_node(client, unknown))
-            others = set(ids_of.values())
+            known = [n for n in listed if n != own]
+            ids = {n: fresh[n] for n in known if n in fresh}
+            if request is not None and len(ids) < len(known):
+                # Listed since the last wake-up (or none was read): read them now.
+                more = await asyncio.gather(*(self._node_id(client, n) for n in known if n not in ids))
+                ids.update(x for x in more if x is not None)
+            others = set(ids.values())
             if leader_should_hand_over(request, candidate_id, others, time.time()):
                 assert request is not None
                 self._nudge_next_in_line(client)
@@ -1073,6 +1074,7 @@ class ZooKeeperElection:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._b.retry_interval):
                     await fired.wait()
+            woke = fired.is_set()
 
     def _nudge_next_in_line(self, client: KazooClient) -> None:
         """Wake the candidate queued behind us, without waiting for the answer.

@@ -18,7 +18,7 @@ import pytest
 from kazoo.client import KazooClient
 
 from sidecar.backends import zookeeper as zk_mod
-from sidecar.backends.base import LockDelay, SwitchoverRequest
+from sidecar.backends.base import LockDelay, SwitchoverRequest, leader_should_hand_over
 from sidecar.backends.zookeeper import NODE_MARK, ZooKeeperBackend, ZooKeeperElection, ZooKeeperSession
 from sidecar.clock import MonotonicClock
 from sidecar.model import Leadership
@@ -269,3 +269,33 @@ async def test_the_leader_learns_of_a_request_in_one_round_trip(env: Env, monkey
     after = trace[first:]
     # One round trip: everything is sent before the first answer comes back.
     assert after == sorted(after, reverse=True), f"round trips after the request: {after}"
+
+
+async def test_a_candidate_node_rewritten_by_hand_is_read_again_not_remembered(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding: ids kept by node name went stale when an operator rewrote a node's data, and
+    the leader handed over for a target no node named any more (the next in line led instead)."""
+    a, _ = await env.lead("a")
+    e_b, _, _ = await env.wait("b")
+    await env.wait("c")
+    decided: list[tuple[str, bool]] = []
+    rule = leader_should_hand_over  # what the backend calls, by name: replaced below
+
+    def recorded(request: SwitchoverRequest | None, me: str, others: set[str], now: float) -> bool:
+        verdict = rule(request, me, others, now)
+        decided.append((request.id if request else "", verdict))
+        return verdict
+
+    monkeypatch.setattr(zk_mod, "leader_should_hand_over", recorded)
+    waiting = asyncio.create_task(a.wait_switchover("a"))
+    admin = env.backend.election(env.name)
+    # A request the leader cannot act on: it wakes and reads b's node as naming b.
+    await admin.request_switchover(SwitchoverRequest("nobody", "test", "r-0", 0, 1e12))
+    await eventually(lambda: ("r-0", False) in decided, 5, what="the leader weighing r-0")
+    await asyncio.to_thread(env.raw.set, e_b._node, b"ghost")  # b's node no longer names b
+    await admin.request_switchover(SwitchoverRequest("b", "test", "r-b", 0, 1e12))
+    await eventually(lambda: any(rid == "r-b" for rid, _ in decided), 5, what="the leader weighing r-b")
+    assert ("r-b", True) not in decided, "the leader handed over to a target no node names"
+    await admin.request_switchover(SwitchoverRequest("c", "test", "r-c", 0, 1e12))
+    assert (await asyncio.wait_for(waiting, 5)).id == "r-c"
