@@ -517,10 +517,9 @@ class _LeaderView:
         if resp.compact_revision:
             return False  # history compacted under us: read the state afresh
         for ev in resp.events:
-            key, rev = bytes(ev.kv.key), int(ev.kv.mod_revision)
-            if rev <= self._revision:
-                continue  # the last read already holds it
-            self._revision = rev
+            key = bytes(ev.kv.key)
+            if int(ev.kv.mod_revision) <= self._revision:
+                continue  # the last read already holds it (one txn's events share a revision)
             if key == self._switch:
                 self.request = None if ev.type == _DELETE else parse_switchover(bytes(ev.kv.value))
             elif key.startswith(self._prefix) and key != self._own:
