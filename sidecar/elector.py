@@ -389,7 +389,9 @@ class Elector:
                 # lost lease the key is gone already, but the marker still spares
                 # the successor its lock-delay; if the store did not take it,
                 # it is written once more before our orphan lease is revoked.
-                self._marker_pending = not await self._resign_key()
+                # A resign, switchover or shutdown still holds the key: the store
+                # may start the successor's term in the same write.
+                self._marker_pending = not await self._resign_key(hand_over=not end.reason.unasked)
                 if end.reason is Reason.LEASE_LOST:
                     return
         finally:
@@ -662,16 +664,22 @@ class Elector:
                 self._store_unreachable(StoreCall.WATCH_SWITCHOVER, exc)
                 await self._clock.sleep(self._cfg.retry_interval)
 
-    async def _resign_key(self) -> bool:
+    async def _resign_key(self, *, hand_over: bool = False) -> bool:
         """Delete our key and leave the resign marker; False if the store did not answer."""
         try:
-            await wait_for(self._clock, self._election.resign(), self._cfg.effective_request_timeout)
+            to = await wait_for(
+                self._clock, self._election.resign(hand_over=hand_over), self._cfg.effective_request_timeout
+            )
         except (StoreUnavailable, StoreForbidden, SessionExpired, TimeoutError) as exc:
             # The key goes when the lease does; the successor waits at most TTL.
             # (SessionExpired: a ZooKeeper session that is gone cannot write the
             # marker; the successor's lock-delay then ends with the session.)
             self._store_unreachable(StoreCall.RESIGN, exc)
             return False
+        if to:
+            # The successor's term started in our own write: it leads on its watch event alone.
+            self._counters["handed_over"] += 1
+            self._emit("info", "handed_over", to=to)
         return True
 
 

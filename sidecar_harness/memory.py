@@ -374,9 +374,9 @@ class MemoryElection:
             if marker is not None and marker.token == record.token:
                 return
 
-    async def resign(self) -> None:
+    async def resign(self, *, hand_over: bool = False) -> str:
         if self._mine is None:
-            return
+            return ""
         await self._store.gate()
         key = self._store.keys.get(self._mine)
         token = self._token
@@ -384,6 +384,7 @@ class MemoryElection:
         if key is not None and key.create_revision == token:
             await self._store.delete(self._mine)
         self._mine = None
+        return ""
 
     async def wait_lost(self) -> None:
         name = self._mine

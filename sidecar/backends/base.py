@@ -449,12 +449,16 @@ class Election(Protocol):
         """
         ...
 
-    async def resign(self) -> None:
+    async def resign(self, *, hand_over: bool = False) -> str:
         """Delete our candidate key so the successor takes over at once.
 
         Called only once our orchestrator is confirmed stopped, also after a
         lost lease; it leaves the clean-resign marker (same transaction as
         the delete), which tells the successor it need not wait.
+        ``hand_over`` (a resign, switchover or shutdown, our key still held):
+        a backend may start the successor's term in the same transaction,
+        when it can compare everything the successor's own claim would.
+        Returns the id of the candidate whose term it started, or "".
         """
         ...
 

@@ -950,7 +950,7 @@ class ZooKeeperElection:
                 return None
             # The epoch node moved under us: read it again.
 
-    async def resign(self) -> None:
+    async def resign(self, *, hand_over: bool = False) -> str:
         """Delete our node and write the resign marker in one multi.
 
         A successor never sees our node gone without the marker that says
@@ -959,7 +959,7 @@ class ZooKeeperElection:
         spares the successor its lock-delay.
         """
         if not self._node or self._client is None:
-            return
+            return ""
         client = self._client
         marker = ResignMarker(self._czxid, self._node).encode()
         with _store_errors("resign"):
@@ -981,6 +981,7 @@ class ZooKeeperElection:
             else:
                 raise StoreUnavailable(f"zookeeper resign: {self.marker_path} could not be created")
         self._node = ""
+        return ""
 
     async def _mark_if_last(self, client: KazooClient, marker: bytes) -> None:
         """Write the marker for a node that is gone already, if we are still the last leader.

@@ -411,6 +411,14 @@ async def test_a_predecessor_gone_between_our_read_and_our_watch_is_noticed_at_o
         return deleted(resp)
 
     monkeypatch.setattr(etcd_mod, "_deleted", noted)
+    went = EtcdElection._head_went  # the next in line's election-wide watch
+
+    def noted_head(self: EtcdElection, resp: Any, **kw: Any) -> bool | None:
+        if resp.created:
+            watching.set()
+        return went(self, resp, **kw)
+
+    monkeypatch.setattr(EtcdElection, "_head_went", noted_head)
     leader, _ = await env.lead("l")
     lagged, peer = [], []
     for i in range(10):
@@ -434,3 +442,185 @@ async def test_a_predecessor_gone_between_our_read_and_our_watch_is_noticed_at_o
         f"(a round trip: {rtt_ms:.1f} ms): "
         f"{sorted(round(x * 1000, 1) for x in lagged)} vs {sorted(round(x * 1000, 1) for x in peer)}"
     )
+
+
+# -- Issue 16: the leader hands its term over in the txn that deletes its key --
+
+
+async def viewing(leader: EtcdElection, name: str) -> None:
+    """The leader's term as the elector runs it: its switchover wait builds the view
+    (one read, then its watch), and is cancelled when the term ends; the view stays."""
+    waiting = asyncio.create_task(leader.wait_switchover(name))
+    await eventually(lambda: leader._view_watch is not None, 5, what="the leader's view and its watch")
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    assert leader._view is not None, "the view went with the switchover wait"
+
+
+def freeze(leader: EtcdElection) -> None:
+    """Stop the view's watch, keep the view: what the store does next, the leader does not learn."""
+    assert leader._view_watch is not None
+    leader._view_watch.close()
+    leader._view_watch = None
+
+
+def counted_claims(w: Waiter) -> list[int]:
+    claims: list[int] = []
+    claim = w.election._claim
+
+    async def counted(*args: Any, **kw: Any) -> Any:
+        claims.append(1)
+        return await claim(*args, **kw)
+
+    w.election._claim = counted  # type: ignore[method-assign]
+    return claims
+
+
+async def test_a_resign_hands_the_term_to_the_next_in_line_in_its_own_txn(env: Env) -> None:
+    """The successor leads on its watch event alone: no claim txn, no read, no lock-delay."""
+    a, lead_a = await env.lead("a")
+    b = await env.wait("b", priority=DEFAULT_PRIORITY + 1)  # ours, with a priority: it stays next
+    claims = counted_claims(b)
+    await viewing(a, "a")
+    assert await a.resign(hand_over=True) == "b"
+    lead_b = await asyncio.wait_for(b.task, 5)
+    assert lead_b.epoch == lead_a.epoch + 1 and lead_b.token > lead_a.token
+    assert claims == [] and b.slow_reads == [], "the successor still claimed after the handover"
+    rec = await env.record()
+    assert (rec["epoch"], rec["token"], rec["leader"], rec["ttl"]) == (
+        lead_b.epoch,
+        lead_b.token,
+        "b",
+        int(env.cfg.ttl),
+    )
+    assert b.report.delays == []
+    assert b.election._record, "the new leader does not know its record: it could not hand over in turn"
+
+
+async def test_a_handover_settles_the_request_that_names_the_successor(env: Env) -> None:
+    a, lead_a = await env.lead("a")
+    b = await env.wait("b")
+    await viewing(a, "a")
+    await env.backend.election(env.cfg.election).request_switchover(SwitchoverRequest("b", "test", "r-h", 0, 1e12))
+    await eventually(lambda: a._view is not None and a._view.request is not None, 5, what="the view's request")
+    assert await a.resign(hand_over=True) == "b"
+    assert (await asyncio.wait_for(b.task, 5)).epoch == lead_a.epoch + 1
+    assert b.report.verdicts == ["completed"], "the target did not report the switchover it completed"
+    assert (await env.raw.kv.get(env.cfg.election + ".switchover")).kvs == [], "the request outlived its handover"
+
+
+async def _newcomer_outranks(env: Env, b: Waiter, c: Waiter | None) -> Waiter:
+    return await env.wait("c", priority=DEFAULT_PRIORITY + 10)
+
+
+async def _successor_evicted(env: Env, b: Waiter, c: Waiter | None) -> Waiter:
+    await env.raw.kv.delete(b.election._key)  # `evict --key`: b's lease lives on
+    assert c is not None
+    return c
+
+
+async def _request_for_another(env: Env, b: Waiter, c: Waiter | None) -> Waiter:
+    await env.backend.election(env.cfg.election).request_switchover(SwitchoverRequest("c", "test", "r-x", 0, 1e12))
+    assert c is not None
+    return c
+
+
+async def _record_rewritten(env: Env, b: Waiter, c: Waiter | None) -> Waiter:
+    rec = await env.record()
+    await env.raw.kv.put(env.epoch_key, json.dumps({**rec, "epoch": rec["epoch"] + 7}))  # an operator's hand
+    return b
+
+
+async def _successor_stepped_aside(env: Env, b: Waiter, c: Waiter | None) -> Waiter:
+    # b goes to the back of the queue (as a step-aside does): same key, a new create revision.
+    value = (await env.raw.kv.get(b.election._key)).kvs[0]
+    await env.raw.kv.delete(b.election._key)
+    await env.raw.kv.put(b.election._key, value.value, lease=value.lease)
+    assert c is not None
+    return c
+
+
+@pytest.mark.parametrize(
+    "change",
+    [_newcomer_outranks, _successor_evicted, _request_for_another, _record_rewritten, _successor_stepped_aside],
+    ids=lambda f: f.__name__.strip("_"),
+)
+async def test_a_handover_on_a_view_the_store_has_left_behind_is_refused(env: Env, change: Any) -> None:
+    """The view only proposes: each thing it relied on is compared in the txn. Here the
+    store moves after the view stopped learning; the resign falls back to a plain one
+    and the successor's own claim (or the slow path) decides as it always did. Each
+    case fails if the compare that guards it is taken out of ``_hand_over``."""
+    a, lead_a = await env.lead("a")
+    b = await env.wait("b")
+    c = None if change is _newcomer_outranks else await env.wait("c")
+    await viewing(a, "a")
+    freeze(a)
+    winner = await change(env, b, c)
+    assert await a.resign(hand_over=True) == "", "handed over on a view the store had left behind"
+    lead = await asyncio.wait_for(winner.task, 10)
+    expected = "b" if winner is b else "c"
+    assert lead.id == expected
+    if winner is not b:
+        assert not b.task.done() or b.task.exception() is not None, "b led although it should not have"
+    rec = await env.record()
+    assert rec["leader"] == expected and rec["epoch"] > lead_a.epoch
+
+
+async def test_no_handover_to_a_candidate_that_did_not_state_its_ttl(env: Env) -> None:
+    """An `etcdctl elect` candidate (or one of an older version) never leads through our record."""
+    a, _ = await env.lead("a")
+    lease = await env.raw.lease.grant(10)
+    await env.raw.kv.put(env.cfg.election + f"/{lease.ID:x}", "foreign", lease=lease.ID)
+    await viewing(a, "a")
+    assert await a.resign(hand_over=True) == ""
+    assert (await env.record())["leader"] == "a", "our record named a candidate that never reads it"
+    await env.raw.lease.revoke(lease.ID)
+
+
+async def test_a_successor_that_missed_the_handover_event_leads_on_its_next_read(env: Env) -> None:
+    """Its watch was not there (between two waits, or lagging): the read finds the record
+    naming it at the head of the queue and it leads on that term, without a second bump,
+    and still reports the request that the handover settled."""
+    a, lead_a = await env.lead("a")
+    b = await env.wait("b")
+    b.task.cancel()  # b's campaign stops watching; its key and lease stay
+    await asyncio.gather(b.task, return_exceptions=True)
+    await viewing(a, "a")
+    await env.backend.election(env.cfg.election).request_switchover(SwitchoverRequest("b", "test", "r-m", 0, 1e12))
+    await eventually(lambda: a._view is not None and a._view.request is not None, 5, what="the view's request")
+    assert await a.resign(hand_over=True) == "b"
+    report = Report()
+    lead_b = await asyncio.wait_for(b.election.campaign(env.sessions[1], "b", report=report), 5)
+    assert lead_b.epoch == lead_a.epoch + 1, "the term handed over was bumped again"
+    assert (await env.record())["epoch"] == lead_a.epoch + 1
+    assert report.verdicts == ["completed"] and report.delays == []
+
+
+async def test_a_handover_between_the_successors_read_and_its_watch_needs_no_claim(env: Env) -> None:
+    """etcd serves that watch late (its catch-up loop); the successor's one catch-up read
+    finds its term already started and leads on it: no claim txn that could only fail."""
+    a, lead_a = await env.lead("a")
+    await viewing(a, "a")
+    e = env.backend.election(env.cfg.election)
+    read, handed = e._queue_read, list[str]()
+
+    async def read_then_hand_over() -> Any:
+        got = await read()
+        if not handed:
+            view = a._view
+            await eventually(lambda: view is not None and view.successor(0, 0) is not None, 5, what="b in a's view")
+            handed.append(await a.resign(hand_over=True))  # after b's read, before its watch
+        return got
+
+    e._queue_read = read_then_hand_over  # type: ignore[method-assign]
+    claims: list[int] = []
+    claim = e._claim
+
+    async def counted(*args: Any, **kw: Any) -> Any:
+        claims.append(1)
+        return await claim(*args, **kw)
+
+    e._claim = counted  # type: ignore[method-assign]
+    lead_b = await asyncio.wait_for(e.campaign(await env.session(), "b"), 5)
+    assert handed == ["b"] and lead_b.epoch == lead_a.epoch + 1
+    assert claims == [], "the successor tried a claim on a term it already held"

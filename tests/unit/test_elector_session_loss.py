@@ -82,8 +82,8 @@ class ScriptedBackend:
         await asyncio.Event().wait()  # queued behind a leader that never goes
         raise AssertionError("unreachable")
 
-    async def resign(self) -> None:
-        return None
+    async def resign(self, *, hand_over: bool = False) -> str:
+        return ""
 
     async def wait_lost(self) -> None:
         await asyncio.Event().wait()

@@ -6,10 +6,12 @@ import json
 from types import SimpleNamespace
 from typing import Any
 
-from sidecar.backends.etcd import _DELETE, _LeaderView
+from sidecar.backends.base import EpochRecord, ResignMarker
+from sidecar.backends.etcd import _DELETE, EtcdElection, _LeaderView
 
 PREFIX = b"el/"
 SWITCH = b"el.switchover"
+TTLS = b"el.ttl/"
 
 
 def kv(key: bytes, value: str = "", rev: int = 0) -> Any:
@@ -29,8 +31,8 @@ def request(to: str) -> str:
 
 
 def view() -> _LeaderView:
-    v = _LeaderView("el/a", SWITCH, PREFIX, "a")
-    v.reset(None, [kv(b"el/a", "a"), kv(b"el/x", "x"), kv(b"el/y", "y")], revision=10)
+    v = _LeaderView("el/a", SWITCH, PREFIX, TTLS, "a")
+    v.reset(None, [kv(b"el/a", "a"), kv(b"el/x", "x"), kv(b"el/y", "y")], [], revision=10)
     return v
 
 
@@ -38,23 +40,63 @@ def test_every_delete_of_one_txn_counts() -> None:
     """`etcdctl del --prefix` deletes every key at one revision: all of them leave the view."""
     v = view()
     assert v.seen(response(event("delete", b"el/x", "", 11), event("delete", b"el/y", "", 11))) is None
-    assert v.seen(response(event("put", SWITCH, request("y"), 12))) is None, "acted for a deleted target"
+    assert v.seen(response(event("put", SWITCH, request("y"), 12))) is None
+    assert not v.acted, "acted for a deleted target"
 
 
 def test_events_the_read_already_holds_are_skipped() -> None:
     v = view()
-    v.reset(None, [kv(b"el/a", "a"), kv(b"el/x", "x")], revision=20)  # a later read: y left
+    v.reset(None, [kv(b"el/a", "a"), kv(b"el/x", "x")], [], revision=20)  # a later read: y left
     assert v.seen(response(event("put", b"el/y", "y", 15))) is None  # an old event, still in flight
     assert v.seen(response(event("put", SWITCH, request("y"), 21))) is None
+    assert not v.acted
 
 
 def test_a_request_for_a_queued_target_is_acted_on_at_once() -> None:
     v = view()
-    assert v.seen(response(event("put", SWITCH, request("x"), 11))) is True
+    assert v.seen(response(event("put", SWITCH, request("x"), 11))) is None  # the watch goes on
+    assert v.acted and v.woke.is_set()
     assert v.request is not None and v.request.to == "x"
 
 
 def test_a_target_that_joins_after_its_request_is_acted_on_when_it_queues() -> None:
     v = view()
     assert v.seen(response(event("put", SWITCH, request("z"), 11))) is None
-    assert v.seen(response(event("put", b"el/z", "z", 12))) is True
+    assert not v.acted
+    assert v.seen(response(event("put", b"el/z", "z", 12))) is None
+    assert v.acted
+
+
+def election(key: bytes, rev: int) -> Any:
+    e = EtcdElection(SimpleNamespace(), "el")  # type: ignore[arg-type]
+    e._key, e._rev = key.decode(), rev
+    return e
+
+
+def handover_events(marker: bool = True, head_deleted: bool = True) -> list[Any]:
+    record = EpochRecord(4, 7, "b", "el/b", 0xB, 3).encode().decode()
+    evs = [event("put", b"el.epoch", record, 9)]
+    if marker:
+        evs.append(event("put", b"el.resigned", ResignMarker(5, "el/a").encode().decode(), 9))
+    if head_deleted:
+        evs.append(event("delete", b"el/a", "", 9))
+    return evs
+
+
+def judged(e: Any, events: list[Any]) -> tuple[bool | None, list[Any]]:
+    handed: list[Any] = []
+    verdict = e._head_went(response(*events), head=b"el/a", created=5, switch=b"", wakes=lambda _: False, handed=handed)
+    return verdict, handed
+
+
+def test_a_handover_is_taken_only_with_its_three_writes() -> None:
+    """A record naming us alone (an operator's put) is no handover: the head's key must go
+    in the same revision, with the marker that says its orchestrator was stopped."""
+    verdict, handed = judged(election(b"el/b", 7), handover_events())
+    assert verdict is True and [h.epoch for h in handed] == [4]
+    verdict, handed = judged(election(b"el/b", 7), handover_events(marker=False))
+    assert verdict is True and handed == [], "led without the head's clean-resign marker"
+    verdict, handed = judged(election(b"el/b", 7), handover_events(head_deleted=False))
+    assert verdict is None and handed == [], "a record naming us woke us while the head still held its key"
+    verdict, handed = judged(election(b"el/b", 8), handover_events())  # our key was re-created since
+    assert verdict is True and handed == [], "led on a record naming an older candidacy of ours"
