@@ -945,14 +945,25 @@ class EtcdElection:
                 on_wait(Leadership(leader[0], leader[1], 0))
                 told = leader
             budget = self._b.retry_interval
+            poll: asyncio.Future[_Tracked | None] | None = None
             if head.lease and (len(ahead) == 1 or self._takes_next_vacancy(kvs)):
                 # Next in line, or the one whose priority takes the vacancy
                 # (the others step aside for it): follow the leader's lease, so
                 # that if its key goes before the lease could have run out we
                 # know how long to wait, and a crash costs no full-TTL fallback.
-                tracked = await self._poll_lease(int(head.create_revision), head.key.decode(), int(head.lease))
-                if tracked is not None and tracked.alive and tracked.remaining <= 1:
+                polled = self._poll_lease(int(head.create_revision), head.key.decode(), int(head.lease))
+                if int(head.create_revision) not in self._tracks:
+                    # New to us (we just came next, as a switchover's target does
+                    # while the leader hands over): the watch goes up first and
+                    # the poll runs beside it, off the hand-over's path; the wait
+                    # is as short as a near-expiry one, then we poll in turn. A
+                    # lock-delay polls for itself whatever we tracked.
+                    poll = asyncio.ensure_future(polled)
                     budget = min(budget, NEAR_EXPIRY_POLL)
+                else:
+                    tracked = await polled
+                    if tracked is not None and tracked.alive and tracked.remaining <= 1:
+                        budget = min(budget, NEAR_EXPIRY_POLL)
             # A switchover request naming someone behind us sends us aside
             # before the leader has gone: with someone behind us, watch its key
             # on the same stream. Only a request whose target is behind us (as
@@ -962,22 +973,49 @@ class EtcdElection:
             switch_mod = int(seen.switch.mod_revision) if seen.switch is not None else 0
             pred, switch = ahead[-1], self._switch_key.encode() if behind else b""
 
-            def concerns_us(value: bytes, behind: set[str] = behind) -> bool:
-                return steps_aside_early(parse_switchover(value), candidate_id, behind, time.time())
+            asked: list[SwitchoverRequest] = []
+
+            def concerns_us(value: bytes, behind: set[str] = behind, asked: list[SwitchoverRequest] = asked) -> bool:
+                request = parse_switchover(value)
+                if not steps_aside_early(request, candidate_id, behind, time.time()):
+                    return False
+                assert request is not None
+                asked.append(request)
+                return True
 
             # The next in line watches everything of the election instead: the
             # leader may hand the term over in the txn that deletes its key.
             handed: list[_Claimed] = []
-            if await self._wait_deleted(
-                pred.key,
-                revision + 1,
-                budget,
-                switch,
-                created=int(pred.create_revision),
-                also_mod=switch_mod,
-                wakes=concerns_us,
-                handed=handed if len(ahead) == 1 else None,
-            ):
+            try:
+                gone = await self._wait_deleted(
+                    pred.key,
+                    revision + 1,
+                    budget,
+                    switch,
+                    created=int(pred.create_revision),
+                    also_mod=switch_mod,
+                    wakes=concerns_us,
+                    handed=handed if len(ahead) == 1 else None,
+                )
+            except BaseException:
+                if poll is not None:
+                    poll.cancel()
+                raise
+            if poll is not None:
+                if handed:
+                    poll.cancel()  # we lead: its answer is moot
+                else:
+                    await poll  # bounded by the store's timeout; a store error surfaces here, as before
+            if not gone and asked:
+                # The request the watch carried sends us aside at once, without
+                # reading first: the leader's handover waits for us to be gone.
+                # Only ever safe (we hold no grant; the step-aside compares our
+                # own key); a target gone since our read costs us our place.
+                if report is not None:
+                    report.switchover(STEP_ASIDE, asked[-1])
+                await self._requeue(encode_candidate(candidate_id, priority), lease)
+                continue
+            if gone:
                 self.wakeups += 1
                 if handed:
                     return handed[0]

@@ -624,3 +624,60 @@ async def test_a_handover_between_the_successors_read_and_its_watch_needs_no_cla
     lead_b = await asyncio.wait_for(e.campaign(await env.session(), "b"), 5)
     assert handed == ["b"] and lead_b.epoch == lead_a.epoch + 1
     assert claims == [], "the successor tried a claim on a term it already held"
+
+
+async def test_a_candidate_ahead_of_the_target_steps_aside_on_the_event_without_a_read(env: Env) -> None:
+    """Issue 17: the request its watch carried is enough; a read first cost the switchover
+    one round trip while the leader's handover waited for the key to go."""
+    await env.lead("a")
+    b = await env.wait("b")
+    reads: list[int] = []
+    read, wait_deleted = b.election._queue_read, b.election._wait_deleted
+    watching_request = asyncio.Event()
+
+    async def counted() -> Any:
+        reads.append(1)
+        return await read()
+
+    async def recorded(key: bytes, from_revision: int, budget: float, also: bytes, **kw: Any) -> bool:
+        if also:
+            watching_request.set()  # b knows c is behind it: it watches the request key too
+        return await wait_deleted(key, from_revision, budget, also, **kw)
+
+    b.election._queue_read = counted  # type: ignore[method-assign]
+    b.election._wait_deleted = recorded  # type: ignore[method-assign,assignment]
+    await env.wait("c")
+    await asyncio.wait_for(watching_request.wait(), 3 * env.cfg.retry_interval)  # b's periodic re-read saw c
+    steps: list[int] = []
+    requeue = b.election._requeue
+
+    async def stepped(*args: Any, **kw: Any) -> None:
+        steps.append(len(reads))
+        await requeue(*args, **kw)
+
+    b.election._requeue = stepped  # type: ignore[method-assign]
+    before = len(reads)
+    await env.backend.election(env.cfg.election).request_switchover(SwitchoverRequest("c", "t", "r-ev", 0, 1e12))
+    await eventually(lambda: steps != [], 5, what="b stepping aside")
+    assert steps == [before], f"b read the queue {steps[0] - before} time(s) before stepping aside"
+
+
+async def test_a_new_next_in_line_watches_before_its_lease_poll_is_answered(env: Env) -> None:
+    """Issue 17: the poll of the head's lease is for a crash; a handover must not wait on it.
+    Here the store never answers that poll, and b still leads on the handover."""
+    a, lead_a = await env.lead("a")
+    await viewing(a, "a")
+    e = env.backend.election(env.cfg.election)
+    never = asyncio.Event()
+
+    async def unanswered(*args: Any, **kw: Any) -> Any:
+        await never.wait()
+
+    e._poll_lease = unanswered  # type: ignore[method-assign]
+    task = asyncio.create_task(e.campaign(await env.session(), "b"))
+    env.tasks.append(task)
+    view = a._view
+    assert view is not None
+    await eventually(lambda: view.successor(0, 0) is not None, 5, what="b in a's view")
+    assert await a.resign(hand_over=True) == "b"
+    assert (await asyncio.wait_for(task, 5)).epoch == lead_a.epoch + 1
