@@ -537,8 +537,8 @@ class _LeaderView:
         self._request_mod = 0
         self._read = 0  # the last read's revision: events at or below it are in the read
         self.revision = 0  # the newest revision the view reflects
-        self.acted = False  # the watch found a request to act on (``request``)
-        self.woke = asyncio.Event()  # set when ``acted`` becomes true
+        self.acted: SwitchoverRequest | None = None  # the request the watch found to act on
+        self.woke = asyncio.Event()  # set when ``acted`` is
 
     def reset(self, switch: Any, queue: list[Any], ttls: list[Any], revision: int) -> None:
         """The read's answer: what it found at ``revision``."""
@@ -588,8 +588,11 @@ class _LeaderView:
                     self._queue[key] = ev.kv
             elif key.startswith(self._ttl_prefix):
                 self._ttl_seen(key, None if ev.type == _DELETE else bytes(ev.kv.value))
-        if not self.acted and self.acts_now(time.time()):
-            self.acted = True
+        if self.acted is None and self.acts_now(time.time()):
+            # Kept as it was: a later event of the same batch may change
+            # ``request`` (withdrawn) before the waiter runs, and the stop
+            # this starts is not taken back (docs/design.md, 1c).
+            self.acted = self.request
             self.woke.set()
         return None
 
@@ -1684,9 +1687,8 @@ class EtcdElection:
                     )
                 finally:
                     woke.cancel()
-                if view.acted:
-                    assert view.request is not None
-                    return view.request
+                if view.acted is not None:
+                    return view.acted
                 if watch.task.done():
                     watch.task.result()  # a failed stream raises here (the finally closes it); False: read afresh
                     watch.close()

@@ -100,3 +100,13 @@ def test_a_handover_is_taken_only_with_its_three_writes() -> None:
     assert verdict is None and handed == [], "a record naming us woke us while the head still held its key"
     verdict, handed = judged(election(b"el/b", 8), handover_events())  # our key was re-created since
     assert verdict is True and handed == [], "led on a record naming an older candidacy of ours"
+
+
+def test_what_the_leader_acts_on_stays_when_the_request_is_withdrawn_next() -> None:
+    """The watch goes on after acting: a deletion applied before the waiter runs must
+    not take the request from under it (an assertion there ended a term as a bug)."""
+    v = view()
+    v.seen(response(event("put", SWITCH, request("x"), 11)))
+    v.seen(response(event("delete", SWITCH, "", 12)))
+    assert v.request is None
+    assert v.acted is not None and v.acted.to == "x"
