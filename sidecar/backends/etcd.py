@@ -503,6 +503,7 @@ class _Handover:
     request_mod: int  # the request key's mod revision (0: absent), compared and, if set, deleted
     revision: int  # the view's revision: with no request, nobody may have joined after it
     queued: frozenset[bytes]  # the keys the view holds, ours excepted
+    aside: frozenset[bytes] = frozenset()  # keys queued ahead of a switchover's target: deleted in the txn
 
 
 class _LeaderView:
@@ -607,28 +608,47 @@ class _LeaderView:
         """
         if not self._queue:
             return None
-        nxt = min(self._queue.values(), key=lambda c: int(c.create_revision))
-        lease = int(nxt.lease)
-        ttl = self._ttls.get(f"{lease:x}".encode()) if lease else None
+        queue = sorted(self._queue.values(), key=lambda c: int(c.create_revision))
+        nxt, aside = queue[0], frozenset[bytes]()
+        request = self.request
+        if self._request_mod and request is not None and request.pending(now) and request.to not in ("", self._me):
+            # A switchover to a target further back: the candidates ahead of it
+            # step aside anyway (1c); the txn takes their keys with ours, so the
+            # target need not wait for them. Only keys of ours: an etcdctl elect
+            # candidate's key is never touched.
+            named = [c for c in queue if candidate_id_of(bytes(c.value).decode(errors="replace")) == request.to]
+            if len(named) == 1 and named[0] is not nxt:
+                nxt = named[0]
+                ahead = [c for c in queue if int(c.create_revision) < int(nxt.create_revision)]
+                if any(self._ttl_of(c) is None for c in ahead):
+                    return None
+                aside = frozenset(bytes(c.key) for c in ahead)
+        ttl = self._ttl_of(nxt)
         if ttl is None:
             return None
         cid, prio = parse_candidate(bytes(nxt.value).decode(errors="replace"))
         others = _priorities(c for c in self._queue.values() if c is not nxt)
         others[self._me] = max(my_priority, others.get(self._me, my_priority))
-        verdict = priority_verdict(self.request, cid, prio, others, now)
+        verdict = priority_verdict(request, cid, prio, others, now)
         if verdict != (NO_REQUEST if self._request_mod == 0 else COMPLETED):
             return None
         return _Handover(
             bytes(nxt.key),
             int(nxt.create_revision),
             cid,
-            lease,
+            int(nxt.lease),
             ttl,
-            self.request,
+            request,
             self._request_mod,
             self.revision,
             frozenset(self._queue),
+            aside,
         )
+
+    def _ttl_of(self, kv: Any) -> int | None:
+        """The TTL the holder of ``kv`` stated: None for a key not of ours (or not yet stated)."""
+        lease = int(kv.lease)
+        return self._ttls.get(f"{lease:x}".encode()) if lease else None
 
 
 def _stated_ttl(value: bytes | None) -> int | None:
@@ -974,13 +994,22 @@ class EtcdElection:
             # claims, wake nobody (on two cores, every waiting candidate
             # re-reading at once slowed the leader's own stop).
             switch_mod = int(seen.switch.mod_revision) if seen.switch is not None else 0
-            pred, switch = ahead[-1], self._switch_key.encode() if behind else b""
+            # The request key is watched by every waiting candidate: the one it
+            # names wakes too (once), to watch the whole election while the
+            # leader hands it the term over the heads of those ahead of it.
+            pred, switch = ahead[-1], self._switch_key.encode()
+            for_us = request is not None and request.to == candidate_id and request.pending(time.time())
 
             asked: list[SwitchoverRequest] = []
 
-            def concerns_us(value: bytes, behind: set[str] = behind, asked: list[SwitchoverRequest] = asked) -> bool:
+            def concerns_us(
+                value: bytes, behind: set[str] = behind, asked: list[SwitchoverRequest] = asked, known: bool = for_us
+            ) -> bool:
                 request = parse_switchover(value)
-                if not steps_aside_early(request, candidate_id, behind, time.time()):
+                now = time.time()
+                if request is not None and request.to == candidate_id and request.pending(now):
+                    return not known  # for us: read once, then watch as its target
+                if not steps_aside_early(request, candidate_id, behind, now):
                     return False
                 assert request is not None
                 asked.append(request)
@@ -998,7 +1027,8 @@ class EtcdElection:
                     created=int(pred.create_revision),
                     also_mod=switch_mod,
                     wakes=concerns_us,
-                    handed=handed if len(ahead) == 1 else None,
+                    handed=handed if len(ahead) == 1 or for_us else None,
+                    head=(bytes(head.key), int(head.create_revision)),
                 )
             except BaseException:
                 if poll is not None:
@@ -1321,13 +1351,15 @@ class EtcdElection:
         also_mod: int,
         wakes: Callable[[bytes], bool],
         handed: list[_Claimed] | None = None,
+        head: tuple[bytes, int] = (b"", 0),
     ) -> bool:
         """True once ``key`` is deleted; False when ``budget`` runs out or ``also`` (if
         not empty) is written with a value ``wakes`` accepts (the caller reads again).
 
-        ``handed`` (the head's successor only): watch the whole election,
-        ``[NAME.epoch, end of NAME/)``, and if the txn that deleted ``key``
-        handed its term to us (``_handed_to_us``), append that term.
+        ``handed`` (the head's successor, or a switchover's target): watch the
+        whole election, ``[NAME.epoch, end of NAME/)``, and if the txn that
+        deleted ``key`` handed the term of ``head`` (key, create revision; by
+        default ``key`` itself) to us (``_handed_to_us``), append that term.
 
         ``created``: ``key``'s create revision, and ``also_mod``: ``also``'s
         mod revision (0: absent), in the read we watch from.
@@ -1345,7 +1377,8 @@ class EtcdElection:
         lagging = asyncio.Event()
         judge = _deleted if not also else partial(_deleted_or_request, also, wakes)
         if handed is not None:
-            judge = partial(self._head_went, head=key, created=created, switch=also, wakes=wakes, handed=handed)
+            leader = head if head[0] else (key, created)
+            judge = partial(self._head_went, pred=key, head=leader, switch=also, wakes=wakes, handed=handed)
 
         def seen(resp: Any) -> bool | None:
             if resp.created and int(resp.header.revision) >= from_revision:
@@ -1412,17 +1445,20 @@ class EtcdElection:
         self,
         resp: Any,
         *,
-        head: bytes,
-        created: int,
+        pred: bytes,
+        head: tuple[bytes, int],
         switch: bytes,
         wakes: Callable[[bytes], bool],
         handed: list[_Claimed],
     ) -> bool | None:
-        """``_deleted_or_request`` for the election-wide watch of the head's successor."""
+        """``_deleted_or_request`` for the election-wide watch of the head's successor
+        (or of a switchover's target): True once ``pred`` is deleted, with our term
+        appended to ``handed`` if the same txn handed it to us from ``head``
+        (key, create revision: the leader as we last read it)."""
         if resp.compact_revision or resp.canceled:
             return _deleted(resp)
-        if any(bytes(ev.kv.key) == head and ev.type == _DELETE for ev in resp.events):
-            claimed = self._handed_to_us(head, created, resp.events)
+        if any(bytes(ev.kv.key) == pred and ev.type == _DELETE for ev in resp.events):
+            claimed = self._handed_to_us(head[0], head[1], resp.events)
             if claimed is not None:
                 handed.append(claimed)
             return True
@@ -1446,11 +1482,13 @@ class EtcdElection:
         marker = ResignMarker(created, head.decode(errors="replace")).encode()
         record: EpochRecord | None = None
         raw = b""
-        marked = False
+        marked = gone = False
         request: SwitchoverRequest | None = None
         for ev in events:
             key = bytes(ev.kv.key)
-            if key == epoch and ev.type != _DELETE:
+            if key == head and ev.type == _DELETE:
+                gone = True
+            elif key == epoch and ev.type != _DELETE:
                 raw = bytes(ev.kv.value)
                 parsed = parse_epoch_record(self._epoch_key, raw)
                 record = parsed if isinstance(parsed, EpochRecord) else None
@@ -1458,7 +1496,7 @@ class EtcdElection:
                 marked = bytes(ev.kv.value) == marker
             elif key == self._switch_key.encode() and ev.type == _DELETE and ev.HasField("prev_kv"):
                 request = parse_switchover(bytes(ev.prev_kv.value))
-        if record is None or not marked or record.token != self._rev or record.key != self._key:
+        if record is None or not (marked and gone) or record.token != self._rev or record.key != self._key:
             return None
         self._record = raw
         return _Claimed(record.epoch, request)
@@ -1591,20 +1629,24 @@ class EtcdElection:
         kv = self._b.kv
         end = prefix_range_end(self._prefix)
         own = self._key.encode()
+        holes = sorted({own, *to.aside})
         # etcd's range compare holds only if every key in the range passes; our
-        # own key is cut out of the ranges: it goes in this txn. An empty range
+        # own key and those of the candidates we take aside are cut out of the
+        # ranges: they go in this txn. An empty range
         # compares as one key with every field 0, so "created after the
         # successor" is asked only of a range the view holds keys in (a key
         # there now and not in the view was created after the view's
         # revision, so after the successor: the view alone excludes it).
-        around = [(self._prefix.encode(), own), (own + b"\0", end)]
+        edges = [self._prefix.encode(), *(h for k in holes for h in (k, k + b"\0")), end]
+        around = [(edges[i], edges[i + 1]) for i in range(0, len(edges), 2) if edges[i] < edges[i + 1]]
+        others = to.queued - to.aside
         compare = [
             kv.txn_compare_create_revision(self._key, self._rev),
             kv.txn_compare_create_revision(to.key, to.create_revision),
             *(
                 kv.txn_compare_create_revision(lo, to.create_revision - 1, result=Compare.GREATER, range_end=hi)
                 for lo, hi in around
-                if any(lo <= k < hi for k in to.queued)
+                if any(lo <= k < hi for k in others)
             ),
             *(
                 kv.txn_compare_create_revision(lo, to.revision + 1, result=Compare.LESS, range_end=hi)
@@ -1619,6 +1661,7 @@ class EtcdElection:
         record = EpochRecord(last.epoch + 1, to.create_revision, to.candidate_id, to.key.decode(), to.lease, to.ttl)
         success = [
             kv.txn_op_delete(self._key),
+            *(kv.txn_op_delete(k) for k in sorted(to.aside)),
             kv.txn_op_put(self._marker_key, marker),
             kv.txn_op_put(self._epoch_key, record.encode()),
             *([kv.txn_op_delete(self._switch_key)] if to.request_mod else []),

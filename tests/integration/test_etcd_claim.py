@@ -681,3 +681,39 @@ async def test_a_new_next_in_line_watches_before_its_lease_poll_is_answered(env:
     await eventually(lambda: view.successor(0, 0) is not None, 5, what="b in a's view")
     assert await a.resign(hand_over=True) == "b"
     assert (await asyncio.wait_for(task, 5)).epoch == lead_a.epoch + 1
+
+
+async def test_a_switchover_hands_the_term_over_the_heads_of_those_ahead_of_the_target(env: Env) -> None:
+    """Issue 17: b, ahead of the target c, has not stepped aside yet (here it never
+    will: its campaign is stopped); the leader's txn takes b's key with its own and
+    starts c's term, and c leads on that event without a claim."""
+    a, lead_a = await env.lead("a")
+    b = await env.wait("b")
+    c = await env.wait("c")
+    d = await env.wait("d")
+    b.task.cancel()  # b keeps its key but no longer reacts to anything
+    await asyncio.gather(b.task, return_exceptions=True)
+    claims = counted_claims(c)
+    await viewing(a, "a")
+    await env.backend.election(env.cfg.election).request_switchover(SwitchoverRequest("c", "test", "r-ov", 0, 1e12))
+    await eventually(lambda: a._view is not None and a._view.request is not None, 5, what="the view's request")
+    assert await a.resign(hand_over=True) == "c"
+    lead_c = await asyncio.wait_for(c.task, 5)
+    assert lead_c.epoch == lead_a.epoch + 1 and claims == [] and c.report.verdicts == ["completed"]
+    assert (await env.raw.kv.get(b.election._key)).kvs == [], "b's key outlived the handover over its head"
+    assert await queue_ids(env) == ["c", "d"] and not d.task.done()
+    assert (await env.record())["leader"] == "c"
+
+
+async def test_no_switchover_handover_over_the_head_of_a_foreign_candidate(env: Env) -> None:
+    """An `etcdctl elect` candidate ahead of the target: its key is never ours to take."""
+    a, _ = await env.lead("a")
+    lease = await env.raw.lease.grant(10)
+    await env.raw.kv.put(env.cfg.election + f"/{lease.ID:x}", "foreign", lease=lease.ID)
+    await env.wait("c")
+    await viewing(a, "a")
+    await env.backend.election(env.cfg.election).request_switchover(SwitchoverRequest("c", "test", "r-f", 0, 1e12))
+    await eventually(lambda: a._view is not None and a._view.request is not None, 5, what="the view's request")
+    assert await a.resign(hand_over=True) == ""
+    assert (await env.raw.kv.get(env.cfg.election + f"/{lease.ID:x}")).kvs != [], "a foreign key was deleted"
+    await env.raw.lease.revoke(lease.ID)

@@ -85,7 +85,9 @@ def handover_events(marker: bool = True, head_deleted: bool = True) -> list[Any]
 
 def judged(e: Any, events: list[Any]) -> tuple[bool | None, list[Any]]:
     handed: list[Any] = []
-    verdict = e._head_went(response(*events), head=b"el/a", created=5, switch=b"", wakes=lambda _: False, handed=handed)
+    verdict = e._head_went(
+        response(*events), pred=b"el/a", head=(b"el/a", 5), switch=b"", wakes=lambda _: False, handed=handed
+    )
     return verdict, handed
 
 
