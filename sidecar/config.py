@@ -25,6 +25,7 @@ SOCKET_PATH_MAX = 107  # sun_path is 108 bytes on Linux, the last one NUL
 LOG_FORMATS = ("auto", "json", "console")
 _ENDPOINT = re.compile(r"^(?:(?P<scheme>https?)://)?(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})/?$")
 _ELECTION = re.compile(r"^[A-Za-z0-9_./-]+$")
+RESERVED_ELECTION_SUFFIXES = (".ttl", ".no-lead")  # another election's NAME.x/ namespaces
 
 
 class ConfigError(ValueError):
@@ -221,6 +222,12 @@ def validate(cfg: Config, command: Sequence[str] | None = None) -> Config:
     if not cfg.election or not _ELECTION.match(cfg.election) or cfg.election.endswith("/"):
         raise ConfigError(
             "election", cfg.election, "must be non-empty, use only A-Z a-z 0-9 _ . / - and not end with /"
+        )
+    if cfg.election.endswith(RESERVED_ELECTION_SUFFIXES):
+        # Election NAME keeps NAME.ttl/... and NAME.no-lead/... beside its queue
+        # NAME/...: an election named NAME.ttl would queue among those keys.
+        raise ConfigError(
+            "election", cfg.election, f"must not end with {' or '.join(RESERVED_ELECTION_SUFFIXES)} (reserved)"
         )
     if len(cfg.candidate_id) > 253 or any(c.isspace() or not c.isprintable() for c in cfg.candidate_id):
         raise ConfigError("candidate_id", cfg.candidate_id, "must be at most 253 printable characters without spaces")

@@ -542,7 +542,16 @@ class _LeaderView:
         self.woke = asyncio.Event()  # set when ``acted`` is
 
     def reset(self, switch: Any, queue: list[Any], ttls: list[Any], revision: int) -> None:
-        """The read's answer: what it found at ``revision``."""
+        """The read's answer: what it found at ``revision``, unless the view is newer.
+
+        The watch runs on while the read is in flight: events above the
+        read's revision may already be applied, and the read would drop them
+        for good (the watch never sends them again). A view newer than the
+        read is the read plus every event since, which is all the read
+        would tell.
+        """
+        if revision < self.revision:
+            return
         self.request = parse_switchover(bytes(switch.value)) if switch is not None else None
         self._request_mod = int(switch.mod_revision) if switch is not None else 0
         self._queue = {bytes(c.key): c for c in queue if bytes(c.key) != self._own}
@@ -713,6 +722,7 @@ class _Seen:
 
     epoch: Any
     switch: Any
+    marker: Any = None
 
 
 @dataclass
@@ -748,6 +758,7 @@ class EtcdElection:
         self._cid = ""
         self._priority = DEFAULT_PRIORITY
         self._record = b""  # the epoch record of our term while we lead: the handover compares it
+        self._led = b""  # the record of the last term we led: never taken as a handover to us
         # The leader's view, still fed by its watch after wait_switchover
         # returns, through the demote, until resign uses it (or we drop it).
         self._view: _LeaderView | None = None
@@ -803,6 +814,7 @@ class EtcdElection:
         lease = int(session.id, 16)
         value = encode_candidate(candidate_id, priority)
         self._own_ttl = int(float(getattr(session, "ttl", 0.0)))
+        self._led = self._record or self._led
         self._cid, self._priority, self._record = candidate_id, priority, b""
         # Our TTL goes in the same txn, on the same lease: it lives exactly as long as our candidacy can.
         stated = [self._b.kv.txn_op_put(self._ttl_prefix + session.id, str(self._own_ttl), lease=lease)]
@@ -1074,8 +1086,13 @@ class EtcdElection:
         return self._queue_of(kvs, revision)
 
     def _queue_ranges(self) -> list[tuple[str, str | bytes | None]]:
-        """What ``_queue_of`` reads, in its order: the queue, the epoch record, the switchover key."""
-        return [(self._prefix, prefix_range_end(self._prefix)), (self._epoch_key, None), (self._switch_key, None)]
+        """What ``_queue_of`` reads, in its order: the queue, the epoch record, the switchover key, the marker."""
+        return [
+            (self._prefix, prefix_range_end(self._prefix)),
+            (self._epoch_key, None),
+            (self._switch_key, None),
+            (self._marker_key, None),
+        ]
 
     def _queue_ops(self) -> list[Any]:
         """The same reads inside a txn (the claim's failure branch)."""
@@ -1083,9 +1100,10 @@ class EtcdElection:
 
     @staticmethod
     def _queue_of(kvs: list[list[Any]], revision: int) -> tuple[list[Any], int, _Seen]:
-        queue, epoch, switch = kvs
+        queue, epoch, switch, marker = kvs
         queue.sort(key=lambda c: int(c.create_revision))
-        return queue, revision, _Seen(epoch[0] if epoch else None, switch[0] if switch else None)
+        first = [x[0] if x else None for x in (epoch, switch, marker)]
+        return queue, revision, _Seen(*first)
 
     async def _claim(
         self, candidate_id: str, lease: int, *, priority: int, kvs: list[Any], revision: int, seen: _Seen
@@ -1427,12 +1445,12 @@ class EtcdElection:
         if also:
             reads.append((also.decode(errors="replace"), None))
         if handed is not None:
-            reads += [(self._epoch_key, None), (self._switch_key, None)]
+            reads += [(self._epoch_key, None), (self._switch_key, None), (self._marker_key, None)]
         kvs, _ = await self._b.snapshot("watch catch-up read", reads)
         if not kvs[0] or (created and int(kvs[0][0].create_revision) != created):
             if handed is not None:
-                record, switch = kvs[-2:]
-                seen = _Seen(record[0] if record else None, switch[0] if switch else None)
+                record, switch, marker = kvs[-3:]
+                seen = _Seen(*(x[0] if x else None for x in (record, switch, marker)))
                 claimed = await self._handed_in_read(seen)
                 if claimed is not None:
                     handed.append(claimed)
@@ -1511,11 +1529,25 @@ class EtcdElection:
         The request it settled is gone from the read: one read of the
         revision before the record's gives it back, for the report.
         """
-        if seen.epoch is None:
+        if seen.epoch is None or seen.marker is None:
             return None
         raw = bytes(seen.epoch.value)
         record = parse_epoch_record(self._epoch_key, raw)
         if not isinstance(record, EpochRecord) or record.token != self._rev or record.key != self._key:
+            return None
+        marker = parse_resign_marker(bytes(seen.marker.value))
+        if (
+            raw == self._led
+            or marker is None
+            or marker.token == self._rev
+            or int(seen.marker.mod_revision) != int(seen.epoch.mod_revision)
+        ):
+            # Not a handover: the term we led ourselves (our resign failed and
+            # we campaign again on the same key; leading on it again would be
+            # the same term twice, and a late handover txn of ours, comparing
+            # that very record, could still land), or a record without the
+            # previous head's marker in the same txn (our own bump whose
+            # answer we lost, or a hand-written one). The slow path bumps.
             return None
         request = None
         if seen.switch is None:

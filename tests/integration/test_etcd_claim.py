@@ -22,7 +22,14 @@ import pytest
 
 from sidecar.backends import connect
 from sidecar.backends import etcd as etcd_mod
-from sidecar.backends.base import DEFAULT_PRIORITY, EpochRecord, KeyLost, LockDelay, SwitchoverRequest
+from sidecar.backends.base import (
+    DEFAULT_PRIORITY,
+    EpochRecord,
+    KeyLost,
+    LockDelay,
+    StoreUnavailable,
+    SwitchoverRequest,
+)
 from sidecar.backends.etcd import EtcdBackend, EtcdElection, EtcdSession
 from sidecar.clock import MonotonicClock
 from sidecar.config import Config
@@ -717,3 +724,22 @@ async def test_no_switchover_handover_over_the_head_of_a_foreign_candidate(env: 
     assert await a.resign(hand_over=True) == ""
     assert (await env.raw.kv.get(env.cfg.election + f"/{lease.ID:x}")).kvs != [], "a foreign key was deleted"
     await env.raw.lease.revoke(lease.ID)
+
+
+async def test_a_leader_whose_resign_failed_leads_again_on_a_new_epoch(env: Env) -> None:
+    """The hostile review's S1: the handover txn timed out, the key stayed, the elector
+    campaigns again on the same key. Its own record names it; taken as a handover it led
+    the same term twice (no bump), and the late txn, comparing that record, could still
+    have handed the term on while it led."""
+    a, lead_a = await env.lead("a")
+    await env.wait("b")
+    await viewing(a, "a")
+
+    async def timed_out(*args: Any, **kw: Any) -> bool:
+        raise StoreUnavailable("etcd resign: timed out (the test's)")
+
+    a._hand_over = timed_out  # type: ignore[method-assign]
+    with pytest.raises(StoreUnavailable):
+        await a.resign(hand_over=True)
+    again = await asyncio.wait_for(a.campaign(env.sessions[0], "a"), 5)
+    assert again.epoch == lead_a.epoch + 1, "led again on the term it had already led"

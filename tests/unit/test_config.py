@@ -36,6 +36,8 @@ def test_defaults_are_safe() -> None:
         ({"endpoints": ("https://etcd:2379",)}, "endpoints", "ca_file"),
         ({"election": "bad name"}, "election", "A-Z"),
         ({"election": "x/"}, "election", "not end with /"),
+        ({"election": "orders.ttl"}, "election", "reserved"),
+        ({"election": "orders.no-lead"}, "election", "reserved"),
         ({"candidate_id": "a b"}, "candidate_id", "without spaces"),
         ({"cert_file": "c.pem"}, "key_file", "go together"),
         ({"request_timeout": 7}, "request_timeout", "renew_deadline"),

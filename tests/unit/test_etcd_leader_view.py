@@ -112,3 +112,12 @@ def test_what_the_leader_acts_on_stays_when_the_request_is_withdrawn_next() -> N
     v.seen(response(event("delete", SWITCH, "", 12)))
     assert v.request is None
     assert v.acted is not None and v.acted.to == "x"
+
+
+def test_a_re_read_older_than_the_view_does_not_drop_the_events_since() -> None:
+    """The watch runs on while the periodic re-read is in flight: a candidate that joined
+    after the read's revision, already applied, must not vanish when the read lands."""
+    v = view()
+    v.seen(response(SimpleNamespace(type=0, kv=SimpleNamespace(key=b"el/k", value=b"k", mod_revision=12))))
+    v.reset(None, [kv(b"el/a", "a"), kv(b"el/x", "x"), kv(b"el/y", "y")], [], revision=11)
+    assert b"el/k" in v._queue, "the read dropped a candidate its watch had already reported"
