@@ -1000,15 +1000,14 @@ class EtcdElection:
                     if tracked is not None and tracked.alive and tracked.remaining <= 1:
                         budget = min(budget, NEAR_EXPIRY_POLL)
             # A switchover request naming someone behind us sends us aside
-            # before the leader has gone: with someone behind us, watch its key
-            # on the same stream. Only a request whose target is behind us (as
-            # last read) wakes us; others, and its deletion when the target
-            # claims, wake nobody (on two cores, every waiting candidate
-            # re-reading at once slowed the leader's own stop).
+            # before the leader has gone: watch its key on the same stream.
+            # Only a request whose target is behind us (as last read) wakes us,
+            # or (once) one naming us: its target reads once and then watches
+            # the whole election, as the leader may hand it the term over the
+            # heads of those ahead of it. Others, and its deletion when settled,
+            # wake nobody (on two cores, every waiting candidate re-reading at
+            # once slowed the leader's own stop).
             switch_mod = int(seen.switch.mod_revision) if seen.switch is not None else 0
-            # The request key is watched by every waiting candidate: the one it
-            # names wakes too (once), to watch the whole election while the
-            # leader hands it the term over the heads of those ahead of it.
             pred, switch = ahead[-1], self._switch_key.encode()
             for_us = request is not None and request.to == candidate_id and request.pending(time.time())
 
@@ -1027,8 +1026,9 @@ class EtcdElection:
                 asked.append(request)
                 return True
 
-            # The next in line watches everything of the election instead: the
-            # leader may hand the term over in the txn that deletes its key.
+            # The next in line (or the request's target) watches everything of
+            # the election instead: the leader may hand the term over in the
+            # txn that deletes its key.
             handed: list[_Claimed] = []
             try:
                 gone = await self._wait_deleted(
