@@ -1520,14 +1520,17 @@ class EtcdElection:
         return _Claimed(record.epoch, request)
 
     async def _handed_in_read(self, seen: _Seen) -> _Claimed | None:
-        """Our term, when a read finds us at the head with a record naming us.
+        """Our term, when a read finds us at the head with a record naming us
+        and another head's marker written in the same revision.
 
-        Only a handover (or our own bump, whose answer we did not get) writes
-        a record naming our key at our create revision; the handover compared
-        that we were next and left the clean-resign marker. The watch that
-        would have told us lagged or started too late; the read is as good.
-        The request it settled is gone from the read: one read of the
-        revision before the record's gives it back, for the report.
+        Only a handover writes both at once: it compared that we were next,
+        and its marker says the last leader's orchestrator was confirmed
+        stopped. (Our own bump, whose answer we lost, writes no marker: it is
+        refused and we bump again, skipping one epoch; so is the record of a
+        term we led ourselves.) The watch that would have told us lagged or
+        started too late; the read is as good. The request it settled is gone
+        from the read: one read of the revision before the record's gives it
+        back, for the report.
         """
         if seen.epoch is None or seen.marker is None:
             return None
