@@ -470,13 +470,13 @@ def _deleted(resp: Any) -> bool | None:
     return True if any(ev.type == _DELETE for ev in resp.events) else None
 
 
-def _deleted_or_request(other: bytes, wakes: Callable[[bytes], bool], resp: Any) -> bool | None:
-    """``_deleted`` for the first watch of the stream; for ``other`` (the second: the
-    switchover request key), False (read afresh) on a write of a value ``wakes`` says
-    concerns us, None on anything else (its deletion, a request for someone else)."""
+def _deleted_or_request(key: bytes, other: bytes, wakes: Callable[[bytes], bool], resp: Any) -> bool | None:
+    """``_deleted`` for ``key``; for ``other`` (the switchover request key), False
+    (read afresh) on a write of a value ``wakes`` says concerns us, None on anything
+    else (its deletion, a request for someone else, any other key of a range watch)."""
     if resp.compact_revision or resp.canceled:
         return _deleted(resp)
-    if any(ev.type == _DELETE and ev.kv.key != other for ev in resp.events):
+    if any(ev.type == _DELETE and bytes(ev.kv.key) == key for ev in resp.events):
         return True
     if any(ev.kv.key == other and ev.type != _DELETE and wakes(bytes(ev.kv.value)) for ev in resp.events):
         return False
@@ -723,6 +723,11 @@ class _Seen:
     epoch: Any
     switch: Any
     marker: Any = None
+
+    @classmethod
+    def of(cls, epoch: list[Any], switch: list[Any], marker: list[Any]) -> _Seen:
+        """From the answers of three single-key ranges (empty: absent)."""
+        return cls(*(kvs[0] if kvs else None for kvs in (epoch, switch, marker)))
 
 
 @dataclass
@@ -1102,8 +1107,7 @@ class EtcdElection:
     def _queue_of(kvs: list[list[Any]], revision: int) -> tuple[list[Any], int, _Seen]:
         queue, epoch, switch, marker = kvs
         queue.sort(key=lambda c: int(c.create_revision))
-        first = [x[0] if x else None for x in (epoch, switch, marker)]
-        return queue, revision, _Seen(*first)
+        return queue, revision, _Seen.of(epoch, switch, marker)
 
     async def _claim(
         self, candidate_id: str, lease: int, *, priority: int, kvs: list[Any], revision: int, seen: _Seen
@@ -1393,7 +1397,7 @@ class EtcdElection:
         when the store moved, one read of the two keys answers at once.
         """
         lagging = asyncio.Event()
-        judge = _deleted if not also else partial(_deleted_or_request, also, wakes)
+        judge = _deleted if not also else partial(_deleted_or_request, key, also, wakes)
         if handed is not None:
             leader = head if head[0] else (key, created)
             judge = partial(self._head_went, pred=key, head=leader, switch=also, wakes=wakes, handed=handed)
@@ -1449,9 +1453,7 @@ class EtcdElection:
         kvs, _ = await self._b.snapshot("watch catch-up read", reads)
         if not kvs[0] or (created and int(kvs[0][0].create_revision) != created):
             if handed is not None:
-                record, switch, marker = kvs[-3:]
-                seen = _Seen(*(x[0] if x else None for x in (record, switch, marker)))
-                claimed = await self._handed_in_read(seen)
+                claimed = await self._handed_in_read(_Seen.of(*kvs[-3:]))
                 if claimed is not None:
                     handed.append(claimed)
             return True
@@ -1473,18 +1475,12 @@ class EtcdElection:
         (or of a switchover's target): True once ``pred`` is deleted, with our term
         appended to ``handed`` if the same txn handed it to us from ``head``
         (key, create revision: the leader as we last read it)."""
-        if resp.compact_revision or resp.canceled:
-            return _deleted(resp)
-        if any(bytes(ev.kv.key) == pred and ev.type == _DELETE for ev in resp.events):
+        verdict = _deleted_or_request(pred, switch, wakes, resp)
+        if verdict and not resp.compact_revision:
             claimed = self._handed_to_us(head[0], head[1], resp.events)
             if claimed is not None:
                 handed.append(claimed)
-            return True
-        if switch and any(
-            bytes(ev.kv.key) == switch and ev.type != _DELETE and wakes(bytes(ev.kv.value)) for ev in resp.events
-        ):
-            return False
-        return None
+        return verdict
 
     def _handed_to_us(self, head: bytes, created: int, events: Any) -> _Claimed | None:
         """Our term, if the txn whose ``events`` deleted the head's key handed it to us.
