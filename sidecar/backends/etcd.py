@@ -266,33 +266,25 @@ class EtcdBackend:
         start_revision: int = 0,
         *,
         no_put: bool = False,
-        also: bytes = b"",
         prev_kv: bool = False,
     ) -> Any:
         """One Watch stream, no retries, with require-leader.
 
         ``start_revision`` must be a revision we actually read + 1: resuming
         from anything else (etcd3aio uses a response header's revision) can
-        skip the very DELETE we wait for. ``also``: a second key watched on
-        the same stream from the same revision, every event (a second stream
-        would cost gRPC's threads a set-up and tear-down per wait).
+        skip the very DELETE we wait for.
         """
         assert self._watch_stub is not None, "connect() first"
-        creates = [
-            WatchCreateRequest(
-                key=key,
-                range_end=range_end,
-                start_revision=start_revision,
-                filters=[_NOPUT] if no_put else [],
-                prev_kv=prev_kv,
-            )
-        ]
-        if also:
-            creates.append(WatchCreateRequest(key=also, start_revision=start_revision))
+        create = WatchCreateRequest(
+            key=key,
+            range_end=range_end,
+            start_revision=start_revision,
+            filters=[_NOPUT] if no_put else [],
+            prev_kv=prev_kv,
+        )
 
         async def requests() -> AsyncIterator[WatchRequest]:
-            for create in creates:
-                yield WatchRequest(create_request=create)
+            yield WatchRequest(create_request=create)
             await asyncio.Event().wait()  # keep the request side open; the call is cancelled to end it
 
         token = self.client.watch._metadata if self.client.watch is not None else ()
@@ -468,19 +460,6 @@ def _deleted(resp: Any) -> bool | None:
     if resp.canceled:
         raise StoreUnavailable(f"etcd watch canceled: {resp.cancel_reason or 'no reason given'}")
     return True if any(ev.type == _DELETE for ev in resp.events) else None
-
-
-def _deleted_or_request(key: bytes, other: bytes, wakes: Callable[[bytes], bool], resp: Any) -> bool | None:
-    """``_deleted`` for ``key``; for ``other`` (the switchover request key), False
-    (read afresh) on a write of a value ``wakes`` says concerns us, None on anything
-    else (its deletion, a request for someone else, any other key of a range watch)."""
-    if resp.compact_revision or resp.canceled:
-        return _deleted(resp)
-    if any(ev.type == _DELETE and bytes(ev.kv.key) == key for ev in resp.events):
-        return True
-    if any(ev.kv.key == other and ev.type != _DELETE and wakes(bytes(ev.kv.value)) for ev in resp.events):
-        return False
-    return None
 
 
 def _changed(resp: Any) -> bool | None:
@@ -728,6 +707,18 @@ class _Seen:
     def of(cls, epoch: list[Any], switch: list[Any], marker: list[Any]) -> _Seen:
         """From the answers of three single-key ranges (empty: absent)."""
         return cls(*(kvs[0] if kvs else None for kvs in (epoch, switch, marker)))
+
+
+class _TakenAside(KeyLost):
+    """The next in line's key went in a switchover's handover, over its head: it re-queues.
+
+    A KeyLost to anything that does not catch it: re-registering is what
+    the elector does then, and is right whatever took the key.
+    """
+
+    def __init__(self, key: str, request: SwitchoverRequest) -> None:
+        super().__init__(f"candidate key {key} taken aside by the handover to {request.to}")
+        self.request = request
 
 
 @dataclass
@@ -1004,49 +995,36 @@ class EtcdElection:
                     tracked = await polled
                     if tracked is not None and tracked.alive and tracked.remaining <= 1:
                         budget = min(budget, NEAR_EXPIRY_POLL)
-            # A switchover request naming someone behind us sends us aside
-            # before the leader has gone: watch its key on the same stream.
-            # Only a request whose target is behind us (as last read) wakes us,
-            # or (once) one naming us: its target reads once and then watches
-            # the whole election, as the leader may hand it the term over the
-            # heads of those ahead of it. Others, and its deletion when settled,
-            # wake nobody (on two cores, every waiting candidate re-reading at
-            # once slowed the leader's own stop).
-            switch_mod = int(seen.switch.mod_revision) if seen.switch is not None else 0
-            pred, switch = ahead[-1], self._switch_key.encode()
-            for_us = request is not None and request.to == candidate_id and request.pending(time.time())
-
-            asked: list[SwitchoverRequest] = []
-
-            def concerns_us(
-                value: bytes, behind: set[str] = behind, asked: list[SwitchoverRequest] = asked, known: bool = for_us
-            ) -> bool:
-                request = parse_switchover(value)
-                now = time.time()
-                if request is not None and request.to == candidate_id and request.pending(now):
-                    return not known  # for us: read once, then watch as its target
-                if not steps_aside_early(request, candidate_id, behind, now):
-                    return False
-                assert request is not None
-                asked.append(request)
-                return True
-
-            # The next in line (or the request's target) watches everything of
-            # the election instead: the leader may hand the term over in the
-            # txn that deletes its key.
+            # No waiting candidate watches the request key (docs/design.md, 1c):
+            # a leader of ours hands the term to a switchover's target in the
+            # txn that deletes its own key and the keys of those ahead of the
+            # target, so the target learns of it from its predecessor's delete
+            # and one read. Every candidate woken by the request's write cost
+            # the leader's own stop CPU on a shared machine. A request found
+            # in a read still sends a candidate ahead of its target aside
+            # above: the way on when the leader could not hand over.
+            # The next in line watches everything of the election instead:
+            # the leader may hand it the term in the txn that deletes its key.
+            pred = ahead[-1]
             handed: list[_Claimed] = []
             try:
                 gone = await self._wait_deleted(
                     pred.key,
                     revision + 1,
                     budget,
-                    switch,
                     created=int(pred.create_revision),
-                    also_mod=switch_mod,
-                    wakes=concerns_us,
-                    handed=handed if len(ahead) == 1 or for_us else None,
-                    head=(bytes(head.key), int(head.create_revision)),
+                    handed=handed if len(ahead) == 1 else None,
                 )
+            except _TakenAside as taken:
+                # A switchover's handover took our key with the leader's: we
+                # step aside as if we had done it ourselves (1c), behind its target.
+                if poll is not None:
+                    poll.cancel()
+                if report is not None:
+                    report.switchover(STEP_ASIDE, taken.request)
+                value = encode_candidate(candidate_id, priority)
+                self._rev = await self._create_once("switchover step-aside", self._key, value, lease)
+                continue
             except BaseException:
                 if poll is not None:
                     poll.cancel()
@@ -1056,15 +1034,6 @@ class EtcdElection:
                     poll.cancel()  # we lead: its answer is moot
                 else:
                     await poll  # bounded by the store's timeout; a store error surfaces here, as before
-            if not gone and asked:
-                # The request the watch carried sends us aside at once, without
-                # reading first: the leader's handover waits for us to be gone.
-                # Only ever safe (we hold no grant; the step-aside compares our
-                # own key); a target gone since our read costs us our place.
-                if report is not None:
-                    report.switchover(STEP_ASIDE, asked[-1])
-                await self._requeue(encode_candidate(candidate_id, priority), lease)
-                continue
             if gone:
                 self.wakeups += 1
                 if handed:
@@ -1367,40 +1336,29 @@ class EtcdElection:
         key: bytes,
         from_revision: int,
         budget: float,
-        also: bytes,
         *,
         created: int,
-        also_mod: int,
-        wakes: Callable[[bytes], bool],
         handed: list[_Claimed] | None = None,
-        head: tuple[bytes, int] = (b"", 0),
     ) -> bool:
-        """True once ``key`` is deleted; False when ``budget`` runs out or ``also`` (if
-        not empty) is written with a value ``wakes`` accepts (the caller reads again).
+        """True once ``key`` is deleted; False when ``budget`` runs out.
 
-        ``handed`` (the head's successor, or a switchover's target): watch the
-        whole election, ``[NAME.epoch, end of NAME/)``, and if the txn that
-        deleted ``key`` handed the term of ``head`` (key, create revision; by
-        default ``key`` itself) to us (``_handed_to_us``), append that term.
+        ``handed`` (the next in line): watch the whole election,
+        ``[NAME.epoch, end of NAME/)``, and if the txn that deleted ``key``
+        handed its term to us (``_handed_to_us``), append that term.
 
-        ``created``: ``key``'s create revision, and ``also_mod``: ``also``'s
-        mod revision (0: absent), in the read we watch from.
+        ``created``: ``key``'s create revision in the read we watch from.
 
         A watch from a revision the store has already passed is "unsynced"
         in etcd: its events come from a catch-up loop that runs every 100 ms
         (mvcc's syncWatchersLoop), not at once. Our watch starts from our
         last read + 1, so anything written between that read and the watch's
-        creation (the leader resigning, a candidate ahead stepping aside, at
-        the moment a switchover makes them) reached us up to 100 ms late:
-        measured, a switchover's target sat 87 ms on a predecessor gone 1 ms
-        after its read. The creation answer carries the store's revision;
-        when the store moved, one read of the two keys answers at once.
+        creation (the leader resigning at the moment we queued) reached us up
+        to 100 ms late: measured, a switchover's target sat 87 ms on a
+        predecessor gone 1 ms after its read. The creation answer carries
+        the store's revision; when the store moved, one read answers at once.
         """
         lagging = asyncio.Event()
-        judge = _deleted if not also else partial(_deleted_or_request, key, also, wakes)
-        if handed is not None:
-            leader = head if head[0] else (key, created)
-            judge = partial(self._head_went, pred=key, head=leader, switch=also, wakes=wakes, handed=handed)
+        judge = _deleted if handed is None else partial(self._head_went, head=(key, created), handed=handed)
 
         def seen(resp: Any) -> bool | None:
             if resp.created and int(resp.header.revision) >= from_revision:
@@ -1408,7 +1366,7 @@ class EtcdElection:
             return judge(resp)
 
         if handed is None:
-            call = self._b.watch_stream(key, start_revision=from_revision, no_put=True, also=also)
+            call = self._b.watch_stream(key, start_revision=from_revision, no_put=True)
         else:
             whole = prefix_range_end(self._prefix)
             call = self._b.watch_stream(self._epoch_key.encode(), whole, start_revision=from_revision, prev_kv=True)
@@ -1418,69 +1376,60 @@ class EtcdElection:
         end = loop.time() + budget
         try:
             done, _ = await asyncio.wait({watch.task, lag}, timeout=budget, return_when=asyncio.FIRST_COMPLETED)
-            if lag in done and watch.task not in done:
-                looked = await self._look_now(key, created, also, also_mod, wakes, handed=handed)
-                if looked is not None:
-                    return looked
+            if lag in done and watch.task not in done and await self._look_now(key, created, handed=handed):
+                return True
             return bool(await watch.wait(max(0.0, end - loop.time())))
         finally:
             lag.cancel()
             watch.close()
 
-    async def _look_now(
-        self,
-        key: bytes,
-        created: int,
-        also: bytes,
-        also_mod: int,
-        wakes: Callable[[bytes], bool],
-        *,
-        handed: list[_Claimed] | None = None,
-    ) -> bool | None:
-        """What a lagging watch will say: True (``key`` gone), False (``also`` written
-        with a value ``wakes`` accepts), None (neither).
+    async def _look_now(self, key: bytes, created: int, *, handed: list[_Claimed] | None = None) -> bool:
+        """What a lagging watch will say: whether ``key`` is gone (or re-created).
 
-        Gone includes re-created: a candidate that steps aside deletes its
-        key and puts the same key again, behind us. With ``handed`` (the head's
-        successor) the same read holds the record and the request, and a
-        term handed to us is appended there, as the watch would have.
+        Re-created counts as gone: a candidate that steps aside deletes its
+        key and puts the same key again, behind us. With ``handed`` (the
+        next in line) the same read holds the record, the request and the
+        marker, and a term handed to us is appended there, as the watch would.
         """
         reads: list[tuple[str, str | bytes | None]] = [(key.decode(errors="replace"), None)]
-        if also:
-            reads.append((also.decode(errors="replace"), None))
         if handed is not None:
             reads += [(self._epoch_key, None), (self._switch_key, None), (self._marker_key, None)]
         kvs, _ = await self._b.snapshot("watch catch-up read", reads)
-        if not kvs[0] or (created and int(kvs[0][0].create_revision) != created):
-            if handed is not None:
-                claimed = await self._handed_in_read(_Seen.of(*kvs[-3:]))
-                if claimed is not None:
-                    handed.append(claimed)
-            return True
-        if also and kvs[1] and int(kvs[1][0].mod_revision) != also_mod and wakes(bytes(kvs[1][0].value)):
+        if kvs[0] and (not created or int(kvs[0][0].create_revision) == created):
             return False
-        return None
-
-    def _head_went(
-        self,
-        resp: Any,
-        *,
-        pred: bytes,
-        head: tuple[bytes, int],
-        switch: bytes,
-        wakes: Callable[[bytes], bool],
-        handed: list[_Claimed],
-    ) -> bool | None:
-        """``_deleted_or_request`` for the election-wide watch of the head's successor
-        (or of a switchover's target): True once ``pred`` is deleted, with our term
-        appended to ``handed`` if the same txn handed it to us from ``head``
-        (key, create revision: the leader as we last read it)."""
-        verdict = _deleted_or_request(pred, switch, wakes, resp)
-        if verdict and not resp.compact_revision:
-            claimed = self._handed_to_us(head[0], head[1], resp.events)
+        if handed is not None:
+            claimed = await self._handed_in_read(_Seen.of(*kvs[-3:]))
             if claimed is not None:
                 handed.append(claimed)
-        return verdict
+        return True
+
+    def _head_went(self, resp: Any, *, head: tuple[bytes, int], handed: list[_Claimed]) -> bool | None:
+        """``_deleted`` for the next in line's election-wide watch: True once the head's
+        key (``head``: key, create revision) is deleted, with our term appended to
+        ``handed`` if the same txn handed it to us. Our own key deleted (a
+        switchover's handover took it, with those of everyone ahead of its
+        target, or an operator evicted us) raises KeyLost at once: a claim
+        or a read would only find that out one round trip later."""
+        if resp.compact_revision or resp.canceled:
+            return _deleted(resp)
+        own = self._key.encode()
+        went = any(ev.type == _DELETE and bytes(ev.kv.key) == head[0] for ev in resp.events)
+        if any(ev.type == _DELETE and bytes(ev.kv.key) == own for ev in resp.events):
+            settled = [
+                parse_switchover(bytes(ev.prev_kv.value))
+                for ev in resp.events
+                if bytes(ev.kv.key) == self._switch_key.encode() and ev.type == _DELETE and ev.HasField("prev_kv")
+            ]
+            request = settled[0] if settled else None
+            if went and request is not None and request.to not in ("", self._cid):
+                raise _TakenAside(self._key, request)
+            raise KeyLost(f"candidate key {self._key} deleted while next in line")
+        if not went:
+            return None
+        claimed = self._handed_to_us(head[0], head[1], resp.events)
+        if claimed is not None:
+            handed.append(claimed)
+        return True
 
     def _handed_to_us(self, head: bytes, created: int, events: Any) -> _Claimed | None:
         """Our term, if the txn whose ``events`` deleted the head's key handed it to us.

@@ -6,8 +6,10 @@ import json
 from types import SimpleNamespace
 from typing import Any
 
-from sidecar.backends.base import EpochRecord, ResignMarker
-from sidecar.backends.etcd import _DELETE, EtcdElection, _LeaderView
+import pytest
+
+from sidecar.backends.base import EpochRecord, KeyLost, ResignMarker
+from sidecar.backends.etcd import _DELETE, EtcdElection, _LeaderView, _TakenAside
 
 PREFIX = b"el/"
 SWITCH = b"el.switchover"
@@ -85,9 +87,7 @@ def handover_events(marker: bool = True, head_deleted: bool = True) -> list[Any]
 
 def judged(e: Any, events: list[Any]) -> tuple[bool | None, list[Any]]:
     handed: list[Any] = []
-    verdict = e._head_went(
-        response(*events), pred=b"el/a", head=(b"el/a", 5), switch=b"", wakes=lambda _: False, handed=handed
-    )
+    verdict = e._head_went(response(*events), head=(b"el/a", 5), handed=handed)
     return verdict, handed
 
 
@@ -102,6 +102,32 @@ def test_a_handover_is_taken_only_with_its_three_writes() -> None:
     assert verdict is None and handed == [], "a record naming us woke us while the head still held its key"
     verdict, handed = judged(election(b"el/b", 8), handover_events())  # our key was re-created since
     assert verdict is True and handed == [], "led on a record naming an older candidacy of ours"
+
+
+def test_the_next_in_line_whose_key_a_handover_took_knows_it_from_the_event() -> None:
+    """A switchover's handover deletes the keys of everyone ahead of its target with the
+    leader's: the next in line steps aside at once, with no claim that must fail first;
+    its key deleted any other way is a plain KeyLost (the elector registers again)."""
+    record = EpochRecord(4, 8, "c", "el/c", 0xC, 3).encode().decode()
+    taken = [
+        event("put", b"el.epoch", record, 9),
+        event("put", b"el.resigned", ResignMarker(5, "el/a").encode().decode(), 9),
+        event("delete", b"el/a", "", 9),
+        event("delete", b"el/b", "", 9),
+    ]
+    settled = event("delete", SWITCH, "", 9)
+    settled.prev_kv = kv(SWITCH, request("c"), 8)
+    settled.HasField = lambda name: name == "prev_kv"
+    e = election(b"el/b", 7)
+    e._cid = "b"
+    with pytest.raises(_TakenAside, match="el/b") as got:
+        judged(e, [*taken, settled])
+    assert got.value.request.to == "c"
+    with pytest.raises(KeyLost) as lost:
+        judged(e, taken)  # no request settled in the same txn: evicted, not taken aside
+    assert not isinstance(lost.value, _TakenAside)
+    verdict, handed = judged(election(b"el/x", 6), taken[:3])  # someone else's key: not ours to mind
+    assert verdict is True and handed == []
 
 
 def test_what_the_leader_acts_on_stays_when_the_request_is_withdrawn_next() -> None:
