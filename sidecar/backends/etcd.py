@@ -814,9 +814,12 @@ class EtcdElection:
         self._cid, self._priority, self._record = candidate_id, priority, b""
         # Our TTL goes in the same txn, on the same lease: it lives exactly as long as our candidacy can.
         stated = [self._b.kv.txn_op_put(self._ttl_prefix + session.id, str(self._own_ttl), lease=lease)]
-        self._key, self._rev = key, await self._create_once("campaign txn", key, value, lease, stated)
+        self._key = key
+        read: tuple[list[Any], int, _Seen] | None
+        self._rev, read = await self._queue_after_create("campaign txn", value, lease, stated)
         while True:
-            waited = await self._wait_for_predecessors(candidate_id, lease, priority, on_wait, report)
+            waited = await self._wait_for_predecessors(candidate_id, lease, priority, on_wait, report, read=read)
+            read = None
             if isinstance(waited, _Claimed):
                 if waited.request is not None and report is not None:
                     report.switchover(COMPLETED, waited.request)
@@ -834,7 +837,7 @@ class EtcdElection:
                 elif report is not None:
                     best = max(others, key=lambda i: others[i])
                     report.priority_step_aside(best, others[best])
-                await self._requeue(value, lease)
+                read = await self._requeue(value, lease)
                 continue
             await self._lock_delay(report, float(self._own_ttl), (record, marker))
             epoch = await self._bump_epoch(candidate_id, lease, report, mod, consume=verdict != NO_REQUEST)
@@ -851,17 +854,43 @@ class EtcdElection:
         The same lease registering again (after a retried request whose first
         attempt did land) keeps the key it has, and so its place in the queue.
         """
+        return (await self._create_and_read(what, key, value, lease, also, reads=False))[0]
+
+    async def _queue_after_create(
+        self, what: str, value: str, lease: int, also: list[Any] | None = None
+    ) -> tuple[int, tuple[list[Any], int, _Seen]]:
+        """``_create_once`` of our candidate key, and the queue read in the same txn.
+
+        A candidate reads the queue right after it registers (a campaign, a
+        step-aside): in the txn that writes the key, the read costs no round
+        trip of its own. Not a read-only txn, so not the cancellation bug
+        ``snapshot`` avoids.
+        """
+        rev, read = await self._create_and_read(what, self._key, value, lease, also, reads=True)
+        assert read is not None
+        return rev, read
+
+    async def _create_and_read(
+        self, what: str, key: str, value: str, lease: int, also: list[Any] | None, *, reads: bool
+    ) -> tuple[int, tuple[list[Any], int, _Seen] | None]:
         kv = self._b.kv
+        ops = self._queue_ops() if reads else []
         with _store_errors(what):
             resp = await kv.txn(
                 compare=[kv.txn_compare_create_revision(key, 0)],
-                success=[kv.txn_op_put(key, value, lease=lease), *(also or [])],
-                failure=[kv.txn_op_get(key)],
+                success=[kv.txn_op_put(key, value, lease=lease), *(also or []), *ops],
+                failure=[kv.txn_op_get(key), *ops],
                 timeout=self._b.timeout,
             )
-        if resp.succeeded:
-            return int(resp.header.revision)
-        return int(resp.responses[0].response_range.kvs[0].create_revision)
+        created = (
+            int(resp.header.revision)
+            if resp.succeeded
+            else int(resp.responses[0].response_range.kvs[0].create_revision)
+        )
+        if not ops:
+            return created, None
+        ranges = [list(r.response_range.kvs) for r in resp.responses[len(resp.responses) - len(ops) :]]
+        return created, self._queue_of(ranges, int(resp.header.revision))
 
     async def _read_switchover(self) -> tuple[SwitchoverRequest | None, int]:
         """The request and its mod revision (0: absent), which the epoch txn compares."""
@@ -899,13 +928,15 @@ class EtcdElection:
             # watch from the first read's revision wakes us for either.
             await self._wait_changed(self._name.encode(), int(own.header.revision) + 1, self._b.retry_interval, end)
 
-    async def _requeue(self, value: str, lease: int) -> None:
-        """Step aside: go to the end of the queue without ever leading.
+    async def _requeue(self, value: str, lease: int) -> tuple[list[Any], int, _Seen]:
+        """Step aside: go to the end of the queue without ever leading; the queue then.
 
         etcd refuses a delete and a put of one key in one txn, so two: between
-        them we hold no key, which is only ever safe (we are not leader).
+        them we hold no key, which is only ever safe (we are not leader). The
+        second reads the queue too, as ``_queue_after_create`` does.
         """
         kv = self._b.kv
+        ops = self._queue_ops()
         with _store_errors("switchover step-aside"):
             gone = await kv.txn(
                 compare=[kv.txn_compare_create_revision(self._key, self._rev)],
@@ -917,27 +948,39 @@ class EtcdElection:
                 raise KeyLost(f"candidate key {self._key} vanished while stepping aside")
             resp = await kv.txn(
                 compare=[kv.txn_compare_create_revision(self._key, 0)],
-                success=[kv.txn_op_put(self._key, value, lease=lease)],
+                success=[kv.txn_op_put(self._key, value, lease=lease), *ops],
                 failure=[],
                 timeout=self._b.timeout,
             )
         if not resp.succeeded:
             raise KeyLost(f"candidate key {self._key} reappeared while stepping aside")
         self._rev = int(resp.header.revision)
+        return self._queue_of([list(r.response_range.kvs) for r in resp.responses[1:]], self._rev)
 
     async def _wait_for_predecessors(
-        self, candidate_id: str, lease: int, priority: int, on_wait: OnWait | None, report: CampaignReport | None
+        self,
+        candidate_id: str,
+        lease: int,
+        priority: int,
+        on_wait: OnWait | None,
+        report: CampaignReport | None,
+        *,
+        read: tuple[list[Any], int, _Seen] | None = None,
     ) -> list[Any] | _Claimed:
         """Return, with the queue as last read, once nobody is ahead of us;
-        or the term we claimed in one txn the moment the head's key went."""
+        or the term we claimed in one txn the moment the head's key went.
+        ``read``: the queue as the txn that registered us read it, if it did."""
         told: tuple[str, int] | None = None
         duplicates_told = False
-        read: tuple[list[Any], int, _Seen] | None = None
         while True:
             kvs, revision, seen = read if read is not None else await self._queue_read()
             read = None
             if not any(kv.key.decode() == self._key for kv in kvs):
-                raise KeyLost(f"candidate key {self._key} vanished while campaigning")
+                taken = await self._taken_aside_in_read(seen)
+                if taken is None:
+                    raise KeyLost(f"candidate key {self._key} vanished while campaigning")
+                read = await self._taken_aside(taken, candidate_id, priority, lease, report)
+                continue
             twins = [
                 kv.key.decode(errors="replace")
                 for kv in kvs
@@ -968,7 +1011,7 @@ class EtcdElection:
                 assert request is not None
                 if report is not None:
                     report.switchover(STEP_ASIDE, request)
-                await self._requeue(encode_candidate(candidate_id, priority), lease)
+                read = await self._requeue(encode_candidate(candidate_id, priority), lease)
                 continue
             leader = (candidate_id_of(head.value.decode(errors="replace")), int(head.create_revision))
             if on_wait is not None and leader != told:
@@ -1016,14 +1059,9 @@ class EtcdElection:
                     handed=handed if len(ahead) == 1 else None,
                 )
             except _TakenAside as taken:
-                # A switchover's handover took our key with the leader's: we
-                # step aside as if we had done it ourselves (1c), behind its target.
                 if poll is not None:
                     poll.cancel()
-                if report is not None:
-                    report.switchover(STEP_ASIDE, taken.request)
-                value = encode_candidate(candidate_id, priority)
-                self._rev = await self._create_once("switchover step-aside", self._key, value, lease)
+                read = await self._taken_aside(taken.request, candidate_id, priority, lease, report)
                 continue
             except BaseException:
                 if poll is not None:
@@ -1048,6 +1086,48 @@ class EtcdElection:
                     if isinstance(claimed, _Claimed):
                         return claimed
                     read = claimed  # a failed claim read the queue again: no second round trip
+
+    async def _taken_aside(
+        self, request: SwitchoverRequest, candidate_id: str, priority: int, lease: int, report: CampaignReport | None
+    ) -> tuple[list[Any], int, _Seen]:
+        """A switchover's handover took our key with the leader's: we step aside as
+        if we had done it ourselves (1c), behind its target; the queue then."""
+        if report is not None:
+            report.switchover(STEP_ASIDE, request)
+        value = encode_candidate(candidate_id, priority)
+        self._rev, read = await self._queue_after_create("switchover step-aside", value, lease)
+        return read
+
+    async def _taken_aside_in_read(self, seen: _Seen) -> SwitchoverRequest | None:
+        """The request whose handover took our key, when a read finds our key gone.
+
+        A candidate further ahead of a switchover's target than the next in
+        line learns of the handover from its predecessor's delete: its read
+        then holds a record naming a candidate queued after us, written with
+        another head's marker (a handover), and one read of the revision
+        before it shows our key still there and the request naming that
+        candidate. Anything else (an eviction, an expired lease) is None:
+        KeyLost, and the elector registers us again. Either way we hold no
+        grant; this only decides what is reported, and saves the elector's
+        round of logging and re-registering.
+        """
+        if seen.epoch is None or seen.marker is None or int(seen.marker.mod_revision) != int(seen.epoch.mod_revision):
+            return None
+        record = parse_epoch_record(self._epoch_key, bytes(seen.epoch.value))
+        if not isinstance(record, EpochRecord) or record.token <= self._rev:
+            return None
+        before = int(seen.epoch.mod_revision) - 1
+        kv = self._b.kv
+        with contextlib.suppress(StoreUnavailable), _store_errors("switchover read"):
+            own, switch = await asyncio.gather(
+                kv.get(self._key, revision=before, timeout=self._b.timeout),
+                kv.get(self._switch_key, revision=before, timeout=self._b.timeout),
+            )
+            if own.kvs and int(own.kvs[0].create_revision) == self._rev and switch.kvs:
+                request = parse_switchover(switch.kvs[0].value)
+                if request is not None and request.to == record.leader:
+                    return request
+        return None
 
     async def _queue_read(self) -> tuple[list[Any], int, _Seen]:
         """The queue (oldest first) and the records a claim predicts from, as of one revision.

@@ -363,16 +363,16 @@ async def _handover_after(
     e = env.backend.election(env.cfg.election)
     t0: list[float] = []
     watching.clear()
-    read = e._queue_read
+    register = e._queue_after_create
 
-    async def read_then_resign() -> Any:
-        got = await read()
+    async def read_then_resign(*args: Any) -> Any:
+        got = await register(*args)  # its queue read rides in the txn that registers it
         if lagged and not t0:
             await leader.resign()  # after our read, before our watch: the store is past our read
             t0.append(asyncio.get_running_loop().time())
         return got
 
-    e._queue_read = read_then_resign  # type: ignore[method-assign]
+    e._queue_after_create = read_then_resign  # type: ignore[method-assign,assignment]
     task = asyncio.create_task(e.campaign(await env.session(), cid))
     env.tasks.append(task)
     if not lagged:
@@ -589,17 +589,17 @@ async def test_a_handover_between_the_successors_read_and_its_watch_needs_no_cla
     a, lead_a = await env.lead("a")
     await viewing(a, "a")
     e = env.backend.election(env.cfg.election)
-    read, handed = e._queue_read, list[str]()
+    register, handed = e._queue_after_create, list[str]()
 
-    async def read_then_hand_over() -> Any:
-        got = await read()
+    async def read_then_hand_over(*args: Any) -> Any:
+        got = await register(*args)  # its first queue read rides in the txn that registers it
         if not handed:
             view = a._view
             await eventually(lambda: view is not None and view.successor(0, 0) is not None, 5, what="b in a's view")
             handed.append(await a.resign(hand_over=True))  # after b's read, before its watch
         return got
 
-    e._queue_read = read_then_hand_over  # type: ignore[method-assign]
+    e._queue_after_create = read_then_hand_over  # type: ignore[method-assign,assignment]
     claims: list[int] = []
     claim = e._claim
 
@@ -613,13 +613,35 @@ async def test_a_handover_between_the_successors_read_and_its_watch_needs_no_cla
     assert claims == [], "the successor tried a claim on a term it already held"
 
 
+async def test_a_candidate_reads_the_queue_in_the_txn_that_registers_it(env: Env) -> None:
+    """A read right after registering cost a round trip of its own, on every campaign
+    and every re-registration (a switchover's old leader and those it took aside, at
+    the moment its target reads): it now rides in the registering txn."""
+    await env.lead("a")
+    e = env.backend.election(env.cfg.election)
+    reads: list[int] = []
+    read = e._queue_read
+
+    async def counted() -> Any:
+        reads.append(1)
+        return await read()
+
+    e._queue_read = counted  # type: ignore[method-assign]
+    queued = asyncio.Event()
+    env.tasks.append(asyncio.create_task(e.campaign(await env.session(), "b", lambda _: queued.set())))
+    await asyncio.wait_for(queued.wait(), 5)
+    assert reads == [], "b read the queue after the txn that registered it"
+    assert await queue_ids(env) == ["a", "b"]
+
+
 async def test_a_switchover_request_wakes_no_waiting_candidate(env: Env) -> None:
     """Issue 17: the leader's handover takes the keys of those ahead of the target, so
     the request's write wakes no waiting candidate: each one woken (a read, or a
     step-aside of two writes) took CPU from the leader's own stop on a shared machine.
-    b, next in line and taken aside, re-queues on the handover's event as if it had
-    stepped aside, with no claim and no read; c, taken aside too, finds its key gone
-    on its next read; the target d leads on its predecessor's delete and one read;
+    b, next in line and taken aside, re-queues on the handover's event as if it
+    had stepped aside, with no claim (its queue read rides in that txn); c, taken
+    aside too, finds its key gone in the read its predecessor's delete caused and
+    steps aside as well; the target d leads on that delete and one read;
     e, behind d, does nothing."""
     a, lead_a = await env.lead("a")
     await viewing(a, "a")
@@ -646,10 +668,16 @@ async def test_a_switchover_request_wakes_no_waiting_candidate(env: Env) -> None
     assert lead_d.epoch == lead_a.epoch + 1 and waiters["d"].report.verdicts == ["completed"]
     assert moved["d"] == ["_queue_read"], f"the target: {moved['d']}"
     await eventually(lambda: waiters["b"].report.verdicts == ["step-aside"], 5, what="b stepping aside")
-    await eventually(lambda: moved["b"] == ["_queue_read"], 5, what="b queued again")
-    assert not waiters["b"].task.done()
-    with pytest.raises(KeyLost):
-        await asyncio.wait_for(waiters["c"].task, 5)
+
+    await eventually(lambda: waiters["c"].report.verdicts == ["step-aside"], 5, what="c stepping aside")
+
+    async def behind_d() -> bool:
+        ids = await queue_ids(env)
+        return ids[:2] == ["d", "e"] and sorted(ids[2:]) == ["b", "c"]
+
+    await eventually(behind_d, 5, what="b and c queued again behind the target")
+    assert moved["b"] == [] and not waiters["b"].task.done(), f"the next in line, taken aside: {moved['b']}"
+    assert moved["c"] == ["_queue_read"] and not waiters["c"].task.done(), f"c, taken aside: {moved['c']}"
     assert moved["e"] == [] and not waiters["e"].task.done()
 
 
