@@ -709,6 +709,41 @@ class _Seen:
         return cls(*(kvs[0] if kvs else None for kvs in (epoch, switch, marker)))
 
 
+@dataclass
+class _HandoverSeen:
+    """What one watch response holds of a handover txn (``_hand_over``) from ``head``."""
+
+    gone: bool = False  # the head's key deleted
+    marked: bool = False  # the head's clean-resign marker put
+    raw: bytes = b""  # the record put, as written
+    record: EpochRecord | None = None  # the same, parsed (None: none put, or garbled)
+    request: SwitchoverRequest | None = None  # the request deleted (settled), from its previous value
+
+    @property
+    def complete(self) -> bool:
+        return self.gone and self.marked and self.record is not None
+
+    @classmethod
+    def of(cls, election: EtcdElection, head: bytes, created: int, events: Any) -> _HandoverSeen:
+        seen = cls()
+        epoch = election._epoch_key.encode()
+        marker_key, switch_key = election._marker_key.encode(), election._switch_key.encode()
+        marker = ResignMarker(created, head.decode(errors="replace")).encode()
+        for ev in events:
+            key = bytes(ev.kv.key)
+            if key == head and ev.type == _DELETE:
+                seen.gone = True
+            elif key == epoch and ev.type != _DELETE:
+                seen.raw = bytes(ev.kv.value)
+                parsed = parse_epoch_record(election._epoch_key, seen.raw)
+                seen.record = parsed if isinstance(parsed, EpochRecord) else None
+            elif key == marker_key and ev.type != _DELETE:
+                seen.marked = bytes(ev.kv.value) == marker
+            elif key == switch_key and ev.type == _DELETE and ev.HasField("prev_kv"):
+                seen.request = parse_switchover(bytes(ev.prev_kv.value))
+        return seen
+
+
 class _TakenAside(KeyLost):
     """The next in line's key went in a switchover's handover, over its head: it re-queues.
 
@@ -1095,7 +1130,10 @@ class EtcdElection:
         if report is not None:
             report.switchover(STEP_ASIDE, request)
         value = encode_candidate(candidate_id, priority)
-        self._rev, read = await self._queue_after_create("switchover step-aside", value, lease)
+        # Our TTL statement again, in case it went with our key (it does not in
+        # a handover): without it no leader of ours would hand us a term.
+        stated = [self._b.kv.txn_op_put(self._ttl_prefix + f"{lease:x}", str(self._own_ttl), lease=lease)]
+        self._rev, read = await self._queue_after_create("switchover step-aside", value, lease, stated)
         return read
 
     async def _taken_aside_in_read(self, seen: _Seen) -> SwitchoverRequest | None:
@@ -1495,13 +1533,8 @@ class EtcdElection:
         own = self._key.encode()
         went = any(ev.type == _DELETE and bytes(ev.kv.key) == head[0] for ev in resp.events)
         if any(ev.type == _DELETE and bytes(ev.kv.key) == own for ev in resp.events):
-            settled = [
-                parse_switchover(bytes(ev.prev_kv.value))
-                for ev in resp.events
-                if bytes(ev.kv.key) == self._switch_key.encode() and ev.type == _DELETE and ev.HasField("prev_kv")
-            ]
-            request = settled[0] if settled else None
-            if went and request is not None and request.to not in ("", self._cid):
+            request = self._taken_aside_by(head[0], head[1], resp.events)
+            if request is not None:
                 raise _TakenAside(self._key, request)
             raise KeyLost(f"candidate key {self._key} deleted while next in line")
         if not went:
@@ -1521,28 +1554,26 @@ class EtcdElection:
         own bump) ever writes. A settled request's deletion carries the
         request (the watch asks for previous values), for the report.
         """
-        epoch = self._epoch_key.encode()
-        marker = ResignMarker(created, head.decode(errors="replace")).encode()
-        record: EpochRecord | None = None
-        raw = b""
-        marked = gone = False
-        request: SwitchoverRequest | None = None
-        for ev in events:
-            key = bytes(ev.kv.key)
-            if key == head and ev.type == _DELETE:
-                gone = True
-            elif key == epoch and ev.type != _DELETE:
-                raw = bytes(ev.kv.value)
-                parsed = parse_epoch_record(self._epoch_key, raw)
-                record = parsed if isinstance(parsed, EpochRecord) else None
-            elif key == self._marker_key.encode() and ev.type != _DELETE:
-                marked = bytes(ev.kv.value) == marker
-            elif key == self._switch_key.encode() and ev.type == _DELETE and ev.HasField("prev_kv"):
-                request = parse_switchover(bytes(ev.prev_kv.value))
-        if record is None or not (marked and gone) or record.token != self._rev or record.key != self._key:
+        handover = _HandoverSeen.of(self, head, created, events)
+        record = handover.record
+        if record is None or not handover.complete or record.token != self._rev or record.key != self._key:
             return None
-        self._record = raw
-        return _Claimed(record.epoch, request)
+        self._record = handover.raw
+        return _Claimed(record.epoch, handover.request)
+
+    def _taken_aside_by(self, head: bytes, created: int, events: Any) -> SwitchoverRequest | None:
+        """The request, if the txn whose ``events`` deleted our key was a switchover's
+        handover over our head: the handover's three writes, a record naming the
+        request's target (queued after us), and the request settled in it. Not
+        a wipe of the election (``etcdctl del --prefix`` deletes the head, us and
+        the request at one revision too, but writes no record or marker)."""
+        handover = _HandoverSeen.of(self, head, created, events)
+        record, request = handover.record, handover.request
+        if record is None or request is None or not handover.complete:
+            return None
+        if request.to in ("", self._cid) or record.leader != request.to or record.token <= self._rev:
+            return None
+        return request
 
     async def _handed_in_read(self, seen: _Seen) -> _Claimed | None:
         """Our term, when a read finds us at the head with a record naming us

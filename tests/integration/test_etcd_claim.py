@@ -681,6 +681,23 @@ async def test_a_switchover_request_wakes_no_waiting_candidate(env: Env) -> None
     assert moved["e"] == [] and not waiters["e"].task.done()
 
 
+async def test_a_wipe_of_the_election_is_no_handover_over_our_head(env: Env) -> None:
+    """Review: `etcdctl del --prefix NAME` (also the prefix-delete fault) deletes the head,
+    the next in line and a pending request at one revision, as a handover over its head
+    does; but it writes no record and no marker. b took it for a step-aside that never
+    happened and re-queued without its TTL statement; it must lose its key (KeyLost:
+    the elector registers it again, statement and all)."""
+    await env.lead("a")
+    b = await env.wait("b")
+    await env.wait("c")
+    await env.backend.election(env.cfg.election).request_switchover(SwitchoverRequest("c", "test", "r-w", 0, 1e12))
+    name = env.cfg.election.encode()
+    await env.raw.kv.delete(name, range_end=name[:-1] + bytes([name[-1] + 1]))  # etcdctl del --prefix NAME
+    with pytest.raises(KeyLost) as lost:
+        await asyncio.wait_for(b.task, 5)
+    assert not isinstance(lost.value, etcd_mod._TakenAside) and b.report.verdicts == []
+
+
 async def test_a_new_next_in_line_watches_before_its_lease_poll_is_answered(env: Env) -> None:
     """Issue 17: the poll of the head's lease is for a crash; a handover must not wait on it.
     Here the store never answers that poll, and b still leads on the handover."""
