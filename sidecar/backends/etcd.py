@@ -848,7 +848,7 @@ class EtcdElection:
         self._led = self._record or self._led
         self._cid, self._priority, self._record = candidate_id, priority, b""
         # Our TTL goes in the same txn, on the same lease: it lives exactly as long as our candidacy can.
-        stated = [self._b.kv.txn_op_put(self._ttl_prefix + session.id, str(self._own_ttl), lease=lease)]
+        stated = [self._ttl_statement(lease)]
         self._key = key
         read: tuple[list[Any], int, _Seen] | None
         self._rev, read = await self._queue_after_create("campaign txn", value, lease, stated)
@@ -963,6 +963,16 @@ class EtcdElection:
             # watch from the first read's revision wakes us for either.
             await self._wait_changed(self._name.encode(), int(own.header.revision) + 1, self._b.retry_interval, end)
 
+    def _ttl_statement(self, lease: int) -> Any:
+        """The put of our TTL statement, ``NAME.ttl/<lease hex>``, on our lease.
+
+        Written with every (re-)creation of our key, not only the campaign's:
+        something that deleted our key may have taken it too (a wipe of the
+        election between a step-aside's two txns, found by a review), and
+        without it no leader of ours would hand us a term.
+        """
+        return self._b.kv.txn_op_put(self._ttl_prefix + f"{lease:x}", str(self._own_ttl), lease=lease)
+
     async def _requeue(self, value: str, lease: int) -> tuple[list[Any], int, _Seen]:
         """Step aside: go to the end of the queue without ever leading; the queue then.
 
@@ -983,14 +993,14 @@ class EtcdElection:
                 raise KeyLost(f"candidate key {self._key} vanished while stepping aside")
             resp = await kv.txn(
                 compare=[kv.txn_compare_create_revision(self._key, 0)],
-                success=[kv.txn_op_put(self._key, value, lease=lease), *ops],
+                success=[kv.txn_op_put(self._key, value, lease=lease), self._ttl_statement(lease), *ops],
                 failure=[],
                 timeout=self._b.timeout,
             )
         if not resp.succeeded:
             raise KeyLost(f"candidate key {self._key} reappeared while stepping aside")
         self._rev = int(resp.header.revision)
-        return self._queue_of([list(r.response_range.kvs) for r in resp.responses[1:]], self._rev)
+        return self._queue_of([list(r.response_range.kvs) for r in resp.responses[2:]], self._rev)
 
     async def _wait_for_predecessors(
         self,
@@ -1130,10 +1140,9 @@ class EtcdElection:
         if report is not None:
             report.switchover(STEP_ASIDE, request)
         value = encode_candidate(candidate_id, priority)
-        # Our TTL statement again, in case it went with our key (it does not in
-        # a handover): without it no leader of ours would hand us a term.
-        stated = [self._b.kv.txn_op_put(self._ttl_prefix + f"{lease:x}", str(self._own_ttl), lease=lease)]
-        self._rev, read = await self._queue_after_create("switchover step-aside", value, lease, stated)
+        self._rev, read = await self._queue_after_create(
+            "switchover step-aside", value, lease, [self._ttl_statement(lease)]
+        )
         return read
 
     async def _taken_aside_in_read(self, seen: _Seen) -> SwitchoverRequest | None:
