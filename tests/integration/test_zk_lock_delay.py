@@ -161,6 +161,10 @@ def test_graceful_handover_and_crash_failover_pay_no_lock_delay(zk_fleet: Fleet,
 
     zk_fleet.start(3, toy_flags=())
     old, _ = zk_fleet.wait_one_leader()
+    # Both others queued behind it first: a leader that resigns alone re-queues,
+    # leads again, and no other leader ever comes (a CI run on a loaded machine).
+    others = [s for s in zk_fleet.sidecars if s is not old]
+    wait_until(lambda: all(log_events(s, "race_lost") for s in others), 15, what="both others queued")
     t = time.monotonic()
     request(str(old.socket_path), {"type": "resign"}, 2.0)
     new, _ = zk_fleet.wait_one_leader(unlike=old.candidate)
