@@ -847,11 +847,9 @@ class EtcdElection:
         self._own_ttl = int(float(getattr(session, "ttl", 0.0)))
         self._led = self._record or self._led
         self._cid, self._priority, self._record = candidate_id, priority, b""
-        # Our TTL goes in the same txn, on the same lease: it lives exactly as long as our candidacy can.
-        stated = [self._ttl_statement(lease)]
         self._key = key
         read: tuple[list[Any], int, _Seen] | None
-        self._rev, read = await self._queue_after_create("campaign txn", value, lease, stated)
+        self._rev, read = await self._queue_after_create("campaign txn", value, lease)
         while True:
             waited = await self._wait_for_predecessors(candidate_id, lease, priority, on_wait, report, read=read)
             read = None
@@ -883,49 +881,48 @@ class EtcdElection:
             self._heads_seen.clear()  # waited out: from now on we are the leader to honour
             return Leadership(candidate_id, self._rev, epoch)
 
-    async def _create_once(self, what: str, key: str, value: str, lease: int, also: list[Any] | None = None) -> int:
-        """Create ``key`` on ``lease`` unless it exists; its create revision either way.
+    async def _create_once(
+        self,
+        what: str,
+        key: str,
+        value: str,
+        lease: int,
+        *,
+        also: list[Any] | None = None,
+        reads: list[Any] | None = None,
+    ) -> tuple[int, Any]:
+        """Create ``key`` on ``lease`` unless it exists; its create revision either way, and
+        the txn's answer. ``also``: more ops when it creates; ``reads``: ops run last in
+        either branch.
 
         The same lease registering again (after a retried request whose first
         attempt did land) keeps the key it has, and so its place in the queue.
         """
-        return (await self._create_and_read(what, key, value, lease, also, reads=False))[0]
+        kv = self._b.kv
+        with _store_errors(what):
+            resp = await kv.txn(
+                compare=[kv.txn_compare_create_revision(key, 0)],
+                success=[kv.txn_op_put(key, value, lease=lease), *(also or []), *(reads or [])],
+                failure=[kv.txn_op_get(key), *(reads or [])],
+                timeout=self._b.timeout,
+            )
+        if resp.succeeded:
+            return int(resp.header.revision), resp
+        return int(resp.responses[0].response_range.kvs[0].create_revision), resp
 
-    async def _queue_after_create(
-        self, what: str, value: str, lease: int, also: list[Any] | None = None
-    ) -> tuple[int, tuple[list[Any], int, _Seen]]:
-        """``_create_once`` of our candidate key, and the queue read in the same txn.
+    async def _queue_after_create(self, what: str, value: str, lease: int) -> tuple[int, tuple[list[Any], int, _Seen]]:
+        """``_create_once`` of our candidate key with our TTL statement, and the queue
+        read in the same txn.
 
         A candidate reads the queue right after it registers (a campaign, a
         step-aside): in the txn that writes the key, the read costs no round
         trip of its own. Not a read-only txn, so not the cancellation bug
         ``snapshot`` avoids.
         """
-        rev, read = await self._create_and_read(what, self._key, value, lease, also, reads=True)
-        assert read is not None
-        return rev, read
-
-    async def _create_and_read(
-        self, what: str, key: str, value: str, lease: int, also: list[Any] | None, *, reads: bool
-    ) -> tuple[int, tuple[list[Any], int, _Seen] | None]:
-        kv = self._b.kv
-        ops = self._queue_ops() if reads else []
-        with _store_errors(what):
-            resp = await kv.txn(
-                compare=[kv.txn_compare_create_revision(key, 0)],
-                success=[kv.txn_op_put(key, value, lease=lease), *(also or []), *ops],
-                failure=[kv.txn_op_get(key), *ops],
-                timeout=self._b.timeout,
-            )
-        created = (
-            int(resp.header.revision)
-            if resp.succeeded
-            else int(resp.responses[0].response_range.kvs[0].create_revision)
-        )
-        if not ops:
-            return created, None
-        ranges = [list(r.response_range.kvs) for r in resp.responses[len(resp.responses) - len(ops) :]]
-        return created, self._queue_of(ranges, int(resp.header.revision))
+        # Our TTL goes in the same txn, on the same lease: it lives exactly as long as our candidacy can.
+        stated = [self._ttl_statement(lease)]
+        rev, resp = await self._create_once(what, self._key, value, lease, also=stated, reads=self._queue_ops())
+        return rev, self._queue_in(resp)
 
     async def _read_switchover(self) -> tuple[SwitchoverRequest | None, int]:
         """The request and its mod revision (0: absent), which the epoch txn compares."""
@@ -945,7 +942,7 @@ class EtcdElection:
         """
         kv = self._b.kv
         key = self._no_lead_prefix + session.id
-        rev = await self._create_once("no-lead register", key, candidate_id, int(session.id, 16))
+        rev, _ = await self._create_once("no-lead register", key, candidate_id, int(session.id, 16))
         told: tuple[str, int] | None = None
         end = prefix_range_end(self._prefix)
         while True:
@@ -1000,7 +997,7 @@ class EtcdElection:
         if not resp.succeeded:
             raise KeyLost(f"candidate key {self._key} reappeared while stepping aside")
         self._rev = int(resp.header.revision)
-        return self._queue_of([list(r.response_range.kvs) for r in resp.responses[2:]], self._rev)
+        return self._queue_in(resp)
 
     async def _wait_for_predecessors(
         self,
@@ -1140,9 +1137,7 @@ class EtcdElection:
         if report is not None:
             report.switchover(STEP_ASIDE, request)
         value = encode_candidate(candidate_id, priority)
-        self._rev, read = await self._queue_after_create(
-            "switchover step-aside", value, lease, [self._ttl_statement(lease)]
-        )
+        self._rev, read = await self._queue_after_create("switchover step-aside", value, lease)
         return read
 
     async def _taken_aside_in_read(self, seen: _Seen) -> SwitchoverRequest | None:
@@ -1163,18 +1158,25 @@ class EtcdElection:
         record = parse_epoch_record(self._epoch_key, bytes(seen.epoch.value))
         if not isinstance(record, EpochRecord) or record.token <= self._rev:
             return None
-        before = int(seen.epoch.mod_revision) - 1
-        kv = self._b.kv
-        with contextlib.suppress(StoreUnavailable), _store_errors("switchover read"):
-            own, switch = await asyncio.gather(
-                kv.get(self._key, revision=before, timeout=self._b.timeout),
-                kv.get(self._switch_key, revision=before, timeout=self._b.timeout),
-            )
-            if own.kvs and int(own.kvs[0].create_revision) == self._rev and switch.kvs:
-                request = parse_switchover(switch.kvs[0].value)
-                if request is not None and request.to == record.leader:
-                    return request
+        own, switch = await self._just_before(seen.epoch, self._key, self._switch_key)
+        if own and int(own[0].create_revision) == self._rev and switch:
+            request = parse_switchover(switch[0].value)
+            if request is not None and request.to == record.leader:
+                return request
         return None
+
+    async def _just_before(self, written: Any, *keys: str) -> list[list[Any]]:
+        """``keys`` as of the revision before ``written`` (a kv) was last written: a
+        handover's txn deletes what it settled, and a read after it no longer sees that.
+
+        For the report only: a compacted revision or a silent store reads as
+        nothing found, and must not stop what the caller's read already proved.
+        """
+        before = int(written.mod_revision) - 1
+        with contextlib.suppress(StoreUnavailable), _store_errors("switchover read"):
+            found = await asyncio.gather(*(self._b.kv.get(k, revision=before, timeout=self._b.timeout) for k in keys))
+            return [list(r.kvs) for r in found]
+        return [[] for _ in keys]
 
     async def _queue_read(self) -> tuple[list[Any], int, _Seen]:
         """The queue (oldest first) and the records a claim predicts from, as of one revision.
@@ -1198,6 +1200,11 @@ class EtcdElection:
     def _queue_ops(self) -> list[Any]:
         """The same reads inside a txn (the claim's failure branch)."""
         return [self._b.kv.txn_op_get(key, range_end=end) for key, end in self._queue_ranges()]
+
+    def _queue_in(self, txn: Any) -> tuple[list[Any], int, _Seen]:
+        """``_queue_of`` the ``_queue_ops`` a txn ran last in the branch it took."""
+        ranges = txn.responses[len(txn.responses) - len(self._queue_ranges()) :]
+        return self._queue_of([list(r.response_range.kvs) for r in ranges], int(txn.header.revision))
 
     @staticmethod
     def _queue_of(kvs: list[list[Any]], revision: int) -> tuple[list[Any], int, _Seen]:
@@ -1291,7 +1298,7 @@ class EtcdElection:
         if txn.succeeded:
             self._record = new
             return _Claimed(epoch, request)
-        return self._queue_of([list(r.response_range.kvs) for r in txn.responses], int(txn.header.revision))
+        return self._queue_in(txn)
 
     def _takes_next_vacancy(self, kvs: list[Any]) -> bool:
         waiting = [
@@ -1619,13 +1626,8 @@ class EtcdElection:
             return None
         request = None
         if seen.switch is None:
-            # For the report only: a compacted revision or a silent store must
-            # not stop us leading on what the read already proved.
-            with contextlib.suppress(StoreUnavailable), _store_errors("switchover read"):
-                before = await self._b.kv.get(
-                    self._switch_key, revision=int(seen.epoch.mod_revision) - 1, timeout=self._b.timeout
-                )
-                request = parse_switchover(before.kvs[0].value) if before.kvs else None
+            (settled,) = await self._just_before(seen.epoch, self._switch_key)
+            request = parse_switchover(settled[0].value) if settled else None
         self._record = raw
         return _Claimed(record.epoch, request)
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
+from etcd3aio import prefix_range_end
 
 from sidecar.backends import connect
 from sidecar.backends import etcd as etcd_mod
@@ -694,8 +695,8 @@ async def test_a_wipe_of_the_election_is_no_handover_over_our_head(env: Env) -> 
     b = await env.wait("b")
     await env.wait("c")
     await env.backend.election(env.cfg.election).request_switchover(SwitchoverRequest("c", "test", "r-w", 0, 1e12))
-    name = env.cfg.election.encode()
-    await env.raw.kv.delete(name, range_end=name[:-1] + bytes([name[-1] + 1]))  # etcdctl del --prefix NAME
+    name = env.cfg.election
+    await env.raw.kv.delete(name, range_end=prefix_range_end(name))  # etcdctl del --prefix NAME
     with pytest.raises(KeyLost) as lost:
         await asyncio.wait_for(b.task, 5)
     assert not isinstance(lost.value, etcd_mod._TakenAside) and b.report.verdicts == []
@@ -709,7 +710,7 @@ async def test_a_step_aside_states_its_ttl_again(env: Env) -> None:
     await env.lead("a")  # a bare leader: it never acts on the request, b steps aside on its read
     b = await env.wait("b")
     await env.wait("c")
-    kv, name = env.backend.kv, env.cfg.election.encode()
+    kv, name = env.backend.kv, env.cfg.election
     real, wiped = kv.txn, list[int]()
 
     async def txn(*args: Any, **kw: Any) -> Any:
@@ -718,7 +719,7 @@ async def test_a_step_aside_states_its_ttl_again(env: Env) -> None:
         ours = [op.request_delete_range.key.decode() for op in success if op.HasField("request_delete_range")]
         if not wiped and len(success) == 1 and ours == [b.election._key]:  # the step-aside's first txn
             wiped.append(1)
-            await env.raw.kv.delete(name, range_end=name[:-1] + bytes([name[-1] + 1]))  # del --prefix NAME
+            await env.raw.kv.delete(name, range_end=prefix_range_end(name))  # etcdctl del --prefix NAME
         return resp
 
     kv.txn = txn  # type: ignore[method-assign]
