@@ -121,7 +121,8 @@ TTL_SUFFIX = ".ttl"  # NAME.ttl/<lease hex>: the TTL a candidate of ours states 
 
 @contextlib.contextmanager
 def _store_errors(what: str) -> Iterator[None]:
-    """Turn every transport failure into StoreUnavailable, naming the call."""
+    """Turn every transport failure into StoreUnavailable, naming the call; a write
+    on a lease the store no longer has into SessionExpired."""
     try:
         yield
     except (EtcdUnauthenticatedError, EtcdPermissionDeniedError) as exc:
@@ -134,6 +135,12 @@ def _store_errors(what: str) -> Iterator[None]:
             ) from exc
         if exc.code() == grpc.StatusCode.INVALID_ARGUMENT and "authentication failed" in details:
             raise StoreForbidden(f"etcd {what}: authentication failed (wrong user or password)") from exc
+        if exc.code() == grpc.StatusCode.NOT_FOUND and "lease not found" in details:
+            # A write on our lease after the store ended it (expired while we
+            # were cut off, revoked by an operator): the session is over, as a
+            # keepalive answering TTL 0 says. Not an outage: retrying on the
+            # dead lease would never succeed, and the count would lie.
+            raise SessionExpired(f"etcd {what}: our lease is gone ({details})") from exc
         raise StoreUnavailable(f"etcd {what}: {exc.code().name}: {details}") from exc
     except (EtcdError, TimeoutError, OSError, asyncio.InvalidStateError) as exc:
         # InvalidStateError: grpc.aio's answer to a write on a stream the
@@ -409,10 +416,12 @@ class EtcdSession:
         try:
             with _store_errors("lease revoke"):
                 await self._b.lease.revoke(self._lease, timeout=self._b.timeout)
-        except StoreUnavailable as exc:
-            cause = exc.__cause__
-            if not (isinstance(cause, grpc.aio.AioRpcError) and cause.code() == grpc.StatusCode.NOT_FOUND):
-                raise  # keep the id: the caller may try again when the store is back
+        except SessionExpired:
+            # Already gone (expired, or an operator's revoke): nothing left to
+            # close, which the caller tells apart from a revoke (as ZooKeeper's does).
+            self._lease = 0
+            raise
+        # StoreUnavailable goes up with the id kept: the caller may try again when the store is back.
         self._lease = 0
 
     async def abandon(self) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import time
 from typing import Any, cast
 
+from sidecar.backends.base import SessionExpired
 from sidecar.model import State
 from tests.contract.conftest import Contender
 from tests.helpers import eventually, grant_of
@@ -249,3 +250,22 @@ async def test_a_no_lead_candidate_never_leads_nor_blocks_and_costs_no_writes(co
     assert watcher.counters["elected"] == 0 and watcher.state is State.CANDIDATE
     assert [c.id for c in await admin.candidates()] == [watcher._cfg.candidate_id]
     assert await admin.leader() is None
+
+
+async def test_a_campaign_on_a_session_the_store_ended_is_a_lost_session_not_an_outage(contender: Contender) -> None:
+    """The elector opens a new session on SessionExpired; StoreUnavailable would have it
+    wait and retry on the dead one, counted as an outage (a lost lease is neither a lost
+    race nor an unreachable store). etcd answers a put on a revoked lease with NOT_FOUND."""
+    session = contender.backend.session(contender.cfg.ttl)
+    await session.open()
+    election = contender.backend.election(contender.cfg.election)
+    try:
+        await contender.kill_session(session)
+        try:
+            await asyncio.wait_for(election.campaign(session, "ended"), 10)
+        except SessionExpired:
+            pass
+        else:
+            raise AssertionError(f"{contender.kind}: a campaign on an ended session registered")
+    finally:
+        await election.close()
