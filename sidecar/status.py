@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sidecar.backends import connected
-from sidecar.backends.base import SwitchoverRequest
+from sidecar.backends.base import Candidate, SwitchoverRequest
 from sidecar.config import Config
 
 
@@ -41,6 +41,7 @@ async def gather(cfg: Config) -> dict[str, Any]:
                 "stale": c.stale,
                 "priority": c.priority,
                 "no_lead": c.no_lead,
+                "foreign": c.foreign,
             }
             for c in candidates
         ],
@@ -117,6 +118,8 @@ def render_table(view: dict[str, Any]) -> str:
         no_lead = c.get("no_lead", False)
         if no_lead and not c["stale"]:
             state = "no-lead"  # registered beside the queue: visible, never leads
+        if c.get("foreign"):
+            state += " (not a sidecar)"  # holds no grant, never steps aside for a switchover
         if ids.count(c["id"]) > 1:
             state += " (duplicate id)"
         key = (c["key"],) if with_key else ()
@@ -211,6 +214,7 @@ async def switchover(
                 raise SwitchoverRefused(f"to {to!r}: stale (its lease is gone); it cannot take over")
         elif not [c for c in live if not c.stale]:
             raise SwitchoverRefused("no other live candidate to take over")
+        _refuse_foreign_in_the_way(candidates, leader.token, to)
         now = time.time()
         current = await admin.switchover_request()
         reused = current is not None and current.pending(now) and current.to == to
@@ -228,18 +232,56 @@ async def switchover(
         result = SwitchoverResult(request, leader.id, reused)
         if not wait:
             return result
-        return await _follow(admin, request, leader.token, result)
+        foreign = any(c.foreign for c in candidates if c.id == to and not c.no_lead) if to else False
+        return await _follow(admin, request, leader.token, result, foreign_target=foreign)
 
 
-async def _follow(admin: Any, request: SwitchoverRequest, old_token: int, result: SwitchoverResult) -> SwitchoverResult:
-    """Poll until the request is settled (a new leader recorded its epoch) or expired."""
+NOT_OURS = "not a sidecar's candidacy (an `etcdctl elect` or kazoo candidate, or a sidecar too old to state its TTL)"
+
+
+def _refuse_foreign_in_the_way(candidates: list[Candidate], leader_token: int, to: str) -> None:
+    """Refuse what only a sidecar can do: act on the request, or step aside for it.
+
+    The leader acts on the request and those queued ahead of the target step
+    aside (docs/design.md, 1c); a candidate that is not ours does neither, so
+    the request would expire unserved. Nothing is written; evicting it clears
+    the way. A target that is not ours is fine: it leads once ours have
+    stepped aside (with no grant: it knows none; ``_follow`` sees it lead).
+    """
+    queue = [c for c in candidates if not c.no_lead]
+    head = next((c for c in queue if c.token == leader_token), None)
+    if head is not None and head.foreign:
+        raise SwitchoverRefused(f"the leader {head.id!r} is {NOT_OURS} ({head.key}): it never acts on a request")
+    target = next((c for c in queue if c.id == to), None) if to else None
+    if target is None:
+        return  # the next in line takes over, whoever it is
+    for c in queue:
+        if leader_token < c.token < target.token and c.foreign and not c.stale:
+            raise SwitchoverRefused(
+                f"to {to!r}: queued behind {c.id!r} ({c.key}), {NOT_OURS}, which never steps aside "
+                "and would lead first; evict it or wait until it leaves"
+            )
+
+
+async def _follow(
+    admin: Any, request: SwitchoverRequest, old_token: int, result: SwitchoverResult, *, foreign_target: bool = False
+) -> SwitchoverResult:
+    """Poll until the request is settled (a new leader recorded its epoch) or expired.
+
+    A target that is not ours records no epoch and settles nothing: it is
+    done when it leads (the request then expires; no sidecar acts on it).
+    """
     start = time.monotonic()
     deadline = start + max(0.0, request.at + request.ttl - time.time()) + 1.0
     while time.monotonic() < deadline:
         lead = await admin.leader()
         current = await admin.switchover_request()
         settled = current is None or current.id != request.id
-        if settled and lead is not None and lead.token != old_token and lead.epoch:
+        if foreign_target and lead is not None and lead.token != old_token and lead.id == request.to:
+            settled = True
+        elif not lead or not lead.epoch:
+            settled = False
+        if settled and lead is not None and lead.token != old_token:
             ok = lead.id == request.to if request.to else True
             return SwitchoverResult(
                 request, result.old_leader, result.reused, lead.id, lead.token, lead.epoch,

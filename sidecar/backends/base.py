@@ -82,6 +82,9 @@ class Candidate:
     stale: bool = False  # its lease or session is gone, though the key is still listed
     priority: int = 0  # higher takes a vacancy first (docs/design.md, 1d)
     no_lead: bool = False  # registered beside the queue, never in it: never leads
+    # Not a sidecar's candidacy (an `etcdctl elect` or kazoo candidate): it
+    # never steps aside for a switchover and is never handed a term.
+    foreign: bool = False
 
 
 DEFAULT_PRIORITY = 0

@@ -1912,9 +1912,20 @@ class EtcdElection:
 
     async def candidates(self) -> list[Candidate]:
         """The queue, leader first, then the --no-lead candidates (never leaders, never queued)."""
-        queued, _ = await self._candidate_kvs()
-        standing, _ = await self._candidate_kvs(self._no_lead_prefix)
+        # One moment for all three: a key read without the statement its
+        # campaign txn wrote beside it would look foreign.
+        await self._b.authenticate()
+        (queued, standing, stated), _ = await self._b.snapshot(
+            "list candidates",
+            [(p, prefix_range_end(p)) for p in (self._prefix, self._no_lead_prefix, self._ttl_prefix)],
+        )
+        queued = sorted(queued, key=lambda kv: int(kv.create_revision))
+        standing = sorted(standing, key=lambda kv: int(kv.create_revision))
         kvs = queued + standing
+        # Each of our candidates states its TTL on its lease with its key (1c);
+        # a queued key without one is not ours to move (an `etcdctl elect`
+        # candidate, or a sidecar older than the statements).
+        stating = {kv.key.decode(errors="replace")[len(self._ttl_prefix) :] for kv in stated}
 
         async def ttl_of(lease: int) -> float | None:
             if not lease:
@@ -1942,6 +1953,7 @@ class EtcdElection:
                     stale=ttl is None or ttl <= 0,
                     priority=prio,
                     no_lead=no_lead,
+                    foreign=not no_lead and ttl is not None and ttl > 0 and f"{int(kv.lease):x}" not in stating,
                 )
             )
         return out

@@ -1145,7 +1145,10 @@ class ZooKeeperElection:
             # An ephemeral node exists exactly as long as its session: never stale,
             # but ZooKeeper does not tell how long the session has left.
             cid, prio = parse_candidate(data.decode(errors="replace") if data else "")
-            out.append(Candidate(cid, int(stat.czxid), node, None, stale=False, priority=prio))
+            # Ours are named after the session that owns them; kazoo's recipes
+            # name theirs with a random uuid.
+            foreign = _session_of(name) != int(stat.ephemeralOwner)
+            out.append(Candidate(cid, int(stat.czxid), node, None, stale=False, priority=prio, foreign=foreign))
         with _store_errors("list no-lead candidates"):
             try:
                 standing = await _call(client.get_children_async, self.no_lead_path)

@@ -14,6 +14,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from sidecar.status import gather
 from sidecar.status import switchover as request_switchover
 from sidecar_harness.checker import check, read_records
 from sidecar_harness.fleet import FAST_TIMING
+from sidecar_harness.localetcd import find_binary
 from tests.conftest import EtcdServer, ZkServer
 from tests.helpers import wait_until
 from tests.integration.conftest import Fleet, log_events
@@ -145,3 +147,87 @@ def test_a_leader_killed_during_a_switchover_leaves_exactly_one_leader(any_fleet
     verdict = check(sorted(fleet.workdir.glob("c*.jsonl")), fleet.store)
     assert verdict.ok, verdict.violations
     assert [r["writer"] for r in starts(fleet)] == [leader.candidate, target]
+
+
+class Outsider:
+    """A candidate that is not ours: `etcdctl elect` on etcd, kazoo's `Election` on ZooKeeper."""
+
+    def __init__(self, fleet: Fleet, name: str = "outsider") -> None:
+        self.fleet, self.name = fleet, name
+        self.proc: subprocess.Popen[str] | None = None
+        self.done = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def __enter__(self) -> Outsider:
+        endpoints = ",".join(self.fleet.server.endpoints)
+        if self.fleet.backend == "etcd":
+            argv = [find_binary("etcdctl"), "--endpoints", endpoints, "elect", self.fleet.election, self.name]
+            self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+            return self
+        from kazoo.client import KazooClient
+
+        def run() -> None:
+            zk = KazooClient(hosts=endpoints)
+            zk.start(5)
+            try:
+                zk.Election("/" + self.fleet.election, self.name).run(lambda: self.done.wait(60))
+            finally:
+                zk.stop()
+                zk.close()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()  # kazoo resigns when its function returns
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGINT)  # etcdctl resigns on SIGINT
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.thread is not None:
+            self.thread.join(10)
+
+
+def test_a_switchover_a_foreign_candidate_would_block_is_refused(any_fleet: Fleet) -> None:
+    """Only a sidecar acts on a request or steps aside for one: a plain recipe's
+    candidate ahead of the target would lead first, and one leading never acts.
+    Both are refused with nothing written; a target ahead of it, or the foreign
+    candidate itself, is served."""
+    fleet = any_fleet
+    fleet.start(2, toy_flags=())
+    leader, view = fleet.wait_one_leader()
+    with Outsider(fleet) as outsider:
+        wait_until(lambda: outsider.name in [c["id"] for c in status(fleet)["candidates"]], 10,
+                   what="the outsider queued")  # fmt: skip
+        fleet.start(1, toy_flags=())
+        wait_until(lambda: len(status(fleet)["candidates"]) == 4, 10, what="four candidates queued")
+        queue = status(fleet)["candidates"]
+        assert [c["foreign"] for c in queue] == [False, False, True, False], queue
+        behind, ahead = queue[3]["id"], queue[1]["id"]
+        shown = cli(fleet, "status").stdout
+        assert any(outsider.name in line and "(not a sidecar)" in line for line in shown.splitlines()), shown
+
+        out = cli(fleet, "switchover", "--to", behind)
+        assert out.returncode == 4, out
+        assert "never steps aside" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+        after = status(fleet)
+        assert after["switchover"] is None
+        assert after["leader"]["id"] == leader.candidate and after["leader"]["token"] == view["token"]
+
+        out = cli(fleet, "switchover", "--to", ahead, "--wait")
+        assert out.returncode == 0, out.stderr
+        new, _ = fleet.wait_one_leader(unlike=leader.candidate)
+        assert new.candidate == ahead
+
+        # The outsider is next: it can be switched to; leading, it never acts on a request.
+        out = cli(fleet, "switchover", "--to", outsider.name, "--wait")
+        assert out.returncode == 0, out.stderr
+        assert status(fleet)["leader"]["id"] == outsider.name
+        out = cli(fleet, "switchover", "--to", behind)
+        assert out.returncode == 4 and "never acts on a request" in out.stderr, out
+    verdict = check(sorted(fleet.workdir.glob("c*.jsonl")), fleet.store)
+    assert verdict.ok, verdict.violations
