@@ -767,10 +767,16 @@ class _TakenAside(KeyLost):
 
 @dataclass
 class _Claimed:
-    """The term a candidate claimed in one txn as the head's key went, and the request it settled."""
+    """The term a candidate claimed in one txn as the head's key went, and the request it settled.
+
+    ``settled_at``: the record's kv when a read found the term handed to us;
+    the request the handover settled is gone from that read, and is read
+    back for the report after we lead (``_report_settled``), not before.
+    """
 
     epoch: int
     request: SwitchoverRequest | None = None
+    settled_at: Any = None
 
 
 def _mod_is(key: str, mod_revision: int) -> Compare:
@@ -816,6 +822,7 @@ class EtcdElection:
         self._heads_seen: dict[int, tuple[str, int]] = {}
         self._own_ttl = 0  # our lease's granted TTL: our lock-delay bound, and recorded when we lead
         self.wakeups = 0  # watch events that woke this candidate; O(1) per change
+        self._reporting: set[asyncio.Future[None]] = set()  # report reads left running after we lead
 
     @property
     def name(self) -> str:
@@ -865,6 +872,8 @@ class EtcdElection:
             if isinstance(waited, _Claimed):
                 if waited.request is not None and report is not None:
                     report.switchover(COMPLETED, waited.request)
+                if waited.settled_at is not None and report is not None:
+                    self._report_settled(waited.settled_at, report)
                 self._heads_seen.clear()  # waited out: from now on we are the leader to honour
                 return Leadership(candidate_id, self._rev, waited.epoch)
             kvs = waited
@@ -1611,7 +1620,7 @@ class EtcdElection:
         term we led ourselves.) The watch that would have told us lagged or
         started too late; the read is as good. The request it settled is gone
         from the read: one read of the revision before the record's gives it
-        back, for the report.
+        back, for the report, after we lead (``_Claimed.settled_at``).
         """
         if seen.epoch is None or seen.marker is None:
             return None
@@ -1633,12 +1642,30 @@ class EtcdElection:
             # previous head's marker in the same txn (our own bump whose
             # answer we lost, or a hand-written one). The slow path bumps.
             return None
-        request = None
-        if seen.switch is None:
-            (settled,) = await self._just_before(seen.epoch, self._switch_key)
-            request = parse_switchover(settled[0].value) if settled else None
         self._record = raw
-        return _Claimed(record.epoch, request)
+        # No request in the read: the handover may have settled one (it
+        # deletes it). Which one is for the report only: read after we lead.
+        return _Claimed(record.epoch, settled_at=seen.epoch if seen.switch is None else None)
+
+    def _report_settled(self, written: Any, report: CampaignReport) -> None:
+        """Report the request a handover to us settled, read back in the background.
+
+        A switchover's target that learns of its term from a read was one
+        read away from leading; this second one (as of the revision before
+        the handover) only names the request for the report, so it runs
+        after we lead instead of before. Errors and a compacted revision
+        read as nothing found (``_just_before``); ``close`` cancels it.
+        """
+
+        async def read_back() -> None:
+            (settled,) = await self._just_before(written, self._switch_key)
+            request = parse_switchover(settled[0].value) if settled else None
+            if request is not None:
+                report.switchover(COMPLETED, request)
+
+        task = asyncio.ensure_future(read_back())
+        self._reporting.add(task)
+        task.add_done_callback(self._reporting.discard)
 
     async def _bump_epoch(
         self, candidate_id: str, lease: int, report: CampaignReport | None, switch_mod: int = 0, consume: bool = False
@@ -1968,11 +1995,14 @@ class EtcdElection:
                 continue
             if key and kv.key.decode(errors="replace") != key:
                 continue
-            with _store_errors("evict"):
-                if kv.lease:
-                    await self._b.lease.revoke(int(kv.lease), timeout=self._b.timeout)
-                else:
-                    await self._b.kv.delete(kv.key, timeout=self._b.timeout)
+            try:
+                with _store_errors("evict"):
+                    if kv.lease:
+                        await self._b.lease.revoke(int(kv.lease), timeout=self._b.timeout)
+                    else:
+                        await self._b.kv.delete(kv.key, timeout=self._b.timeout)
+            except SessionExpired:
+                pass  # its lease ran out since our read: the key went with it, as evicting it would
             gone.append(kv.key.decode(errors="replace"))
         return gone
 
@@ -2004,6 +2034,8 @@ class EtcdElection:
 
     async def close(self) -> None:
         self._drop_view()
+        for task in list(self._reporting):
+            task.cancel()
 
 
 # -- the registry's entry points (sidecar/backends/__init__.py) -------------
