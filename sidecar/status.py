@@ -232,8 +232,9 @@ async def switchover(
         result = SwitchoverResult(request, leader.id, reused)
         if not wait:
             return result
-        foreign = any(c.foreign for c in candidates if c.id == to and not c.no_lead) if to else False
-        return await _follow(admin, request, leader.token, result, foreign_target=foreign)
+        return await _follow(
+            admin, request, leader.token, result, foreign_leader=_foreign_successor(candidates, leader.token, to)
+        )
 
 
 NOT_OURS = "not a sidecar's candidacy (an `etcdctl elect` or kazoo candidate, or a sidecar too old to state its TTL)"
@@ -256,20 +257,35 @@ def _refuse_foreign_in_the_way(candidates: list[Candidate], leader_token: int, t
     if target is None:
         return  # the next in line takes over, whoever it is
     for c in queue:
-        if leader_token < c.token < target.token and c.foreign and not c.stale:
+        # Foreign counts stale or not: a key with no lease never goes by itself.
+        if leader_token < c.token < target.token and c.foreign:
             raise SwitchoverRefused(
                 f"to {to!r}: queued behind {c.id!r} ({c.key}), {NOT_OURS}, which never steps aside "
                 "and would lead first; evict it or wait until it leaves"
             )
 
 
+def _foreign_successor(candidates: list[Candidate], leader_token: int, to: str) -> str:
+    """The id of the candidate that will take over, if it is not ours; else "".
+
+    The target, or with none the next in line (a foreign one leads first
+    whatever our priorities say: it knows none).
+    """
+    queue = [c for c in candidates if not c.no_lead and c.token != leader_token and (c.foreign or not c.stale)]
+    if to:
+        return to if any(c.foreign for c in queue if c.id == to) else ""
+    after = [c for c in queue if c.token > leader_token]
+    return after[0].id if after and after[0].foreign else ""
+
+
 async def _follow(
-    admin: Any, request: SwitchoverRequest, old_token: int, result: SwitchoverResult, *, foreign_target: bool = False
+    admin: Any, request: SwitchoverRequest, old_token: int, result: SwitchoverResult, *, foreign_leader: str = ""
 ) -> SwitchoverResult:
     """Poll until the request is settled (a new leader recorded its epoch) or expired.
 
-    A target that is not ours records no epoch and settles nothing: it is
-    done when it leads (the request then expires; no sidecar acts on it).
+    A successor that is not ours (``foreign_leader``) records no epoch and
+    settles nothing: it is done when it leads (the request then expires; no
+    sidecar acts on it).
     """
     start = time.monotonic()
     deadline = start + max(0.0, request.at + request.ttl - time.time()) + 1.0
@@ -277,7 +293,7 @@ async def _follow(
         lead = await admin.leader()
         current = await admin.switchover_request()
         settled = current is None or current.id != request.id
-        if foreign_target and lead is not None and lead.token != old_token and lead.id == request.to:
+        if foreign_leader and lead is not None and lead.token != old_token and lead.id == foreign_leader:
             settled = True
         elif not lead or not lead.epoch:
             settled = False

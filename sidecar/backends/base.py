@@ -168,9 +168,12 @@ def parse_epoch_record(key: str, raw: bytes | None) -> EpochRecord | str:
         return f"{key}: JSON {type(data).__name__}, expected an object with an integer epoch"
     epoch, token = data.get("epoch"), data.get("token", 0)
     lease = data.get("lease", 0)
-    for name, value in (("epoch", epoch), ("token", token), ("lease", lease)):
+    for name, value in (("epoch", epoch), ("token", token)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             return f"{key}: {name} {value!r} is not a non-negative integer"
+    # A ZooKeeper session id is negative from server myid 128 on (its top byte).
+    if not isinstance(lease, int) or isinstance(lease, bool) or not -(2**63) <= lease < 2**64:
+        return f"{key}: lease {lease!r} is not a 64-bit integer"
     leader, cand, ttl = data.get("leader", ""), data.get("key", ""), data.get("ttl", 0)
     return EpochRecord(
         int(epoch),  # type: ignore[arg-type]  # checked above

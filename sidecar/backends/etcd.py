@@ -79,6 +79,7 @@ from sidecar.backends.base import (
     NO_REQUEST,
     PRIORITY_STEP_ASIDE,
     STEP_ASIDE,
+    BackendError,
     CampaignReport,
     Candidate,
     EpochRecord,
@@ -1658,7 +1659,10 @@ class EtcdElection:
         """
 
         async def read_back() -> None:
-            (settled,) = await self._just_before(written, self._switch_key)
+            try:
+                (settled,) = await self._just_before(written, self._switch_key)
+            except BackendError:
+                return  # refused or gone (credentials, session): the report is all we lose
             request = parse_switchover(settled[0].value) if settled else None
             if request is not None:
                 report.switchover(COMPLETED, request)
@@ -1980,7 +1984,9 @@ class EtcdElection:
                     stale=ttl is None or ttl <= 0,
                     priority=prio,
                     no_lead=no_lead,
-                    foreign=not no_lead and ttl is not None and ttl > 0 and f"{int(kv.lease):x}" not in stating,
+                    # No lease at all (a hand-written key) is never ours either, and never goes.
+                    foreign=not no_lead
+                    and (not kv.lease or (ttl is not None and ttl > 0 and f"{int(kv.lease):x}" not in stating)),
                 )
             )
         return out

@@ -95,7 +95,9 @@ from sidecar.model import Leadership
 NODE_MARK = "__lock__"  # what kazoo's Lock/Election recipes look for
 _SEQ = re.compile(r"__lock__(\d{10})$")
 _SRVR_VERSION = re.compile(r"^Zookeeper version: ([0-9][^-,\s]*)", re.MULTILINE)
-_SESSION_OF = re.compile(r"(?:^|/)([0-9a-f]{1,16})__lock__\d{10}$")
+# Session ids are signed 64-bit numbers whose top byte is the server's myid:
+# from myid 128 on they are negative, and kazoo formats them with a minus sign.
+_SESSION_OF = re.compile(r"(?:^|/)(-?[0-9a-f]{1,16})__lock__\d{10}$")
 
 
 @contextlib.contextmanager

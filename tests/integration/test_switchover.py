@@ -231,3 +231,38 @@ def test_a_switchover_a_foreign_candidate_would_block_is_refused(any_fleet: Flee
         assert out.returncode == 4 and "never acts on a request" in out.stderr, out
     verdict = check(sorted(fleet.workdir.glob("c*.jsonl")), fleet.store)
     assert verdict.ok, verdict.violations
+
+
+def test_a_switchover_without_target_to_a_foreign_next_in_line_is_done_when_it_leads(any_fleet: Fleet) -> None:
+    """With no --to, the next in line takes over, whoever it is; one that is not ours
+    records no epoch, so --wait counts it done when it leads (it ran to the expiry)."""
+    fleet = any_fleet
+    fleet.start(1, toy_flags=())
+    fleet.wait_one_leader()
+    with Outsider(fleet) as outsider:
+        wait_until(lambda: outsider.name in [c["id"] for c in status(fleet)["candidates"]], 10,
+                   what="the outsider queued")  # fmt: skip
+        fleet.start(1, toy_flags=())
+        wait_until(lambda: len(status(fleet)["candidates"]) == 3, 10, what="three candidates queued")
+        out = cli(fleet, "switchover", "--wait", "--request-ttl", "20", "-o", "json")
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["leader"] == outsider.name
+        assert json.loads(out.stdout)["seconds"] < 10, "--wait ran on towards the request's expiry"
+
+
+def test_a_key_without_a_lease_ahead_of_the_target_is_refused(fleet: Fleet) -> None:
+    """A hand-written key never goes by itself and never steps aside: it would lead first."""
+    fleet.start(1, toy_flags=())
+    fleet.wait_one_leader()
+    etcdctl = [find_binary("etcdctl"), "--endpoints", ",".join(fleet.server.endpoints)]
+    subprocess.run([*etcdctl, "put", fleet.election + "/handwritten", "ghost"], check=True, capture_output=True)
+    try:
+        fleet.start(1, toy_flags=())
+        wait_until(lambda: len(status(fleet)["candidates"]) == 3, 10, what="three queued")
+        queue = status(fleet)["candidates"]
+        assert queue[1]["id"] == "ghost" and queue[1]["foreign"], queue
+        out = cli(fleet, "switchover", "--to", queue[2]["id"])
+        assert out.returncode == 4 and "never steps aside" in out.stderr, out
+        assert status(fleet)["switchover"] is None
+    finally:
+        subprocess.run([*etcdctl, "del", fleet.election + "/handwritten"], check=True, capture_output=True)

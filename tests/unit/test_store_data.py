@@ -31,6 +31,10 @@ def test_epoch_records_old_and_new_parse() -> None:
     assert parse_epoch_record("k", b'{"epoch": 4, "token": 9, "leader": "a"}') == EpochRecord(4, 9, "a")
     rec = EpochRecord(5, 10, "b", "n/1f", 31)
     assert parse_epoch_record("k", rec.encode()) == rec
+    # A ZooKeeper session id from a server with myid >= 128 is negative.
+    zk = EpochRecord(6, 11, "c", "/n/-37ffffd54e54ffff__lock__0000000001", -0x37FFFFD54E54FFFF)
+    assert parse_epoch_record("k", zk.encode()) == zk
+    assert "lease" in str(parse_epoch_record("k", b'{"epoch": 1, "token": 2, "lease": 1.5}'))
 
 
 def test_an_unreadable_resign_marker_counts_as_no_resign() -> None:
