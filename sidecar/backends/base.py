@@ -192,9 +192,16 @@ class ResignMarker:
 
     token: int
     key: str
+    # ZooKeeper: the switchover request a handover settled in the same multi
+    # (it deletes the request node, and ZooKeeper keeps no history to read it
+    # back from). Written only then: other markers stay byte for byte as before.
+    settled: SwitchoverRequest | None = None
 
     def encode(self) -> bytes:
-        return json.dumps({"token": self.token, "key": self.key}).encode()
+        fields: dict[str, object] = {"token": self.token, "key": self.key}
+        if self.settled is not None:
+            fields["settled"] = json.loads(self.settled.encode())
+        return json.dumps(fields).encode()
 
 
 def parse_resign_marker(raw: bytes | None) -> ResignMarker | None:
@@ -207,7 +214,9 @@ def parse_resign_marker(raw: bytes | None) -> ResignMarker | None:
         return None
     if not isinstance(data, dict) or not isinstance(data.get("token"), int) or not isinstance(data.get("key"), str):
         return None
-    return ResignMarker(int(data["token"]), str(data["key"]))
+    settled = data.get("settled")
+    request = parse_switchover(json.dumps(settled).encode()) if isinstance(settled, dict) else None
+    return ResignMarker(int(data["token"]), str(data["key"]), request)
 
 
 SWITCHOVER_TTL = 30.0  # seconds a switchover request stays pending unless the CLI says otherwise

@@ -152,6 +152,21 @@ def _seq(name: str) -> int:
     return int(m.group(1)) if m else -1
 
 
+def _ours_up_to(target: str, known: list[str], ids: dict[str, str]) -> bool:
+    """Whether the queue behind the leader, up to ``target``, looks like ours by node name alone.
+
+    Ours are named ``<session hex>__lock__<seq>``; kazoo's recipes put a
+    32-digit uuid there. The resign multi checks each node's owner before it
+    relies on this; here it only decides whether to nudge the next in line.
+    """
+    for name in known:
+        if not _session_of(name):
+            return False
+        if ids.get(name) == target:
+            return True
+    return False
+
+
 def _session_of(node: str) -> int:
     """The session id in a candidate node's name (``<session hex>__lock__<seq>``), 0 if none."""
     m = _SESSION_OF.search(node)
@@ -488,6 +503,10 @@ class ZooKeeperElection:
         self._czxid = 0
         self._session_id = 0
         self._head: tuple[int, str] | None = None  # the leader we last queued behind: (czxid, node)
+        # The request our term ends for (wait_switchover returned it): resign
+        # hands the term to its target in its own multi when it can.
+        self._acting_on: SwitchoverRequest | None = None
+        self._led = b""  # the epoch record of the last term we led: never taken as a handover to us
         self.wakeups = 0
 
     @property
@@ -538,6 +557,7 @@ class ZooKeeperElection:
         self._client = client
         self._session_id = int(session.id, 16)
         self._head = None  # only what this campaign saw counts
+        self._acting_on = None
         loop = asyncio.get_running_loop()
         prefix = f"{session.id}{NODE_MARK}"
         with _store_errors("campaign"):
@@ -556,7 +576,13 @@ class ZooKeeperElection:
                 names = await self._children(client)
                 own = self._node.rsplit("/", 1)[1]
                 if own not in names:
-                    raise KeyLost(f"candidate node {self._node} vanished while campaigning")
+                    taken = await self._taken_aside(client, candidate_id)
+                    if taken is None:
+                        raise KeyLost(f"candidate node {self._node} vanished while campaigning")
+                    if report is not None:
+                        report.switchover(STEP_ASIDE, taken)
+                    await self._register(client, prefix, value)
+                    continue
                 ahead = names[: names.index(own)]
                 behind = names[names.index(own) + 1 :]
                 # Woken with a request pending (the leader acting on one touches
@@ -590,7 +616,20 @@ class ZooKeeperElection:
                                 report.switchover(COMPLETED, settled)
                             break
                     continue
-                request, version = await self._read_switchover(client)
+                # Nobody ahead: a switchover's handover may have started our
+                # term in the multi that took our predecessors' nodes (its
+                # record and marker come with this read, in the same round trip).
+                (raw_record, record_stat), (raw_marker, marker_stat), (request, version) = await asyncio.gather(
+                    self._read(client, self.epoch_path),
+                    self._read(client, self.marker_path),
+                    self._read_switchover(client),
+                )
+                handed = self._handed_to_us(raw_record, record_stat, raw_marker, marker_stat)
+                if handed is not None:
+                    epoch, settled = handed
+                    if settled is not None and report is not None:
+                        report.switchover(COMPLETED, settled)
+                    break
                 # The others' priorities: one parallel read of the queue, only
                 # when someone else is queued (a lone candidate reads nothing more).
                 others = await self._priorities(client, [n for n in names if n != own])
@@ -670,6 +709,9 @@ class ZooKeeperElection:
         own = self._node.rsplit("/", 1)[1]
         if head_stat is not None or record_stat is None or names[:1] != [own]:
             return None
+        handed = self._handed_to_us(raw_record, record_stat, raw_marker, marker_stat)
+        if handed is not None:
+            return handed  # the leader's multi started our term: nothing to write
         raw_switch, switch_stat = switch
         request = parse_switchover(raw_switch) if switch_stat is not None else None
         if switch_stat is not None:
@@ -690,13 +732,10 @@ class ZooKeeperElection:
         if not (record.token in (0, self._czxid) or (marker is not None and marker.token == record.token)):
             return None  # the last leader left uncleanly: the lock-delay decides
         epoch = record.epoch + 1
+        written = EpochRecord(epoch, self._czxid, candidate_id, self._node, self._session_id).encode()
         tx = client.transaction()
         tx.check(self._node, 0)
-        tx.set_data(
-            self.epoch_path,
-            EpochRecord(epoch, self._czxid, candidate_id, self._node, self._session_id).encode(),
-            record_stat.version,
-        )
+        tx.set_data(self.epoch_path, written, record_stat.version)
         if marker_stat is not None:
             tx.check(self.marker_path, marker_stat.version)
         if switch_stat is not None:
@@ -706,7 +745,10 @@ class ZooKeeperElection:
             tx.delete(self.switch_path)
         with _store_errors("claim"):
             results = await _call(tx.commit_async)
-        return None if any(isinstance(r, Exception) for r in results) else (epoch, request)
+        if any(isinstance(r, Exception) for r in results):
+            return None
+        self._led = written
+        return epoch, request
 
     async def _read(self, client: KazooClient, path: str) -> tuple[bytes | None, Any]:
         """The node's data and stat; (None, None) when it does not exist."""
@@ -903,10 +945,66 @@ class ZooKeeperElection:
                 await _call(client.delete_async, self._node, 0)
             except NoNodeError as exc:
                 raise KeyLost(f"candidate node {self._node} vanished while stepping aside") from exc
+        await self._register(client, prefix, value)
+
+    async def _register(self, client: KazooClient, prefix: str, value: bytes) -> None:
+        """A new node of ours at the end of the queue (after a step-aside, or a handover took ours)."""
+        with _store_errors("switchover step-aside"):
             node = await _call(client.create_async, self.base + "/" + prefix, value, self._b.acl, True, True, True)
             self._node = node
             _, stat = await _call(client.get_async, node)
         self._czxid = int(stat.czxid)
+
+    def _handed_to_us(
+        self, raw_record: bytes | None, record_stat: Any, raw_marker: bytes | None, marker_stat: Any
+    ) -> tuple[int, SwitchoverRequest | None] | None:
+        """Our term, and the request it settled, when a leader's handover multi started it.
+
+        Only that multi writes the epoch record and the resign marker at one
+        zxid (a bump writes no marker; a plain resign, no record): it
+        checked our node, deleted every node ahead of it, and its marker
+        says the last leader's orchestrator was confirmed stopped, so there
+        is no lock-delay and no bump of ours to add. Not the record of a
+        term we led ourselves (a resign of ours that failed, on the same
+        node), nor a marker of ours.
+        """
+        if record_stat is None or marker_stat is None or raw_record is None or raw_record == self._led:
+            return None
+        record = parse_epoch_record(self.epoch_path, raw_record)
+        if not isinstance(record, EpochRecord) or record.token != self._czxid or record.key != self._node:
+            return None
+        marker = parse_resign_marker(raw_marker)
+        if marker is None or marker.token == self._czxid or int(marker_stat.mzxid) != int(record_stat.mzxid):
+            return None
+        self._led = raw_record
+        return record.epoch, marker.settled
+
+    async def _taken_aside(self, client: KazooClient, candidate_id: str) -> SwitchoverRequest | None:
+        """The request, when our node went because a switchover's handover took it.
+
+        The leader's multi deletes the nodes ahead of the target with its
+        own and writes a record naming the target and a marker holding the
+        request, at one zxid: we then step aside as if we had done it
+        ourselves (re-queue, report ``step-aside``) instead of counting a
+        lost node. Only while the request is pending and its target was
+        queued after us (its token is above ours); ZooKeeper keeps no
+        history, so a node of ours evicted later in that window reads the
+        same: it registers again either way.
+        """
+        with _store_errors("read epoch"):
+            (raw_record, record_stat), (raw_marker, marker_stat) = await asyncio.gather(
+                self._read(client, self.epoch_path), self._read(client, self.marker_path)
+            )
+        if record_stat is None or marker_stat is None or int(marker_stat.mzxid) != int(record_stat.mzxid):
+            return None
+        record = parse_epoch_record(self.epoch_path, raw_record)
+        marker = parse_resign_marker(raw_marker)
+        request = marker.settled if marker is not None else None
+        if not isinstance(record, EpochRecord) or request is None or not request.pending(time.time()):
+            return None
+        if request.to in ("", candidate_id) or record.leader != request.to or record.token <= self._czxid:
+            return None
+        return request
 
     async def _bump_epoch(
         self,
@@ -945,6 +1043,7 @@ class ZooKeeperElection:
             if not any(isinstance(r, Exception) for r in results):
                 if isinstance(old, str) and report is not None:
                     report.epoch_record_repaired(self.epoch_path, old)
+                self._led = record
                 return epoch
             if isinstance(results[0], NoNodeError | BadVersionError):
                 raise KeyLost(f"candidate node {self._node} vanished before the epoch bump")
@@ -963,6 +1062,14 @@ class ZooKeeperElection:
         if not self._node or self._client is None:
             return ""
         client = self._client
+        request, self._acting_on = self._acting_on, None
+        if hand_over and request is not None and request.to:
+            for _ in range(2):  # a step-aside between our read and our multi: read again, once
+                with _store_errors("resign"):
+                    to = await self._hand_over(client, request)
+                if to is not None:
+                    self._node = ""
+                    return to
         marker = ResignMarker(self._czxid, self._node).encode()
         with _store_errors("resign"):
             for _ in range(3):
@@ -984,6 +1091,72 @@ class ZooKeeperElection:
                 raise StoreUnavailable(f"zookeeper resign: {self.marker_path} could not be created")
         self._node = ""
         return ""
+
+    async def _hand_over(self, client: KazooClient, request: SwitchoverRequest) -> str | None:
+        """Resign and start the target's term in one multi: its id, or None (nothing written).
+
+        As on etcd (docs/design.md, 1c): the target would otherwise wait for
+        each candidate ahead of it to step aside (two writes each, one after
+        the other) and then bump the epoch itself. The multi deletes our node
+        and the nodes ahead of the target, checks the target's node, writes
+        the record naming it (the epoch after ours, checked at the version
+        read) and our marker holding the request, and deletes the request at
+        the version read. Sequence numbers only grow, so no node can appear
+        ahead of the target after our read. Not tried (None) unless the
+        request is the one we act on, still pending, names one node, that
+        node and every node ahead of it are ours (a kazoo recipe's node would
+        neither step aside nor read our record), and the record is our
+        term's. Called only after our orchestrator was confirmed stopped.
+        """
+        own = self._node.rsplit("/", 1)[1]
+        names, (raw_switch, switch_stat), (raw_record, record_stat), (_, marker_stat) = await asyncio.gather(
+            self._children(client),
+            self._read(client, self.switch_path),
+            self._read(client, self.epoch_path),
+            self._read(client, self.marker_path),
+        )
+        now = parse_switchover(raw_switch) if switch_stat is not None else None
+        if now is None or now.id != request.id or not now.pending(time.time()) or names[:1] != [own]:
+            return None
+        record = parse_epoch_record(self.epoch_path, raw_record)
+        if not isinstance(record, EpochRecord) or record.token != self._czxid or record_stat is None:
+            return None
+        later = names[1:]
+        nodes = await asyncio.gather(*(self._read(client, self.base + "/" + n) for n in later))
+        aside: list[str] = []
+        target: tuple[str, Any] | None = None
+        for name, (data, stat) in zip(later, nodes, strict=True):
+            if stat is None:
+                continue  # gone since the listing
+            ours = _session_of(name) == int(stat.ephemeralOwner)
+            cid = parse_candidate((data or b"").decode(errors="replace"))[0]
+            if cid == request.to:
+                if target is not None or not ours:
+                    return None  # two nodes with its id, or not one of ours
+                target = (name, stat)
+            elif target is None:
+                if not ours:
+                    return None  # it would neither step aside nor be taken aside
+                aside.append(name)
+        if target is None:
+            return None
+        name, stat = target
+        path = self.base + "/" + name
+        successor = EpochRecord(record.epoch + 1, int(stat.czxid), request.to, path, _session_of(name))
+        tx = client.transaction()
+        tx.delete(self._node)
+        for n in aside:
+            tx.delete(self.base + "/" + n)
+        tx.check(path, int(stat.version))
+        tx.set_data(self.epoch_path, successor.encode(), int(record_stat.version))
+        marker = ResignMarker(self._czxid, self._node, settled=request).encode()
+        if marker_stat is None:  # no leader of this election resigned before: the multi makes it
+            tx.create(self.marker_path, marker, self._b.acl)
+        else:
+            tx.set_data(self.marker_path, marker)
+        tx.delete(self.switch_path, int(switch_stat.version))
+        results = await _call(tx.commit_async)
+        return None if any(isinstance(r, Exception) for r in results) else request.to
 
     async def _mark_if_last(self, client: KazooClient, marker: bytes) -> None:
         """Write the marker for a node that is gone already, if we are still the last leader.
@@ -1071,7 +1244,12 @@ class ZooKeeperElection:
             others = set(ids.values())
             if leader_should_hand_over(request, candidate_id, others, time.time()):
                 assert request is not None
-                self._nudge_next_in_line(client)
+                self._acting_on = request
+                if not _ours_up_to(request.to, known, ids):
+                    # No handover in our resign multi will be possible (a node
+                    # that is not ours ahead of the target): the candidates
+                    # ahead step aside by themselves, starting now.
+                    self._nudge_next_in_line(client)
                 return request
             # Re-read every retry interval: a target may join later.
             with contextlib.suppress(TimeoutError):

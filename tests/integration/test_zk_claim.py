@@ -189,44 +189,63 @@ async def queue_ids(env: Env) -> list[str]:
     return [c.id for c in sorted(cands, key=lambda c: c.token) if not c.no_lead]
 
 
-async def test_a_candidate_ahead_of_the_target_steps_aside_while_the_leader_still_leads(env: Env) -> None:
-    """Issue 17: b, between the leader and the target c, re-queues behind c as soon as the request lands.
+async def test_a_switchover_hands_the_term_over_the_heads_of_those_ahead_in_the_resign_multi(env: Env) -> None:
+    """Issue 17: the leader's resign multi takes b's node (between it and the target c),
+    checks c's, writes the record naming c and its marker holding the request, and
+    deletes the request: c leads on its wake-up with no write of its own, b re-queues
+    behind c and reports a step-aside, and the epoch moves exactly once.
 
-    The bare leader plays only the leader's first step (``wait_switchover``
-    returns the request: the sidecar would now stop its orchestrator) and
-    never resigns until the test says so; before, b stepped aside only on
-    reaching the head of the queue, a hop on the switchover's path. The
-    target then claims and settles the request in one multi.
+    Before, b stepped aside by itself (two writes) and c then bumped the epoch in
+    a multi of its own: three writes one after the other on the switchover's path.
     """
     a, lead_a = await env.lead("a")
     _, report_b, task_b = await env.wait("b")
     e_c, report_c, task_c = await env.wait("c")
-    slow: list[int] = []
-    bump_epoch = e_c._bump_epoch
+    writes: list[str] = []
+    bump_epoch, claim = e_c._bump_epoch, e_c._claim
 
-    async def counted(*args: Any, **kw: Any) -> int | None:
-        slow.append(1)  # the slow path's epoch write: c's claim was not taken
+    async def counted_bump(*args: Any, **kw: Any) -> int | None:
+        writes.append("bump")
         return await bump_epoch(*args, **kw)
 
-    e_c._bump_epoch = counted  # type: ignore[method-assign]
-    await env.backend.election(env.name).request_switchover(SwitchoverRequest("c", "test", "r-early", 0, 1e12))
+    async def counted_claim(*args: Any, **kw: Any) -> Any:
+        writes.append("claim")
+        return await claim(*args, **kw)
+
+    e_c._bump_epoch, e_c._claim = counted_bump, counted_claim  # type: ignore[method-assign]
+    await env.backend.election(env.name).request_switchover(SwitchoverRequest("c", "test", "r-multi", 0, 1e12))
     assert (await asyncio.wait_for(a.wait_switchover("a"), 5)).to == "c"
-    await eventually(lambda: "step-aside" in report_b.verdicts, 5, what="b stepping aside while a leads")
-
-    async def requeued() -> bool:
-        return await queue_ids(env) == ["a", "c", "b"]
-
-    await eventually(requeued, 5, what="b queued again behind c")
-    assert not task_c.done()
-    # c now waits on a itself (the hand-over below should find it there, not mid-read).
-    c_client, a_path = env.sessions[2].client, a._node
-    await eventually(lambda: bool(c_client._data_watchers.get(a_path)), 5, what="c watching a's node")
-    await a.resign()
+    assert report_b.verdicts == [], "b was woken before the leader's resign"
+    assert await a.resign(hand_over=True) == "c"
     lead_c = await asyncio.wait_for(task_c, 5)
     assert lead_c.id == "c" and lead_c.epoch == lead_a.epoch + 1
-    assert report_c.verdicts == ["completed"] and slow == [], "c went the slow way"
+    assert report_c.verdicts == ["completed"] and writes == [], f"c wrote: {writes}"
+    await eventually(lambda: report_b.verdicts == ["step-aside"], 5, what="b stepping aside behind c")
+
+    async def requeued() -> bool:
+        return await queue_ids(env) == ["c", "b"]
+
+    await eventually(requeued, 5, what="b queued again behind c")
     assert await env.backend.election(env.name).switchover_request() is None
+    record, record_stat = env.raw.get(f"/{env.name}.epoch")
+    _, marker_stat = env.raw.get(f"/{env.name}.resigned")
+    assert json.loads(record)["leader"] == "c" and record_stat.mzxid == marker_stat.mzxid
     assert not task_b.done()
+
+
+async def test_a_foreign_node_ahead_of_the_target_leaves_the_step_asides_to_the_candidates(env: Env) -> None:
+    """A kazoo recipe's node never reads our record: no handover in the multi then. The
+    leader wakes the next in line instead, and ours step aside one after the other."""
+    a, lead_a = await env.lead("a")
+    foreign = env.raw.create(f"/{env.name}/{'f' * 32}{NODE_MARK}", b"outsider", ephemeral=True, sequence=True)
+    _, report_b, task_b = await env.wait("b")
+    await env.backend.election(env.name).request_switchover(SwitchoverRequest("b", "test", "r-f", 0, 1e12))
+    assert (await asyncio.wait_for(a.wait_switchover("a"), 5)).to == "b"
+    assert await a.resign(hand_over=True) == ""  # a plain resign: the outsider heads the queue now
+    assert await queue_ids(env) == ["outsider", "b"]
+    env.raw.delete(foreign)
+    lead_b = await asyncio.wait_for(task_b, 5)
+    assert lead_b.id == "b" and lead_b.epoch == lead_a.epoch + 1 and report_b.verdicts == ["completed"]
 
 
 async def test_the_leader_learns_of_a_request_in_one_round_trip(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -55,6 +55,7 @@ def test_sessions_with_the_sign_bit_are_ours_and_switch_over(
         assert out.returncode == 0, out.stderr
         new, _ = fleet.wait_one_leader(unlike=leader.candidate)
         assert new.candidate == queue[2]["id"]
+        assert [e for e in log_events(leader, "handed_over")], "the leader did not hand over in its multi"
         repaired = [e for s in fleet.sidecars for e in log_events(s, "epoch_record_repaired")]
         assert repaired == [], repaired
     finally:

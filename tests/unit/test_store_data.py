@@ -37,6 +37,17 @@ def test_epoch_records_old_and_new_parse() -> None:
     assert "lease" in str(parse_epoch_record("k", b'{"epoch": 1, "token": 2, "lease": 1.5}'))
 
 
+def test_a_resign_marker_carries_the_request_its_handover_settled_and_stays_as_before_without() -> None:
+    from sidecar.backends.base import ResignMarker, SwitchoverRequest
+
+    assert ResignMarker(7, "n/1").encode() == b'{"token": 7, "key": "n/1"}'
+    request = SwitchoverRequest("c", "op", "r1", 1.0, 30.0)
+    marker = parse_resign_marker(ResignMarker(7, "n/1", request).encode())
+    assert marker is not None and marker.settled == request
+    odd = parse_resign_marker(b'{"token": 7, "key": "n/1", "settled": {"to": 3}}')
+    assert odd is not None and odd.settled is None  # a garbled request is none, the marker still counts
+
+
 def test_an_unreadable_resign_marker_counts_as_no_resign() -> None:
     assert parse_resign_marker(b"junk") is None
     assert parse_resign_marker(b'{"token": "1", "key": "k"}') is None
