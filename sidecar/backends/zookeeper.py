@@ -506,6 +506,7 @@ class ZooKeeperElection:
         # The request our term ends for (wait_switchover returned it): resign
         # hands the term to its target in its own multi when it can.
         self._acting_on: SwitchoverRequest | None = None
+        self._known: list[str] = []  # the other nodes queued when we took the request: read with the queue
         self._led = b""  # the epoch record of the last term we led: never taken as a handover to us
         self.wakeups = 0
 
@@ -557,7 +558,7 @@ class ZooKeeperElection:
         self._client = client
         self._session_id = int(session.id, 16)
         self._head = None  # only what this campaign saw counts
-        self._acting_on = None
+        self._acting_on, self._known = None, []
         loop = asyncio.get_running_loop()
         prefix = f"{session.id}{NODE_MARK}"
         with _store_errors("campaign"):
@@ -572,8 +573,22 @@ class ZooKeeperElection:
             _, stat = await _call(client.get_async, node)
             self._czxid = int(stat.czxid)
             told: Leadership | None = None
+            woken = False  # by our predecessor's departure: we may head the queue now
             while True:
-                names = await self._children(client)
+                pre: Any = None
+                if woken:
+                    # What the head of the queue reads next goes with the listing:
+                    # a switchover's target, woken as its predecessors' nodes went
+                    # in the leader's multi, leads on this one round trip.
+                    names, *pre = await asyncio.gather(
+                        self._children(client),
+                        self._read(client, self.epoch_path),
+                        self._read(client, self.marker_path),
+                        self._read_switchover(client),
+                    )
+                else:
+                    names = await self._children(client)
+                woken = False
                 own = self._node.rsplit("/", 1)[1]
                 if own not in names:
                     taken = await self._taken_aside(client, candidate_id)
@@ -615,15 +630,18 @@ class ZooKeeperElection:
                             if settled is not None and report is not None:
                                 report.switchover(COMPLETED, settled)
                             break
+                    woken = True
                     continue
                 # Nobody ahead: a switchover's handover may have started our
                 # term in the multi that took our predecessors' nodes (its
                 # record and marker come with this read, in the same round trip).
-                (raw_record, record_stat), (raw_marker, marker_stat), (request, version) = await asyncio.gather(
-                    self._read(client, self.epoch_path),
-                    self._read(client, self.marker_path),
-                    self._read_switchover(client),
-                )
+                if pre is None:
+                    pre = await asyncio.gather(
+                        self._read(client, self.epoch_path),
+                        self._read(client, self.marker_path),
+                        self._read_switchover(client),
+                    )
+                (raw_record, record_stat), (raw_marker, marker_stat), (request, version) = pre
                 handed = self._handed_to_us(raw_record, record_stat, raw_marker, marker_stat)
                 if handed is not None:
                     epoch, settled = handed
@@ -1109,11 +1127,16 @@ class ZooKeeperElection:
         term's. Called only after our orchestrator was confirmed stopped.
         """
         own = self._node.rsplit("/", 1)[1]
-        names, (raw_switch, switch_stat), (raw_record, record_stat), (_, marker_stat) = await asyncio.gather(
+        # The nodes queued when we took the request are read with the queue, in
+        # one round trip; only a node listed since (behind them all: sequence
+        # numbers grow) costs a second. What the multi relies on it checks.
+        known = [n for n in self._known if n != own]
+        names, (raw_switch, switch_stat), (raw_record, record_stat), (_, marker_stat), *pre = await asyncio.gather(
             self._children(client),
             self._read(client, self.switch_path),
             self._read(client, self.epoch_path),
             self._read(client, self.marker_path),
+            *(self._read(client, self.base + "/" + n) for n in known),
         )
         now = parse_switchover(raw_switch) if switch_stat is not None else None
         if now is None or now.id != request.id or not now.pending(time.time()) or names[:1] != [own]:
@@ -1122,7 +1145,11 @@ class ZooKeeperElection:
         if not isinstance(record, EpochRecord) or record.token != self._czxid or record_stat is None:
             return None
         later = names[1:]
-        nodes = await asyncio.gather(*(self._read(client, self.base + "/" + n) for n in later))
+        read = dict(zip(known, pre, strict=True))
+        new = [n for n in later if n not in read]
+        fresh = await asyncio.gather(*(self._read(client, self.base + "/" + n) for n in new))
+        read.update(zip(new, fresh, strict=True))
+        nodes = [read[n] for n in later]
         aside: list[str] = []
         target: tuple[str, Any] | None = None
         for name, (data, stat) in zip(later, nodes, strict=True):
@@ -1244,7 +1271,7 @@ class ZooKeeperElection:
             others = set(ids.values())
             if leader_should_hand_over(request, candidate_id, others, time.time()):
                 assert request is not None
-                self._acting_on = request
+                self._acting_on, self._known = request, known
                 if not _ours_up_to(request.to, known, ids):
                     # No handover in our resign multi will be possible (a node
                     # that is not ours ahead of the target): the candidates
