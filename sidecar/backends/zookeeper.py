@@ -152,6 +152,15 @@ def _seq(name: str) -> int:
     return int(m.group(1)) if m else -1
 
 
+def _hands_over(liveness: bytes | None) -> bool:
+    """Whether a session's liveness node says its sidecar takes a term handed over in a multi."""
+    try:
+        data = json.loads(liveness or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and data.get("handover") == 1
+
+
 def _ours_up_to(target: str, known: list[str], ids: dict[str, str]) -> bool:
     """Whether the queue behind the leader, up to ``target``, looks like ours by node name alone.
 
@@ -529,12 +538,14 @@ class ZooKeeperElection:
         """Create this session's liveness node once, before its first candidate node.
 
         Its data is the negotiated timeout: a successor that waits for the
-        session to end can say how long that takes at most.
+        session to end can say how long that takes at most; and that this
+        release understands a term handed over in its leader's resign multi
+        (``_hand_over`` hands one only to candidates that say so).
         """
         path = self.liveness_path(self._session_id)
         if path in session.liveness:
             return
-        data = json.dumps({"ttl": session.ttl}).encode()
+        data = json.dumps({"ttl": session.ttl, "handover": 1}).encode()
         with contextlib.suppress(NodeExistsError):  # a create whose answer was lost did land
             await _call(client.create_async, path, data, self._b.acl, True, False, True)
         session.liveness.add(path)
@@ -604,7 +615,7 @@ class ZooKeeperElection:
                 # its node, which wakes the next in line; each step-aside wakes
                 # the next): step aside now if its target is behind us.
                 if ahead and behind and await self._steps_aside_early(client, candidate_id, behind, report):
-                    await self._requeue(client, prefix, value)
+                    await self._requeue(client, prefix, value, candidate_id)
                     continue
                 if ahead:
                     first = await self._leadership(client, ahead[0], with_epoch=False)
@@ -659,7 +670,7 @@ class ZooKeeperElection:
                     elif report is not None:
                         best = max(others, key=lambda i: others[i])
                         report.priority_step_aside(best, others[best])
-                    await self._requeue(client, prefix, value)
+                    await self._requeue(client, prefix, value, candidate_id)
                     continue
                 # We will lead: first honour the last leader's grant (lock-delay).
                 await self._lock_delay(client, session.ttl, report)
@@ -956,13 +967,15 @@ class ZooKeeperElection:
                     async with asyncio.timeout(self._b.retry_interval):
                         await fired.wait()
 
-    async def _requeue(self, client: KazooClient, prefix: str, value: bytes) -> None:
+    async def _requeue(self, client: KazooClient, prefix: str, value: bytes, candidate_id: str) -> None:
         """Step aside: a new node at the end of the queue, without ever leading."""
         with _store_errors("switchover step-aside"):
             try:
                 await _call(client.delete_async, self._node, 0)
             except NoNodeError as exc:
-                raise KeyLost(f"candidate node {self._node} vanished while stepping aside") from exc
+                # The leader's handover multi may have taken it first: the same step-aside.
+                if await self._taken_aside(client, candidate_id) is None:
+                    raise KeyLost(f"candidate node {self._node} vanished while stepping aside") from exc
         await self._register(client, prefix, value)
 
     async def _register(self, client: KazooClient, prefix: str, value: bytes) -> None:
@@ -972,6 +985,10 @@ class ZooKeeperElection:
             self._node = node
             _, stat = await _call(client.get_async, node)
         self._czxid = int(stat.czxid)
+
+    def _liveness_of(self, node: str) -> str:
+        """The liveness node of the session a candidate node is named after."""
+        return self.liveness_path(_session_of(node))
 
     def _handed_to_us(
         self, raw_record: bytes | None, record_stat: Any, raw_marker: bytes | None, marker_stat: Any
@@ -1136,26 +1153,32 @@ class ZooKeeperElection:
             self._read(client, self.switch_path),
             self._read(client, self.epoch_path),
             self._read(client, self.marker_path),
-            *(self._read(client, self.base + "/" + n) for n in known),
+            *(self._read(client, path) for n in known for path in (self.base + "/" + n, self._liveness_of(n))),
         )
         now = parse_switchover(raw_switch) if switch_stat is not None else None
-        if now is None or now.id != request.id or not now.pending(time.time()) or names[:1] != [own]:
+        # The whole request, not its id: one rewritten under the same id may name another target.
+        if now is None or now != request or not now.pending(time.time()) or names[:1] != [own]:
             return None
         record = parse_epoch_record(self.epoch_path, raw_record)
         if not isinstance(record, EpochRecord) or record.token != self._czxid or record_stat is None:
             return None
         later = names[1:]
-        read = dict(zip(known, pre, strict=True))
+        read = {n: (pre[2 * i], pre[2 * i + 1]) for i, n in enumerate(known)}
         new = [n for n in later if n not in read]
-        fresh = await asyncio.gather(*(self._read(client, self.base + "/" + n) for n in new))
-        read.update(zip(new, fresh, strict=True))
-        nodes = [read[n] for n in later]
+        fresh = await asyncio.gather(
+            *(self._read(client, path) for n in new for path in (self.base + "/" + n, self._liveness_of(n)))
+        )
+        read.update({n: (fresh[2 * i], fresh[2 * i + 1]) for i, n in enumerate(new)})
+        nodes = [read[n][0] for n in later]
+        able = {n: _hands_over(read[n][1][0]) for n in later}
         aside: list[str] = []
         target: tuple[str, Any] | None = None
         for name, (data, stat) in zip(later, nodes, strict=True):
             if stat is None:
                 continue  # gone since the listing
-            ours = _session_of(name) == int(stat.ephemeralOwner)
+            # Ours, and of a release that reads a handed-over term (an older
+            # one would bump the epoch again, or count its node lost).
+            ours = _session_of(name) == int(stat.ephemeralOwner) and able[name]
             cid = parse_candidate((data or b"").decode(errors="replace"))[0]
             if cid == request.to:
                 if target is not None or not ours:

@@ -318,3 +318,65 @@ async def test_a_candidate_node_rewritten_by_hand_is_read_again_not_remembered(
     assert ("r-b", True) not in decided, "the leader handed over to a target no node names"
     await admin.request_switchover(SwitchoverRequest("c", "test", "r-c", 0, 1e12))
     assert (await asyncio.wait_for(waiting, 5)).id == "r-c"
+
+
+async def test_no_term_is_handed_to_a_release_that_would_bump_it_again(env: Env) -> None:
+    """A target of the release before the handover multi reads no handed-over term and
+    bumps the epoch again (an epoch nobody led: a review found it mid rolling upgrade).
+    Only sessions whose liveness node says "handover" are handed a term or taken aside."""
+    a, lead_a = await env.lead("a")
+    await env.wait("b")
+    e_c, report_c, task_c = await env.wait("c")
+    liveness = e_c.liveness_path(env.sessions[2].client.client_id[0])
+    env.raw.set(liveness, json.dumps({"ttl": 3.0}).encode())  # what the older release wrote
+    await env.backend.election(env.name).request_switchover(SwitchoverRequest("c", "test", "r-old", 0, 1e12))
+    assert (await asyncio.wait_for(a.wait_switchover("a"), 5)).to == "c"
+    assert await a.resign(hand_over=True) == "", "a term was handed to a release that would bump it again"
+    lead_c = await asyncio.wait_for(task_c, 5)
+    assert lead_c.id == "c" and lead_c.epoch == lead_a.epoch + 1 and report_c.verdicts == ["completed"]
+
+
+async def test_a_request_rewritten_under_the_same_id_is_not_handed_to_its_old_target(env: Env) -> None:
+    """The multi compares the whole request it acts on, not its id (found by a review)."""
+    a, _ = await env.lead("a")
+    await env.wait("b")
+    _, _, task_c = await env.wait("c")
+    _, _, task_d = await env.wait("d")
+    admin = env.backend.election(env.name)
+    await admin.request_switchover(SwitchoverRequest("c", "test", "r-same", 0, 1e12))
+    assert (await asyncio.wait_for(a.wait_switchover("a"), 5)).to == "c"
+    await admin.request_switchover(SwitchoverRequest("d", "test", "r-same", 0, 1e12))  # same id, now d
+    assert await a.resign(hand_over=True) == ""
+    done, _ = await asyncio.wait([task_c, task_d], timeout=5, return_when=asyncio.FIRST_COMPLETED)
+    assert [t.result().id for t in done] == ["d"]
+
+
+async def test_a_candidate_whose_step_aside_the_multi_overtook_stays_queued(env: Env) -> None:
+    """b decided to step aside (its predecessor left, the request names c behind it) and
+    the leader's multi took its node before b's delete: still a step-aside, not a lost node."""
+    a, _ = await env.lead("a")
+    e_x, _, task_x = await env.wait("x")
+    e_b, report_b, task_b = await env.wait("b")
+    _, _, task_c = await env.wait("c")
+    gate = asyncio.Event()
+    requeue = e_b._requeue
+
+    async def held(*args: Any, **kw: Any) -> None:
+        await gate.wait()
+        await requeue(*args, **kw)
+
+    e_b._requeue = held  # type: ignore[method-assign]
+    await env.backend.election(env.name).request_switchover(SwitchoverRequest("c", "test", "r-b", 0, 1e12))
+    assert (await asyncio.wait_for(a.wait_switchover("a"), 5)).to == "c"
+    task_x.cancel()
+    await asyncio.to_thread(env.raw.delete, e_x._node)  # b wakes and decides to step aside
+    await eventually(lambda: report_b.verdicts == ["step-aside"], 5, what="b deciding to step aside")
+    assert await a.resign(hand_over=True) == "c"
+    assert (await asyncio.wait_for(task_c, 5)).id == "c"
+    gate.set()
+
+    async def requeued() -> bool:
+        return await queue_ids(env) == ["c", "b"]
+
+    await eventually(requeued, 5, what="b queued again behind c")
+    assert not task_b.done()
