@@ -411,7 +411,10 @@ class Elector:
                 self._metrics.lease_lost(loss.reason, "candidate")
                 self._emit("warning", "candidate_session_lost", reason=loss.reason.value, detail=loss.detail)
         session_id = lease.id
-        if await lease.revoke():
+        outcome = await lease.revoke()
+        if outcome == "gone":
+            self._emit("info", "session_already_gone", session=session_id)
+        elif outcome:
             self._emit("info", "session_closed", session=session_id)
         else:
             # The lease expires on its own; nothing of ours still acts on it.

@@ -178,20 +178,21 @@ class Lease:
             # (the caller being cancelled meanwhile) must still reach the caller.
             await asyncio.wait({task})
 
-    async def revoke(self) -> bool:
+    async def revoke(self) -> str:
         """Stop renewing and revoke at the store (our keys go with it).
 
-        True when the store confirmed (or the lease was already gone); False
-        when it could not be reached: the caller keeps it as an orphan.
+        "closed" when the store confirmed; "gone" when it had ended the lease
+        already (told apart so a log line never claims a revoke that did not
+        happen); "" when it could not be reached: the caller keeps it as an orphan.
         """
         await self._stop_renewing()
         try:
             await wait_for(self._clock, self.session.close(), self._request_timeout)
         except SessionExpired:
-            return True
+            return "gone"
         except (StoreUnavailable, StoreForbidden, TimeoutError):
-            return False
-        return True
+            return ""
+        return "closed"
 
     async def abandon(self) -> None:
         """Stop renewing without telling the store: the lease lapses after its TTL."""

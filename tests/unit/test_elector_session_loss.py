@@ -160,3 +160,31 @@ async def test_a_renewal_that_dies_of_a_bug_ends_the_term() -> None:
     finally:
         e.stop()
         await asyncio.wait_for(task, 5)
+
+
+class EndedByTheStore(ScriptedSession):
+    async def close(self) -> None:
+        raise SessionExpired("etcd lease revoke: our lease is gone")
+
+
+@dataclass
+class EndingBackend(ScriptedBackend):
+    def session(self, ttl: float) -> ScriptedSession:
+        s = EndedByTheStore(self.clock, self.granted, len(self.sessions) + 1)
+        self.sessions.append(s)
+        return s
+
+
+async def test_a_session_the_store_had_ended_is_not_logged_as_closed_by_us() -> None:
+    """A review found 'session_closed' after a lease the store had already ended."""
+    clock = FakeClock()
+    backend = EndingBackend(clock)
+    sink = RecordingSink()
+    e = Elector(CFG, backend, clock, sink)  # type: ignore[arg-type]
+    task = asyncio.create_task(e.run())
+    try:
+        await _advance(clock, 3 * CFG.retry_interval)
+        assert sink.of("session_already_gone") and not sink.of("session_closed"), sink.names()
+    finally:
+        e.stop()
+        await asyncio.wait_for(task, 5)
