@@ -139,7 +139,8 @@ Exit codes (every command):
     --sidecars`: a sidecar disagrees with the store
   4 `switchover` refused, nothing written: no leader, the target is not a
     candidate, runs with --no-lead, is stale, already leads, or its id is
-    ambiguous, or another switchover is in flight
+    ambiguous, another switchover is in flight, the leader is not a
+    sidecar, or one that is not (`foreign` in status) is queued ahead
   5 `switchover --wait`: the request expired or someone other than the
     target leads
 """

@@ -187,7 +187,8 @@ async def switchover(
 
     Refused (SwitchoverRefused, nothing written) when there is no leader,
     the target is not a candidate, runs with --no-lead, is stale, is the leader, or its id is
-    used by more than one key, or another switchover is in flight.
+    used by more than one key, another switchover is in flight, the leader is not a sidecar,
+    or a candidate that is not one is queued ahead of the target.
     """
     async with connected(cfg) as backend:
         admin = backend.admin(cfg.election)
