@@ -152,6 +152,25 @@ def _seq(name: str) -> int:
     return int(m.group(1)) if m else -1
 
 
+def _handover_writes(
+    record_read: tuple[Any, Any], marker_read: tuple[Any, Any]
+) -> tuple[EpochRecord, ResignMarker] | None:
+    """The record and the marker, when one handover multi wrote both: both parse, one zxid.
+
+    Only the leader's handover multi writes them together (a bump writes no
+    marker; a plain resign, no record): ``_handed_to_us`` and ``_taken_aside``
+    each judge the rest. ``*_read``: (data, stat) as ``_read`` answers.
+    """
+    (raw_record, record_stat), (raw_marker, marker_stat) = record_read, marker_read
+    if record_stat is None or marker_stat is None or int(marker_stat.mzxid) != int(record_stat.mzxid):
+        return None
+    record = parse_epoch_record("", raw_record)
+    marker = parse_resign_marker(raw_marker)
+    if not isinstance(record, EpochRecord) or marker is None:
+        return None
+    return record, marker
+
+
 def _hands_over(liveness: bytes | None) -> bool:
     """Whether a session's liveness node says its sidecar takes a term handed over in a multi."""
     try:
@@ -602,7 +621,7 @@ class ZooKeeperElection:
                 woken = False
                 own = self._node.rsplit("/", 1)[1]
                 if own not in names:
-                    taken = await self._taken_aside(client, candidate_id)
+                    taken = await self._taken_aside(client, candidate_id, pre[:2] if pre else None)
                     if taken is None:
                         raise KeyLost(f"candidate node {self._node} vanished while campaigning")
                     if report is not None:
@@ -652,8 +671,8 @@ class ZooKeeperElection:
                         self._read(client, self.marker_path),
                         self._read_switchover(client),
                     )
-                (raw_record, record_stat), (raw_marker, marker_stat), (request, version) = pre
-                handed = self._handed_to_us(raw_record, record_stat, raw_marker, marker_stat)
+                record_read, marker_read, (request, version) = pre
+                handed = self._handed_to_us(record_read, marker_read)
                 if handed is not None:
                     epoch, settled = handed
                     if settled is not None and report is not None:
@@ -738,7 +757,7 @@ class ZooKeeperElection:
         own = self._node.rsplit("/", 1)[1]
         if head_stat is not None or record_stat is None or names[:1] != [own]:
             return None
-        handed = self._handed_to_us(raw_record, record_stat, raw_marker, marker_stat)
+        handed = self._handed_to_us((raw_record, record_stat), (raw_marker, marker_stat))
         if handed is not None:
             return handed  # the leader's multi started our term: nothing to write
         raw_switch, switch_stat = switch
@@ -986,12 +1005,16 @@ class ZooKeeperElection:
             _, stat = await _call(client.get_async, node)
         self._czxid = int(stat.czxid)
 
-    def _liveness_of(self, node: str) -> str:
-        """The liveness node of the session a candidate node is named after."""
-        return self.liveness_path(_session_of(node))
+    async def _queued(self, client: KazooClient, name: str) -> list[tuple[bytes | None, Any]]:
+        """A queued node's (data, stat), and those of the liveness node of the session it is named after."""
+        return list(
+            await asyncio.gather(
+                self._read(client, self.base + "/" + name), self._read(client, self.liveness_path(_session_of(name)))
+            )
+        )
 
     def _handed_to_us(
-        self, raw_record: bytes | None, record_stat: Any, raw_marker: bytes | None, marker_stat: Any
+        self, record_read: tuple[Any, Any], marker_read: tuple[Any, Any]
     ) -> tuple[int, SwitchoverRequest | None] | None:
         """Our term, and the request it settled, when a leader's handover multi started it.
 
@@ -1003,18 +1026,19 @@ class ZooKeeperElection:
         term we led ourselves (a resign of ours that failed, on the same
         node), nor a marker of ours.
         """
-        if record_stat is None or marker_stat is None or raw_record is None or raw_record == self._led:
+        written = _handover_writes(record_read, marker_read)
+        raw_record = record_read[0]
+        if written is None or raw_record == self._led:
             return None
-        record = parse_epoch_record(self.epoch_path, raw_record)
-        if not isinstance(record, EpochRecord) or record.token != self._czxid or record.key != self._node:
-            return None
-        marker = parse_resign_marker(raw_marker)
-        if marker is None or marker.token == self._czxid or int(marker_stat.mzxid) != int(record_stat.mzxid):
+        record, marker = written
+        if record.token != self._czxid or record.key != self._node or marker.token == self._czxid:
             return None
         self._led = raw_record
         return record.epoch, marker.settled
 
-    async def _taken_aside(self, client: KazooClient, candidate_id: str) -> SwitchoverRequest | None:
+    async def _taken_aside(
+        self, client: KazooClient, candidate_id: str, read: list[Any] | None = None
+    ) -> SwitchoverRequest | None:
         """The request, when our node went because a switchover's handover took it.
 
         The leader's multi deletes the nodes ahead of the target with its
@@ -1024,18 +1048,18 @@ class ZooKeeperElection:
         lost node. Only while the request is pending and its target was
         queued after us (its token is above ours); ZooKeeper keeps no
         history, so a node of ours evicted later in that window reads the
-        same: it registers again either way.
+        same: it registers again either way. ``read``: the record and the
+        marker as read with the listing that missed our node, if they were.
         """
-        with _store_errors("read epoch"):
-            (raw_record, record_stat), (raw_marker, marker_stat) = await asyncio.gather(
-                self._read(client, self.epoch_path), self._read(client, self.marker_path)
-            )
-        if record_stat is None or marker_stat is None or int(marker_stat.mzxid) != int(record_stat.mzxid):
+        if read is None:
+            with _store_errors("read epoch"):
+                read = await asyncio.gather(self._read(client, self.epoch_path), self._read(client, self.marker_path))
+        written = _handover_writes(read[0], read[1])
+        if written is None:
             return None
-        record = parse_epoch_record(self.epoch_path, raw_record)
-        marker = parse_resign_marker(raw_marker)
-        request = marker.settled if marker is not None else None
-        if not isinstance(record, EpochRecord) or request is None or not request.pending(time.time()):
+        record, marker = written
+        request = marker.settled
+        if request is None or not request.pending(time.time()):
             return None
         if request.to in ("", candidate_id) or record.leader != request.to or record.token <= self._czxid:
             return None
@@ -1153,7 +1177,7 @@ class ZooKeeperElection:
             self._read(client, self.switch_path),
             self._read(client, self.epoch_path),
             self._read(client, self.marker_path),
-            *(self._read(client, path) for n in known for path in (self.base + "/" + n, self._liveness_of(n))),
+            *(self._queued(client, n) for n in known),
         )
         now = parse_switchover(raw_switch) if switch_stat is not None else None
         # The whole request, not its id: one rewritten under the same id may name another target.
@@ -1163,12 +1187,9 @@ class ZooKeeperElection:
         if not isinstance(record, EpochRecord) or record.token != self._czxid or record_stat is None:
             return None
         later = names[1:]
-        read = {n: (pre[2 * i], pre[2 * i + 1]) for i, n in enumerate(known)}
+        read = dict(zip(known, pre, strict=True))
         new = [n for n in later if n not in read]
-        fresh = await asyncio.gather(
-            *(self._read(client, path) for n in new for path in (self.base + "/" + n, self._liveness_of(n)))
-        )
-        read.update({n: (fresh[2 * i], fresh[2 * i + 1]) for i, n in enumerate(new)})
+        read.update(zip(new, await asyncio.gather(*(self._queued(client, n) for n in new)), strict=True))
         nodes = [read[n][0] for n in later]
         able = {n: _hands_over(read[n][1][0]) for n in later}
         aside: list[str] = []
