@@ -53,9 +53,10 @@ class ScriptedBackend:
     granted: float = 10.0
     sessions: list[ScriptedSession] = field(default_factory=list)
     campaigns: int = 0
+    session_type: type[ScriptedSession] = ScriptedSession  # what each session does (a subclass scripts more)
 
     def session(self, ttl: float) -> ScriptedSession:
-        s = ScriptedSession(self.clock, self.granted, len(self.sessions) + 1)
+        s = self.session_type(self.clock, self.granted, len(self.sessions) + 1)
         self.sessions.append(s)
         return s
 
@@ -127,10 +128,7 @@ class BrokenKeepalive(ScriptedSession):
 
 @dataclass
 class WinningBackend(ScriptedBackend):
-    def session(self, ttl: float) -> ScriptedSession:
-        s = BrokenKeepalive(self.clock, self.granted, len(self.sessions) + 1)
-        self.sessions.append(s)
-        return s
+    session_type: type[ScriptedSession] = BrokenKeepalive
 
     async def campaign(
         self,
@@ -167,18 +165,10 @@ class EndedByTheStore(ScriptedSession):
         raise SessionExpired("etcd lease revoke: our lease is gone")
 
 
-@dataclass
-class EndingBackend(ScriptedBackend):
-    def session(self, ttl: float) -> ScriptedSession:
-        s = EndedByTheStore(self.clock, self.granted, len(self.sessions) + 1)
-        self.sessions.append(s)
-        return s
-
-
 async def test_a_session_the_store_had_ended_is_not_logged_as_closed_by_us() -> None:
     """A review found 'session_closed' after a lease the store had already ended."""
     clock = FakeClock()
-    backend = EndingBackend(clock)
+    backend = ScriptedBackend(clock, session_type=EndedByTheStore)
     sink = RecordingSink()
     e = Elector(CFG, backend, clock, sink)  # type: ignore[arg-type]
     task = asyncio.create_task(e.run())
