@@ -41,6 +41,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -193,6 +194,22 @@ def _ours_up_to(target: str, known: list[str], ids: dict[str, str]) -> bool:
         if ids.get(name) == target:
             return True
     return False
+
+
+@dataclass(frozen=True)
+class _Queued:
+    """What a leader knows of a node queued behind it, to hand it a term without reading it again.
+
+    Read once per node name: the czxid and the session a name stands for
+    never change, and the version (checked by the handover multi) catches a
+    rewrite of the data, the id and priority included.
+    """
+
+    czxid: int
+    version: int
+    candidate_id: str
+    priority: int
+    able: bool  # ours by owner, and its session's liveness node says it takes a handed-over term
 
 
 def _session_of(node: str) -> int:
@@ -536,6 +553,13 @@ class ZooKeeperElection:
         self._acting_on: SwitchoverRequest | None = None
         self._known: list[str] = []  # the other nodes queued when we took the request: read with the queue
         self._led = b""  # the epoch record of the last term we led: never taken as a handover to us
+        self._led_version = -1  # its node's version after our write (or the handover's)
+        # The queue behind us while we lead, as the switchover watch last listed
+        # it, and what each node in it is: a resign hands the term to the next
+        # in line from these, with no read on its path (``_pass_on``).
+        self._listed: list[str] = []
+        self._queue: dict[str, _Queued] = {}
+        self._marked: bool | None = None  # whether the marker node exists, as of our term's start
         self.wakeups = 0
 
     @property
@@ -589,6 +613,7 @@ class ZooKeeperElection:
         self._session_id = int(session.id, 16)
         self._head = None  # only what this campaign saw counts
         self._acting_on, self._known = None, []
+        self._listed, self._queue, self._marked = [], {}, None
         loop = asyncio.get_running_loop()
         prefix = f"{session.id}{NODE_MARK}"
         with _store_errors("campaign"):
@@ -795,7 +820,7 @@ class ZooKeeperElection:
             results = await _call(tx.commit_async)
         if any(isinstance(r, Exception) for r in results):
             return None
-        self._led = written
+        self._led, self._led_version, self._marked = written, int(record_stat.version) + 1, marker_stat is not None
         return epoch, request
 
     async def _read(self, client: KazooClient, path: str) -> tuple[bytes | None, Any]:
@@ -1033,7 +1058,7 @@ class ZooKeeperElection:
         record, marker = written
         if record.token != self._czxid or record.key != self._node or marker.token == self._czxid:
             return None
-        self._led = raw_record
+        self._led, self._led_version, self._marked = raw_record, int(record_read[1].version), True
         return record.epoch, marker.settled
 
     async def _taken_aside(
@@ -1102,7 +1127,7 @@ class ZooKeeperElection:
             if not any(isinstance(r, Exception) for r in results):
                 if isinstance(old, str) and report is not None:
                     report.epoch_record_repaired(self.epoch_path, old)
-                self._led = record
+                self._led, self._led_version = record, int(stat.version) + 1
                 return epoch
             if isinstance(results[0], NoNodeError | BadVersionError):
                 raise KeyLost(f"candidate node {self._node} vanished before the epoch bump")
@@ -1129,6 +1154,12 @@ class ZooKeeperElection:
                 if to is not None:
                     self._node = ""
                     return to
+        elif hand_over and request is None:
+            with _store_errors("resign"):
+                to = await self._pass_on(client)
+            if to is not None:
+                self._node = ""
+                return to
         marker = ResignMarker(self._czxid, self._node).encode()
         with _store_errors("resign"):
             for _ in range(3):
@@ -1229,6 +1260,80 @@ class ZooKeeperElection:
         results = await _call(tx.commit_async)
         return None if any(isinstance(r, Exception) for r in results) else request.to
 
+    async def _pass_on(self, client: KazooClient) -> str | None:
+        """Resign and start the next in line's term in one multi, with no read first: its id, or None.
+
+        The plain resign's counterpart of ``_hand_over`` (etcd's resign does
+        the same): the successor would otherwise wake on our delete, read,
+        and bump the epoch in a multi of its own, a second fsynced write on
+        the handover's path. Here it leads on its wake-up read alone
+        (``_handed_to_us``). Decided on what the switchover watch last read
+        of the queue (``_learn_queue``), as the successor's own claim would
+        decide: it is the first node behind ours (sequence numbers only
+        grow, so no node can come between), ours, of a release that reads a
+        handed-over term, and no queued candidate outranks it, ourselves
+        included (we may queue again). The multi checks everything that can
+        have moved since: its node at the version read (gone or rewritten:
+        no multi), the record at our term's version, and no switchover
+        request (a create and a delete). A failed multi writes nothing and
+        the plain resign follows. Called only after our orchestrator was
+        confirmed stopped: the marker says so, as in every resign.
+        """
+        listed = self._listed
+        record = parse_epoch_record(self.epoch_path, self._led)
+        if not listed or not isinstance(record, EpochRecord) or record.token != self._czxid:
+            return None
+        first = self._queue[listed[0]]
+        if not first.able:
+            return None
+        me, mine = parse_candidate(self._value.decode(errors="replace"))
+        others: dict[str, int] = {me: mine}
+        for name in listed[1:]:
+            q = self._queue[name]
+            others[q.candidate_id] = max(q.priority, others.get(q.candidate_id, q.priority))
+        if priority_verdict(None, first.candidate_id, first.priority, others, time.time()) != NO_REQUEST:
+            return None  # a queued candidate outranks it: its own claim steps aside, so we do not decide
+        path = self.base + "/" + listed[0]
+        successor = EpochRecord(record.epoch + 1, first.czxid, first.candidate_id, path, _session_of(listed[0]))
+        tx = client.transaction()
+        tx.delete(self._node)
+        tx.check(path, first.version)
+        tx.set_data(self.epoch_path, successor.encode(), self._led_version)
+        marker = ResignMarker(self._czxid, self._node).encode()
+        if self._marked is False:  # no leader of this election resigned before: the multi makes it
+            tx.create(self.marker_path, marker, self._b.acl)
+        else:
+            tx.set_data(self.marker_path, marker)
+        tx.create(self.switch_path, b"", self._b.acl)  # no request appeared since our last read
+        tx.delete(self.switch_path)
+        results = await _call(tx.commit_async)
+        return None if any(isinstance(r, Exception) for r in results) else first.candidate_id
+
+    async def _learn_queue(self, client: KazooClient, listed: list[str]) -> None:
+        """Read each node newly queued behind us, once, for ``_pass_on``; forget those gone.
+
+        Runs while we lead, only when the listing changed, and never on a
+        switchover's path (after the request check): an idle leader with a
+        steady queue reads nothing more.
+        """
+        if self._marked is None:  # a term from the slow path: no read told us yet
+            with _store_errors("read resign marker"):
+                self._marked = await _call(client.exists_async, self.marker_path) is not None
+        new = [n for n in listed if n not in self._queue]
+        if new:
+            with _store_errors("read candidate"):
+                got = await asyncio.gather(*(self._queued(client, n) for n in new))
+            for name, ((data, stat), (liveness, _)) in zip(new, got, strict=True):
+                if stat is None:
+                    continue  # gone since the listing
+                cid, priority = parse_candidate((data or b"").decode(errors="replace"))
+                able = _session_of(name) == int(stat.ephemeralOwner) and _hands_over(liveness)
+                self._queue[name] = _Queued(int(stat.czxid), int(stat.version), cid, priority, able)
+        self._queue = {n: self._queue[n] for n in listed if n in self._queue}
+        # Only a queue known in full is handed over from: a node we could not
+        # read may be the next in line, or outrank it.
+        self._listed = list(self._queue) if len(self._queue) == len(listed) else []
+
     async def _mark_if_last(self, client: KazooClient, marker: bytes) -> None:
         """Write the marker for a node that is gone already, if we are still the last leader.
 
@@ -1322,6 +1427,7 @@ class ZooKeeperElection:
                     # ahead step aside by themselves, starting now.
                     self._nudge_next_in_line(client)
                 return request
+            await self._learn_queue(client, known)
             # Re-read every retry interval: a target may join later.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._b.retry_interval):

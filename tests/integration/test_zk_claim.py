@@ -380,3 +380,106 @@ async def test_a_candidate_whose_step_aside_the_multi_overtook_stays_queued(env:
 
     await eventually(requeued, 5, what="b queued again behind c")
     assert not task_b.done()
+
+
+async def learned(env: Env, leader: ZooKeeperElection, cid: str, queued: int) -> asyncio.Task[SwitchoverRequest]:
+    """The leader's switchover watch, running as in a sidecar, once it has read the ``queued`` nodes behind it."""
+    task = asyncio.create_task(leader.wait_switchover(cid))
+    env.tasks.append(task)  # type: ignore[arg-type]
+    await eventually(lambda: len(leader._listed) == queued, 5, what=f"{cid} reading the {queued} queued behind it")
+    return task
+
+
+async def test_a_resign_hands_the_term_to_the_next_in_line_in_its_own_multi(env: Env) -> None:
+    """Issue 16: the resign multi writes the record naming b (and the marker, at one
+    zxid): b leads on its wake-up read with no write of its own, the epoch moves once,
+    and the leader sent no read between its stop and its multi.
+
+    Before, b woke on the delete, read, and bumped the epoch in a second multi:
+    two fsynced writes on the handover's path where kazoo's Election pays one.
+    """
+    a, lead_a = await env.lead("a")
+    e_b, report_b, task_b = await env.wait("b")
+    watch = await learned(env, a, "a", 1)
+    watch.cancel()  # as the elector's demote does, before the stop and the resign
+    await asyncio.gather(watch, return_exceptions=True)
+    writes: list[str] = []
+    bump_epoch = e_b._bump_epoch
+
+    async def counted_bump(*args: Any, **kw: Any) -> int | None:
+        writes.append("bump")
+        return await bump_epoch(*args, **kw)
+
+    e_b._bump_epoch = counted_bump  # type: ignore[method-assign]
+    reads: list[str] = []
+    get = a._client.get_async  # type: ignore[union-attr]
+
+    def counted_get(path: str, *args: Any) -> Any:
+        reads.append(path)
+        return get(path, *args)
+
+    a._client.get_async = counted_get  # type: ignore[union-attr]
+    assert await a.resign(hand_over=True) == "b"
+    assert reads == [], f"the leader read on its resign path: {reads}"
+    lead_b = await asyncio.wait_for(task_b, 5)
+    assert lead_b.epoch == lead_a.epoch + 1 and lead_b.token > lead_a.token
+    assert writes == [] and report_b.delays == [] and report_b.verdicts == []
+    record, record_stat = env.raw.get(f"/{env.name}.epoch")
+    _, marker_stat = env.raw.get(f"/{env.name}.resigned")
+    assert json.loads(record)["token"] == lead_b.token and record_stat.mzxid == marker_stat.mzxid
+    # b's own resign hands on in the same way: the record's version it took over is right.
+    _, _, task_c = await env.wait("c")
+    await learned(env, e_b, "b", 1)
+    assert await e_b.resign(hand_over=True) == "c"
+    assert (await asyncio.wait_for(task_c, 5)).epoch == lead_b.epoch + 1
+
+
+async def test_no_pass_on_to_the_next_in_line_when_a_candidate_behind_outranks_it(env: Env) -> None:
+    """c's priority takes the vacancy: the leader must not decide for b, who would step aside."""
+    a, _ = await env.lead("a")
+    _, report_b, task_b = await env.wait("b")
+    _, _, task_c = await env.wait("c", priority=10)
+    await learned(env, a, "a", 2)
+    assert await a.resign(hand_over=True) == ""
+    lead_c = await asyncio.wait_for(task_c, 10)
+    assert lead_c.id == "c" and report_b.stepped_aside_for == ["c"] and not task_b.done()
+
+
+async def test_no_pass_on_to_a_release_that_would_bump_the_epoch_again(env: Env) -> None:
+    a, lead_a = await env.lead("a")
+    e_b, _, task_b = await env.wait("b")
+    liveness = e_b.liveness_path(env.sessions[1].client.client_id[0])
+    env.raw.set(liveness, json.dumps({"ttl": 3.0}).encode())  # what the release before wrote
+    await learned(env, a, "a", 1)
+    assert await a.resign(hand_over=True) == ""
+    assert (await asyncio.wait_for(task_b, 5)).epoch == lead_a.epoch + 1
+
+
+@pytest.mark.parametrize("change", ["request", "rewrite", "gone"])
+async def test_a_pass_on_decided_on_a_queue_that_moved_since_writes_nothing(env: Env, change: str) -> None:
+    """What the leader read may be a retry interval old: the multi checks what can move
+    (a request written since, b's node rewritten by hand or gone) and a plain resign follows."""
+    a, lead_a = await env.lead("a")
+    e_b, _, task_b = await env.wait("b")
+    _, _, task_c = await env.wait("c")
+    watch = await learned(env, a, "a", 2)
+    watch.cancel()  # the leader's stop: it reads nothing more
+    await asyncio.gather(watch, return_exceptions=True)
+    if change == "request":
+        await env.backend.election(env.name).request_switchover(SwitchoverRequest("c", "test", "r-late", 0, 1e12))
+    elif change == "rewrite":
+        env.raw.set(e_b._node, b"b")
+    else:
+        task_b.cancel()
+        await asyncio.gather(task_b, return_exceptions=True)
+        env.raw.delete(e_b._node)
+    record_before, _ = env.raw.get(f"/{env.name}.epoch")
+    assert await a.resign(hand_over=True) == ""
+    if change == "request":
+        assert (await asyncio.wait_for(task_c, 10)).id == "c" and not task_b.done()
+    elif change == "rewrite":
+        # (b's own claim then counts its node lost: a rewrite by hand ends a candidacy.)
+        record, _ = env.raw.get(f"/{env.name}.epoch")
+        assert json.loads(record)["token"] == json.loads(record_before)["token"] == lead_a.token
+    else:
+        assert (await asyncio.wait_for(task_c, 5)).epoch == lead_a.epoch + 1
