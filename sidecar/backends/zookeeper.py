@@ -212,6 +212,11 @@ class _Queued:
     able: bool  # ours by owner, and its session's liveness node says it takes a handed-over term
 
 
+_HandoverPlan = tuple[list[str], tuple[str, int, int], EpochRecord, int, int, bool]
+"""A switchover's handover: the nodes taken aside, the target (path, czxid, version), our
+term's record and its version, the request node's version, whether the marker node exists."""
+
+
 def _session_of(node: str) -> int:
     """The session id in a candidate node's name (``<session hex>__lock__<seq>``), 0 if none."""
     m = _SESSION_OF.search(node)
@@ -552,6 +557,8 @@ class ZooKeeperElection:
         # hands the term to its target in its own multi when it can.
         self._acting_on: SwitchoverRequest | None = None
         self._known: list[str] = []  # the other nodes queued when we took the request: read with the queue
+        self._known_ids: dict[str, str] = {}  # their candidate ids, read then
+        self._acting_version = -1  # the request node's version when we took the request
         self._led = b""  # the epoch record of the last term we led: never taken as a handover to us
         self._led_version = -1  # its node's version after our write (or the handover's)
         # The queue behind us while we lead, as the switchover watch last listed
@@ -1148,15 +1155,18 @@ class ZooKeeperElection:
         client = self._client
         request, self._acting_on = self._acting_on, None
         if hand_over and request is not None and request.to:
-            for _ in range(2):  # a step-aside between our read and our multi: read again, once
+            # First on what we read when we took the request, with no read now;
+            # then (a node gone or rewritten since, a step-aside between our read
+            # and our multi) on a fresh read, once.
+            for fresh in (False, True):
                 with _store_errors("resign"):
-                    to = await self._hand_over(client, request)
+                    to = await self._hand_over(client, request, fresh=fresh)
                 if to is not None:
                     self._node = ""
                     return to
-        elif hand_over and request is None:
+        elif hand_over:  # no request, or one for "anyone"
             with _store_errors("resign"):
-                to = await self._pass_on(client)
+                to = await self._pass_on(client, request)
             if to is not None:
                 self._node = ""
                 return to
@@ -1182,7 +1192,7 @@ class ZooKeeperElection:
         self._node = ""
         return ""
 
-    async def _hand_over(self, client: KazooClient, request: SwitchoverRequest) -> str | None:
+    async def _hand_over(self, client: KazooClient, request: SwitchoverRequest, *, fresh: bool) -> str | None:
         """Resign and start the target's term in one multi: its id, or None (nothing written).
 
         As on etcd (docs/design.md, 1c): the target would otherwise wait for
@@ -1196,8 +1206,64 @@ class ZooKeeperElection:
         request is the one we act on, still pending, names one node, that
         node and every node ahead of it are ours (a kazoo recipe's node would
         neither step aside nor read our record), and the record is our
-        term's. Called only after our orchestrator was confirmed stopped.
+        term's. Decided on what we read when we took the request (``fresh``
+        False: no read between the stop and the multi) or on a read now.
+        Called only after our orchestrator was confirmed stopped.
         """
+        if not request.pending(time.time()):
+            return None
+        plan = await self._read_plan(client, request) if fresh else self._known_plan(request)
+        if plan is None:
+            return None
+        aside, (path, czxid, version), record, record_version, switch_version, marked = plan
+        successor = EpochRecord(record.epoch + 1, czxid, request.to, path, _session_of(path))
+        tx = client.transaction()
+        tx.delete(self._node)
+        for n in aside:
+            tx.delete(self.base + "/" + n)
+        tx.check(path, version)
+        tx.set_data(self.epoch_path, successor.encode(), record_version)
+        marker = ResignMarker(self._czxid, self._node, settled=request).encode()
+        if not marked:  # no leader of this election resigned before: the multi makes it
+            tx.create(self.marker_path, marker, self._b.acl)
+        else:
+            tx.set_data(self.marker_path, marker)
+        tx.delete(self.switch_path, switch_version)
+        results = await _call(tx.commit_async)
+        return None if any(isinstance(r, Exception) for r in results) else request.to
+
+    def _known_plan(self, request: SwitchoverRequest) -> _HandoverPlan | None:
+        """A handover decided on what we read when we took the request, and what we knew of each node.
+
+        The ids are those read with the queue then; whether a node is ours
+        and reads a handed-over term, its czxid and version come from
+        ``_learn_queue`` (fixed per node name; the multi checks the target's
+        version). The request node's version is the one read then, and the
+        multi deletes it at that version: a request rewritten since fails it.
+        """
+        record = parse_epoch_record(self.epoch_path, self._led)
+        if not isinstance(record, EpochRecord) or record.token != self._czxid or self._marked is None:
+            return None
+        aside: list[str] = []
+        target: tuple[str, _Queued] | None = None
+        for name in self._known:
+            cid, q = self._known_ids.get(name), self._queue.get(name)
+            if cid == request.to:
+                if target is not None or q is None or q.candidate_id != cid or not q.able:
+                    return None  # two nodes with its id, not one we know, or not one of ours
+                target = (name, q)
+            elif target is None:
+                if cid is None or q is None or not q.able:
+                    return None  # gone, not known, or it would neither step aside nor be taken aside
+                aside.append(name)
+        if target is None:
+            return None
+        name, q = target
+        target_node = (self.base + "/" + name, q.czxid, q.version)
+        return aside, target_node, record, self._led_version, self._acting_version, self._marked
+
+    async def _read_plan(self, client: KazooClient, request: SwitchoverRequest) -> _HandoverPlan | None:
+        """A handover decided on a read made now: the queue, the request, the record, the marker, each node."""
         own = self._node.rsplit("/", 1)[1]
         # The nodes queued when we took the request are read with the queue, in
         # one round trip; only a node listed since (behind them all: sequence
@@ -1243,24 +1309,10 @@ class ZooKeeperElection:
         if target is None:
             return None
         name, stat = target
-        path = self.base + "/" + name
-        successor = EpochRecord(record.epoch + 1, int(stat.czxid), request.to, path, _session_of(name))
-        tx = client.transaction()
-        tx.delete(self._node)
-        for n in aside:
-            tx.delete(self.base + "/" + n)
-        tx.check(path, int(stat.version))
-        tx.set_data(self.epoch_path, successor.encode(), int(record_stat.version))
-        marker = ResignMarker(self._czxid, self._node, settled=request).encode()
-        if marker_stat is None:  # no leader of this election resigned before: the multi makes it
-            tx.create(self.marker_path, marker, self._b.acl)
-        else:
-            tx.set_data(self.marker_path, marker)
-        tx.delete(self.switch_path, int(switch_stat.version))
-        results = await _call(tx.commit_async)
-        return None if any(isinstance(r, Exception) for r in results) else request.to
+        target_node = (self.base + "/" + name, int(stat.czxid), int(stat.version))
+        return aside, target_node, record, int(record_stat.version), int(switch_stat.version), marker_stat is not None
 
-    async def _pass_on(self, client: KazooClient) -> str | None:
+    async def _pass_on(self, client: KazooClient, request: SwitchoverRequest | None) -> str | None:
         """Resign and start the next in line's term in one multi, with no read first: its id, or None.
 
         The plain resign's counterpart of ``_hand_over`` (etcd's resign does
@@ -1272,16 +1324,21 @@ class ZooKeeperElection:
         decide: it is the first node behind ours (sequence numbers only
         grow, so no node can come between), ours, of a release that reads a
         handed-over term, and no queued candidate outranks it, ourselves
-        included (we may queue again). The multi checks everything that can
-        have moved since: its node at the version read (gone or rewritten:
-        no multi), the record at our term's version, and no switchover
-        request (a create and a delete). A failed multi writes nothing and
+        included (we may queue again); or, for a switchover to "anyone"
+        (``request``), whatever the priorities, as its claim would settle it.
+        The multi checks everything that can have moved since: its node at
+        the version read (gone or rewritten: no multi), the record at our
+        term's version, and no switchover request (a create and a delete),
+        or the one we act on, deleted at the version we read it at (the
+        marker holds it, as a switchover's handover's does). A failed multi writes nothing and
         the plain resign follows. Called only after our orchestrator was
         confirmed stopped: the marker says so, as in every resign.
         """
         listed = self._listed
         record = parse_epoch_record(self.epoch_path, self._led)
         if not listed or not isinstance(record, EpochRecord) or record.token != self._czxid:
+            return None
+        if request is not None and not request.pending(time.time()):
             return None
         first = self._queue[listed[0]]
         if not first.able:
@@ -1291,7 +1348,8 @@ class ZooKeeperElection:
         for name in listed[1:]:
             q = self._queue[name]
             others[q.candidate_id] = max(q.priority, others.get(q.candidate_id, q.priority))
-        if priority_verdict(None, first.candidate_id, first.priority, others, time.time()) != NO_REQUEST:
+        verdict = priority_verdict(request, first.candidate_id, first.priority, others, time.time())
+        if verdict != (NO_REQUEST if request is None else COMPLETED):
             return None  # a queued candidate outranks it: its own claim steps aside, so we do not decide
         path = self.base + "/" + listed[0]
         successor = EpochRecord(record.epoch + 1, first.czxid, first.candidate_id, path, _session_of(listed[0]))
@@ -1299,13 +1357,16 @@ class ZooKeeperElection:
         tx.delete(self._node)
         tx.check(path, first.version)
         tx.set_data(self.epoch_path, successor.encode(), self._led_version)
-        marker = ResignMarker(self._czxid, self._node).encode()
+        marker = ResignMarker(self._czxid, self._node, settled=request).encode()
         if self._marked is False:  # no leader of this election resigned before: the multi makes it
             tx.create(self.marker_path, marker, self._b.acl)
         else:
             tx.set_data(self.marker_path, marker)
-        tx.create(self.switch_path, b"", self._b.acl)  # no request appeared since our last read
-        tx.delete(self.switch_path)
+        if request is not None:
+            tx.delete(self.switch_path, self._acting_version)  # settled, unless rewritten since we read it
+        else:
+            tx.create(self.switch_path, b"", self._b.acl)  # no request appeared since our last read
+            tx.delete(self.switch_path)
         results = await _call(tx.commit_async)
         return None if any(isinstance(r, Exception) for r in results) else first.candidate_id
 
@@ -1421,6 +1482,7 @@ class ZooKeeperElection:
             if leader_should_hand_over(request, candidate_id, others, time.time()):
                 assert request is not None
                 self._acting_on, self._known = request, known
+                self._known_ids, self._acting_version = ids, read[1]
                 if not _ours_up_to(request.to, known, ids):
                     # No handover in our resign multi will be possible (a node
                     # that is not ours ahead of the target): the candidates

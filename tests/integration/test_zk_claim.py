@@ -483,3 +483,107 @@ async def test_a_pass_on_decided_on_a_queue_that_moved_since_writes_nothing(env:
         assert json.loads(record)["token"] == json.loads(record_before)["token"] == lead_a.token
     else:
         assert (await asyncio.wait_for(task_c, 5)).epoch == lead_a.epoch + 1
+
+
+async def taken(env: Env, leader: ZooKeeperElection, request: SwitchoverRequest, queued: int) -> None:
+    """The leader's switchover watch, having read the queue behind it, takes ``request``."""
+    watch = await learned(env, leader, "a", queued)
+    await env.backend.election(env.name).request_switchover(request)
+    assert (await asyncio.wait_for(watch, 5)).to == request.to
+
+
+def count_reads(leader: ZooKeeperElection) -> list[str]:
+    reads: list[str] = []
+    client = leader._client
+    assert client is not None
+    get, children = client.get_async, client.get_children_async
+
+    def counted_get(path: str, *args: Any) -> Any:
+        reads.append(path)
+        return get(path, *args)
+
+    def counted_children(path: str, *args: Any) -> Any:
+        reads.append(path + "/")
+        return children(path, *args)
+
+    client.get_async, client.get_children_async = counted_get, counted_children  # type: ignore[method-assign]
+    return reads
+
+
+async def test_a_switchover_handover_needs_no_read_after_the_stop(env: Env) -> None:
+    """Issue 17: the leader decides its handover multi on the read it made when it took
+    the request and on what it read of each node while it led: no round trip between
+    the confirmed stop and the multi (before, one pipelined read of the queue, the
+    request, the record, the marker and every node)."""
+    a, lead_a = await env.lead("a")
+    _, report_b, _ = await env.wait("b")
+    _, report_c, task_c = await env.wait("c")
+    await taken(env, a, SwitchoverRequest("c", "test", "r-known", 0, 1e12), 2)
+    reads = count_reads(a)
+    assert await a.resign(hand_over=True) == "c"
+    assert reads == [], f"the leader read between its stop and its multi: {reads}"
+    lead_c = await asyncio.wait_for(task_c, 5)
+    assert lead_c.epoch == lead_a.epoch + 1 and report_c.verdicts == ["completed"]
+    await eventually(lambda: report_b.verdicts == ["step-aside"], 5, what="b stepping aside behind c")
+
+
+async def test_a_node_ahead_of_the_target_gone_since_the_request_was_taken_costs_one_read(env: Env) -> None:
+    a, lead_a = await env.lead("a")
+    _, _, task_b = await env.wait("b")
+    _, _, task_c = await env.wait("c")
+    await taken(env, a, SwitchoverRequest("c", "test", "r-gone", 0, 1e12), 2)
+    task_b.cancel()
+    await asyncio.gather(task_b, return_exceptions=True)
+    env.raw.delete(f"/{env.name}/{a._known[0]}")
+    reads = count_reads(a)
+    assert await a.resign(hand_over=True) == "c"
+    assert reads, "the multi on what the leader knew cannot have held: b's node was gone"
+    assert (await asyncio.wait_for(task_c, 5)).epoch == lead_a.epoch + 1
+
+
+@pytest.mark.parametrize("change", ["request", "target"])
+async def test_a_handover_on_what_the_leader_knew_fails_when_the_store_moved(env: Env, change: str) -> None:
+    """The request rewritten under its id to name d, or c's node rewritten to another id,
+    after the leader took the request: the multi on what it knew writes nothing, and the
+    fresh read finds no handover to make (c is no longer what was asked for)."""
+    a, _ = await env.lead("a")
+    await env.wait("b")
+    e_c, _, _ = await env.wait("c")
+    await env.wait("d")
+    await taken(env, a, SwitchoverRequest("c", "test", "r-moved", 0, 1e12), 3)
+    if change == "request":
+        await env.backend.election(env.name).request_switchover(SwitchoverRequest("d", "test", "r-moved", 0, 1e12))
+    else:
+        env.raw.set(e_c._node, b"z")
+    assert await a.resign(hand_over=True) == ""
+    record, _ = env.raw.get(f"/{env.name}.epoch")
+    assert json.loads(record)["leader"] != "c"
+
+
+async def test_a_switchover_to_anyone_is_settled_in_the_resign_multi(env: Env) -> None:
+    """No --to: the next in line takes the term from the leader's multi, which deletes the
+    request and keeps it in the marker; the successor reports it completed. Before, the
+    request rode a plain resign and the successor's own multi settled it."""
+    a, lead_a = await env.lead("a")
+    _, report_b, task_b = await env.wait("b")
+    await env.wait("c", priority=10)  # priorities do not decide over a pending request
+    await taken(env, a, SwitchoverRequest("", "test", "r-anyone", 0, 1e12), 2)
+    reads = count_reads(a)
+    assert await a.resign(hand_over=True) == "b"
+    assert reads == [], f"the leader read between its stop and its multi: {reads}"
+    lead_b = await asyncio.wait_for(task_b, 5)
+    assert lead_b.epoch == lead_a.epoch + 1 and report_b.verdicts == ["completed"]
+    assert await env.backend.election(env.name).switchover_request() is None
+
+
+async def test_a_request_for_anyone_rewritten_since_it_was_taken_is_not_settled_for_it(env: Env) -> None:
+    """Rewritten to name c after the leader took it for "anyone": the multi deletes the
+    request at the version it was read at, fails, and the plain resign leaves c's request
+    to the candidates (b steps aside, c leads)."""
+    a, _ = await env.lead("a")
+    _, _, task_b = await env.wait("b")
+    _, _, task_c = await env.wait("c")
+    await taken(env, a, SwitchoverRequest("", "test", "r-any", 0, 1e12), 2)
+    await env.backend.election(env.name).request_switchover(SwitchoverRequest("c", "test", "r-c", 0, 1e12))
+    assert await a.resign(hand_over=True) == ""
+    assert (await asyncio.wait_for(task_c, 10)).id == "c" and not task_b.done()
