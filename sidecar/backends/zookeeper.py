@@ -148,6 +148,27 @@ def _watch(loop: asyncio.AbstractEventLoop) -> tuple[asyncio.Event, Callable[[An
     return fired, watcher
 
 
+class _Rewatch:
+    """One watch callback for a loop that sets its watches again on every pass.
+
+    kazoo keeps each path's watch callbacks in a set until an event fires
+    them: a new callback per pass piled up one entry per retry interval on a
+    quiet path for as long as a leader led (measured: 258 after 3 s at a
+    10 ms interval; about 43,000 a day at the default 2 s). The same callback
+    on every pass stays one entry. ``count`` says how many events it was
+    fired for (set in kazoo's thread, read on the loop): a change since a
+    read shows as a count moved since the read was sent.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fired: asyncio.Event) -> None:
+        self._loop, self._fired = loop, fired
+        self.count = 0
+
+    def __call__(self, event: Any) -> None:  # kazoo's thread
+        self.count += 1
+        self._loop.call_soon_threadsafe(self._fired.set)
+
+
 def _seq(name: str) -> int:
     m = _SEQ.search(name)
     return int(m.group(1)) if m else -1
@@ -212,9 +233,10 @@ class _Queued:
     able: bool  # ours by owner, and its session's liveness node says it takes a handed-over term
 
 
-_HandoverPlan = tuple[list[str], tuple[str, int, int], EpochRecord, int, int, bool]
-"""A switchover's handover: the nodes taken aside, the target (path, czxid, version), our
-term's record and its version, the request node's version, whether the marker node exists."""
+_HandoverPlan = tuple[list[tuple[str, int]], tuple[str, int, int], EpochRecord, int, int, bool]
+"""A switchover's handover: the nodes taken aside (name, the version to delete it at, -1: any),
+the target (path, czxid, version), our term's record and its version, the request node's
+version, whether the marker node exists."""
 
 
 def _session_of(node: str) -> int:
@@ -559,6 +581,13 @@ class ZooKeeperElection:
         self._known: list[str] = []  # the other nodes queued when we took the request: read with the queue
         self._known_ids: dict[str, str] = {}  # their candidate ids, read then
         self._acting_version = -1  # the request node's version when we took the request
+        # The switchover watch's callbacks on the request node and on the queue
+        # (``_Rewatch``), and their counts when the read we act on, and the
+        # listing ``_listed`` comes from, were sent: moved since, that read is stale.
+        self._request_watch: _Rewatch | None = None
+        self._queue_watch: _Rewatch | None = None
+        self._acting_mark = -1
+        self._listed_mark = -1
         self._led = b""  # the epoch record of the last term we led: never taken as a handover to us
         self._led_version = -1  # its node's version after our write (or the handover's)
         # The queue behind us while we lead, as the switchover watch last listed
@@ -576,10 +605,10 @@ class ZooKeeperElection:
     def liveness_path(self, session_id: int) -> str:
         return f"{self.sessions_path}/{session_id:x}"
 
-    async def _children(self, client: KazooClient) -> list[str]:
+    async def _children(self, client: KazooClient, watcher: Callable[[Any], None] | None = None) -> list[str]:
         with _store_errors("list candidates"):
             try:
-                names = await _call(client.get_children_async, self.base)
+                names = await _call(client.get_children_async, self.base, watcher)
             except NoNodeError:
                 return []
         return sorted((n for n in names if _seq(n) >= 0), key=_seq)
@@ -996,8 +1025,10 @@ class ZooKeeperElection:
                 await _call(client.create_async, node, candidate_id.encode(), self._b.acl, True, False, True)
             _, stat = await _call(client.get_async, node)
             owner = int(stat.ephemeralOwner)
+            fired = asyncio.Event()
+            watcher = _Rewatch(loop, fired)  # one callback for every pass: see _Rewatch
             while True:
-                fired, watcher = _watch(loop)
+                fired.clear()  # this pass reads everything again
                 mine = await _call(client.exists_async, node, watcher)
                 if mine is None or int(mine.ephemeralOwner) != owner:
                     raise KeyLost(f"no-lead node {node} vanished")
@@ -1219,8 +1250,8 @@ class ZooKeeperElection:
         successor = EpochRecord(record.epoch + 1, czxid, request.to, path, _session_of(path))
         tx = client.transaction()
         tx.delete(self._node)
-        for n in aside:
-            tx.delete(self.base + "/" + n)
+        for n, v in aside:
+            tx.delete(self.base + "/" + n, v)
         tx.check(path, version)
         tx.set_data(self.epoch_path, successor.encode(), record_version)
         marker = ResignMarker(self._czxid, self._node, settled=request).encode()
@@ -1231,6 +1262,16 @@ class ZooKeeperElection:
         tx.delete(self.switch_path, switch_version)
         results = await _call(tx.commit_async)
         return None if any(isinstance(r, Exception) for r in results) else request.to
+
+    def _request_moved(self) -> bool:
+        """Whether the request node changed since the read we took the request on.
+
+        Its version alone cannot tell: a request deleted and written again
+        starts again at version 0, and a multi cannot check a node's czxid
+        (a review settled a withdrawn request's successor, to another target,
+        as the old one). The exists watch set with that read can.
+        """
+        return self._request_watch is None or self._request_watch.count != self._acting_mark
 
     def _known_plan(self, request: SwitchoverRequest) -> _HandoverPlan | None:
         """A handover decided on what we read when we took the request, and what we knew of each node.
@@ -1244,7 +1285,9 @@ class ZooKeeperElection:
         record = parse_epoch_record(self.epoch_path, self._led)
         if not isinstance(record, EpochRecord) or record.token != self._czxid or self._marked is None:
             return None
-        aside: list[str] = []
+        if self._request_moved():
+            return None
+        aside: list[tuple[str, int]] = []
         target: tuple[str, _Queued] | None = None
         for name in self._known:
             cid, q = self._known_ids.get(name), self._queue.get(name)
@@ -1255,7 +1298,7 @@ class ZooKeeperElection:
             elif target is None:
                 if cid is None or q is None or not q.able:
                     return None  # gone, not known, or it would neither step aside nor be taken aside
-                aside.append(name)
+                aside.append((name, q.version))  # deleted at it: rewritten since, no multi
         if target is None:
             return None
         name, q = target
@@ -1289,7 +1332,7 @@ class ZooKeeperElection:
         read.update(zip(new, await asyncio.gather(*(self._queued(client, n) for n in new)), strict=True))
         nodes = [read[n][0] for n in later]
         able = {n: _hands_over(read[n][1][0]) for n in later}
-        aside: list[str] = []
+        aside: list[tuple[str, int]] = []
         target: tuple[str, Any] | None = None
         for name, (data, stat) in zip(later, nodes, strict=True):
             if stat is None:
@@ -1305,7 +1348,7 @@ class ZooKeeperElection:
             elif target is None:
                 if not ours:
                     return None  # it would neither step aside nor be taken aside
-                aside.append(name)
+                aside.append((name, -1))
         if target is None:
             return None
         name, stat = target
@@ -1338,7 +1381,12 @@ class ZooKeeperElection:
         record = parse_epoch_record(self.epoch_path, self._led)
         if not listed or not isinstance(record, EpochRecord) or record.token != self._czxid:
             return None
-        if request is not None and not request.pending(time.time()):
+        if self._queue_watch is None or self._queue_watch.count != self._listed_mark:
+            # The queue changed since we listed it: a newcomer may outrank the
+            # next in line, and no multi can check that nobody joined (the
+            # successor's own claim lists the queue; so a plain resign).
+            return None
+        if request is not None and (not request.pending(time.time()) or self._request_moved()):
             return None
         first = self._queue[listed[0]]
         if not first.able:
@@ -1370,7 +1418,7 @@ class ZooKeeperElection:
         results = await _call(tx.commit_async)
         return None if any(isinstance(r, Exception) for r in results) else first.candidate_id
 
-    async def _learn_queue(self, client: KazooClient, listed: list[str]) -> None:
+    async def _learn_queue(self, client: KazooClient, listed: list[str], mark: int) -> None:
         """Read each node newly queued behind us, once, for ``_pass_on``; forget those gone.
 
         Runs while we lead, only when the listing changed, and never on a
@@ -1394,6 +1442,7 @@ class ZooKeeperElection:
         # Only a queue known in full is handed over from: a node we could not
         # read may be the next in line, or outrank it.
         self._listed = list(self._queue) if len(self._queue) == len(listed) else []
+        self._listed_mark = mark
 
     async def _mark_if_last(self, client: KazooClient, marker: bytes) -> None:
         """Write the marker for a node that is gone already, if we are still the last leader.
@@ -1444,13 +1493,18 @@ class ZooKeeperElection:
         loop = asyncio.get_running_loop()
         known: list[str] = []  # the other candidates' nodes, as last listed
         woke = False
-        while True:
-            fired, watcher = _watch(loop)
+        fired = asyncio.Event()
+        request_watch = self._request_watch = _Rewatch(loop, fired)
+        queue_watch = self._queue_watch = _Rewatch(loop, fired)
 
-            async def watch_request(watcher: Callable[[Any], None]) -> None:
-                with _store_errors("watch switchover"):
-                    # An exists watch fires on create, change and delete alike.
-                    await _call(client.exists_async, self.switch_path, watcher)
+        async def watch_request() -> None:
+            with _store_errors("watch switchover"):
+                # An exists watch fires on create, change and delete alike.
+                await _call(client.exists_async, self.switch_path, request_watch)
+
+        while True:
+            fired.clear()  # this pass reads everything again
+            request_mark, queue_mark = request_watch.count, queue_watch.count
 
             # Sent together, answered in order on our session: one round trip
             # where the request, the queue and its ids cost three after every
@@ -1458,10 +1512,12 @@ class ZooKeeperElection:
             # ids of the nodes listed last time (a node's data can be rewritten
             # by hand: ids are read, never remembered); the re-read each retry
             # interval lists the queue and reads ids only when a request is there.
+            # The queue is watched too: a candidate that joins may outrank the
+            # next in line our resign would pass the term to (``_pass_on``).
             got = await asyncio.gather(
-                watch_request(watcher),
+                watch_request(),
                 self._read_switchover(client),
-                self._children(client),
+                self._children(client, queue_watch),
                 *(self._node_id(client, n) for n in (known if woke else [])),
                 return_exceptions=True,
             )
@@ -1482,14 +1538,14 @@ class ZooKeeperElection:
             if leader_should_hand_over(request, candidate_id, others, time.time()):
                 assert request is not None
                 self._acting_on, self._known = request, known
-                self._known_ids, self._acting_version = ids, read[1]
+                self._known_ids, self._acting_version, self._acting_mark = ids, read[1], request_mark
                 if not _ours_up_to(request.to, known, ids):
                     # No handover in our resign multi will be possible (a node
                     # that is not ours ahead of the target): the candidates
                     # ahead step aside by themselves, starting now.
                     self._nudge_next_in_line(client)
                 return request
-            await self._learn_queue(client, known)
+            await self._learn_queue(client, known, queue_mark)
             # Re-read every retry interval: a target may join later.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._b.retry_interval):

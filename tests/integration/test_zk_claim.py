@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 from kazoo.client import KazooClient
+from kazoo.exceptions import ConnectionLoss
 
 from sidecar.backends import zookeeper as zk_mod
-from sidecar.backends.base import LockDelay, SwitchoverRequest, leader_should_hand_over
+from sidecar.backends.base import LockDelay, StoreUnavailable, SwitchoverRequest, leader_should_hand_over
 from sidecar.backends.zookeeper import NODE_MARK, ZooKeeperBackend, ZooKeeperElection, ZooKeeperSession
 from sidecar.clock import MonotonicClock
 from sidecar.model import Leadership
@@ -587,3 +588,154 @@ async def test_a_request_for_anyone_rewritten_since_it_was_taken_is_not_settled_
     await env.backend.election(env.name).request_switchover(SwitchoverRequest("c", "test", "r-c", 0, 1e12))
     assert await a.resign(hand_over=True) == ""
     assert (await asyncio.wait_for(task_c, 10)).id == "c" and not task_b.done()
+
+
+# -- the hostile review of the pass-on and the handover on what the leader knew --
+
+
+async def test_a_higher_priority_candidate_that_joined_during_the_stop_takes_the_vacancy(env: Env) -> None:
+    """The leader's listing is the switchover watch's; the watch ends when the demote starts,
+    and the stop may take seconds. c (priority 10) queues during the stop: the vacancy is
+    c's. The multi cannot check that nobody joined, so the queue's watch says it: a plain
+    resign, and b's own claim steps aside for c (found by a review)."""
+    a, _ = await env.lead("a")
+    _, report_b, task_b = await env.wait("b")
+    watch = await learned(env, a, "a", 1)
+    watch.cancel()  # the elector's demote: the watch ends before the stop hook runs
+    await asyncio.gather(watch, return_exceptions=True)
+    _, _, task_c = await env.wait("c", priority=10)  # joins while a's orchestrator stops
+    assert await a.resign(hand_over=True) == ""
+    assert (await asyncio.wait_for(task_c, 10)).id == "c" and report_b.stepped_aside_for == ["c"]
+    assert not task_b.done()
+
+
+async def test_a_request_withdrawn_and_written_again_is_not_settled_as_the_one_taken(env: Env) -> None:
+    """The request to c is deleted (withdrawn) and one to d written: a new node, at version 0
+    again, the version the leader read. A multi cannot check a czxid; the exists watch set
+    with the read that took the request says the node moved, and the fresh read finds a
+    request the leader did not take (found by a review)."""
+    a, _ = await env.lead("a")
+    await env.wait("b")
+    await env.wait("c")
+    _, _, task_d = await env.wait("d")
+    await taken(env, a, SwitchoverRequest("c", "test", "r-c", 0, 1e12), 3)
+    env.raw.delete(f"/{env.name}.switchover")
+    await env.backend.election(env.name).request_switchover(SwitchoverRequest("d", "test", "r-d", 0, 1e12))
+    _, stat = env.raw.get(f"/{env.name}.switchover")
+    assert stat.version == a._acting_version == 0  # what the version alone cannot tell apart
+    assert await a.resign(hand_over=True) == ""
+    assert (await asyncio.wait_for(task_d, 10)).id == "d"
+
+
+async def test_a_request_for_anyone_withdrawn_and_written_again_for_d_is_not_settled_for_anyone(env: Env) -> None:
+    a, _ = await env.lead("a")
+    _, _, task_b = await env.wait("b")
+    _, _, task_d = await env.wait("d")
+    await taken(env, a, SwitchoverRequest("", "test", "r-any", 0, 1e12), 2)
+    env.raw.delete(f"/{env.name}.switchover")
+    await env.backend.election(env.name).request_switchover(SwitchoverRequest("d", "test", "r-d", 0, 1e12))
+    assert await a.resign(hand_over=True) == ""
+    assert (await asyncio.wait_for(task_d, 10)).id == "d" and not task_b.done()
+
+
+async def test_a_pass_on_whose_answer_was_lost_leaves_one_term(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The multi committed, its answer was lost: the resign fails, the leader queues again on
+    the same session; b leads on the term handed to it, once, with no lock-delay."""
+    a, lead_a = await env.lead("a")
+    _, report_b, task_b = await env.wait("b")
+    watch = await learned(env, a, "a", 1)
+    watch.cancel()
+    await asyncio.gather(watch, return_exceptions=True)
+    real, lost = zk_mod._call, list[Any]()
+
+    async def lossy(fn: Any, *args: Any, **kw: Any) -> Any:
+        got = await real(fn, *args, **kw)
+        if getattr(fn, "__name__", "") == "commit_async" and not lost:
+            lost.append(got)
+            raise ConnectionLoss()  # committed, the answer lost
+        return got
+
+    monkeypatch.setattr(zk_mod, "_call", lossy)
+    with pytest.raises(StoreUnavailable):
+        await a.resign(hand_over=True)
+    monkeypatch.setattr(zk_mod, "_call", real)
+    again = asyncio.create_task(a.campaign(env.sessions[0], "a"))
+    env.tasks.append(again)
+    lead_b = await asyncio.wait_for(task_b, 5)
+    assert lead_b.epoch == lead_a.epoch + 1 and lead_b.token > lead_a.token and report_b.delays == []
+    record, _ = env.raw.get(f"/{env.name}.epoch")
+    assert json.loads(record)["token"] == lead_b.token
+    assert not again.done()
+
+
+async def test_a_successor_gone_before_it_read_the_term_handed_to_it(env: Env) -> None:
+    """b's process dies after the multi named it and before its read: c leads on the epoch
+    after b's, and no token or epoch goes back."""
+    a, lead_a = await env.lead("a")
+    e_b, _, _ = await env.wait("b")
+    _, _, task_c = await env.wait("c")
+    watch = await learned(env, a, "a", 2)
+    watch.cancel()
+    await asyncio.gather(watch, return_exceptions=True)
+    stuck, entered = asyncio.Event(), asyncio.Event()
+
+    async def stuck_claim(*args: object, **kw: object) -> None:
+        entered.set()
+        await stuck.wait()
+
+    e_b._claim = stuck_claim  # type: ignore[method-assign]
+    assert await a.resign(hand_over=True) == "b"
+    await asyncio.wait_for(entered.wait(), 5)
+    await env.sessions[1].abandon()  # b's process dies: its session expires on the server
+    lead_c = await asyncio.wait_for(task_c, 15)
+    record, _ = env.raw.get(f"/{env.name}.epoch")
+    assert lead_c.epoch == lead_a.epoch + 2 and json.loads(record)["token"] == lead_c.token
+
+
+async def test_watches_set_again_every_pass_do_not_pile_up(zookeeper: ZkServer, election_name: str) -> None:
+    """kazoo keeps a path's watch callbacks in a set until an event fires them: a new
+    callback on every pass of a loop that re-reads each retry interval added one entry per
+    pass on a quiet path, as long as a leader led (about 43,000 a day at the default 2 s)."""
+    backend = ZooKeeperBackend(zookeeper.endpoints, MonotonicClock(), retry_interval=0.02)
+    sessions = [backend.session(3.0) for _ in range(2)]
+    for s in sessions:
+        await s.open()
+    leader, standby = backend.election(election_name), backend.election(election_name)
+    try:
+        await leader.campaign(sessions[0], "a")
+        passes: list[str] = []
+        read, looked = leader._read_switchover, standby._leadership
+
+        async def counted(client: KazooClient) -> tuple[SwitchoverRequest | None, int]:
+            passes.append("leader")
+            return await read(client)
+
+        async def counted_look(*args: Any, **kw: Any) -> Leadership | None:
+            passes.append("no-lead")
+            return await looked(*args, **kw)
+
+        leader._read_switchover = counted  # type: ignore[method-assign]
+        standby._leadership = counted_look  # type: ignore[method-assign]
+        tasks = [
+            asyncio.create_task(leader.wait_switchover("a")),
+            asyncio.create_task(standby.campaign(sessions[1], "s", no_lead=True)),
+        ]
+        await eventually(
+            lambda: min(passes.count("leader"), passes.count("no-lead")) >= 20, 10, what="20 passes of each loop"
+        )
+        c0, c1 = sessions[0].client, sessions[1].client
+        no_lead_node = f"{standby.no_lead_path}/{sessions[1].id}"
+        sizes = {
+            "leader, request node": len(c0._data_watchers.get(leader.switch_path, ())),
+            "leader, queue": len(c0._child_watchers.get(leader.base, ())),
+            "no-lead, own node": len(c1._data_watchers.get(no_lead_node, ())),
+            "no-lead, queue": len(c1._child_watchers.get(standby.base, ())),
+        }
+        assert all(n <= 1 for n in sizes.values()), sizes
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        for s in sessions:
+            await s.close()
+        await backend.close()
