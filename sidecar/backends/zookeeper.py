@@ -1496,6 +1496,9 @@ class ZooKeeperElection:
         fired = asyncio.Event()
         request_watch = self._request_watch = _Rewatch(loop, fired)
         queue_watch = self._queue_watch = _Rewatch(loop, fired)
+        # What an earlier call (one that failed, then this retry) listed or took
+        # was guarded by its own watches, not these: nothing of it is decided on.
+        self._listed, self._listed_mark, self._acting_mark = [], -1, -1
 
         async def watch_request() -> None:
             with _store_errors("watch switchover"):

@@ -739,3 +739,28 @@ async def test_watches_set_again_every_pass_do_not_pile_up(zookeeper: ZkServer, 
         for s in sessions:
             await s.close()
         await backend.close()
+
+
+async def test_a_listing_of_an_earlier_switchover_watch_is_not_decided_on(env: Env) -> None:
+    """The elector calls the switchover watch again after a store error: what the failed
+    call listed was guarded by that call's queue watch, not the new one's. A candidate of
+    higher priority that joined in between, before the new call listed, is not passed over."""
+    a, _ = await env.lead("a")
+    await env.wait("b")
+    first = await learned(env, a, "a", 1)
+    first.cancel()  # the store error that ends the call
+    await asyncio.gather(first, return_exceptions=True)
+    held = asyncio.Event()
+
+    async def unanswered(client: KazooClient, watcher: Any = None) -> list[str]:
+        await held.wait()  # the new call's listing (and its queue watch) is not set yet
+        return []
+
+    a._children = unanswered  # type: ignore[method-assign]
+    second = asyncio.create_task(a.wait_switchover("a"))
+    env.tasks.append(second)  # type: ignore[arg-type]
+    _, _, task_c = await env.wait("c", priority=10)
+    second.cancel()
+    await asyncio.gather(second, return_exceptions=True)
+    assert await a.resign(hand_over=True) == ""
+    assert (await asyncio.wait_for(task_c, 10)).id == "c"
