@@ -1693,8 +1693,10 @@ class ZooKeeperElection:
         client = self._client or await self._b.observer()
         loop = asyncio.get_running_loop()
         last: object = object()
+        fired = asyncio.Event()
+        watcher = _Rewatch(loop, fired)  # one callback for every pass: see _Rewatch
         while True:
-            fired, watcher = _watch(loop)
+            fired.clear()  # this pass reads everything again
             with _store_errors("watch candidates"):
                 try:
                     await _call(client.get_children_async, self.base, watcher)

@@ -764,3 +764,29 @@ async def test_a_listing_of_an_earlier_switchover_watch_is_not_decided_on(env: E
     await asyncio.gather(second, return_exceptions=True)
     assert await a.resign(hand_over=True) == ""
     assert (await asyncio.wait_for(task_c, 10)).id == "c"
+
+
+async def test_observe_leaves_one_watch_callback_per_path(env: Env) -> None:
+    """``status --watch``: each change of the queue fired the queue's watch, and the epoch
+    node's stayed registered beside a new one set by the next pass (one more per change)."""
+    await env.lead("a")
+    observer = env.backend.election(env.name)
+    seen: list[Leadership | None] = []
+
+    async def follow() -> None:
+        async for now in observer.observe():
+            seen.append(now)
+
+    task = asyncio.create_task(follow())
+    env.tasks.append(task)  # type: ignore[arg-type]
+    await eventually(lambda: len(seen) == 1, 5, what="the first leader observed")
+    client = await env.backend.observer()
+    for _ in range(10):  # a queue that changes, a leader that does not
+        _, _, waiting = await env.wait("w")
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        await env.sessions[-1].close()
+    await eventually(
+        lambda: len(client._child_watchers.get(f"/{env.name}", ())) == 1, 5, what="observe watching the queue again"
+    )
+    assert len(client._data_watchers.get(f"/{env.name}.epoch", ())) <= 1
