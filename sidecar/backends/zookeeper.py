@@ -161,12 +161,12 @@ class _Rewatch:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, fired: asyncio.Event) -> None:
-        self._loop, self._fired = loop, fired
+        self._loop, self.fired = loop, fired  # ``fired``: what a new call of the same loop waits on
         self.count = 0
 
     def __call__(self, event: Any) -> None:  # kazoo's thread
         self.count += 1
-        self._loop.call_soon_threadsafe(self._fired.set)
+        self._loop.call_soon_threadsafe(self.fired.set)
 
 
 def _seq(name: str) -> int:
@@ -650,6 +650,7 @@ class ZooKeeperElection:
         self._head = None  # only what this campaign saw counts
         self._acting_on, self._known = None, []
         self._listed, self._queue, self._marked = [], {}, None
+        self._request_watch = self._queue_watch = None  # a term's own (see wait_switchover)
         loop = asyncio.get_running_loop()
         prefix = f"{session.id}{NODE_MARK}"
         with _store_errors("campaign"):
@@ -1494,8 +1495,13 @@ class ZooKeeperElection:
         known: list[str] = []  # the other candidates' nodes, as last listed
         woke = False
         fired = asyncio.Event()
-        request_watch = self._request_watch = _Rewatch(loop, fired)
-        queue_watch = self._queue_watch = _Rewatch(loop, fired)
+        # One pair of callbacks for the whole term, whatever number of calls
+        # (the elector calls again after a store error): a new pair per call
+        # would pile up in kazoo's sets again, one per failed call.
+        if self._request_watch is None or self._queue_watch is None:
+            self._request_watch, self._queue_watch = _Rewatch(loop, fired), _Rewatch(loop, fired)
+        request_watch, queue_watch = self._request_watch, self._queue_watch
+        request_watch.fired = queue_watch.fired = fired
         # What an earlier call (one that failed, then this retry) listed or took
         # was guarded by its own watches, not these: nothing of it is decided on.
         self._listed, self._listed_mark, self._acting_mark = [], -1, -1
@@ -1553,7 +1559,10 @@ class ZooKeeperElection:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._b.retry_interval):
                     await fired.wait()
-            woke = fired.is_set()
+            # Woken by the request node: read the ids with the next listing. A
+            # queue that changed needs only its new nodes read (``_learn_queue``);
+            # reading every id on each join cost N^2/2 reads as N candidates queued.
+            woke = request_watch.count != request_mark
 
     def _nudge_next_in_line(self, client: KazooClient) -> None:
         """Wake the candidate queued behind us, without waiting for the answer.
