@@ -1370,13 +1370,17 @@ class ZooKeeperElection:
         handed-over term, and no queued candidate outranks it, ourselves
         included (we may queue again); or, for a switchover to "anyone"
         (``request``), whatever the priorities, as its claim would settle it.
-        The multi checks everything that can have moved since: its node at
-        the version read (gone or rewritten: no multi), the record at our
-        term's version, and no switchover request (a create and a delete),
-        or the one we act on, deleted at the version we read it at (the
-        marker holds it, as a switchover's handover's does). A failed multi writes nothing and
-        the plain resign follows. Called only after our orchestrator was
-        confirmed stopped: the marker says so, as in every resign.
+        Not tried if the queue's watch fired since that listing (a newcomer
+        may outrank the next in line, and no multi can check that nobody
+        joined), nor, for "anyone", if the request's watch fired since we
+        took it. The multi checks the rest: the next node at the version
+        read (gone or rewritten: no multi), the record at our term's
+        version, and no switchover request (a create and a delete), or the
+        one we act on, deleted at the version we read it at (the marker
+        holds it, as a switchover's handover's does). A failed multi writes
+        nothing and the plain resign follows. Called only after our
+        orchestrator was confirmed stopped: the marker says so, as in every
+        resign.
         """
         listed = self._listed
         record = parse_epoch_record(self.epoch_path, self._led)
