@@ -40,7 +40,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -672,12 +672,16 @@ class ZooKeeperElection:
                     # What the head of the queue reads next goes with the listing:
                     # a switchover's target, woken as its predecessors' nodes went
                     # in the leader's multi, leads on this one round trip.
-                    names, *pre = await asyncio.gather(
-                        self._children(client),
-                        self._read(client, self.epoch_path),
-                        self._read(client, self.marker_path),
-                        self._read_switchover(client),
+                    handed, pre, rest = await self._wake_up_read(
+                        client, self._children(client), self._read_switchover(client)
                     )
+                    if handed is not None:
+                        epoch, settled = handed
+                        if settled is not None and report is not None:
+                            report.switchover(COMPLETED, settled)
+                        break
+                    names, switch = rest
+                    pre.append(switch)
                 else:
                     names = await self._children(client)
                 woken = False
@@ -809,19 +813,18 @@ class ZooKeeperElection:
         multi: None, and the slow path decides.
         """
         with _store_errors("claim"):
-            names, head_stat, (raw_record, record_stat), (raw_marker, marker_stat), switch = await asyncio.gather(
+            handed, ((raw_record, record_stat), (raw_marker, marker_stat)), rest = await self._wake_up_read(
+                client,
                 self._children(client),
                 _call(client.exists_async, head),
-                self._read(client, self.epoch_path),
-                self._read(client, self.marker_path),
                 self._read(client, self.switch_path),
             )
+        if handed is not None:
+            return handed  # the leader's multi started our term: nothing to write
+        names, head_stat, switch = rest
         own = self._node.rsplit("/", 1)[1]
         if head_stat is not None or record_stat is None or names[:1] != [own]:
             return None
-        handed = self._handed_to_us((raw_record, record_stat), (raw_marker, marker_stat))
-        if handed is not None:
-            return handed  # the leader's multi started our term: nothing to write
         raw_switch, switch_stat = switch
         request = parse_switchover(raw_switch) if switch_stat is not None else None
         if switch_stat is not None:
@@ -859,6 +862,34 @@ class ZooKeeperElection:
             return None
         self._led, self._led_version, self._marked = written, int(record_stat.version) + 1, marker_stat is not None
         return epoch, request
+
+    async def _wake_up_read(
+        self, client: KazooClient, *rest: Awaitable[Any]
+    ) -> tuple[tuple[int, SwitchoverRequest | None] | None, list[Any], list[Any]]:
+        """The record and the marker, then ``rest``, sent together; a term handed to us decided on the first two.
+
+        A leader's handover multi writes both at one zxid, naming our node
+        and czxid (``_handed_to_us``): that alone says the nodes ahead of us
+        went in it and ours was checked, so we lead on their answers without
+        waiting for the rest's (the listing, the head, the request: about a
+        millisecond of kazoo's thread and our loop on the handover's path).
+        Otherwise ``rest`` is awaited and returned, in order. Returns
+        (handed, [record read, marker read], [rest's results]).
+        """
+        reads = [
+            asyncio.ensure_future(x)
+            for x in (self._read(client, self.epoch_path), self._read(client, self.marker_path), *rest)
+        ]  # tasks start in this order: kazoo sends the requests in it
+        try:
+            first = list(await asyncio.gather(*reads[:2]))
+            handed = self._handed_to_us(first[0], first[1])
+            if handed is not None:
+                return handed, first, []
+            return None, first, list(await asyncio.gather(*reads[2:]))
+        finally:
+            for r in reads:
+                if not r.done():
+                    r.cancel()  # their answers are moot: kazoo's late delivery finds the future done
 
     async def _read(self, client: KazooClient, path: str) -> tuple[bytes | None, Any]:
         """The node's data and stat; (None, None) when it does not exist."""

@@ -858,3 +858,23 @@ async def test_a_connection_drop_turns_the_pass_on_off_until_the_next_listing(en
     _, _, task_c = await env.wait("c", priority=10)
     assert await a.resign(hand_over=True) == ""
     assert (await asyncio.wait_for(task_c, 10)).id == "c"
+
+
+async def test_a_term_handed_over_is_taken_on_the_record_and_marker_alone(env: Env) -> None:
+    """The successor's wake-up read sends the record and the marker first: their answers
+    say the leader's multi handed it the term, so it leads without waiting on the rest
+    (the listing here never answers). Before, it waited for all five."""
+    a, lead_a = await env.lead("a")
+    e_b, _, task_b = await env.wait("b")
+    watch = await learned(env, a, "a", 1)
+    watch.cancel()
+    await asyncio.gather(watch, return_exceptions=True)
+    never = asyncio.Event()
+
+    async def unanswered(client: KazooClient, watcher: Any = None) -> list[str]:
+        await never.wait()
+        return []
+
+    e_b._children = unanswered  # type: ignore[method-assign]
+    assert await a.resign(hand_over=True) == "b"
+    assert (await asyncio.wait_for(task_b, 5)).epoch == lead_a.epoch + 1
