@@ -8,7 +8,9 @@ check that guards it is removed from ``ZooKeeperElection._claim``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import gc
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -21,7 +23,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import ConnectionLoss
 
 from sidecar.backends import zookeeper as zk_mod
-from sidecar.backends.base import LockDelay, StoreUnavailable, SwitchoverRequest, leader_should_hand_over
+from sidecar.backends.base import KeyLost, LockDelay, StoreUnavailable, SwitchoverRequest, leader_should_hand_over
 from sidecar.backends.zookeeper import NODE_MARK, ZooKeeperBackend, ZooKeeperElection, ZooKeeperSession
 from sidecar.clock import MonotonicClock
 from sidecar.model import Leadership
@@ -860,21 +862,152 @@ async def test_a_connection_drop_turns_the_pass_on_off_until_the_next_listing(en
     assert (await asyncio.wait_for(task_c, 10)).id == "c"
 
 
-async def test_a_term_handed_over_is_taken_on_the_record_and_marker_alone(env: Env) -> None:
-    """The successor's wake-up read sends the record and the marker first: their answers
-    say the leader's multi handed it the term, so it leads without waiting on the rest
-    (the listing here never answers). Before, it waited for all five."""
+async def test_a_term_handed_over_is_taken_without_waiting_for_the_head_and_the_request(env: Env) -> None:
+    """The successor's wake-up read decides on the listing, the record and the marker (sent
+    first): they say the leader's multi handed it the term, so it leads without waiting on
+    the rest (the request read here never answers). Before, it waited for all five."""
     a, lead_a = await env.lead("a")
     e_b, _, task_b = await env.wait("b")
     watch = await learned(env, a, "a", 1)
     watch.cancel()
     await asyncio.gather(watch, return_exceptions=True)
     never = asyncio.Event()
+    read = e_b._read
 
-    async def unanswered(client: KazooClient, watcher: Any = None) -> list[str]:
-        await never.wait()
-        return []
+    async def unanswered(client: KazooClient, path: str) -> tuple[bytes | None, Any]:
+        if path == e_b.switch_path:
+            await never.wait()
+        return await read(client, path)
 
-    e_b._children = unanswered  # type: ignore[method-assign]
+    e_b._read = unanswered  # type: ignore[method-assign]
     assert await a.resign(hand_over=True) == "b"
     assert (await asyncio.wait_for(task_b, 5)).epoch == lead_a.epoch + 1
+
+
+async def test_a_target_evicted_before_its_wake_up_read_does_not_lead(env: Env) -> None:
+    """An operator evicts b right after a's pass-on multi named it, before b's wake-up
+    read: its listing misses its node, KeyLost, and its orchestrator never starts (a review
+    had it lead on the record and marker alone, on a node that no longer existed)."""
+    a, _ = await env.lead("a")
+    e_b, _, task_b = await env.wait("b")
+    watch = await learned(env, a, "a", 1)
+    watch.cancel()
+    await asyncio.gather(watch, return_exceptions=True)
+    claim = e_b._claim
+
+    async def evicted_first(*args: Any, **kw: Any) -> Any:
+        await asyncio.to_thread(env.raw.delete, e_b._node)  # `evict b`, landing just after the multi
+        return await claim(*args, **kw)
+
+    e_b._claim = evicted_first  # type: ignore[method-assign]
+    assert await a.resign(hand_over=True) == "b"
+    with pytest.raises(KeyLost):
+        await asyncio.wait_for(task_b, 5)
+
+
+async def test_a_pass_on_landing_between_the_record_read_and_the_listing_bumps_once(env: Env) -> None:
+    """b is woken by x's departure (ahead [a, x]) and pipelines its wake-up read; a's
+    pass-on multi commits after the server answered b's marker read and before the
+    requests b sent after it. Listing first: the listing shows a, b waits on a, then
+    takes the handed term: one bump. With the record and the marker sent first (a
+    review's test), the listing said b heads the queue, the stale record said "not
+    handed", and the slow path bumped again: e+2."""
+    a, lead_a = await env.lead("a")
+    e_x, _, task_x = await env.wait("x")
+    e_b, _, task_b = await env.wait("b")
+    watch = await learned(env, a, "a", 2)
+    client: KazooClient = e_b._client  # type: ignore[assignment]
+    loop = asyncio.get_running_loop()
+    held: list[tuple[Any, tuple[Any, ...], dict[str, Any], Any]] = []
+    armed = True
+    names = {
+        "get_async": client.get_async,
+        "get_children_async": client.get_children_async,
+        "exists_async": client.exists_async,
+    }
+
+    def hold(name: str) -> Any:
+        orig = names[name]
+
+        def fn(*args: Any, **kw: Any) -> Any:
+            if not armed:
+                return orig(*args, **kw)
+            ar = client.handler.async_result()
+            held.append((orig, args, kw, ar))
+            return ar
+
+        return fn
+
+    for n in names:
+        setattr(client, n, hold(n))
+
+    def release(item: tuple[Any, tuple[Any, ...], dict[str, Any], Any]) -> asyncio.Event:
+        orig, args, kw, ar = item
+        answered = asyncio.Event()
+
+        def relay(r: Any) -> None:
+            try:
+                ar.set(r.get_nowait())
+            except Exception as exc:
+                ar.set_exception(exc)
+            loop.call_soon_threadsafe(answered.set)
+
+        orig(*args, **kw).rawlink(relay)
+        return answered
+
+    await asyncio.to_thread(env.raw.delete, e_x._node)  # x goes (evicted): b wakes, ahead is [a]
+    await eventually(lambda: any(a[0] == e_b.marker_path for _, a, _, _ in held), 5, what="b's marker read")
+    await eventually(lambda: a._listed == [e_b._node.rsplit("/", 1)[1]], 5, what="a relisting [b]")
+    watch.cancel()
+    await asyncio.gather(watch, return_exceptions=True)
+    # The server answers b's requests in the order sent, up to and including the marker read ...
+    first = held[: 1 + next(i for i, (_, a, _, _) in enumerate(held) if a[0] == e_b.marker_path)]
+    del held[: len(first)]
+    for item in first[:-1]:
+        release(item)
+    await release(first[-1]).wait()
+    # ... then a's pass-on multi commits, then the rest of b's requests are answered.
+    assert await a.resign(hand_over=True) == "b"
+    armed = False
+    for item in held:
+        release(item)
+    held.clear()
+    lead_b = await asyncio.wait_for(task_b, 5)
+    assert lead_b.epoch == lead_a.epoch + 1, f"epoch bumped twice in b's term: {lead_a.epoch} -> {lead_b.epoch}"
+    task_x.cancel()
+
+
+async def test_a_failed_wake_up_read_leaves_no_unretrieved_task_exception(env: Env) -> None:
+    """The record read fails (connection loss) and the listing failed before it: every
+    read's task is retrieved, none logs 'Task exception was never retrieved'."""
+    a, _ = await env.lead("a")
+    e_b, _, task_b = await env.wait("b")
+    loop = asyncio.get_running_loop()
+    logged: list[str] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _l, ctx: logged.append(str(ctx.get("message"))))
+
+    listing_failed = asyncio.Event()
+
+    async def lost(client: KazooClient, path: str) -> Any:
+        await listing_failed.wait()  # the record read fails after the listing did
+        raise ConnectionLoss()
+
+    async def unlisted(client: KazooClient, watcher: Any = None) -> list[str]:
+        listing_failed.set()
+        raise StoreUnavailable("zookeeper list candidates: ConnectionLoss")
+
+    e_b._read = lost  # type: ignore[method-assign]
+    e_b._children = unlisted  # type: ignore[method-assign]
+    try:
+        await a.resign()
+        with contextlib.suppress(StoreUnavailable):
+            await asyncio.wait_for(task_b, 5)
+        env.tasks.remove(task_b)
+        del task_b
+        for _ in range(3):
+            gc.collect()
+            await asyncio.sleep(0)
+        assert not [m for m in logged if "never retrieved" in m], logged
+    finally:
+        loop.set_exception_handler(previous)
