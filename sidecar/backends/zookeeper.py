@@ -40,7 +40,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -672,13 +672,12 @@ class ZooKeeperElection:
                     # What the head of the queue reads next goes with the listing:
                     # a switchover's target, woken as its predecessors' nodes went
                     # in the leader's multi, leads on this one round trip.
-                    handed, names, pre, rest = await self._wake_up_read(client, self._read_switchover(client))
-                    if handed is not None:
-                        epoch, settled = handed
-                        if settled is not None and report is not None:
-                            report.switchover(COMPLETED, settled)
-                        break
-                    pre.append(rest[0])
+                    names, *pre = await asyncio.gather(
+                        self._children(client),
+                        self._read(client, self.epoch_path),
+                        self._read(client, self.marker_path),
+                        self._read_switchover(client),
+                    )
                 else:
                     names = await self._children(client)
                 woken = False
@@ -810,15 +809,19 @@ class ZooKeeperElection:
         multi: None, and the slow path decides.
         """
         with _store_errors("claim"):
-            handed, names, ((raw_record, record_stat), (raw_marker, marker_stat)), rest = await self._wake_up_read(
-                client, _call(client.exists_async, head), self._read(client, self.switch_path)
+            names, head_stat, (raw_record, record_stat), (raw_marker, marker_stat), switch = await asyncio.gather(
+                self._children(client),
+                _call(client.exists_async, head),
+                self._read(client, self.epoch_path),
+                self._read(client, self.marker_path),
+                self._read(client, self.switch_path),
             )
-        if handed is not None:
-            return handed  # the leader's multi started our term: nothing to write
-        head_stat, switch = rest
         own = self._node.rsplit("/", 1)[1]
         if head_stat is not None or record_stat is None or names[:1] != [own]:
             return None
+        handed = self._handed_to_us((raw_record, record_stat), (raw_marker, marker_stat))
+        if handed is not None:
+            return handed  # the leader's multi started our term: nothing to write
         raw_switch, switch_stat = switch
         request = parse_switchover(raw_switch) if switch_stat is not None else None
         if switch_stat is not None:
@@ -856,45 +859,6 @@ class ZooKeeperElection:
             return None
         self._led, self._led_version, self._marked = written, int(record_stat.version) + 1, marker_stat is not None
         return epoch, request
-
-    async def _wake_up_read(
-        self, client: KazooClient, *rest: Awaitable[Any]
-    ) -> tuple[tuple[int, SwitchoverRequest | None] | None, list[str], list[Any], list[Any]]:
-        """The listing, the record and the marker, then ``rest``, sent together in that order.
-
-        A term handed to us is decided on the first three: a leader's
-        handover multi writes the record and the marker at one zxid, naming
-        our node and czxid (``_handed_to_us``), which says the nodes ahead of
-        us went in it and ours was checked; our node must be in the listing
-        (an operator may have evicted it since). We then lead without
-        waiting for the rest's answers (the head's ``exists``, the request).
-        The listing goes first: the server answers one session's reads in
-        the order sent, so it is never newer than the record. The other way
-        round, a handover landing between the record read and the listing
-        made a stale record and a fresh listing, and the slow path bumped
-        the epoch a second time (a review's test). Returns (handed, names,
-        [record read, marker read], [rest's results, in order: empty if
-        handed]).
-        """
-        reads = [
-            asyncio.ensure_future(x)
-            for x in (self._children(client), self._read(client, self.epoch_path), self._read(client, self.marker_path))
-        ]
-        reads += [asyncio.ensure_future(x) for x in rest]  # tasks start in this order: kazoo sends in it
-        try:
-            got = await asyncio.gather(*reads[:3])
-            names, record_read, marker_read = cast(tuple[list[str], tuple[Any, Any], tuple[Any, Any]], tuple(got))
-            own = self._node.rsplit("/", 1)[1]
-            handed = self._handed_to_us(record_read, marker_read) if own in names else None
-            if handed is not None:
-                return handed, names, [record_read, marker_read], []
-            return None, names, [record_read, marker_read], list(await asyncio.gather(*reads[3:]))
-        finally:
-            for r in reads:
-                if not r.done():
-                    r.cancel()  # its answer is moot: kazoo's late delivery finds the future done
-                elif not r.cancelled():
-                    r.exception()  # retrieved: the first failure in the order sent is the one raised
 
     async def _read(self, client: KazooClient, path: str) -> tuple[bytes | None, Any]:
         """The node's data and stat; (None, None) when it does not exist."""
