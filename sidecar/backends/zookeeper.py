@@ -233,10 +233,19 @@ class _Queued:
     able: bool  # ours by owner, and its session's liveness node says it takes a handed-over term
 
 
-_HandoverPlan = tuple[list[tuple[str, int]], tuple[str, int, int], EpochRecord, int, int, bool]
-"""A switchover's handover: the nodes taken aside (name, the version to delete it at, -1: any),
-the target (path, czxid, version), our term's record and its version, the request node's
-version, whether the marker node exists."""
+@dataclass(frozen=True)
+class _Handover:
+    """What a leader's handover multi writes and checks (``_write_handover``)."""
+
+    path: str  # the successor's node
+    czxid: int
+    version: int  # checked: gone or rewritten since, no multi
+    candidate_id: str
+    record: EpochRecord  # our term's
+    record_version: int
+    marked: bool  # the marker node exists (set), or not (created)
+    switch_version: int  # the request settled, deleted at it; -1: none, and none may appear
+    aside: tuple[tuple[str, int], ...] = ()  # nodes ahead of the successor: (name, version, -1: any)
 
 
 def _session_of(node: str) -> int:
@@ -1245,24 +1254,43 @@ class ZooKeeperElection:
         if not request.pending(time.time()):
             return None
         plan = await self._read_plan(client, request) if fresh else self._known_plan(request)
-        if plan is None:
-            return None
-        aside, (path, czxid, version), record, record_version, switch_version, marked = plan
-        successor = EpochRecord(record.epoch + 1, czxid, request.to, path, _session_of(path))
+        return None if plan is None else await self._write_handover(client, plan, request)
+
+    async def _write_handover(
+        self, client: KazooClient, to: _Handover, request: SwitchoverRequest | None
+    ) -> str | None:
+        """The handover multi, for a switchover's target and a plain resign's successor alike.
+
+        Deletes our node and the nodes taken aside, checks the successor's,
+        sets the record naming it (the epoch after ours) at our term's
+        version, writes our marker (holding ``request``, the request it
+        settles) and settles the request, or checks that none appeared.
+        The successor's id, or None when the multi failed (nothing written).
+        """
+        successor = EpochRecord(to.record.epoch + 1, to.czxid, to.candidate_id, to.path, _session_of(to.path))
         tx = client.transaction()
         tx.delete(self._node)
-        for n, v in aside:
+        for n, v in to.aside:
             tx.delete(self.base + "/" + n, v)
-        tx.check(path, version)
-        tx.set_data(self.epoch_path, successor.encode(), record_version)
+        tx.check(to.path, to.version)
+        tx.set_data(self.epoch_path, successor.encode(), to.record_version)
         marker = ResignMarker(self._czxid, self._node, settled=request).encode()
-        if not marked:  # no leader of this election resigned before: the multi makes it
+        if not to.marked:  # no leader of this election resigned before: the multi makes it
             tx.create(self.marker_path, marker, self._b.acl)
         else:
             tx.set_data(self.marker_path, marker)
-        tx.delete(self.switch_path, switch_version)
+        if to.switch_version >= 0:
+            tx.delete(self.switch_path, to.switch_version)  # settled, unless rewritten since it was read
+        else:
+            tx.create(self.switch_path, b"", self._b.acl)  # no request appeared since our last read
+            tx.delete(self.switch_path)
         results = await _call(tx.commit_async)
-        return None if any(isinstance(r, Exception) for r in results) else request.to
+        return None if any(isinstance(r, Exception) for r in results) else to.candidate_id
+
+    def _our_record(self) -> EpochRecord | None:
+        """The record of the term we lead, as we wrote (or were handed) it; None if it is not ours."""
+        record = parse_epoch_record(self.epoch_path, self._led)
+        return record if isinstance(record, EpochRecord) and record.token == self._czxid else None
 
     def _request_moved(self) -> bool:
         """Whether the request node changed since the read we took the request on.
@@ -1274,7 +1302,7 @@ class ZooKeeperElection:
         """
         return self._request_watch is None or self._request_watch.count != self._acting_mark
 
-    def _known_plan(self, request: SwitchoverRequest) -> _HandoverPlan | None:
+    def _known_plan(self, request: SwitchoverRequest) -> _Handover | None:
         """A handover decided on what we read when we took the request, and what we knew of each node.
 
         The ids are those read with the queue then; whether a node is ours
@@ -1283,10 +1311,8 @@ class ZooKeeperElection:
         version). The request node's version is the one read then, and the
         multi deletes it at that version: a request rewritten since fails it.
         """
-        record = parse_epoch_record(self.epoch_path, self._led)
-        if not isinstance(record, EpochRecord) or record.token != self._czxid or self._marked is None:
-            return None
-        if self._request_moved():
+        record = self._our_record()
+        if record is None or self._marked is None or self._request_moved():
             return None
         aside: list[tuple[str, int]] = []
         target: tuple[str, _Queued] | None = None
@@ -1303,10 +1329,19 @@ class ZooKeeperElection:
         if target is None:
             return None
         name, q = target
-        target_node = (self.base + "/" + name, q.czxid, q.version)
-        return aside, target_node, record, self._led_version, self._acting_version, self._marked
+        return _Handover(
+            self.base + "/" + name,
+            q.czxid,
+            q.version,
+            request.to,
+            record,
+            self._led_version,
+            self._marked,
+            self._acting_version,
+            tuple(aside),
+        )
 
-    async def _read_plan(self, client: KazooClient, request: SwitchoverRequest) -> _HandoverPlan | None:
+    async def _read_plan(self, client: KazooClient, request: SwitchoverRequest) -> _Handover | None:
         """A handover decided on a read made now: the queue, the request, the record, the marker, each node."""
         own = self._node.rsplit("/", 1)[1]
         # The nodes queued when we took the request are read with the queue, in
@@ -1353,8 +1388,17 @@ class ZooKeeperElection:
         if target is None:
             return None
         name, stat = target
-        target_node = (self.base + "/" + name, int(stat.czxid), int(stat.version))
-        return aside, target_node, record, int(record_stat.version), int(switch_stat.version), marker_stat is not None
+        return _Handover(
+            self.base + "/" + name,
+            int(stat.czxid),
+            int(stat.version),
+            request.to,
+            record,
+            int(record_stat.version),
+            marker_stat is not None,
+            int(switch_stat.version),
+            tuple(aside),
+        )
 
     async def _pass_on(self, client: KazooClient, request: SwitchoverRequest | None) -> str | None:
         """Resign and start the next in line's term in one multi, with no read first: its id, or None.
@@ -1382,9 +1426,8 @@ class ZooKeeperElection:
         orchestrator was confirmed stopped: the marker says so, as in every
         resign.
         """
-        listed = self._listed
-        record = parse_epoch_record(self.epoch_path, self._led)
-        if not listed or not isinstance(record, EpochRecord) or record.token != self._czxid:
+        listed, record = self._listed, self._our_record()
+        if not listed or record is None:
             return None
         if self._queue_watch is None or self._queue_watch.count != self._listed_mark:
             # The queue changed since we listed it: a newcomer may outrank the
@@ -1404,24 +1447,17 @@ class ZooKeeperElection:
         verdict = priority_verdict(request, first.candidate_id, first.priority, others, time.time())
         if verdict != (NO_REQUEST if request is None else COMPLETED):
             return None  # a queued candidate outranks it: its own claim steps aside, so we do not decide
-        path = self.base + "/" + listed[0]
-        successor = EpochRecord(record.epoch + 1, first.czxid, first.candidate_id, path, _session_of(listed[0]))
-        tx = client.transaction()
-        tx.delete(self._node)
-        tx.check(path, first.version)
-        tx.set_data(self.epoch_path, successor.encode(), self._led_version)
-        marker = ResignMarker(self._czxid, self._node, settled=request).encode()
-        if self._marked is False:  # no leader of this election resigned before: the multi makes it
-            tx.create(self.marker_path, marker, self._b.acl)
-        else:
-            tx.set_data(self.marker_path, marker)
-        if request is not None:
-            tx.delete(self.switch_path, self._acting_version)  # settled, unless rewritten since we read it
-        else:
-            tx.create(self.switch_path, b"", self._b.acl)  # no request appeared since our last read
-            tx.delete(self.switch_path)
-        results = await _call(tx.commit_async)
-        return None if any(isinstance(r, Exception) for r in results) else first.candidate_id
+        to = _Handover(
+            self.base + "/" + listed[0],
+            first.czxid,
+            first.version,
+            first.candidate_id,
+            record,
+            self._led_version,
+            self._marked is not False,  # unknown: set it; absent after all, the multi fails
+            self._acting_version if request is not None else -1,
+        )
+        return await self._write_handover(client, to, request)
 
     async def _learn_queue(self, client: KazooClient, listed: list[str], mark: int) -> None:
         """Read each node newly queued behind us, once, for ``_pass_on``; forget those gone.
