@@ -200,6 +200,8 @@ def test_a_switchover_a_foreign_candidate_would_block_is_refused(any_fleet: Flee
     fleet = any_fleet
     fleet.start(2, toy_flags=())
     leader, view = fleet.wait_one_leader()
+    # Both sidecars queued before the outsider: one leading says nothing of the other's node.
+    wait_until(lambda: len(status(fleet)["candidates"]) == 2, 10, what="the second sidecar queued")
     with Outsider(fleet) as outsider:
         wait_until(lambda: outsider.name in [c["id"] for c in status(fleet)["candidates"]], 10,
                    what="the outsider queued")  # fmt: skip
