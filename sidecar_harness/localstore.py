@@ -8,6 +8,7 @@ work on either store without knowing which.
 
 from __future__ import annotations
 
+import random
 import shutil
 import signal
 import socket
@@ -19,19 +20,61 @@ from typing import Protocol, Self
 
 from sidecar_harness.peerlinks import PeerLinks
 
+# Where the kernel picks the source ports of outgoing connections (Linux's
+# default when /proc cannot say). A listening port picked by binding port 0
+# comes from this same range, so a server restarted, or a ZooKeeper election
+# listener that rebinds after an error, can find its port taken by some
+# client's connection and exit (ZooKeeper: code 14 after three tries).
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_DEFAULT_EPHEMERAL = (32768, 60999)
 
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct loopback ports that were free a moment ago."""
-    socks = []
+
+def ephemeral_range(path: Path = EPHEMERAL_RANGE_FILE) -> tuple[int, int]:
+    """The kernel's range for outgoing connections' source ports."""
+    try:
+        lo, hi = (int(x) for x in path.read_text().split())
+    except (OSError, ValueError):
+        return _DEFAULT_EPHEMERAL
+    return (lo, hi) if 0 < lo <= hi <= 65535 else _DEFAULT_EPHEMERAL
+
+
+def listening_port_range(ephemeral: tuple[int, int]) -> range:
+    """The wider stretch of unprivileged ports outside ``ephemeral``; empty if there is none."""
+    lo, hi = ephemeral
+    below = range(max(1024, lo - 16384), lo)
+    above = range(hi + 1, 65536)
+    return max(below, above, key=len)
+
+
+def free_ports(n: int, rng: random.Random | None = None) -> list[int]:
+    """``n`` distinct loopback ports that were free a moment ago, outside the ephemeral range.
+
+    Falls back to the kernel's choice (port 0) when no port outside the range
+    is free after a few hundred tries.
+    """
+    rng = rng or random.Random()
+    span = listening_port_range(ephemeral_range())
+    socks: list[socket.socket] = []
     try:
         for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
+            socks.append(_bind_free(span, rng))
         return [s.getsockname()[1] for s in socks]
     finally:
         for s in socks:
             s.close()
+
+
+def _bind_free(span: range, rng: random.Random) -> socket.socket:
+    for _ in range(300 if span else 0):
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", rng.choice(span)))
+            return s
+        except OSError:
+            s.close()
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    return s
 
 
 def log_tail(path: Path, lines: int = 5) -> str:

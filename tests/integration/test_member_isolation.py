@@ -117,7 +117,12 @@ def test_zookeeper_server_cut_from_its_peers_answers_clients_but_commits_nothing
     assert zk3.links is not None
     # ZooKeeper dials back to the election address in a peer's greeting; the proxies strip
     # it, so even those links land on a proxy, and an isolation leaves no link behind.
-    wait_until(lambda: all_links_proxied(zk3), 10, 0.1, "every peer link through an identifying proxy")
+    # 30 s, not 10: one CI run under load timed out at 10 s. The links seen go in the
+    # message, so a failure says whether a link was missing, extra or unnamed.
+    try:
+        wait_until(lambda: all_links_proxied(zk3), 30, 0.1, "every peer link through an identifying proxy")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; links now (member: dialers): {zk3.links.dialers()}") from None
     leader = zk3.leader()
     m = next(s for s in zk3.members if s is not leader)
     other = next(s for s in zk3.members if s is not m)
