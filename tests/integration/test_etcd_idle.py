@@ -1,0 +1,151 @@
+"""Issue 16 (idle cost): an idle sidecar's periodic re-reads ride its renewal.
+
+gRPC's worker threads wake on a backoff after every burst of calls, whatever
+its size, so an idle sidecar costs CPU per burst, not per call. The leader's
+own-key and view re-reads, a waiting candidate's queue read and a no-lead
+candidate's re-read therefore go out when the sidecar's keepalive is
+acknowledged (``EtcdBackend.next_renewal``), not on timers of their own.
+
+Here the retry interval is 30 s, so a read within the test's deadline after
+a keepalive can only be one that the keepalive set off: on the code before,
+each loop slept its own 30 s and these tests time out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from sidecar.backends import connect
+from sidecar.backends.base import SessionExpired
+from sidecar.backends.etcd import EtcdBackend, EtcdElection, EtcdSession
+from sidecar.clock import MonotonicClock
+from sidecar_harness.fleet import fast_config
+from tests.conftest import EtcdServer
+from tests.helpers import eventually
+
+pytestmark = pytest.mark.integration
+
+
+class Env:
+    def __init__(self, backend: EtcdBackend, election: str) -> None:
+        self.backend, self.election = backend, election
+        self.sessions: list[EtcdSession] = []
+        self.tasks: list[asyncio.Task[Any]] = []
+        self.keys_read: list[str] = []
+        kv = backend.kv
+        get = kv.get
+
+        async def counted(key: str, *args: Any, **kwargs: Any) -> Any:
+            resp = await get(key, *args, **kwargs)
+            self.keys_read.append(key)  # once answered: the reader goes on to wait again
+            return resp
+
+        kv.get = counted
+
+    async def session(self) -> EtcdSession:
+        s = self.backend.session(10)
+        await s.open()
+        self.sessions.append(s)
+        return s
+
+    def start(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self.tasks.append(task)
+        return task
+
+    def reads_of(self, key: str) -> int:
+        return self.keys_read.count(key)
+
+
+@pytest.fixture
+async def env(etcd: EtcdServer, election_name: str) -> AsyncIterator[Env]:
+    cfg = replace(fast_config(election_name), endpoints=tuple(etcd.endpoints), retry_interval=30.0)
+    backend = await connect(cfg, MonotonicClock())
+    assert isinstance(backend, EtcdBackend)
+    e = Env(backend, election_name)
+    yield e
+    for t in e.tasks:
+        t.cancel()
+    await asyncio.gather(*e.tasks, return_exceptions=True)
+    for s in e.sessions:
+        with contextlib.suppress(SessionExpired):
+            await s.close()
+    await backend.close()
+
+
+async def read_again_after_keepalive(env: Env, session: EtcdSession, keys: list[str], first: int = 1) -> None:
+    """Each of ``keys`` has been read ``first`` times; after one keepalive each is read again."""
+    await eventually(lambda: all(env.reads_of(k) >= first for k in keys), 5, what=f"first reads of {keys}")
+    before = {k: env.reads_of(k) for k in keys}
+    await session.keepalive()
+    await eventually(
+        lambda: all(env.reads_of(k) > before[k] for k in keys), 10, what=f"re-reads of {keys} after a keepalive"
+    )
+
+
+async def test_the_leaders_own_key_and_view_are_re_read_when_its_keepalive_is_answered(env: Env) -> None:
+    session = await env.session()
+    a: EtcdElection = env.backend.election(env.election)
+    await a.campaign(session, "a")
+    env.start(a.wait_lost())
+    env.start(a.wait_switchover("a"))
+    own, request = a._key, a._switch_key
+    await read_again_after_keepalive(env, session, [own, request])
+    # Another keepalive, another pass: the loops wait for the next one each time.
+    await read_again_after_keepalive(env, session, [own, request])
+
+
+async def test_a_waiting_candidate_re_reads_the_queue_when_its_keepalive_is_answered(env: Env) -> None:
+    a: EtcdElection = env.backend.election(env.election)
+    await a.campaign(await env.session(), "a")
+    b: EtcdElection = env.backend.election(env.election)
+    session = await env.session()
+    queued = asyncio.Event()
+    env.start(b.campaign(session, "b", lambda _: queued.set()))
+    await asyncio.wait_for(queued.wait(), 5)
+    # Its second read comes at once: the head is new to it, so it polls the
+    # head's lease beside the watch and looks again a moment later. From
+    # then on it waits for its renewal.
+    await read_again_after_keepalive(env, session, [b._epoch_key], first=2)
+    await read_again_after_keepalive(env, session, [b._epoch_key], first=3)
+
+
+async def test_a_no_lead_candidate_re_reads_when_its_keepalive_is_answered(env: Env) -> None:
+    a: EtcdElection = env.backend.election(env.election)
+    await a.campaign(await env.session(), "a")
+    c: EtcdElection = env.backend.election(env.election)
+    session = await env.session()
+    env.start(c.campaign(session, "c", no_lead=True))
+    await eventually(lambda: bool(c_key(env, c)), 5, what="the no-lead key registered")
+    await read_again_after_keepalive(env, session, [c_key(env, c)])
+
+
+def c_key(env: Env, c: EtcdElection) -> str:
+    return next((k for k in env.keys_read if k.startswith(c._no_lead_prefix)), "")
+
+
+async def test_a_cancelled_waiter_leaves_the_shared_renewal_future_to_the_others(env: Env) -> None:
+    """Waiters share one future per renewal: a cancelled wait must not cancel it for everyone."""
+    fut = env.backend.next_renewal()
+    waiters = [asyncio.ensure_future(asyncio.wait({fut}, timeout=30)) for _ in range(2)]
+    await asyncio.sleep(0)
+    waiters[0].cancel()
+    await asyncio.gather(waiters[0], return_exceptions=True)
+    assert not fut.cancelled()
+    session = await env.session()
+    await session.keepalive()
+    done, _ = await asyncio.wait_for(waiters[1], 5)
+    assert fut in done
+    assert env.backend.next_renewal() is not fut, "a renewal answered: the next wait is for the next one"
+
+
+async def test_the_channel_sends_no_bdp_probes(env: Env) -> None:
+    """Each probe followed a burst by 0.5-0.9 s and woke gRPC's threads a second time (bench/RESULTS.md)."""
+    options: list[tuple[str, Any]] = env.backend.client._manager.grpc_options
+    assert ("grpc.http2.bdp_probe", 0) in options
