@@ -16,7 +16,9 @@
   client library holds a grant, p50/p99, on etcd and ZooKeeper (goal: p99
   <= 20 ms on loopback); the candidates ahead of it step aside on the way;
 * footprint: RSS, CPU and wake-ups of an idle leader (with its watchdog)
-  and candidate over --idle seconds, against `etcdctl elect` as a process;
+  and candidate over --idle seconds, against `etcdctl elect` as a process
+  and against the floor of a bare Python gRPC client renewing a lease as
+  often as they do (bench/grpc_floor.py);
   process start -> elected from the sidecar's own log timestamps;
 * fleet: 10 and 30 candidates in one election on one etcd, idle for
   --fleet-idle seconds: CPU per sidecar (mean, max), etcd's own CPU (less
@@ -55,6 +57,7 @@ sys.path.insert(0, str(ROOT))
 
 from sidecar.backends.etcd import EtcdBackend  # noqa: E402
 from sidecar.clock import MonotonicClock  # noqa: E402
+from sidecar.config import Config  # noqa: E402
 from sidecar.elector import Elector  # noqa: E402
 from sidecar.fencing.client import BlockingGrantClient  # noqa: E402
 from sidecar.fencing.oneshot import request  # noqa: E402
@@ -456,11 +459,22 @@ def footprint(endpoints: list[str], idle: float, workdir: Path, timing: dict[str
         [find_binary("etcdctl"), "--endpoints", ",".join(endpoints), "elect", election + "-ctl", "x"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
+    # The floor under any Python gRPC client renewing as often as the sidecars do.
+    interval = timing.get("retry_interval", Config().retry_interval)
+    floor = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "grpc_floor.py"), endpoints[0], str(interval)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
     try:
         wait(lambda: bool(log_events(follower.log_path, "race_lost")), 30)
         time.sleep(2)
         wd = watchdog_pid(leader.pid)
-        pids = {"leader": leader.pid, "candidate": follower.pid, "etcdctl_elect": etcdctl.pid}
+        pids = {
+            "leader": leader.pid,
+            "candidate": follower.pid,
+            "etcdctl_elect": etcdctl.pid,
+            "grpc_floor": floor.pid,
+        }
         if wd is not None:
             pids["watchdog"] = wd
         before = {k: proc_stats(pid) for k, pid in pids.items()}
@@ -478,6 +492,8 @@ def footprint(endpoints: list[str], idle: float, workdir: Path, timing: dict[str
     finally:
         etcdctl.send_signal(signal.SIGINT)
         etcdctl.wait()
+        floor.kill()
+        floor.wait()
         for s in sidecars:
             s.stop()
 
@@ -617,8 +633,9 @@ def main() -> int:
             fp["timing"] = args.timing
             print(f"footprint over {args.idle:g}s idle, {args.timing} timing: {json.dumps(fp)}")
             for role in ("leader", "candidate"):
-                ratio = fp[role]["cpu_pct"] / max(fp["etcdctl_elect"]["cpu_pct"], 1e-9)
-                print(f"  idle CPU {role}/etcdctl elect: {ratio:.1f}")
+                for other in ("etcdctl_elect", "grpc_floor"):
+                    ratio = fp[role]["cpu_pct"] / max(fp[other]["cpu_pct"], 1e-9)
+                    print(f"  idle CPU {role}/{other}: {ratio:.1f}")
             results["footprint"] = fp
             st = start_to_elected(etcd.endpoints, 5, workdir, timing)
             print(f"start -> first log line: {p(st['start_to_first_log'])}")

@@ -121,6 +121,7 @@ TTL_SUFFIX = ".ttl"  # NAME.ttl/<lease hex>: the TTL a candidate of ours states 
 # A periodic re-read waits for the next acknowledged keepalive, and at most
 # this many retry intervals when none comes (see EtcdBackend.next_renewal).
 RE_READ_WITHIN = 1.5
+GRPC_MAX_MESSAGE = 4 << 20  # gRPC's default limit on a message received
 
 
 @contextlib.contextmanager
@@ -212,18 +213,24 @@ class EtcdBackend:
             cert_key=_read(key_file) if ca_file else None,
         )
         # No BDP probes: gRPC pings after data arrives, to size its flow-control
-        # window for bulk transfers. Ours are a few KiB every retry interval, and
-        # each probe, sent 0.5-0.9 s after the burst it follows, woke gRPC's
-        # threads a second time per interval (etcd3aio 0.3.0 takes no channel
-        # options: its pinned connection manager holds the list).
-        self.client._manager.grpc_options.append(("grpc.http2.bdp_probe", 0))
+        # window, and each probe, sent 0.5-0.9 s after the burst it follows,
+        # woke gRPC's threads a second time per interval. The window it would
+        # have grown is set at once instead, to gRPC's largest message: a read
+        # of a long queue over a slow link then still takes one round trip
+        # (measured through 20 ms each way, 1.2 MB: 45-52 ms; 127-133 ms with
+        # probes off and the default 64 KiB). etcd3aio 0.3.0 takes no channel
+        # options: its pinned connection manager holds the list.
+        self.client._manager.grpc_options += [
+            ("grpc.http2.bdp_probe", 0),
+            ("grpc.http2.lookahead_bytes", GRPC_MAX_MESSAGE),
+        ]
         self.clock = clock
         self.timeout = request_timeout
         self.retry_interval = retry_interval
         self.drift = drift
         self._connected = False
         self._watch_stub: Any = None
-        self._renewed: asyncio.Future[None] | None = None
+        self._renewed: dict[int, asyncio.Future[None]] = {}  # lease -> its next answered keepalive
 
     async def connect(self) -> EtcdBackend:
         if not self._connected:
@@ -234,8 +241,8 @@ class EtcdBackend:
             self._connected = True
         return self
 
-    def next_renewal(self) -> asyncio.Future[None]:
-        """Done when a session on this channel next has a keepalive acknowledged.
+    def next_renewal(self, lease: int) -> asyncio.Future[None]:
+        """Done when ``lease``'s session next has a keepalive acknowledged, or ends.
 
         The periodic re-reads (a leader's own key and view, a waiting
         candidate's queue, its predecessor's watch and the head's lease) wait
@@ -244,20 +251,25 @@ class EtcdBackend:
         (15 ms growing to seconds) after every burst of calls, whatever its
         size: measured with one bare client, a burst every 2 s costs 2.1-2.3
         ms of CPU a second, two bursts offset by 1 s 3.5-3.9 ms, and four
-        more calls in the one burst 0.6 ms. Shared by every waiter: pass it
-        to asyncio.wait, never cancel it.
+        more calls in the one burst 0.6 ms. One per lease, not per channel:
+        elections sharing a backend (the contract tests, a fleet in one
+        process) would otherwise each re-read on every session's renewal.
+        Shared by the waiters of one lease: pass it to asyncio.wait, never
+        cancel it.
         """
-        if self._renewed is None or self._renewed.done():
-            self._renewed = asyncio.get_running_loop().create_future()
-        return self._renewed
+        renewed = self._renewed.get(lease)
+        if renewed is None or renewed.done():
+            renewed = self._renewed[lease] = asyncio.get_running_loop().create_future()
+        return renewed
 
     @property
     def re_read_within(self) -> float:
         """The longest a periodic re-read waits for a renewal to ride (none comes while the store is away)."""
         return RE_READ_WITHIN * self.retry_interval
 
-    def renewal_acknowledged(self) -> None:
-        renewed, self._renewed = self._renewed, None
+    def wake_re_reads(self, lease: int) -> None:
+        """``lease``'s keepalive was answered, or its session ended: its waiters read now."""
+        renewed = self._renewed.pop(lease, None)
         if renewed is not None and not renewed.done():
             renewed.set_result(None)
 
@@ -444,14 +456,16 @@ class EtcdSession:
             raise StoreUnavailable("etcd lease keepalive: stream closed without an answer")
         if resp.TTL <= 0:
             self._drop_stream()
+            self._b.wake_re_reads(self._lease)  # ended: its waiters find out from their reads
             raise SessionExpired(f"lease {self._lease:x} expired or was revoked")
-        self._b.renewal_acknowledged()
+        self._b.wake_re_reads(self._lease)
         return Renewal(sent, float(resp.TTL))
 
     async def close(self) -> None:
         self._drop_stream()
         if not self._lease:
             return
+        self._b.wake_re_reads(self._lease)
         try:
             with _store_errors("lease revoke"):
                 await self._b.lease.revoke(self._lease, timeout=self._b.timeout)
@@ -467,6 +481,7 @@ class EtcdSession:
         # Nothing to tell the store: closing our keepalive stream sends no
         # renewal, so the lease lapses after its TTL; forget the id.
         self._drop_stream()
+        self._b.wake_re_reads(self._lease)
         self._lease = 0
 
 
@@ -862,6 +877,7 @@ class EtcdElection:
         # such a delete the queue re-forms behind candidates that never led.
         self._heads_seen: dict[int, tuple[str, int]] = {}
         self._own_ttl = 0  # our lease's granted TTL: our lock-delay bound, and recorded when we lead
+        self._lease = 0  # the lease our key is on: its renewals pace our re-reads (next_renewal)
         self.wakeups = 0  # watch events that woke this candidate; O(1) per change
         self._reporting: set[asyncio.Future[None]] = set()  # report reads left running after we lead
 
@@ -899,7 +915,7 @@ class EtcdElection:
             return await self._stand_by(session, candidate_id, on_wait)
         self._drop_view()
         key = self._prefix + session.id
-        lease = int(session.id, 16)
+        lease = self._lease = int(session.id, 16)
         value = encode_candidate(candidate_id, priority)
         self._own_ttl = int(float(getattr(session, "ttl", 0.0)))
         self._led = self._record or self._led
@@ -1001,7 +1017,8 @@ class EtcdElection:
         """
         kv = self._b.kv
         key = self._no_lead_prefix + session.id
-        rev, _ = await self._create_once("no-lead register", key, candidate_id, int(session.id, 16))
+        lease = int(session.id, 16)
+        rev, _ = await self._create_once("no-lead register", key, candidate_id, lease)
         told: tuple[str, int] | None = None
         end = prefix_range_end(self._prefix)
         while True:
@@ -1017,8 +1034,9 @@ class EtcdElection:
                     told = head
             # NAME.no-lead/ and NAME/ both lie in [NAME, end of NAME/): one
             # watch from the first read's revision wakes us for either.
+            until = self._b.next_renewal(lease)
             await self._wait_changed(
-                self._name.encode(), int(own.header.revision) + 1, self._b.re_read_within, end, self._b.next_renewal()
+                self._name.encode(), int(own.header.revision) + 1, self._b.re_read_within, end, until
             )
 
     def _ttl_statement(self, lease: int) -> Any:
@@ -1122,7 +1140,7 @@ class EtcdElection:
                 on_wait(Leadership(leader[0], leader[1], 0))
                 told = leader
             # Re-read when our own keepalive is next acknowledged (next_renewal).
-            budget, until = self._b.re_read_within, self._b.next_renewal()
+            budget, until = self._b.re_read_within, self._b.next_renewal(lease)
             poll: asyncio.Future[_Tracked | None] | None = None
             if head.lease and (len(ahead) == 1 or self._takes_next_vacancy(kvs)):
                 # Next in line, or the one whose priority takes the vacancy
@@ -1510,7 +1528,7 @@ class EtcdElection:
         if until <= now:
             return  # its lease had run out: an expiry, and the wait is already over
         # A lease that outlives its deleted key by a whole TTL is renewed by a
-        # live holder, which reads its own key every retry interval and so has
+        # live holder, which reads its own key after every renewal and so has
         # seen it go, stopped its orchestrator (kill_grace) and ended the term
         # long before: the wait never needs to run past this, even when the
         # holder's marker was lost or overwritten (it re-queues on that lease).
@@ -1874,7 +1892,7 @@ class EtcdElection:
                         self._key.encode(), start_revision=int(resp.header.revision) + 1, no_put=True
                     )
                     watch = _KeptWatch(call, _deleted, end="etcd watch ended")
-                ended = await watch.wait(self._b.re_read_within, self._b.next_renewal())
+                ended = await watch.wait(self._b.re_read_within, self._b.next_renewal(self._lease))
                 if ended:
                     return
                 if ended is False:  # compacted: watch afresh from the next read
@@ -1912,7 +1930,7 @@ class EtcdElection:
                     assert view.request is not None
                     return view.request
                 woke = asyncio.ensure_future(view.woke.wait())
-                waits: set[asyncio.Future[Any]] = {watch.task, woke, self._b.next_renewal()}
+                waits: set[asyncio.Future[Any]] = {watch.task, woke, self._b.next_renewal(self._lease)}
                 try:
                     await asyncio.wait(
                         waits,
