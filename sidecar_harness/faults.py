@@ -68,6 +68,35 @@ def revive_exited(cluster: LocalEtcd | LocalZooKeeper) -> list[str]:
     return problems
 
 
+def events_before(lines: list[str], at: int, n: int = 10) -> str:
+    """The ``n`` log events before line ``at`` and the event there, as "event@+seconds" relative to it.
+
+    A late watchdog kill seen in CI had nothing else to explain it once the
+    work directory was gone; these say what the sidecar and its watchdog
+    did just before (armed, fed, respawned, frozen, demoted).
+    """
+
+    def parsed(line: str) -> dict[str, Any] | None:
+        try:
+            d = json.loads(line)
+        except ValueError:
+            return None
+        return d if isinstance(d, dict) and "event" in d else None
+
+    last = parsed(lines[at]) or {}
+    t = last.get("mono")
+    out = []
+    for line in lines[max(0, at - 4 * n) : at + 1]:
+        d = parsed(line)
+        if d is None:
+            continue
+        mono = d.get("mono")
+        when = f"{mono - t:+.3f}s" if isinstance(mono, int | float) and isinstance(t, int | float) else "?"
+        extra = ",".join(f"{k}={d[k]}" for k in ("kill_at", "late_by", "reason", "state") if k in d)
+        out.append(f"{d['event']}@{when}" + (f"[{extra}]" if extra else ""))
+    return "; ".join(out[-(n + 1) :])
+
+
 @dataclass
 class FaultResult:
     n: int
@@ -372,14 +401,18 @@ class Campaign:
             if record.exists() and record.read_text().strip():
                 violations.append(f"{self.no_lead.candidate}: a --no-lead candidate's orchestrator started")
         for sc in self.sidecars:
-            for line in sc.log_path.read_text(errors="replace").splitlines():
+            lines = sc.log_path.read_text(errors="replace").splitlines()
+            for i, line in enumerate(lines):
                 if '"kill_unconfirmed"' in line:
                     violations.append(f"{sc.candidate}: an orchestrator kill was not confirmed")
                 if '"watchdog_fired_kill"' in line:
                     late = json.loads(line).get("late_by", 0)
                     kills_late.append(late)
                     if late >= FAST_TIMING["margin"]:
-                        violations.append(f"{sc.candidate}: watchdog SIGKILL {late:.3f}s after the grant deadline")
+                        violations.append(
+                            f"{sc.candidate}: watchdog SIGKILL {late:.3f}s after the grant deadline"
+                            f" (what led up to it: {events_before(lines, i)})"
+                        )
         per_kind: dict[str, dict[str, Any]] = {}
         for kind in sorted({r.kind for r in self.results}):
             rs = [r for r in self.results if r.kind == kind]
