@@ -201,7 +201,7 @@ class Sidecar:
             )
             # What start-up built (modules, gRPC and kazoo, the metrics
             # registry: some 38,000 objects) lives as long as the process. A
-            # full collection walks all of it, 10-20 ms on a shared core,
+            # full collection walks all of it (8-16 ms measured on a shared core),
             # landing on whatever the sidecar does then, a handover's critical
             # path included. Frozen, they are out of the collector's way; the
             # objects made from here on are collected as usual.
