@@ -20,7 +20,11 @@ If the sidecar stops feeding (frozen by SIGSTOP, stuck), the watchdog sends
 SIGTERM at ``term_at`` and SIGKILL at ``kill_at``, the grant's own deadline,
 to every descendant. If the sidecar dies (EOF on stdin), the targets are
 SIGKILLed at once: nobody is left to renew, so nothing they do is backed by a
-lease.
+lease. A deadline that had already passed when it was given (the sidecar,
+thawed, arms for a client that acknowledged the grant it still held) is met
+at once; ``late_by`` in the kill's log line counts from the deadline or from
+when we were told of it, whichever came later, and ``told_after_deadline``
+says by how much a deadline came late.
 
 Signal first, log after, and never block on the log: a log line goes to a
 bounded queue drained by a thread, and is dropped when the queue is full, so
@@ -201,6 +205,7 @@ class Guard:
         self.targets: list[Target] = []
         self.term_at = 0.0
         self.kill_at = 0.0
+        self.told_at = 0.0  # when the current deadline reached us
         self.termed = False
 
     @property
@@ -240,12 +245,14 @@ class Guard:
             targets = [Target(t) for t in spec["targets"]]
             self.clear()
             self.targets, self.term_at, self.kill_at, self.termed = targets, term_at, kill_at, False
+            self.told_at = _now()
             log("watchdog_armed", targets=[t.name() for t in targets], kill_at=kill_at)
         elif verb == "feed":
             parts = rest.split()
             if len(parts) != 2:
                 raise ValueError("feed needs term_at kill_at")
             self.term_at, self.kill_at = float(parts[0]), float(parts[1])
+            self.told_at = _now()
             self.termed = False
         elif verb == "disarm" and not rest:
             self.clear()
@@ -259,9 +266,15 @@ class Guard:
         if now >= self.kill_at:
             names = [t.name() for t in self.targets]
             errors = self.send(signal.SIGKILL)
-            late = round(now - self.kill_at, 6)
+            # Late against what we could have met: a deadline told to us after
+            # it passed is met at once, and says so separately.
+            late = round(now - max(self.kill_at, self.told_at), 6)
+            told_late = round(max(0.0, self.told_at - self.kill_at), 6)
             self.clear()
-            log("watchdog_fired_kill", targets=names, late_by=late, errors=errors)
+            if told_late:
+                log("watchdog_fired_kill", targets=names, late_by=late, told_after_deadline=told_late, errors=errors)
+            else:
+                log("watchdog_fired_kill", targets=names, late_by=late, errors=errors)
         elif now >= self.term_at and not self.termed:
             errors = self.send(signal.SIGTERM)
             self.termed = True

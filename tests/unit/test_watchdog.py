@@ -195,3 +195,28 @@ def test_a_group_with_child_groups_does_not_hold_up_the_next_targets_kill(tmp_pa
     assert behind - alone < sidecar.watchdog.KILL_CONFIRM / 2, (
         f"SIGKILL {behind:.3f}s after the deadline behind a group with child groups, {alone:.3f}s without it"
     )
+
+
+def test_a_deadline_told_after_it_passed_is_met_at_once_and_not_counted_late() -> None:
+    """A sidecar thawed after a freeze can arm for a client that acknowledged the grant it
+    still held, whose deadline passed while it was frozen (its first watchdog kill was on
+    time). The watchdog kills at once; its punctuality counts from when it was told, and
+    the kill line says how late the deadline came. A CI campaign once failed on such a
+    line: "watchdog SIGKILL 3.752s after the grant deadline"."""
+    target = stubborn()
+    wd = start_watchdog()
+    try:
+        t = now()
+        arm(wd, t - 3.8, t - 3.7, pid_target(target.pid))
+        assert target.wait(5) == -9
+        wd.stdin.close()  # type: ignore[union-attr]
+        assert wd.stderr is not None
+        lines = [json.loads(x) for x in wd.stderr.read().decode().splitlines() if x.startswith("{")]
+        fired = [x for x in lines if x["event"] == "watchdog_fired_kill"]
+        assert len(fired) == 1, lines
+        assert fired[0]["late_by"] < 0.5, fired[0]
+        assert 3.6 < fired[0]["told_after_deadline"] < 5.0, fired[0]
+    finally:
+        target.kill()
+        wd.kill()
+        wd.wait()
