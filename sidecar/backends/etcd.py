@@ -122,6 +122,14 @@ TTL_SUFFIX = ".ttl"  # NAME.ttl/<lease hex>: the TTL a candidate of ours states 
 # this many retry intervals when none comes (see EtcdBackend.next_renewal).
 RE_READ_WITHIN = 1.5
 GRPC_MAX_MESSAGE = 4 << 20  # gRPC's default limit on a message received
+# No BDP probes: gRPC pings after data arrives, to size its flow-control
+# window, and each probe, sent 0.5-0.9 s after the burst it follows, woke
+# gRPC's threads a second time per interval. The window it would have grown
+# is set at once instead, to gRPC's largest message: a read of a long queue
+# over a slow link then still takes one round trip (measured through 20 ms
+# each way, 1.2 MB: 45-52 ms; 127-133 ms with probes off and the default
+# 64 KiB). Added to etcd3aio's own; bench/grpc_floor.py uses them too.
+CHANNEL_OPTIONS = (("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", GRPC_MAX_MESSAGE))
 
 
 @contextlib.contextmanager
@@ -212,18 +220,9 @@ class EtcdBackend:
             cert_chain=_read(cert_file) if ca_file else None,
             cert_key=_read(key_file) if ca_file else None,
         )
-        # No BDP probes: gRPC pings after data arrives, to size its flow-control
-        # window, and each probe, sent 0.5-0.9 s after the burst it follows,
-        # woke gRPC's threads a second time per interval. The window it would
-        # have grown is set at once instead, to gRPC's largest message: a read
-        # of a long queue over a slow link then still takes one round trip
-        # (measured through 20 ms each way, 1.2 MB: 45-52 ms; 127-133 ms with
-        # probes off and the default 64 KiB). etcd3aio 0.3.0 takes no channel
-        # options: its pinned connection manager holds the list.
-        self.client._manager.grpc_options += [
-            ("grpc.http2.bdp_probe", 0),
-            ("grpc.http2.lookahead_bytes", GRPC_MAX_MESSAGE),
-        ]
+        # CHANNEL_OPTIONS. etcd3aio 0.3.0 takes no channel options: its
+        # pinned connection manager holds the list.
+        self.client._manager.grpc_options += CHANNEL_OPTIONS
         self.clock = clock
         self.timeout = request_timeout
         self.retry_interval = retry_interval
@@ -746,10 +745,10 @@ class _KeptWatch:
         """The reader: done once the stream said what we wait for, ended or failed."""
         return self._task
 
-    async def wait(self, budget: float, until: asyncio.Future[None] | None = None) -> bool | None:
+    async def wait(self, budget: float, until: asyncio.Future[None]) -> bool | None:
         """None when ``budget`` ran out (or ``until`` came) with the stream still open;
         else what ``_read`` returned (or raised)."""
-        waits: set[asyncio.Future[Any]] = {self._task} if until is None else {self._task, until}
+        waits: set[asyncio.Future[Any]] = {self._task, until}
         await asyncio.wait(waits, timeout=budget, return_when=asyncio.FIRST_COMPLETED)
         return self._task.result() if self._task.done() else None
 
@@ -1553,8 +1552,8 @@ class EtcdElection:
         budget: float,
         *,
         created: int,
-        handed: list[_Claimed] | None = None,
-        until: asyncio.Future[None] | None = None,
+        handed: list[_Claimed] | None,
+        until: asyncio.Future[None],
     ) -> bool:
         """True once ``key`` is deleted; False when ``budget`` runs out or ``until`` comes.
 
@@ -1590,7 +1589,7 @@ class EtcdElection:
         lag = asyncio.ensure_future(lagging.wait())
         loop = asyncio.get_running_loop()
         end = loop.time() + budget
-        waits: set[asyncio.Future[Any]] = {watch.task, lag} if until is None else {watch.task, lag, until}
+        waits: set[asyncio.Future[Any]] = {watch.task, lag, until}
         try:
             done, _ = await asyncio.wait(waits, timeout=budget, return_when=asyncio.FIRST_COMPLETED)
             if lag in done and watch.task not in done and await self._look_now(key, created, handed=handed):
@@ -1961,8 +1960,8 @@ class EtcdElection:
         key: bytes,
         from_revision: int,
         budget: float,
-        range_end: bytes = b"",
-        until: asyncio.Future[None] | None = None,
+        range_end: bytes,
+        until: asyncio.Future[None],
     ) -> None:
         """Return on the first event on ``key`` (or in [key, range_end)) after ``from_revision``,
         or when ``budget`` runs out or ``until`` comes."""
