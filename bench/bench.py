@@ -133,7 +133,6 @@ def our_switchover(endpoints: list[str], backend: str, rounds: int, workdir: Pat
     """Request written to the store -> the 3rd of 5 candidates' client holds a grant."""
     from sidecar.backends import connected
     from sidecar.backends.base import SwitchoverRequest
-    from sidecar.config import Config
 
     election = f"bench-sw-{backend}-{os.getpid()}"
     sidecars = [

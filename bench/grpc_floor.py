@@ -3,8 +3,8 @@
     python bench/grpc_floor.py ENDPOINT INTERVAL
 
 Grants a lease and renews it every INTERVAL seconds on one LeaseKeepAlive
-stream, on an etcd3aio channel set up as the sidecar's (no BDP probes), and
-does nothing else. gRPC's worker threads wake on a backoff after every burst
+stream, on an etcd3aio channel set up as the sidecar's (its CHANNEL_OPTIONS),
+and does nothing else. gRPC's worker threads wake on a backoff after every burst
 of calls, so this is what one renewal per interval costs before any
 election logic: the footprint benchmark measures it beside the sidecars.
 Runs until killed.
@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from pathlib import Path
 
 from etcd3aio import Etcd3Client
 from etcd3aio._protobuf import LeaseKeepAliveRequest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sidecar.backends.etcd import CHANNEL_OPTIONS
+
 
 async def main(endpoint: str, interval: float) -> None:
     client = Etcd3Client([endpoint], rpc_max_attempts=1)
-    client._manager.grpc_options.append(("grpc.http2.bdp_probe", 0))
+    client._manager.grpc_options += CHANNEL_OPTIONS
     await client.connect()
     assert client.lease is not None
     lease = await client.lease.grant(max(10, int(5 * interval)), timeout=5)
