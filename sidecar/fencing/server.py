@@ -151,10 +151,19 @@ class GrantServer:
     # -- publishing -----------------------------------------------------
 
     def current(self) -> bytes:
-        """The state message for a client now (computed per send: valid_for_ms shrinks)."""
-        if self._grant is None:
+        """The state message for a client now (computed per send: valid_for_ms shrinks).
+
+        A grant whose deadline has passed is not sent: a sidecar that was
+        frozen past it still holds the grant until its loop runs again and
+        revokes, and a client connecting meanwhile (a restarted orchestrator)
+        would acknowledge it, become a kill target and re-arm the watchdog,
+        which kills it at once for a grant it could never act on. It is told
+        what it would be told a moment later: no grant.
+        """
+        now = self._clock.now()
+        if self._grant is None or self._grant.valid_for(now) <= 0:
             return encode({"type": "follower", "leader": False})
-        return encode(grant_to_message(self._grant, self._clock.now()))
+        return encode(grant_to_message(self._grant, now))
 
     async def publish_grant(self, grant: Grant) -> None:
         self._grant = grant
