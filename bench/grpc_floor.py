@@ -3,8 +3,8 @@
     python bench/grpc_floor.py ENDPOINT INTERVAL
 
 Grants a lease and renews it every INTERVAL seconds on one LeaseKeepAlive
-stream, on an etcd3aio channel set up as the sidecar's (its CHANNEL_OPTIONS),
-and does nothing else. gRPC's worker threads wake on a backoff after every burst
+stream, on an etcd3aio channel set up as the sidecar's was before it left
+grpc.aio (CHANNEL_OPTIONS below), and does nothing else. gRPC's worker threads wake on a backoff after every burst
 of calls, so this is what one renewal per interval costs before any
 election logic: the footprint benchmark measures it beside the sidecars.
 Runs until killed.
@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from pathlib import Path
 
 from etcd3aio import Etcd3Client
 from etcd3aio._protobuf import LeaseKeepAliveRequest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sidecar.backends.etcd import CHANNEL_OPTIONS
+# The sidecar's channel options on grpc.aio: no BDP probes (each woke gRPC's
+# threads a second time per interval) and the window they would have grown
+# set at once to gRPC's largest message.
+CHANNEL_OPTIONS = (("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 4 << 20))
 
 
 async def main(endpoint: str, interval: float) -> None:

@@ -73,6 +73,9 @@ class _Client:
         self.pb = _etcd_messages()
         self.range: Callable[[], Awaitable[Any]]
         self.put: Callable[[], Awaitable[Any]]
+        self.channel: Any = None
+        self._grant: Any = None
+        self._keepalive: Any = None
 
     async def open(self) -> None:
         pb = self.pb
@@ -91,12 +94,11 @@ class _Client:
         else:
             import grpc
 
-            sys.path.insert(0, str(ROOT))
-            from sidecar.backends.etcd import CHANNEL_OPTIONS
-
+            sys.path.insert(0, str(ROOT / "bench"))
+            channel_options = importlib.import_module("grpc_floor").CHANNEL_OPTIONS
             rpc_pb2_grpc = importlib.import_module("etcd.api.etcdserverpb.rpc_pb2_grpc")
 
-            channel = grpc.aio.insecure_channel(f"{self.host}:{self.port}", options=list(CHANNEL_OPTIONS))
+            channel = grpc.aio.insecure_channel(f"{self.host}:{self.port}", options=list(channel_options))
             kv, lease = rpc_pb2_grpc.KVStub(channel), rpc_pb2_grpc.LeaseStub(channel)
             rng, put, self._grant, self._keepalive = kv.Range, kv.Put, lease.LeaseGrant, lease.LeaseKeepAlive
         self.channel = channel
@@ -149,9 +151,10 @@ async def _child(kind: str, endpoint: str, mode: str, arg: int) -> None:
         await client.renew_forever(arg)
     else:
         print(json.dumps(await client.time_calls(arg)), flush=True)
-        closed = client.channel.close()
-        if closed is not None:  # grpc.aio's close is a coroutine, grpclib's is not
-            await closed
+        if client.kind == "grpclib":
+            client.channel.close()
+        else:
+            await client.channel.close()
 
 
 def _stats(pid: int) -> tuple[float, int, int]:

@@ -1,4 +1,4 @@
-"""etcd v3 backend over etcd3aio (asyncio gRPC).
+"""etcd v3 backend over etcd's gRPC API (etcd_wire: grpclib on asyncio).
 
 The key layout is that of etcd's own ``concurrency.Election``, so
 ``etcdctl elect -l NAME`` shows our leader and ``etcdctl elect NAME VALUE``
@@ -57,20 +57,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
-
-import grpc
-from etcd3aio import (
-    Etcd3Client,
-    EtcdError,
-    EtcdPermissionDeniedError,
-    EtcdUnauthenticatedError,
-    SortOrder,
-    SortTarget,
-    prefix_range_end,
-)
-from etcd3aio._protobuf import Compare, LeaseKeepAliveRequest, WatchCreateRequest, WatchRequest, WatchStub
 
 from sidecar.backends.base import (
     COMPLETED,
@@ -104,6 +91,17 @@ from sidecar.backends.base import (
     steps_aside_early,
     vacancy_winner,
 )
+from sidecar.backends.etcd_wire import (
+    Compare,
+    RpcError,
+    SortOrder,
+    SortTarget,
+    TransportError,
+    Wire,
+    pb,
+    prefix_range_end,
+    watch_call,
+)
 from sidecar.clock import Clock
 from sidecar.config import Config, ConfigError, endpoint_hostports, etcd_password
 from sidecar.model import Leadership
@@ -121,15 +119,6 @@ TTL_SUFFIX = ".ttl"  # NAME.ttl/<lease hex>: the TTL a candidate of ours states 
 # A periodic re-read waits for the next acknowledged keepalive, and at most
 # this many retry intervals when none comes (see EtcdBackend.next_renewal).
 RE_READ_WITHIN = 1.5
-GRPC_MAX_MESSAGE = 4 << 20  # gRPC's default limit on a message received
-# No BDP probes: gRPC pings after data arrives, to size its flow-control
-# window, and each probe, sent 0.5-0.9 s after the burst it follows, woke
-# gRPC's threads a second time per interval. The window it would have grown
-# is set at once instead, to gRPC's largest message: a read of a long queue
-# over a slow link then still takes one round trip (measured through 20 ms
-# each way, 1.2 MB: 45-52 ms; 127-133 ms with probes off and the default
-# 64 KiB). Added to etcd3aio's own; bench/grpc_floor.py uses them too.
-CHANNEL_OPTIONS = (("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", GRPC_MAX_MESSAGE))
 
 
 @contextlib.contextmanager
@@ -138,31 +127,25 @@ def _store_errors(what: str) -> Iterator[None]:
     on a lease the store no longer has into SessionExpired."""
     try:
         yield
-    except (EtcdUnauthenticatedError, EtcdPermissionDeniedError) as exc:
-        raise StoreForbidden(f"etcd {what}: {exc}") from exc
-    except grpc.aio.AioRpcError as exc:
-        details = exc.details() or ""
-        if exc.code() == grpc.StatusCode.INVALID_ARGUMENT and "user name is empty" in details:
+    except RpcError as exc:
+        details = exc.details
+        if exc.code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+            raise StoreForbidden(f"etcd {what}: {exc}") from exc
+        if exc.code == "INVALID_ARGUMENT" and "user name is empty" in details:
             raise StoreForbidden(
                 f"etcd {what}: authentication required (etcd has auth enabled; set --etcd-user)"
             ) from exc
-        if exc.code() == grpc.StatusCode.INVALID_ARGUMENT and "authentication failed" in details:
+        if exc.code == "INVALID_ARGUMENT" and "authentication failed" in details:
             raise StoreForbidden(f"etcd {what}: authentication failed (wrong user or password)") from exc
-        if exc.code() == grpc.StatusCode.NOT_FOUND and "lease not found" in details:
+        if exc.code == "NOT_FOUND" and "lease not found" in details:
             # A write on our lease after the store ended it (expired while we
             # were cut off, revoked by an operator): the session is over, as a
             # keepalive answering TTL 0 says. Not an outage: retrying on the
             # dead lease would never succeed, and the count would lie.
             raise SessionExpired(f"etcd {what}: our lease is gone ({details})") from exc
-        raise StoreUnavailable(f"etcd {what}: {exc.code().name}: {details}") from exc
-    except (EtcdError, TimeoutError, OSError, asyncio.InvalidStateError) as exc:
-        # InvalidStateError: grpc.aio's answer to a write on a stream the
-        # server or the channel already ended (a member went away).
+        raise StoreUnavailable(f"etcd {what}: {exc}") from exc
+    except (TransportError, TimeoutError, OSError) as exc:
         raise StoreUnavailable(f"etcd {what}: {str(exc) or type(exc).__name__}") from exc
-
-
-def _read(path: str) -> bytes | None:
-    return Path(path).read_bytes() if path else None
 
 
 # Released etcd bugs that bear on a leader election, with the first release
@@ -190,7 +173,7 @@ def known_bugs(version: str) -> list[str]:
 
 
 class EtcdBackend:
-    """One gRPC channel to the cluster, shared by sessions and elections."""
+    """One connection to the cluster (etcd_wire.Wire), shared by sessions and elections."""
 
     def __init__(
         self,
@@ -209,35 +192,26 @@ class EtcdBackend:
     ) -> None:
         self._user = user
         self._password = password
-        self._refresher: Any = None
-        self.client = Etcd3Client(
+        self._refresher: asyncio.Task[None] | None = None
+        # One attempt per call: we retry ourselves, on our own clock; a retry
+        # below us would hide how long the store has been silent.
+        self.wire = Wire(
             endpoints,
-            # One attempt per call: we retry ourselves, on our own clock, and a
-            # library retry would hide how long the store has been silent.
-            rpc_max_attempts=1,
-            tls_server_name=tls_server_name or None,
-            ca_cert=_read(ca_file),
-            cert_chain=_read(cert_file) if ca_file else None,
-            cert_key=_read(key_file) if ca_file else None,
+            ca_file=ca_file,
+            cert_file=cert_file if ca_file else "",
+            key_file=key_file if ca_file else "",
+            server_name=tls_server_name,
         )
-        # CHANNEL_OPTIONS. etcd3aio 0.3.0 takes no channel options: its
-        # pinned connection manager holds the list.
-        self.client._manager.grpc_options += CHANNEL_OPTIONS
         self.clock = clock
         self.timeout = request_timeout
         self.retry_interval = retry_interval
         self.drift = drift
         self._connected = False
-        self._watch_stub: Any = None
         self._renewed: dict[int, asyncio.Future[None]] = {}  # lease -> its next answered keepalive
 
     async def connect(self) -> EtcdBackend:
-        if not self._connected:
-            await self.client.connect()
-            # Our own watch calls (see watch_stream): etcd3aio 0.3.0 sends no
-            # per-call metadata and resumes from a response header's revision.
-            self._watch_stub = WatchStub(self.client._channel)
-            self._connected = True
+        # The connection opens with the first call: nothing to wait for here.
+        self._connected = True
         return self
 
     def next_renewal(self, lease: int) -> asyncio.Future[None]:
@@ -275,7 +249,7 @@ class EtcdBackend:
     async def server_version(self) -> str:
         """The version of the member we talk to (logged at start, exported as a label)."""
         with _store_errors("status"):
-            resp = await self.client.maintenance.status(timeout=self.timeout)  # type: ignore[union-attr]
+            resp = await self.wire.status(self.timeout)
         return str(resp.version)
 
     async def snapshot(self, what: str, reads: list[tuple[str, str | bytes | None]]) -> tuple[list[list[Any]], int]:
@@ -305,7 +279,7 @@ class EtcdBackend:
                 again = await asyncio.gather(*(get(*reads[i], rev) for i in stale), return_exceptions=True)
                 compacted = False
                 for i, r in zip(stale, again, strict=True):
-                    if isinstance(r, grpc.aio.AioRpcError) and r.code() == grpc.StatusCode.OUT_OF_RANGE:
+                    if isinstance(r, RpcError) and r.code == "OUT_OF_RANGE":
                         compacted = True  # compacted in between: read afresh
                     elif isinstance(r, BaseException):
                         raise r
@@ -327,34 +301,37 @@ class EtcdBackend:
         """One Watch stream, no retries, with require-leader.
 
         ``start_revision`` must be a revision we actually read + 1: resuming
-        from anything else (etcd3aio uses a response header's revision) can
+        from anything else (a response header's revision, as etcd3aio resumed) can
         skip the very DELETE we wait for.
         """
-        assert self._watch_stub is not None, "connect() first"
-        create = WatchCreateRequest(
+        create = pb.WatchCreateRequest(
             key=key,
             range_end=range_end,
             start_revision=start_revision,
             filters=[_NOPUT] if no_put else [],
             prev_kv=prev_kv,
         )
-
-        async def requests() -> AsyncIterator[WatchRequest]:
-            yield WatchRequest(create_request=create)
-            await asyncio.Event().wait()  # keep the request side open; the call is cancelled to end it
-
-        token = self.client.watch._metadata if self.client.watch is not None else ()
-        return self._watch_stub.Watch(requests(), metadata=(*token, REQUIRE_LEADER))
+        return watch_call(self.wire, create, REQUIRE_LEADER)
 
     async def authenticate(self) -> None:
         """Log in once (then keep the token fresh); a no-op without a user."""
         if not self._user or self._refresher is not None:
             return
-        refresher = self.client.token_refresher(self._user, self._password, interval=TOKEN_REFRESH)
         with _store_errors(f"authenticate as {self._user!r}"):
-            async with asyncio.timeout(self.timeout):
-                await refresher.__aenter__()
-        self._refresher = refresher
+            self.wire.token = await self.wire.authenticate(self._user, self._password, self.timeout)
+        self._refresher = asyncio.create_task(self._refresh_token())
+
+    async def _refresh_token(self) -> None:
+        """A new token every TOKEN_REFRESH (etcd's simple tokens expire); a failed
+        login is tried again each retry interval, the old token kept meanwhile."""
+        wait = TOKEN_REFRESH
+        while True:
+            await asyncio.sleep(wait)
+            try:
+                self.wire.token = await self.wire.authenticate(self._user, self._password, self.timeout)
+                wait = TOKEN_REFRESH
+            except (RpcError, TransportError, TimeoutError):
+                wait = self.retry_interval  # calls fail with the old token's error meanwhile, and say so
 
     def session(self, ttl: float) -> EtcdSession:
         return EtcdSession(self, int(ttl))
@@ -373,26 +350,22 @@ class EtcdBackend:
 
     async def close(self) -> None:
         if self._refresher is not None:
-            await self._refresher.__aexit__(None, None, None)
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
             self._refresher = None
+            self.wire.token = ""
         if self._connected:
-            await self.client.close()
+            self.wire.close()
             self._connected = False
 
     @property
-    def kv(self):  # type: ignore[no-untyped-def]
-        assert self.client.kv is not None, "connect() first"
-        return self.client.kv
+    def kv(self) -> Any:
+        return self.wire.kv
 
     @property
-    def lease(self):  # type: ignore[no-untyped-def]
-        assert self.client.lease is not None, "connect() first"
-        return self.client.lease
-
-    @property
-    def watch(self):  # type: ignore[no-untyped-def]
-        assert self.client.watch is not None, "connect() first"
-        return self.client.watch
+    def lease(self) -> Any:
+        return self.wire.lease
 
 
 class EtcdSession:
@@ -424,16 +397,20 @@ class EtcdSession:
         self._granted = int(resp.TTL)
         return Renewal(sent, float(resp.TTL))
 
-    def _drop_stream(self) -> None:
+    def _drop_stream(self, *, failed: bool = False) -> None:
+        """End the keepalive stream; ``failed``: it got no answer in time or its
+        connection went, so the next call goes to the next member (etcd_wire)."""
         stream, self._stream = self._stream, None
         if stream is not None:
-            stream.cancel()
+            if failed:
+                stream.fail()
+            else:
+                stream.cancel()
 
     async def keepalive(self) -> Renewal:
         if not self._lease:
             raise SessionExpired("session not open")
-        lease_api = self._b.lease
-        token = lease_api._metadata  # etcd3aio 0.3.0 keeps the auth token here (pinned)
+        token = self._b.wire.token
         if self._stream is not None and self._stream_token != token:
             self._drop_stream()  # the token was refreshed: a stream carries the one it was opened with
         sent = self._b.clock.now()
@@ -441,17 +418,19 @@ class EtcdSession:
             with _store_errors("lease keepalive"):
                 async with asyncio.timeout(self._b.timeout):
                     if self._stream is None:
-                        self._stream = lease_api._stub.LeaseKeepAlive(metadata=token or None)
+                        self._stream = self._b.lease.keepalive_stream()
                         self._stream_token = token
-                    await self._stream.write(LeaseKeepAliveRequest(ID=self._lease))
+                    await self._stream.write(pb.LeaseKeepAliveRequest(ID=self._lease))
                     resp = await self._stream.read()
-        except BaseException:
+        except BaseException as exc:
             # Our request may still be answered later: that answer must not be
-            # read as the next renewal's, so the stream goes with the error.
-            self._drop_stream()
+            # read as the next renewal's, so the stream goes with the error. A
+            # member that did not answer in time is not asked the next renewal:
+            # with one member silent, a renewal on the next is what keeps the lease.
+            self._drop_stream(failed=isinstance(exc, StoreUnavailable))
             raise
-        if resp is grpc.aio.EOF:
-            self._drop_stream()
+        if resp is None:
+            self._drop_stream(failed=True)
             raise StoreUnavailable("etcd lease keepalive: stream closed without an answer")
         if resp.TTL <= 0:
             self._drop_stream()

@@ -1,0 +1,125 @@
+"""The etcd transport (sidecar/backends/etcd_wire.py) against a real etcd and members that fail.
+
+A member that refuses, or accepts and then never answers, costs one call:
+the next call goes to the next endpoint. A keepalive that gets no answer in
+time moves the next renewal too, so one silent member cannot hold a lease
+hostage while the others would renew it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+
+from sidecar.backends.base import StoreUnavailable
+from sidecar.backends.etcd import EtcdBackend
+from sidecar.backends.etcd_wire import TransportError, Wire, pb
+from sidecar.clock import MonotonicClock
+from sidecar_harness.localstore import free_ports
+from tests.conftest import EtcdServer
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def silent() -> AsyncIterator[str]:
+    """An endpoint that accepts connections, reads what it is sent and never answers."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        while await reader.read(65536):
+            pass
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    yield f"127.0.0.1:{port}"
+    for w in held:
+        w.close()  # its reader sees the end, and the handler returns
+    server.close()
+
+
+def refused() -> str:
+    """An endpoint nothing listens on."""
+    port = free_ports(1)[0]
+    with socket.socket() as s:  # still free: connecting is refused
+        assert s.connect_ex(("127.0.0.1", port)) != 0
+    return f"127.0.0.1:{port}"
+
+
+async def test_a_refused_member_costs_one_call(etcd: EtcdServer) -> None:
+    wire = Wire([refused(), *etcd.endpoints])
+    try:
+        with pytest.raises(TransportError):
+            await wire.kv.get("wire-probe", timeout=2)
+        resp = await wire.kv.get("wire-probe", timeout=2)
+        assert resp.header.revision > 0
+    finally:
+        wire.close()
+
+
+async def test_a_member_that_never_answers_costs_one_deadline(etcd: EtcdServer, silent: str) -> None:
+    wire = Wire([silent, *etcd.endpoints])
+    try:
+        with pytest.raises(TimeoutError):
+            await wire.kv.get("wire-probe", timeout=0.3)
+        resp = await wire.kv.get("wire-probe", timeout=2)
+        assert resp.header.revision > 0
+    finally:
+        wire.close()
+
+
+async def test_a_keepalive_without_an_answer_moves_the_next_renewal(etcd: EtcdServer, silent: str) -> None:
+    """The session is granted on the live member, then its connection goes to a silent one
+    (as after a failover elsewhere): the renewal that times out there moves the next one back."""
+    backend = await EtcdBackend([*etcd.endpoints, silent], MonotonicClock(), request_timeout=0.5).connect()
+    try:
+        session = backend.session(10)
+        await session.open()
+        await session.keepalive()
+        backend.wire.failed(backend.wire.channel())  # the live member's connection goes: next is the silent one
+        # The stream on the closed connection fails at once; the next renewal goes to
+        # the silent member and times out; the one after that is answered.
+        failures: list[str] = []
+        for _ in range(3):
+            try:
+                renewal = await session.keepalive()
+                break
+            except StoreUnavailable as exc:
+                failures.append(str(exc))
+        else:
+            pytest.fail(f"no renewal answered after {failures}")
+        assert renewal.ttl > 0
+        assert len(failures) == 2 and "TimeoutError" in failures[1], failures
+        await session.close()
+    finally:
+        await backend.close()
+
+
+async def test_a_cancelled_stream_ends_and_reading_it_raises_cancelled(etcd: EtcdServer) -> None:
+    wire = Wire(etcd.endpoints)
+    try:
+        call = wire.stream(
+            "/etcdserverpb.Watch/Watch",
+            pb.WatchRequest,
+            pb.WatchResponse,
+            pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"wire-watch")),
+        )
+        created = await asyncio.wait_for(call.read(), 5)
+        assert created.created
+        call.cancel()
+        await asyncio.wait_for(asyncio.shield(asyncio.sleep(0)), 1)
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(call.read(), 1)
+        await asyncio.wait_for(_until(call.done), 5)
+    finally:
+        wire.close()
+
+
+async def _until(cond: object) -> None:
+    assert callable(cond)
+    while not cond():
+        await asyncio.sleep(0.01)
