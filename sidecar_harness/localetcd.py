@@ -82,6 +82,7 @@ class LocalEtcd(ProcessGroup):
     # Route member-to-member traffic through fault proxies (see the module doc).
     peer_proxies: bool = False
     links: PeerLinks | None = None
+    extra_args: list[str] = field(default_factory=list)  # more etcd flags, on every member
     _tmp: Path | None = None
     _cluster_args: list[str] = field(default_factory=list)
 
@@ -140,6 +141,7 @@ class LocalEtcd(ProcessGroup):
             "--unsafe-no-fsync",
             *self._cluster_args,
             *self._tls_args(),
+            *self.extra_args,
         ]  # fmt: skip
         m.proc = spawn_logged(args, m.log_path)
 

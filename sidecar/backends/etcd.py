@@ -129,6 +129,12 @@ def _store_errors(what: str) -> Iterator[None]:
         yield
     except RpcError as exc:
         details = exc.details
+        if exc.code == "UNAUTHENTICATED" and "invalid auth token" in details:
+            # Not our credentials: this member no longer knows the token (etcd's
+            # simple tokens expire per member; a restarted member knows none).
+            # The backend logs in again at once (Wire.on_token_rejected); the
+            # elector retries, as after any outage.
+            raise StoreUnavailable(f"etcd {what}: the member no longer knows our auth token; logging in again") from exc
         if exc.code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
             raise StoreForbidden(f"etcd {what}: {exc}") from exc
         if exc.code == "INVALID_ARGUMENT" and "user name is empty" in details:
@@ -319,14 +325,20 @@ class EtcdBackend:
             return
         with _store_errors(f"authenticate as {self._user!r}"):
             self.wire.token = await self.wire.authenticate(self._user, self._password, self.timeout)
-        self._refresher = asyncio.create_task(self._refresh_token())
+        relogin = asyncio.Event()
+        self.wire.on_token_rejected = relogin.set
+        self._refresher = asyncio.create_task(self._refresh_token(relogin))
 
-    async def _refresh_token(self) -> None:
-        """A new token every TOKEN_REFRESH (etcd's simple tokens expire); a failed
-        login is tried again each retry interval, the old token kept meanwhile."""
+    async def _refresh_token(self, relogin: asyncio.Event) -> None:
+        """A new token every TOKEN_REFRESH (etcd's simple tokens expire), and at once
+        when a member rejected ours; a failed login is tried again each retry
+        interval, the old token kept meanwhile."""
         wait = TOKEN_REFRESH
         while True:
-            await asyncio.sleep(wait)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await relogin.wait()
+            relogin.clear()
             try:
                 self.wire.token = await self.wire.authenticate(self._user, self._password, self.timeout)
                 wait = TOKEN_REFRESH
@@ -354,6 +366,7 @@ class EtcdBackend:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresher
             self._refresher = None
+            self.wire.on_token_rejected = None
             self.wire.token = ""
         if self._connected:
             self.wire.close()

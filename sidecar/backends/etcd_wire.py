@@ -25,7 +25,12 @@ What this keeps of the channel it replaced:
 * **TLS**: the CA, an optional client certificate, the server-name override,
   ALPN h2.
 * **The auth token** as ``token`` metadata on every call; a stream carries
-  the token it was opened with.
+  the token it was opened with. A member that no longer knows the token
+  (etcd's simple tokens expire per member, and a restarted member knows
+  none) answers UNAUTHENTICATED "invalid auth token": ``on_token_rejected``
+  tells the backend to log in again at once. With one member at a time,
+  the others' copies of the token age unused, so this is the normal way on
+  after a failover, not an edge case.
 * **Errors**: ``RpcError`` (a status the member sent, by name, and its
   details), ``TransportError`` (everything below gRPC), ``TimeoutError`` (a
   deadline). The backend turns them into its own (``_store_errors``).
@@ -38,7 +43,8 @@ import importlib
 import importlib.util
 import ssl
 import sys
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from enum import IntEnum
 from pathlib import Path
 from typing import Any
@@ -169,8 +175,14 @@ class Wire:
         )
         self._next = 0
         self._channel: Channel | None = None
-        self._channel_target = ""
+        # Each connection's endpoint, for errors; and those closed after a
+        # failure. grpclib reconnects a closed channel on its next use, so a
+        # call that took a channel just before it was retired must not
+        # leave a connection to that member open behind it.
+        self._target_of: weakref.WeakKeyDictionary[Channel, str] = weakref.WeakKeyDictionary()
+        self._retired: weakref.WeakSet[Channel] = weakref.WeakSet()
         self.token: str = ""
+        self.on_token_rejected: Callable[[], None] | None = None
         self.kv = KV(self)
         self.lease = Lease(self)
 
@@ -182,7 +194,7 @@ class Wire:
         if self._channel is None:
             host, port = self._targets[self._next]
             self._channel = Channel(host, port, ssl=self._ssl, config=self._config)
-            self._channel_target = f"{host}:{port}"
+            self._target_of[self._channel] = f"{host}:{port}"
         return self._channel
 
     def failed(self, channel: Channel) -> None:
@@ -190,20 +202,35 @@ class Wire:
         if channel is self._channel:
             self._channel = None
             self._next = (self._next + 1) % len(self._targets)
+        self._retired.add(channel)
         channel.close()
+
+    def where(self, channel: Channel) -> str:
+        return self._target_of.get(channel, "etcd")
+
+    def retired(self, channel: Channel) -> bool:
+        return channel in self._retired
+
+    def put_away(self, channel: Channel) -> None:
+        """After a call ended: a retired channel it may have connected again is closed again."""
+        if channel in self._retired:
+            channel.close()
 
     def error(self, exc: BaseException, channel: Channel) -> BaseException:
         """What a failed call raises: RpcError, TransportError or TimeoutError; the connection goes if it failed."""
         if isinstance(exc, GRPCError):
             if exc.status in (Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED):
                 self.failed(channel)  # a member without a leader, or one too slow: ask another
+            rejected = exc.status is Status.UNAUTHENTICATED and "invalid auth token" in (exc.message or "")
+            if rejected and self.on_token_rejected is not None:
+                self.on_token_rejected()
             return RpcError(exc.status.name, exc.message or "")
         if isinstance(exc, TimeoutError):
             self.failed(channel)
             return exc
         if isinstance(exc, _TRANSPORT):
             self.failed(channel)
-            return TransportError(f"{self._channel_target or 'etcd'}: {type(exc).__name__} {exc}".rstrip())
+            return TransportError(f"{self.where(channel)}: {type(exc).__name__} {exc}".rstrip())
         return exc
 
     async def unary(self, name: str, request: Any, reply: type, timeout: float | None, *extra: tuple[str, str]) -> Any:
@@ -218,6 +245,8 @@ class Wire:
             if mapped is exc:
                 raise
             raise mapped from exc
+        finally:
+            self.put_away(channel)
 
     def stream(self, name: str, request: type, reply: type, first: Any = None, *extra: tuple[str, str]) -> StreamCall:
         return StreamCall(self, name, request, reply, metadata=self.metadata(*extra), first=first)
@@ -257,18 +286,23 @@ class StreamCall:
     ) -> None:
         self._wire = wire
         self._channel = wire.channel()
-        method: StreamStreamMethod[Any, Any] = StreamStreamMethod(self._channel, name, request, reply)
+        self._method: tuple[str, type, type] = (name, request, reply)
         self._answers: asyncio.Queue[Any] = asyncio.Queue()
         self._open = asyncio.Event()
         self._stream: Any = None
         self._failed: BaseException | None = None
         self._ended = False
-        self._task = asyncio.create_task(self._run(method, metadata, first))
+        self._task = asyncio.create_task(self._run(metadata, first))
 
-    async def _run(self, method: StreamStreamMethod[Any, Any], metadata: list[tuple[str, str]], first: Any) -> None:
+    async def _run(self, metadata: list[tuple[str, str]], first: Any) -> None:
+        if self._wire.retired(self._channel):
+            self._channel = self._wire.channel()  # retired between our creation and this task's start
+        method: StreamStreamMethod[Any, Any] = StreamStreamMethod(self._channel, *self._method)
         try:
             async with method.open(metadata=metadata) as stream:
                 await stream.send_request()
+                if self._wire.retired(self._channel):
+                    raise TransportError(f"{self._wire.where(self._channel)}: connection closed after a failure")
                 if first is not None:
                     await stream.send_message(first)
                 self._stream = stream
@@ -287,6 +321,7 @@ class StreamCall:
         finally:
             self._stream = None
             self._open.set()
+            self._wire.put_away(self._channel)
 
     async def write(self, message: Any) -> None:
         await self._open.wait()

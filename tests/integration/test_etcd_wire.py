@@ -16,7 +16,7 @@ import pytest
 
 from sidecar.backends.base import StoreUnavailable
 from sidecar.backends.etcd import EtcdBackend
-from sidecar.backends.etcd_wire import TransportError, Wire, pb
+from sidecar.backends.etcd_wire import TransportError, Wire, pb, watch_call
 from sidecar.clock import MonotonicClock
 from sidecar_harness.localstore import free_ports
 from tests.conftest import EtcdServer
@@ -115,6 +115,23 @@ async def test_a_cancelled_stream_ends_and_reading_it_raises_cancelled(etcd: Etc
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(call.read(), 1)
         await asyncio.wait_for(_until(call.done), 5)
+    finally:
+        wire.close()
+
+
+async def test_a_stream_made_just_before_its_connection_failed_does_not_dial_it_again(etcd: EtcdServer) -> None:
+    """grpclib dials a closed channel again on its next use: a watch set up just before
+    another call's failure closed its connection must go to the next member, not reopen
+    a connection to the failed one that nothing would ever close (a review found one)."""
+    wire = Wire([*etcd.endpoints, *etcd.endpoints])
+    try:
+        first = wire.channel()
+        call = watch_call(wire, pb.WatchCreateRequest(key=b"wire-orphan"))
+        wire.failed(first)  # say, a re-read on the same connection timed out
+        created = await asyncio.wait_for(call.read(), 5)
+        assert created.created
+        assert not first._connected
+        call.cancel()
     finally:
         wire.close()
 

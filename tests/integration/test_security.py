@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from sidecar.backends.base import Session, StoreUnavailable
+from sidecar.backends.etcd import EtcdBackend
+from sidecar.clock import MonotonicClock
 from sidecar_harness.fleet import FAST_TIMING, SidecarProcess
 from sidecar_harness.localetcd import LocalEtcd, find_binary
 from sidecar_harness.localstore import free_ports
@@ -78,7 +83,8 @@ def test_untrusted_client_certificate_is_refused_clearly(
         wait_until(lambda: '"store_unreachable"' in log_text(s), 20, what="a store_unreachable line")
         assert (s.status() or {}).get("state") != "leader"
         line = next(json.loads(x) for x in log_text(s).splitlines() if '"store_unreachable"' in x)
-        assert line["during"] == "session-open" and "UNAVAILABLE" in line["error"]
+        # The TLS alert itself, not a bare UNAVAILABLE: the operator sees which certificate to fix.
+        assert line["during"] == "session-open" and "bad certificate" in line["error"], line
     finally:
         s.stop()
 
@@ -97,27 +103,90 @@ def test_missing_certificate_file_fails_at_start(tls_etcd: LocalEtcd, workdir: P
     )
 
 
+def enable_auth(etcd: LocalEtcd, prefix: str) -> None:
+    """root, alice (read-write on ``prefix``), bob (no rights); then auth on."""
+    ep = ",".join(etcd.endpoints)
+    ctl = find_binary("etcdctl")
+
+    def run(*args: str, user: str = "") -> None:
+        auth = ["--user", user] if user else []
+        subprocess.run([ctl, "--endpoints", ep, *auth, *args], check=True, capture_output=True, timeout=20)
+
+    run("user", "add", "root:rootpw")
+    run("user", "grant-role", "root", "root")
+    run("auth", "enable")
+    root = "root:rootpw"
+    run("user", "add", f"alice:{SECRET}", user=root)
+    run("user", "add", "bob:bobpw", user=root)
+    run("role", "add", "elector", user=root)
+    run("role", "grant-permission", "elector", "--prefix=true", "readwrite", prefix, user=root)
+    run("user", "grant-role", "alice", "elector", user=root)
+
+
 @pytest.fixture(scope="module")
 def rbac_etcd() -> Iterator[tuple[LocalEtcd, str]]:
     """etcd with auth on: root, alice (read-write on the election), bob (no rights)."""
     with LocalEtcd(1) as etcd:
-        ep = etcd.endpoints[0]
-        ctl = find_binary("etcdctl")
+        enable_auth(etcd, "rbac")
+        yield etcd, etcd.endpoints[0]
 
-        def run(*args: str, user: str = "") -> None:
-            auth = ["--user", user] if user else []
-            subprocess.run([ctl, "--endpoints", ep, *auth, *args], check=True, capture_output=True, timeout=20)
 
-        run("user", "add", "root:rootpw")
-        run("user", "grant-role", "root", "root")
-        run("auth", "enable")
-        root = "root:rootpw"
-        run("user", "add", f"alice:{SECRET}", user=root)
-        run("user", "add", "bob:bobpw", user=root)
-        run("role", "add", "elector", user=root)
-        run("role", "grant-permission", "elector", "--prefix=true", "readwrite", "rbac", user=root)
-        run("user", "grant-role", "alice", "elector", user=root)
-        yield etcd, ep
+async def renew_and_read(backend: EtcdBackend, session: Session, seconds: float) -> list[str]:
+    """Renew and read every 0.2 s for ``seconds``, as a sidecar does: each outcome that changed."""
+    seen: list[str] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            await session.keepalive()
+            await backend.snapshot("auth re-read", [("auth/k", None)])
+            out = "ok"
+        except StoreUnavailable as exc:
+            out = f"unavailable: {exc}"
+        if not seen or seen[-1] != out:
+            seen.append(out)
+        await asyncio.sleep(0.2)
+    return seen
+
+
+async def test_a_member_that_forgot_our_token_costs_one_retry_not_the_sidecar(workdir: Path) -> None:
+    """A restarted member knows no token issued before; its "invalid auth token" is not a
+    refusal of our credentials (StoreForbidden, exit 2) but a call to log in again."""
+    with LocalEtcd(1) as etcd:
+        enable_auth(etcd, "auth")
+        backend = await EtcdBackend(etcd.endpoints, MonotonicClock(), user="alice", password=SECRET).connect()
+        try:
+            session = backend.session(10)
+            await session.open()
+            assert await renew_and_read(backend, session, 0.5) == ["ok"]
+            member = etcd.members[0]
+            etcd.kill(member)
+            etcd.start_member(member)
+            etcd.wait_healthy(30)
+            seen = await renew_and_read(backend, session, 3)
+            assert seen[-1] == "ok", seen
+            assert any("no longer knows our auth token" in s for s in seen), seen
+        finally:
+            await backend.close()
+
+
+async def test_after_a_failover_an_expired_token_costs_one_retry(workdir: Path) -> None:
+    """etcd's simple tokens expire per member, each copy timed from its own last use: with
+    calls on one member at a time, the others' copies run out, and the member a failover
+    lands on rejects the token. The sidecar logs in again and goes on."""
+    with LocalEtcd(3, extra_args=["--auth-token", "simple", "--auth-token-ttl", "2"]) as etcd:
+        enable_auth(etcd, "auth")
+        backend = await EtcdBackend(
+            etcd.endpoints, MonotonicClock(), request_timeout=0.5, user="alice", password=SECRET, retry_interval=0.5
+        ).connect()
+        try:
+            session = backend.session(10)
+            await session.open()
+            assert await renew_and_read(backend, session, 3) == ["ok"]  # the other members' copies expire
+            etcd.kill(etcd.members[0])  # the member every call went to
+            seen = await renew_and_read(backend, session, 4)
+            assert seen[-1] == "ok", seen
+        finally:
+            await backend.close()
 
 
 def test_rbac_user_with_rights_leads_and_the_password_never_shows(
