@@ -19,6 +19,8 @@ from sidecar.backends.etcd_wire import RpcError, TransportError
         RpcError("UNAVAILABLE", "etcdserver: no leader"),
         RpcError("DEADLINE_EXCEEDED", ""),
         RpcError("INTERNAL", "whatever a member says"),
+        # A member that no longer knows our token (expired there, or it restarted): log in again.
+        RpcError("UNAUTHENTICATED", "etcdserver: invalid auth token"),
     ],
 )
 def test_a_failure_below_the_store_is_an_outage(exc: Exception) -> None:
@@ -29,7 +31,7 @@ def test_a_failure_below_the_store_is_an_outage(exc: Exception) -> None:
 @pytest.mark.parametrize(
     ("exc", "says"),
     [
-        (RpcError("UNAUTHENTICATED", "etcdserver: invalid auth token"), "invalid auth token"),
+        (RpcError("UNAUTHENTICATED", "etcdserver: user name not found"), "user name not found"),
         (RpcError("PERMISSION_DENIED", "etcdserver: permission denied"), "permission denied"),
         (RpcError("INVALID_ARGUMENT", "etcdserver: user name is empty"), "set --etcd-user"),
         (RpcError("INVALID_ARGUMENT", "etcdserver: authentication failed, invalid user ID or password"), "wrong user"),
