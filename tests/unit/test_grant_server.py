@@ -172,7 +172,7 @@ async def test_a_client_connecting_after_the_deadline_is_not_handed_the_dead_gra
     sent the dead one: it would acknowledge it, become a kill target, re-arm
     the watchdog and be killed at once for a term it could never act in.
     """
-    sink, acked = RecordingSink(), []
+    sink, acked = RecordingSink(), list[int]()
     CLOCK._now = 100.0
 
     async def status() -> dict[str, Any]:
