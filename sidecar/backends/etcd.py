@@ -134,7 +134,9 @@ def _store_errors(what: str) -> Iterator[None]:
             # simple tokens expire per member; a restarted member knows none).
             # The backend logs in again at once (Wire.on_token_rejected); the
             # elector retries, as after any outage.
-            raise StoreUnavailable(f"etcd {what}: the member no longer knows our auth token; logging in again") from exc
+            raise StoreUnavailable(
+                f"etcd {what}: the member no longer knows our auth token ({details}); logging in again"
+            ) from exc
         if exc.code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
             raise StoreForbidden(f"etcd {what}: {exc}") from exc
         if exc.code == "INVALID_ARGUMENT" and "user name is empty" in details:
@@ -199,6 +201,7 @@ class EtcdBackend:
         self._user = user
         self._password = password
         self._refresher: asyncio.Task[None] | None = None
+        self._login = asyncio.Lock()
         # One attempt per call: we retry ourselves, on our own clock; a retry
         # below us would hide how long the store has been silent.
         self.wire = Wire(
@@ -321,29 +324,45 @@ class EtcdBackend:
 
     async def authenticate(self) -> None:
         """Log in once (then keep the token fresh); a no-op without a user."""
-        if not self._user or self._refresher is not None:
+        if not self._user:
             return
-        with _store_errors(f"authenticate as {self._user!r}"):
-            self.wire.token = await self.wire.authenticate(self._user, self._password, self.timeout)
-        relogin = asyncio.Event()
-        self.wire.on_token_rejected = relogin.set
-        self._refresher = asyncio.create_task(self._refresh_token(relogin))
+        async with self._login:  # first calls made together log in once, with one refresher
+            if self._refresher is not None:
+                return
+            with _store_errors(f"authenticate as {self._user!r}"):
+                self.wire.token = await self.wire.authenticate(self._user, self._password, self.timeout)
+            relogin = asyncio.Event()
+            self.wire.on_token_rejected = relogin.set
+            self._refresher = asyncio.create_task(self._refresh_token(relogin))
 
     async def _refresh_token(self, relogin: asyncio.Event) -> None:
         """A new token every TOKEN_REFRESH (etcd's simple tokens expire), and at once
-        when a member rejected ours; a failed login is tried again each retry
-        interval, the old token kept meanwhile."""
+        when a member rejected ours (``relogin``), at most once a retry interval.
+
+        A login refused (the user was deleted, the password changed) makes every
+        rejected call raise that refusal, StoreForbidden, as at start; any other
+        failed login is named in the rejected calls' errors and tried again.
+        """
         wait = TOKEN_REFRESH
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await relogin.wait()
-            relogin.clear()
             try:
-                self.wire.token = await self.wire.authenticate(self._user, self._password, self.timeout)
+                with _store_errors(f"log in again as {self._user!r}"):
+                    self.wire.token = await self.wire.authenticate(self._user, self._password, self.timeout)
+                self.wire.login_refused, self.wire.login_failed = None, ""
                 wait = TOKEN_REFRESH
-            except (RpcError, TransportError, TimeoutError):
-                wait = self.retry_interval  # calls fail with the old token's error meanwhile, and say so
+            except StoreForbidden as exc:
+                self.wire.login_refused = exc
+                wait = self.retry_interval
+            except StoreUnavailable as exc:
+                self.wire.login_failed = str(exc)
+                wait = self.retry_interval
+            # However many calls the old token fails meanwhile: one login per
+            # retry interval at most (each costs the store a password hash).
+            await asyncio.sleep(self.retry_interval)
+            relogin.clear()
 
     def session(self, ttl: float) -> EtcdSession:
         return EtcdSession(self, int(ttl))
@@ -367,6 +386,7 @@ class EtcdBackend:
                 await self._refresher
             self._refresher = None
             self.wire.on_token_rejected = None
+            self.wire.login_refused, self.wire.login_failed = None, ""
             self.wire.token = ""
         if self._connected:
             self.wire.close()

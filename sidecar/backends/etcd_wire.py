@@ -14,9 +14,14 @@ imported without importing etcd3aio's package, which imports grpc.
 What this keeps of the channel it replaced:
 
 * **Endpoints.** Calls go to one member at a time. A call that fails at the
-  transport (refused, reset, cut, no answer within its deadline), or that
-  the member answers UNAVAILABLE, closes that connection, and the next call
-  goes to the next endpoint. gRPC's round robin spread calls over every
+  transport (refused, reset, cut, no answer within its deadline) closes that
+  connection, and the next call goes to the next endpoint. A member that
+  answers but cannot serve (UNAVAILABLE: no leader, leader changed;
+  DEADLINE_EXCEEDED) sends the next calls to the next endpoint too, but
+  its connection stays open for the calls and streams still on it (a
+  keepalive stream, watches) and closes when the last of them ends: one
+  "leader changed" from a healthy member must not cut the leader's
+  keepalive stream. gRPC's round robin spread calls over every
   member and skipped one only once its connection failed, so a member that
   went silent kept getting calls until a keepalive ping went unanswered.
 * **HTTP/2 pings** every 10 s, 5 s to answer, as etcd3aio set them, while
@@ -175,14 +180,21 @@ class Wire:
         )
         self._next = 0
         self._channel: Channel | None = None
-        # Each connection's endpoint, for errors; and those closed after a
-        # failure. grpclib reconnects a closed channel on its next use, so a
-        # call that took a channel just before it was retired must not
-        # leave a connection to that member open behind it.
+        # Each connection's endpoint, for errors; those calls have moved on
+        # from; the calls and streams on each. grpclib dials a closed channel
+        # again on its next use, so a retired one is closed once its last
+        # user ends, and no call starts on it.
         self._target_of: weakref.WeakKeyDictionary[Channel, str] = weakref.WeakKeyDictionary()
         self._retired: weakref.WeakSet[Channel] = weakref.WeakSet()
+        self._closed: weakref.WeakSet[Channel] = weakref.WeakSet()
+        self._users: dict[Channel, int] = {}
         self.token: str = ""
         self.on_token_rejected: Callable[[], None] | None = None
+        # Set by the backend: what a rejected token raises once logging in
+        # again was refused (the credentials no longer work), and the last
+        # login that failed otherwise (named in the rejected calls' errors).
+        self.login_refused: BaseException | None = None
+        self.login_failed = ""
         self.kv = KV(self)
         self.lease = Lease(self)
 
@@ -197,12 +209,22 @@ class Wire:
             self._target_of[self._channel] = f"{host}:{port}"
         return self._channel
 
-    def failed(self, channel: Channel) -> None:
-        """A call on ``channel`` failed below gRPC: close it; the next call goes to the next endpoint."""
+    def move_on(self, channel: Channel) -> None:
+        """The member behind ``channel`` cannot serve: the next calls go to the next endpoint."""
         if channel is self._channel:
             self._channel = None
             self._next = (self._next + 1) % len(self._targets)
         self._retired.add(channel)
+        if not self._users.get(channel):
+            self._close(channel)
+
+    def failed(self, channel: Channel) -> None:
+        """A call on ``channel`` failed below gRPC: close it; the next call goes to the next endpoint."""
+        self.move_on(channel)
+        self._close(channel)
+
+    def _close(self, channel: Channel) -> None:
+        self._closed.add(channel)
         channel.close()
 
     def where(self, channel: Channel) -> str:
@@ -211,20 +233,37 @@ class Wire:
     def retired(self, channel: Channel) -> bool:
         return channel in self._retired
 
-    def put_away(self, channel: Channel) -> None:
-        """After a call ended: a retired channel it may have connected again is closed again."""
+    def closed(self, channel: Channel) -> bool:
+        return channel in self._closed
+
+    def use(self, channel: Channel) -> None:
+        self._users[channel] = self._users.get(channel, 0) + 1
+
+    def done(self, channel: Channel) -> None:
+        """A call or stream on ``channel`` ended: a retired channel's last user closes it
+        (again, if the call dialled it after it was closed)."""
+        left = self._users.get(channel, 1) - 1
+        if left > 0:
+            self._users[channel] = left
+            return
+        self._users.pop(channel, None)
         if channel in self._retired:
-            channel.close()
+            self._close(channel)
 
     def error(self, exc: BaseException, channel: Channel) -> BaseException:
         """What a failed call raises: RpcError, TransportError or TimeoutError; the connection goes if it failed."""
         if isinstance(exc, GRPCError):
             if exc.status in (Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED):
-                self.failed(channel)  # a member without a leader, or one too slow: ask another
-            rejected = exc.status is Status.UNAUTHENTICATED and "invalid auth token" in (exc.message or "")
-            if rejected and self.on_token_rejected is not None:
-                self.on_token_rejected()
-            return RpcError(exc.status.name, exc.message or "")
+                self.move_on(channel)  # a member without a leader, or one too slow: ask another
+            message = exc.message or ""
+            if exc.status is Status.UNAUTHENTICATED and "invalid auth token" in message:
+                if self.login_refused is not None:
+                    return self.login_refused  # logging in again was refused: that is the news
+                if self.on_token_rejected is not None:
+                    self.on_token_rejected()
+                if self.login_failed:
+                    message += f" (the last login failed: {self.login_failed})"
+            return RpcError(exc.status.name, message)
         if isinstance(exc, TimeoutError):
             self.failed(channel)
             return exc
@@ -235,6 +274,7 @@ class Wire:
 
     async def unary(self, name: str, request: Any, reply: type, timeout: float | None, *extra: tuple[str, str]) -> Any:
         channel = self.channel()
+        self.use(channel)
         method: UnaryUnaryMethod[Any, Any] = UnaryUnaryMethod(channel, name, type(request), reply)
         try:
             return await method(request, timeout=timeout, metadata=self.metadata(*extra))
@@ -246,7 +286,7 @@ class Wire:
                 raise
             raise mapped from exc
         finally:
-            self.put_away(channel)
+            self.done(channel)
 
     def stream(self, name: str, request: type, reply: type, first: Any = None, *extra: tuple[str, str]) -> StreamCall:
         return StreamCall(self, name, request, reply, metadata=self.metadata(*extra), first=first)
@@ -297,11 +337,12 @@ class StreamCall:
     async def _run(self, metadata: list[tuple[str, str]], first: Any) -> None:
         if self._wire.retired(self._channel):
             self._channel = self._wire.channel()  # retired between our creation and this task's start
+        self._wire.use(self._channel)
         method: StreamStreamMethod[Any, Any] = StreamStreamMethod(self._channel, *self._method)
         try:
             async with method.open(metadata=metadata) as stream:
                 await stream.send_request()
-                if self._wire.retired(self._channel):
+                if self._wire.closed(self._channel):  # closed while we connected: we dialled it again
                     raise TransportError(f"{self._wire.where(self._channel)}: connection closed after a failure")
                 if first is not None:
                     await stream.send_message(first)
@@ -321,7 +362,7 @@ class StreamCall:
         finally:
             self._stream = None
             self._open.set()
-            self._wire.put_away(self._channel)
+            self._wire.done(self._channel)
 
     async def write(self, message: Any) -> None:
         await self._open.wait()

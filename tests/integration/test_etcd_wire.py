@@ -13,10 +13,12 @@ import socket
 from collections.abc import AsyncIterator
 
 import pytest
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
 
 from sidecar.backends.base import StoreUnavailable
 from sidecar.backends.etcd import EtcdBackend
-from sidecar.backends.etcd_wire import TransportError, Wire, pb, watch_call
+from sidecar.backends.etcd_wire import RpcError, TransportError, Wire, pb, watch_call
 from sidecar.clock import MonotonicClock
 from sidecar_harness.localstore import free_ports
 from tests.conftest import EtcdServer
@@ -132,6 +134,29 @@ async def test_a_stream_made_just_before_its_connection_failed_does_not_dial_it_
         assert created.created
         assert not first._connected
         call.cancel()
+    finally:
+        wire.close()
+
+
+async def test_a_member_that_cannot_serve_moves_new_calls_on_but_keeps_its_streams(etcd: EtcdServer) -> None:
+    """UNAVAILABLE ("leader changed", "no leader") from a member: the next calls go to the
+    next endpoint, but the keepalive stream and watches already on it go on (a review saw
+    one "leader changed" close the leader's keepalive stream with it), and the connection
+    closes when the last of them ends."""
+    wire = Wire([*etcd.endpoints, *etcd.endpoints])
+    try:
+        first = wire.channel()
+        call = watch_call(wire, pb.WatchCreateRequest(key=b"wire-moved"))
+        assert (await asyncio.wait_for(call.read(), 5)).created
+        mapped = wire.error(GRPCError(Status.UNAVAILABLE, "etcdserver: leader changed"), first)
+        assert isinstance(mapped, RpcError) and mapped.code == "UNAVAILABLE"
+        assert wire.channel() is not first
+        await wire.kv.put("wire-moved", "v", timeout=2)  # on the next endpoint
+        event = await asyncio.wait_for(call.read(), 5)  # the watch, still on the first
+        assert [bytes(e.kv.key) for e in event.events] == [b"wire-moved"]
+        assert first._connected
+        call.cancel()
+        await asyncio.wait_for(_until(lambda: not first._connected), 5)
     finally:
         wire.close()
 

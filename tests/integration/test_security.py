@@ -10,10 +10,11 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from sidecar.backends.base import Session, StoreUnavailable
+from sidecar.backends.base import Session, StoreForbidden, StoreUnavailable
 from sidecar.backends.etcd import EtcdBackend
 from sidecar.clock import MonotonicClock
 from sidecar_harness.fleet import FAST_TIMING, SidecarProcess
@@ -167,6 +168,74 @@ async def test_a_member_that_forgot_our_token_costs_one_retry_not_the_sidecar(wo
             assert any("no longer knows our auth token" in s for s in seen), seen
         finally:
             await backend.close()
+
+
+def etcdctl_as_root(etcd: LocalEtcd, *args: str, stdin_text: str | None = None) -> None:
+    ep = ",".join(etcd.endpoints)
+    subprocess.run(
+        [find_binary("etcdctl"), "--endpoints", ep, "--user", "root:rootpw", *args],
+        check=True,
+        capture_output=True,
+        input=stdin_text,
+        text=True,
+        timeout=20,
+    )
+
+
+@pytest.mark.parametrize("change", ["user-deleted", "password-changed"])
+async def test_credentials_that_stopped_working_stop_the_sidecar_clearly(workdir: Path, change: str) -> None:
+    """Logging in again after a rejected token is for tokens the store forgot. When the
+    login itself is refused, that refusal (StoreForbidden: exit 2) is what the calls raise,
+    not an outage retried for ever; and the logins are spaced, not one per rejected call."""
+    with LocalEtcd(1) as etcd:
+        enable_auth(etcd, "auth")
+        backend = await EtcdBackend(
+            etcd.endpoints, MonotonicClock(), user="alice", password=SECRET, retry_interval=0.5
+        ).connect()
+        logins = 0
+        authenticate = backend.wire.authenticate
+
+        async def counted(*args: Any, **kwargs: Any) -> str:
+            nonlocal logins
+            logins += 1
+            return await authenticate(*args, **kwargs)
+
+        backend.wire.authenticate = counted  # type: ignore[method-assign]
+        try:
+            session = backend.session(10)
+            await session.open()
+            assert await renew_and_read(backend, session, 0.3) == ["ok"]
+            if change == "user-deleted":
+                etcdctl_as_root(etcd, "user", "delete", "alice")  # etcd drops alice's tokens
+            else:
+                etcdctl_as_root(etcd, "user", "passwd", "alice", "--interactive=false", stdin_text="new-password\n")
+                etcd.kill(etcd.members[0])  # a restarted member knows no earlier token
+                etcd.start_member(etcd.members[0])
+                etcd.wait_healthy(30)
+            started = time.monotonic()
+            with pytest.raises(StoreForbidden, match="authentication failed"):
+                await renew_and_read(backend, session, 10)
+            elapsed = time.monotonic() - started
+            assert elapsed < 5, elapsed
+            assert logins <= 1 + elapsed / 0.5 + 1, (logins, elapsed)
+        finally:
+            await backend.close()
+
+
+async def test_first_calls_made_together_log_in_once(workdir: Path) -> None:
+    with LocalEtcd(1) as etcd:
+        enable_auth(etcd, "auth")
+        backend = EtcdBackend(etcd.endpoints, MonotonicClock(), user="alice", password=SECRET)
+        await backend.connect()
+        try:
+            election = backend.election("auth")
+            await asyncio.gather(backend.authenticate(), election.candidates(), election.switchover_request())
+            refreshers = [t for t in asyncio.all_tasks() if "_refresh_token" in repr(t.get_coro())]
+            assert len(refreshers) == 1, refreshers
+        finally:
+            await backend.close()
+        await asyncio.sleep(0)
+        assert not [t for t in asyncio.all_tasks() if "_refresh_token" in repr(t.get_coro()) and not t.done()]
 
 
 async def test_after_a_failover_an_expired_token_costs_one_retry(workdir: Path) -> None:
