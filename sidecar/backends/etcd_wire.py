@@ -304,9 +304,10 @@ class Wire:
         return str(resp.token)
 
     def close(self) -> None:
-        channel, self._channel = self._channel, None
-        if channel is not None:
-            channel.close()
+        """Close every connection, the retired ones still serving a stream included."""
+        self._channel = None
+        for channel in list(self._target_of):
+            self._close(channel)
 
 
 class StreamCall:
