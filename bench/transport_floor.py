@@ -1,6 +1,6 @@
 """What the etcd transport alone costs: grpc.aio (ours) against grpclib, same etcd, same run.
 
-    .venv/bin/python bench/transport_floor.py [--idle 60] [--calls 300] [--grpclib-python PYTHON]
+    .venv/bin/python bench/transport_floor.py [--idle 60] [--calls 300]
 
 Issue 16 asks an idle sidecar for <= 0.15 % of a core and <= 45 MiB. The
 footprint benchmark's floor peer (bench/grpc_floor.py: a bare client that
@@ -8,13 +8,9 @@ renews one lease every 2 s and does nothing else) already costs about
 0.14 % and 40 MiB on grpc.aio, because gRPC's C-core threads wake on their
 own backoff after every burst of calls. This script measures the same
 floor on grpclib (pure-Python gRPC on asyncio and h2, no threads of its
-own) beside it, idle and per call, so the choice of transport rests on a
-figure rather than a guess.
-
-grpclib is not a dependency of the sidecar: install it where this runs
-(``pip install grpclib==0.4.9``) or point ``--grpclib-python`` at an
-interpreter that has it and etcd3aio (whose generated etcd messages both
-clients use).
+own) beside it, idle and per call: the figures that moved the sidecar's
+etcd transport to grpclib (sidecar/backends/etcd_wire.py). Both clients
+send the messages that module loads.
 
 Each client runs in a process of its own:
 
@@ -31,7 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
+import importlib
 import json
 import statistics
 import subprocess
@@ -43,24 +39,13 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 INTERVAL = 2.0  # the sidecars' default retry interval: one renewal per 2 s
-GRPCLIB_PIN = "grpclib==0.4.9"
 
 
 def _etcd_messages() -> Any:
-    """etcd's generated request/response classes, without importing etcd3aio (and so grpc)."""
-    spec = importlib.util.find_spec("etcd3aio")
-    assert spec is not None and spec.origin is not None
-    sys.path.insert(0, str(Path(spec.origin).parent / "proto"))
-    # The files rpc.proto depends on must be in the descriptor pool first.
-    for dep in (
-        "google.api.annotations_pb2",
-        "protoc_gen_openapiv2.options.annotations_pb2",
-        "etcd.api.mvccpb.kv_pb2",
-        "etcd.api.authpb.auth_pb2",
-        "etcd.api.versionpb.version_pb2",
-    ):
-        importlib.import_module(dep)
-    return importlib.import_module("etcd.api.etcdserverpb.rpc_pb2")
+    """etcd's generated request/response classes, as the sidecar's transport loads them
+    (sidecar/backends/etcd_messages.py imports neither grpc nor grpclib)."""
+    sys.path.insert(0, str(ROOT))
+    return importlib.import_module("sidecar.backends.etcd_messages").pb
 
 
 class _Client:
@@ -178,31 +163,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--idle", type=float, default=60.0, help="seconds of idle measurement")
     ap.add_argument("--calls", type=int, default=300, help="timed calls per kind")
-    ap.add_argument("--grpclib-python", default=sys.executable, help="an interpreter with grpclib and etcd3aio")
     ap.add_argument("--child", nargs=4, metavar=("KIND", "ENDPOINT", "MODE", "ARG"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         kind, endpoint, mode, arg = args.child
         asyncio.run(_child(kind, endpoint, mode, int(arg)))
         return
-    probe = [args.grpclib_python, "-c", "import grpclib, etcd3aio"]
-    if subprocess.run(probe, check=False, capture_output=True).returncode != 0:
-        sys.exit(f"transport_floor: {args.grpclib_python} lacks grpclib: pip install {GRPCLIB_PIN} (a peer only)")
-
     sys.path.insert(0, str(ROOT))
     from sidecar_harness.localetcd import LocalEtcd
 
     me = str(Path(__file__).resolve())
-    pythons = {"grpc.aio": sys.executable, "grpclib": args.grpclib_python}
+    kinds = ("grpc.aio", "grpclib")
     with LocalEtcd(1) as etcd:
         endpoint = etcd.endpoints[0]
 
         def child(kind: str, mode: str, arg: int, **kw: Any) -> subprocess.Popen[str]:
-            cmd = [pythons[kind], me, "--child", kind, endpoint, mode, str(arg)]
+            cmd = [sys.executable, me, "--child", kind, endpoint, mode, str(arg)]
             return subprocess.Popen(cmd, text=True, **kw)
 
         floors = {
-            f"{kind}, {reads} read(s) per renewal": child(kind, "floor", reads) for kind in pythons for reads in (0, 1)
+            f"{kind}, {reads} read(s) per renewal": child(kind, "floor", reads) for kind in kinds for reads in (0, 1)
         }
         try:
             time.sleep(5)  # connected, lease granted, first renewals done
@@ -223,7 +203,7 @@ def main() -> None:
                 p.wait()
         print(f"per call, {args.calls} sequential calls each, one client at a time:")
         for _ in range(2):
-            for kind in pythons:
+            for kind in kinds:
                 proc = child(kind, "calls", args.calls, stdout=subprocess.PIPE)
                 out, _ = proc.communicate(timeout=300)
                 for name, row in json.loads(out.splitlines()[-1]).items():

@@ -91,6 +91,7 @@ from sidecar.backends.base import (
     steps_aside_early,
     vacancy_winner,
 )
+from sidecar.backends.etcd_messages import pb
 from sidecar.backends.etcd_wire import (
     Compare,
     RpcError,
@@ -98,7 +99,6 @@ from sidecar.backends.etcd_wire import (
     SortTarget,
     TransportError,
     Wire,
-    pb,
     prefix_range_end,
     watch_call,
 )

@@ -44,14 +44,10 @@ What this keeps of the channel it replaced:
 from __future__ import annotations
 
 import asyncio
-import importlib
-import importlib.util
 import ssl
-import sys
 import weakref
 from collections.abc import Callable, Sequence
 from enum import IntEnum
-from pathlib import Path
 from typing import Any
 
 from grpclib.client import Channel, StreamStreamMethod, UnaryUnaryMethod
@@ -61,32 +57,13 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.exceptions import ProtocolError as GrpclibProtocolError
 from h2.exceptions import H2Error
 
+from sidecar.backends.etcd_messages import pb
+
 PING_EVERY = 10.0  # seconds between HTTP/2 pings (etcd3aio's keepalive_time_ms)
 PING_ANSWER_WITHIN = 5.0  # seconds; unanswered, the connection is closed (etcd3aio's keepalive_timeout_ms)
 WINDOW = 4 << 20  # bytes; gRPC's default receive limit, as the whole window at once (no BDP probing)
 
 
-def _etcd_messages() -> Any:
-    """etcd's rpc.proto messages, as etcd3aio generated them, without etcd3aio's package."""
-    spec = importlib.util.find_spec("etcd3aio")
-    if spec is None or spec.origin is None:
-        raise ImportError("etcd3aio is not installed: its generated etcd messages are needed")
-    proto = str(Path(spec.origin).parent / "proto")
-    if proto not in sys.path:
-        sys.path.append(proto)  # etcd3aio's own _protobuf does the same: the files import each other by these names
-    # rpc.proto's imports must be in the descriptor pool before it.
-    for dep in (
-        "google.api.annotations_pb2",
-        "protoc_gen_openapiv2.options.annotations_pb2",
-        "etcd.api.mvccpb.kv_pb2",
-        "etcd.api.authpb.auth_pb2",
-        "etcd.api.versionpb.version_pb2",
-    ):
-        importlib.import_module(dep)
-    return importlib.import_module("etcd.api.etcdserverpb.rpc_pb2")
-
-
-pb = _etcd_messages()
 Compare = pb.Compare
 
 

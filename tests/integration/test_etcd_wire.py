@@ -18,7 +18,8 @@ from grpclib.exceptions import GRPCError
 
 from sidecar.backends.base import StoreUnavailable
 from sidecar.backends.etcd import EtcdBackend
-from sidecar.backends.etcd_wire import RpcError, TransportError, Wire, pb, watch_call
+from sidecar.backends.etcd_messages import pb
+from sidecar.backends.etcd_wire import RpcError, TransportError, Wire, watch_call
 from sidecar.clock import MonotonicClock
 from sidecar_harness.localstore import free_ports
 from tests.conftest import EtcdServer

@@ -40,12 +40,14 @@ class Conn:
 
 
 CLOCK = FakeClock(100.0)
+ACKED: list[int] = []  # the pids the server was told acknowledged a grant (its kill targets)
 
 
 @pytest.fixture
 async def served() -> AsyncIterator[tuple[GrantServer, RecordingSink]]:
     sink = RecordingSink()
     CLOCK._now = 100.0
+    ACKED.clear()
 
     async def status() -> dict[str, Any]:
         return {"state": "leader"}
@@ -60,6 +62,7 @@ async def served() -> AsyncIterator[tuple[GrantServer, RecordingSink]]:
             on_resign=lambda: True,
             status=status,
             clock=CLOCK,
+            on_acked=ACKED.append,
         )
         await srv.start()
         yield srv, sink
@@ -164,7 +167,9 @@ async def test_a_client_connecting_later_is_told_the_time_left_then(served: tupl
     assert g["type"] == "grant" and g["valid_for_ms"] == 500, g
 
 
-async def test_a_client_connecting_after_the_deadline_is_not_handed_the_dead_grant() -> None:
+async def test_a_client_connecting_after_the_deadline_is_not_handed_the_dead_grant(
+    served: tuple[GrantServer, RecordingSink],
+) -> None:
     """A sidecar frozen past its grant's deadline still holds the grant until it runs again.
 
     A client that connects meanwhile (an orchestrator restarted after the
@@ -172,42 +177,21 @@ async def test_a_client_connecting_after_the_deadline_is_not_handed_the_dead_gra
     sent the dead one: it would acknowledge it, become a kill target, re-arm
     the watchdog and be killed at once for a term it could never act in.
     """
-    sink, acked = RecordingSink(), list[int]()
-    CLOCK._now = 100.0
-
-    async def status() -> dict[str, Any]:
-        return {"state": "leader"}
-
-    with tempfile.TemporaryDirectory() as d:
-        srv = GrantServer(
-            str(Path(d) / "g.sock"),
-            election="e",
-            candidate="c",
-            version="t",
-            log=sink,
-            on_resign=lambda: True,
-            status=status,
-            clock=CLOCK,
-            on_acked=acked.append,
-        )
-        await srv.start()
-        try:
-            await srv.publish_grant(a_grant())  # valid until 102.5
-            CLOCK._now = 102.5  # the deadline, reached while the loop was frozen
-            late = await connect(srv)
-            first = await late.next()
-            if first["type"] == "grant":  # as every client does (sidecar/fencing/client.py)
-                await late.send(json.dumps({"v": 1, "type": "ack", "seq": first["seq"]}).encode() + b"\n")
-            await late.send(b'{"v": 1, "type": "status"}\n')
-            assert (await late.next())["type"] == "status"  # a round trip: any ack was handled before it
-            assert acked == [], "the client was made a kill target for a dead grant"
-            assert first["type"] == "follower" and first["leader"] is False, first
-            # Once renewed, the same client is told of the new grant as usual.
-            await srv.publish_grant(Grant("e", "c", token=5, epoch=1, expires_monotonic=105.0, seq=2))
-            renewed = await late.next()
-            assert renewed["type"] == "grant" and renewed["valid_for_ms"] == 2500, renewed
-        finally:
-            await srv.close()
+    srv, _ = served
+    await srv.publish_grant(a_grant())  # valid until 102.5
+    CLOCK._now = 102.5  # the deadline, reached while the loop was frozen
+    late = await connect(srv)
+    first = await late.next()
+    if first["type"] == "grant":  # as every client does (sidecar/fencing/client.py)
+        await late.send(json.dumps({"v": 1, "type": "ack", "seq": first["seq"]}).encode() + b"\n")
+    await late.send(b'{"v": 1, "type": "status"}\n')
+    assert (await late.next())["type"] == "status"  # a round trip: any ack was handled before it
+    assert ACKED == [], "the client was made a kill target for a dead grant"
+    assert first["type"] == "follower" and first["leader"] is False, first
+    # Once renewed, the same client is told of the new grant as usual.
+    await srv.publish_grant(Grant("e", "c", token=5, epoch=1, expires_monotonic=105.0, seq=2))
+    renewed = await late.next()
+    assert renewed["type"] == "grant" and renewed["valid_for_ms"] == 2500, renewed
 
 
 async def test_a_client_connecting_during_a_revoke_never_keeps_the_old_grant(
