@@ -165,6 +165,7 @@ class Wire:
         self._retired: weakref.WeakSet[Channel] = weakref.WeakSet()
         self._closed: weakref.WeakSet[Channel] = weakref.WeakSet()
         self._users: dict[Channel, int] = {}
+        self._shut = False  # close() was called: no connection is made any more
         self.token: str = ""
         self.on_token_rejected: Callable[[], None] | None = None
         # Set by the backend: what a rejected token raises once logging in
@@ -180,6 +181,8 @@ class Wire:
 
     def channel(self) -> Channel:
         """The connection calls go to now (connected by the first call on it)."""
+        if self._shut:
+            raise TransportError("etcd: the client was closed")
         if self._channel is None:
             host, port = self._targets[self._next]
             self._channel = Channel(host, port, ssl=self._ssl, config=self._config)
@@ -201,14 +204,12 @@ class Wire:
         self._close(channel)
 
     def _close(self, channel: Channel) -> None:
+        self._retired.add(channel)  # a call still on it closes it again when it ends (done)
         self._closed.add(channel)
         channel.close()
 
     def where(self, channel: Channel) -> str:
         return self._target_of.get(channel, "etcd")
-
-    def retired(self, channel: Channel) -> bool:
-        return channel in self._retired
 
     def closed(self, channel: Channel) -> bool:
         return channel in self._closed
@@ -281,10 +282,12 @@ class Wire:
         return str(resp.token)
 
     def close(self) -> None:
-        """Close every connection, the retired ones still serving a stream included."""
-        self._channel = None
+        """Close every connection, the retired ones still serving a stream included;
+        a call or stream started from now on fails (TransportError) without dialling."""
+        self._shut = True
         for channel in list(self._target_of):
             self._close(channel)
+        self._channel = None  # only now: the last reference to it, and grpclib warns of an open one collected
 
 
 class StreamCall:
@@ -303,7 +306,7 @@ class StreamCall:
         self, wire: Wire, name: str, request: type, reply: type, *, metadata: list[tuple[str, str]], first: Any
     ) -> None:
         self._wire = wire
-        self._channel = wire.channel()
+        self._channel: Channel | None = None  # taken when the task starts: the one current then
         self._method: tuple[str, type, type] = (name, request, reply)
         self._answers: asyncio.Queue[Any] = asyncio.Queue()
         self._open = asyncio.Event()
@@ -313,15 +316,20 @@ class StreamCall:
         self._task = asyncio.create_task(self._run(metadata, first))
 
     async def _run(self, metadata: list[tuple[str, str]], first: Any) -> None:
-        if self._wire.retired(self._channel):
-            self._channel = self._wire.channel()  # retired between our creation and this task's start
-        self._wire.use(self._channel)
-        method: StreamStreamMethod[Any, Any] = StreamStreamMethod(self._channel, *self._method)
+        try:
+            channel = self._channel = self._wire.channel()
+        except TransportError as exc:  # the wire was closed before this task started
+            self._failed = exc
+            self._answers.put_nowait(exc)
+            self._open.set()
+            return
+        self._wire.use(channel)
+        method: StreamStreamMethod[Any, Any] = StreamStreamMethod(channel, *self._method)
         try:
             async with method.open(metadata=metadata) as stream:
                 await stream.send_request()
-                if self._wire.closed(self._channel):  # closed while we connected: we dialled it again
-                    raise TransportError(f"{self._wire.where(self._channel)}: connection closed after a failure")
+                if self._wire.closed(channel):  # closed while we connected: we dialled it again
+                    raise TransportError(f"{self._wire.where(channel)}: connection closed after a failure")
                 if first is not None:
                     await stream.send_message(first)
                 self._stream = stream
@@ -335,12 +343,12 @@ class StreamCall:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self._failed = self._wire.error(exc, self._channel)
+            self._failed = self._wire.error(exc, channel)
             self._answers.put_nowait(self._failed)
         finally:
             self._stream = None
             self._open.set()
-            self._wire.done(self._channel)
+            self._wire.done(channel)
 
     async def write(self, message: Any) -> None:
         await self._open.wait()
@@ -352,6 +360,7 @@ class StreamCall:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            assert self._channel is not None  # set before the stream opened
             raise self._wire.error(exc, self._channel) from exc
 
     async def read(self) -> Any:
@@ -388,7 +397,8 @@ class StreamCall:
         """Cancel, and close the connection the stream was on (no answer in time):
         the next call goes to the next member."""
         self.cancel()
-        self._wire.failed(self._channel)
+        if self._channel is not None:
+            self._wire.failed(self._channel)
 
     def done(self) -> bool:
         return self._task.done()

@@ -9,7 +9,9 @@ hostage while the others would renew it.
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
+import warnings
 from collections.abc import AsyncIterator
 
 import pytest
@@ -160,6 +162,21 @@ async def test_a_member_that_cannot_serve_moves_new_calls_on_but_keeps_its_strea
         await asyncio.wait_for(_until(lambda: not first._connected), 5)
     finally:
         wire.close()
+
+
+async def test_close_leaves_no_connection_open(etcd: EtcdServer) -> None:
+    """A CLI command's backend closes when the command ends: grpclib warns, through the
+    event loop's error log, of a connected channel collected unclosed (the CLI's stderr
+    carried that line once close() dropped its last reference before closing it)."""
+    wire = Wire(etcd.endpoints)
+    await wire.kv.get("wire-probe", timeout=2)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        wire.close()
+        gc.collect()
+    assert not [w for w in seen if "Unclosed connection" in str(w.message)], [str(w.message) for w in seen]
+    with pytest.raises(TransportError, match="closed"):
+        await wire.kv.get("wire-probe", timeout=2)  # and none is dialled after
 
 
 async def _until(cond: object) -> None:
