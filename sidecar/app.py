@@ -199,7 +199,7 @@ class Sidecar:
                 endpoints=list(self.cfg.endpoints),
                 ttl=self.cfg.ttl,
             )
-            # What start-up built (modules, gRPC and kazoo, the metrics
+            # What start-up built (modules, protobuf's and kazoo's, the metrics
             # registry: some 38,000 objects) lives as long as the process. A
             # full collection walks all of it (8-16 ms measured on a shared core),
             # landing on whatever the sidecar does then, a handover's critical

@@ -271,10 +271,8 @@ class Guard:
             late = round(now - max(self.kill_at, self.told_at), 6)
             told_late = round(max(0.0, self.told_at - self.kill_at), 6)
             self.clear()
-            if told_late:
-                log("watchdog_fired_kill", targets=names, late_by=late, told_after_deadline=told_late, errors=errors)
-            else:
-                log("watchdog_fired_kill", targets=names, late_by=late, errors=errors)
+            told = {"told_after_deadline": told_late} if told_late else {}
+            log("watchdog_fired_kill", targets=names, late_by=late, **told, errors=errors)
         elif now >= self.term_at and not self.termed:
             errors = self.send(signal.SIGTERM)
             self.termed = True
