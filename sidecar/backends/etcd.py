@@ -115,10 +115,20 @@ _NOPUT = 0  # WatchCreateRequest.FilterType.NOPUT
 REQUIRE_LEADER = ("hasleader", "true")
 MAX_HEADS_SEEN = 64  # keys a waiting candidate remembers having queued behind (see _heads_seen)
 NEAR_EXPIRY_POLL = 0.1  # seconds between lease polls once the head's lease runs out (see _Tracked)
+# A re-read in one Range over its keys' span (EtcdBackend.span) while the
+# span holds no more than this many keys, and of those not asked for at
+# most this many more than asked for, and this many bytes.
+SPAN_MAX_KEYS = 1000
+SPAN_MAX_FOREIGN = 64
+SPAN_MAX_FOREIGN_BYTES = 64 << 10
 TTL_SUFFIX = ".ttl"  # NAME.ttl/<lease hex>: the TTL a candidate of ours states (see EtcdElection)
 # A periodic re-read waits for the next acknowledged keepalive, and at most
 # this many retry intervals when none comes (see EtcdBackend.next_renewal).
 RE_READ_WITHIN = 1.5
+
+
+def _encoded(key: str | bytes) -> bytes:
+    return key.encode() if isinstance(key, str) else key
 
 
 @contextlib.contextmanager
@@ -217,6 +227,7 @@ class EtcdBackend:
         self.drift = drift
         self._connected = False
         self._renewed: dict[int, asyncio.Future[None]] = {}  # lease -> its next answered keepalive
+        self._split: set[tuple[bytes, bytes]] = set()  # spans read as separate ranges (see span)
 
     async def connect(self) -> EtcdBackend:
         # The connection opens with the first call: nothing to wait for here.
@@ -268,9 +279,9 @@ class EtcdBackend:
         and the member exits, when the client cancels a read-only txn while
         its ranges run (etcd-io/etcd#14110, fixed in 3.5.5), and every call of
         ours carries a deadline and can be cancelled by a stop. A plain range
-        answers the same cancellation with an error. Nor one range over every
-        ``NAME.*`` key: other elections' and applications' keys share that
-        prefix, and past gRPC's 4 MiB message limit every read would fail.
+        answers the same cancellation with an error. One range over the span
+        of them all is ``span``, which falls back to this when other keys
+        crowd that span.
         The ranges go out together; any answered at an older revision than the
         newest is asked again at that one, so all describe one moment (what
         the txn gave us), in one round trip when nothing changed in between.
@@ -297,6 +308,46 @@ class EtcdBackend:
                 if not compacted:
                     return [list(r.kvs) for r in resps], rev
         raise StoreUnavailable(f"etcd {what}: the store compacted the revision we read, three times in a row")
+
+    async def span(self, what: str, reads: list[tuple[str, str | bytes | None]]) -> tuple[list[list[Any]], int]:
+        """``snapshot(what, reads)`` in one Range over the span of all of them.
+
+        An idle sidecar's CPU is per call on grpclib (about 0.4 ms each, most
+        of it h2 and hpack): a waiting candidate's four re-reads every
+        interval cost as much as the rest of its idle loop. The keys of one
+        election sort together (``NAME.epoch``, ``NAME.no-lead/``,
+        ``NAME.resigned``, ``NAME.switchover``, ``NAME.ttl/``, ``NAME/``), so
+        one range from the first to the end of the last holds them all, at
+        one revision by construction. It also holds whatever else sorts in
+        between (our own ``NAME.ttl/`` keys, another election ``NAME.x``, an
+        application's ``NAME.zzz``): those are dropped here. A span that
+        holds more than SPAN_MAX_KEYS, SPAN_MAX_FOREIGN more keys not asked
+        for than asked for, or more than SPAN_MAX_FOREIGN_BYTES of them, is
+        read as separate ranges from then on (``snapshot``): a re-read pays
+        for someone else's keys once at most. (grpclib sets no limit on an
+        answer's size, so a crowded span costs that one read, not a failure
+        as past grpc's 4 MiB limit.)
+        """
+        bounds = [(_encoded(k), _encoded(e) if e is not None else _encoded(k) + b"\0") for k, e in reads]
+        lo, hi = min(k for k, _ in bounds), max(e for _, e in bounds)
+        if (lo, hi) in self._split:
+            return await self.snapshot(what, reads)
+        with _store_errors(what):
+            resp = await self.kv.get(lo, range_end=hi, limit=SPAN_MAX_KEYS, timeout=self.timeout)
+        out: list[list[Any]] = [[] for _ in reads]
+        foreign = foreign_bytes = 0
+        for kv in resp.kvs:
+            key = bytes(kv.key)
+            hits = [i for i, (k, e) in enumerate(bounds) if k <= key < e]
+            for i in hits:
+                out[i].append(kv)
+            if not hits:
+                foreign += 1
+                foreign_bytes += len(key) + len(kv.value)
+        if resp.more or foreign > SPAN_MAX_FOREIGN + len(resp.kvs) - foreign or foreign_bytes > SPAN_MAX_FOREIGN_BYTES:
+            self._split.add((lo, hi))
+            return await self.snapshot(what, reads)
+        return out, int(resp.header.revision)
 
     def watch_stream(
         self,
@@ -720,6 +771,12 @@ def _stated_ttl(value: bytes | None) -> int | None:
     return int(value) or None
 
 
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """Mark a task's failure as seen: its waiters may all be gone (they raise it themselves if not)."""
+    if not task.cancelled():
+        task.exception()
+
+
 class _KeptWatch:
     """One watch stream that outlives the re-reads around it.
 
@@ -730,8 +787,9 @@ class _KeptWatch:
     nothing. So the stream starts once, after the first read, and is kept
     until it ends; as it started from a revision actually read + 1, no
     event after that read is missed, whatever the later reads saw. A
-    one-shot wait (``_wait_deleted``, ``_wait_changed``) is the same stream
-    closed after one budget.
+    waiting candidate keeps its predecessor's watch the same way
+    (``_Predecessor``); a one-shot wait (``_wait_changed``) is the same
+    stream closed after one budget.
     """
 
     def __init__(self, call: Any, seen: Callable[[Any], bool | None], end: str = "") -> None:
@@ -741,6 +799,10 @@ class _KeptWatch:
         """
         self._call = call
         self._task = asyncio.create_task(self._read(seen, end))
+        # Its waiter raises a failure; a watch nobody waits on any more (the
+        # view's, kept through the demote, when the connection closes) must
+        # not log it as never retrieved when collected.
+        self._task.add_done_callback(_retrieved)
 
     async def _read(self, seen: Callable[[Any], bool | None], end: str) -> bool:
         with _store_errors("watch"):
@@ -767,8 +829,6 @@ class _KeptWatch:
     def close(self) -> None:
         self._task.cancel()
         self._call.cancel()
-        if self._task.done() and not self._task.cancelled():
-            self._task.exception()  # retrieved: an ended stream's error was already raised or is moot
 
 
 @dataclass
@@ -846,6 +906,33 @@ class _Claimed:
     settled_at: Any = None
 
 
+@dataclass
+class _Predecessor:
+    """A waiting candidate's watch on the key just ahead of it (``EtcdElection._watch_predecessor``)."""
+
+    key: bytes
+    created: int
+    handed: list[_Claimed] | None  # the next in line's: a term handed to us in the txn that deleted ``key``
+    watch: _KeptWatch
+    lagging: asyncio.Event  # the store had moved past our read when the watch was set up
+    fresh: bool = True  # no wait has run on it yet: the set-up's catch-up check is due
+
+    def follows(self, key: bytes, created: int, next_in_line: bool) -> bool:
+        """Still the watch to wait on: the same key, the same place, and the stream said nothing yet."""
+        same = (self.key, self.created, self.handed is not None) == (key, created, next_in_line)
+        return same and not self.watch.task.done()
+
+
+@dataclass
+class _SharedRead:
+    """One leader re-read in flight or done (``EtcdElection._leader_read``), and how many wait for it."""
+
+    task: asyncio.Task[tuple[list[list[Any]], int]]
+    started: float
+    users: int = 0
+    abandoned: bool = False
+
+
 def _mod_is(key: str, mod_revision: int) -> Compare:
     """The key was last written at ``mod_revision`` (0: it does not exist)."""
     return Compare(result=Compare.EQUAL, target=Compare.MOD, key=key.encode(), mod_revision=mod_revision)
@@ -876,6 +963,8 @@ class EtcdElection:
         # returns, through the demote, until resign uses it (or we drop it).
         self._view: _LeaderView | None = None
         self._view_watch: _KeptWatch | None = None
+        self._shared_read: _SharedRead | None = None  # the leader's re-read, shared by its waits
+        self._pred: _Predecessor | None = None  # a waiting candidate's watch on the key ahead of it
         self._tracked: _Tracked | None = None  # the head we polled last
         # Every head polled lately, by token: a head that dies and then a
         # candidate that steps aside (priority, switchover) make us poll the
@@ -1102,6 +1191,24 @@ class EtcdElection:
         """Return, with the queue as last read, once nobody is ahead of us;
         or the term we claimed in one txn the moment the head's key went.
         ``read``: the queue as the txn that registered us read it, if it did."""
+        try:
+            return await self._until_first(candidate_id, lease, priority, on_wait, report, read=read)
+        finally:
+            if self._pred is not None:
+                self._pred.watch.close()
+                self._pred = None
+
+    async def _until_first(
+        self,
+        candidate_id: str,
+        lease: int,
+        priority: int,
+        on_wait: OnWait | None,
+        report: CampaignReport | None,
+        *,
+        read: tuple[list[Any], int, _Seen] | None,
+    ) -> list[Any] | _Claimed:
+        """``_wait_for_predecessors``, but for closing the predecessor's watch it keeps (``_pred``)."""
         told: tuple[str, int] | None = None
         duplicates_told = False
         while True:
@@ -1182,16 +1289,16 @@ class EtcdElection:
             # The next in line watches everything of the election instead:
             # the leader may hand it the term in the txn that deletes its key.
             pred = ahead[-1]
-            handed: list[_Claimed] = []
-            try:
-                gone = await self._wait_deleted(
-                    pred.key,
-                    revision + 1,
-                    budget,
-                    created=int(pred.create_revision),
-                    handed=handed if len(ahead) == 1 else None,
-                    until=until,
+            kept = self._pred
+            if kept is None or not kept.follows(bytes(pred.key), int(pred.create_revision), len(ahead) == 1):
+                if kept is not None:
+                    kept.watch.close()
+                kept = self._pred = self._watch_predecessor(
+                    bytes(pred.key), revision + 1, created=int(pred.create_revision), next_in_line=len(ahead) == 1
                 )
+            handed = kept.handed if kept.handed is not None else []
+            try:
+                gone = await self._wait_deleted(kept, budget, until)
             except _TakenAside as taken:
                 if poll is not None:
                     poll.cancel()
@@ -1273,11 +1380,11 @@ class EtcdElection:
     async def _queue_read(self) -> tuple[list[Any], int, _Seen]:
         """The queue (oldest first) and the records a claim predicts from, as of one revision.
 
-        One snapshot (three ranges at once), so a waiting candidate pays one
-        round trip: what it learns here is what ``_claim`` compares.
+        One Range over the four (``EtcdBackend.span``), so a waiting candidate
+        pays one call: what it learns here is what ``_claim`` compares.
         """
         await self._b.authenticate()
-        kvs, revision = await self._b.snapshot("range", self._queue_ranges())
+        kvs, revision = await self._b.span("queue read", self._queue_ranges())
         return self._queue_of(kvs, revision)
 
     def _queue_ranges(self) -> list[tuple[str, str | bytes | None]]:
@@ -1441,7 +1548,7 @@ class EtcdElection:
         self,
     ) -> tuple[EpochRecord | str, ResignMarker | None, SwitchoverRequest | None, int]:
         """The epoch record, the resign marker, the switchover request and its mod revision, as of one revision."""
-        (rec_kvs, marker_kvs, switch_kvs), _ = await self._b.snapshot(
+        (rec_kvs, marker_kvs, switch_kvs), _ = await self._b.span(
             "epoch read", [(self._epoch_key, None), (self._marker_key, None), (self._switch_key, None)]
         )
         record = parse_epoch_record(self._epoch_key, rec_kvs[0].value if rec_kvs else None)
@@ -1557,34 +1664,22 @@ class EtcdElection:
                 until = min(known.hi, cap)
             now = clock.now()
 
-    async def _wait_deleted(
-        self,
-        key: bytes,
-        from_revision: int,
-        budget: float,
-        *,
-        created: int,
-        handed: list[_Claimed] | None,
-        until: asyncio.Future[None],
-    ) -> bool:
-        """True once ``key`` is deleted; False when ``budget`` runs out or ``until`` comes.
+    def _watch_predecessor(self, key: bytes, from_revision: int, *, created: int, next_in_line: bool) -> _Predecessor:
+        """A watch for the deletion of ``key`` (created at ``created``), from ``from_revision``.
 
-        ``handed`` (the next in line): watch the whole election,
-        ``[NAME.epoch, end of NAME/)``, and if the txn that deleted ``key``
-        handed its term to us (``_handed_to_us``), append that term.
+        The next in line watches the whole election, ``[NAME.epoch, end of
+        NAME/)``: if the txn that deleted ``key`` handed its term to us
+        (``_handed_to_us``), the term is appended to the watch's ``handed``.
 
-        ``created``: ``key``'s create revision in the read we watch from.
-
-        A watch from a revision the store has already passed is "unsynced"
-        in etcd: its events come from a catch-up loop that runs every 100 ms
-        (mvcc's syncWatchersLoop), not at once. Our watch starts from our
-        last read + 1, so anything written between that read and the watch's
-        creation (the leader resigning at the moment we queued) reached us up
-        to 100 ms late: measured, a switchover's target sat 87 ms on a
-        predecessor gone 1 ms after its read. The creation answer carries
-        the store's revision; when the store moved, one read answers at once.
+        The watch is kept over the quiet intervals' re-reads, as the
+        leader's are (``_KeptWatch``): on grpclib a stream set up and reset
+        every interval cost an idle candidate about as much as a call. It
+        started from a read's revision + 1, so no later read can hold a
+        deletion it has not seen; a new one starts when the predecessor or
+        our place changes, or after the stream said anything but "not yet".
         """
         lagging = asyncio.Event()
+        handed: list[_Claimed] | None = [] if next_in_line else None
         judge = _deleted if handed is None else partial(self._head_went, head=(key, created), handed=handed)
 
         def seen(resp: Any) -> bool | None:
@@ -1597,19 +1692,39 @@ class EtcdElection:
         else:
             whole = prefix_range_end(self._prefix)
             call = self._b.watch_stream(self._epoch_key.encode(), whole, start_revision=from_revision, prev_kv=True)
-        watch = _KeptWatch(call, seen, end="etcd watch ended")
-        lag = asyncio.ensure_future(lagging.wait())
+        return _Predecessor(key, created, handed, _KeptWatch(call, seen, end="etcd watch ended"), lagging)
+
+    async def _wait_deleted(self, pred: _Predecessor, budget: float, until: asyncio.Future[None]) -> bool:
+        """True once the predecessor's key is deleted; False when ``budget`` runs out or ``until`` comes.
+
+        A watch from a revision the store has already passed is "unsynced"
+        in etcd: its events come from a catch-up loop that runs every 100 ms
+        (mvcc's syncWatchersLoop), not at once. Our watch starts from our
+        last read + 1, so anything written between that read and the watch's
+        creation (the leader resigning at the moment we queued) reached us up
+        to 100 ms late: measured, a switchover's target sat 87 ms on a
+        predecessor gone 1 ms after its read. The creation answer carries
+        the store's revision; when the store moved, one read answers at once
+        (in the first wait on a watch; it is in sync after that).
+        """
+        if not pred.fresh:
+            return bool(await pred.watch.wait(budget, until))
+        pred.fresh = False
+        lag = asyncio.ensure_future(pred.lagging.wait())
         loop = asyncio.get_running_loop()
         end = loop.time() + budget
-        waits: set[asyncio.Future[Any]] = {watch.task, lag, until}
+        waits: set[asyncio.Future[Any]] = {pred.watch.task, lag, until}
         try:
             done, _ = await asyncio.wait(waits, timeout=budget, return_when=asyncio.FIRST_COMPLETED)
-            if lag in done and watch.task not in done and await self._look_now(key, created, handed=handed):
+            if (
+                lag in done
+                and pred.watch.task not in done
+                and await self._look_now(pred.key, pred.created, handed=pred.handed)
+            ):
                 return True
-            return bool(await watch.wait(max(0.0, end - loop.time()), until))
+            return bool(await pred.watch.wait(max(0.0, end - loop.time()), until))
         finally:
             lag.cancel()
-            watch.close()
 
     async def _look_now(self, key: bytes, created: int, *, handed: list[_Claimed] | None = None) -> bool:
         """What a lagging watch will say: whether ``key`` is gone (or re-created).
@@ -1622,7 +1737,7 @@ class EtcdElection:
         reads: list[tuple[str, str | bytes | None]] = [(key.decode(errors="replace"), None)]
         if handed is not None:
             reads += [(self._epoch_key, None), (self._switch_key, None), (self._marker_key, None)]
-        kvs, _ = await self._b.snapshot("watch catch-up read", reads)
+        kvs, _ = await self._b.span("watch catch-up read", reads)
         if kvs[0] and (not created or int(kvs[0][0].create_revision) == created):
             return False
         if handed is not None:
@@ -1890,18 +2005,20 @@ class EtcdElection:
     async def wait_lost(self) -> None:
         if not self._key:
             return
+        own = self._key.encode()
         watch: _KeptWatch | None = None
+        since = asyncio.get_running_loop().time()
         try:
             while True:
-                with _store_errors("own key read"):
-                    resp = await self._b.kv.get(self._key, timeout=self._b.timeout)
-                if not resp.kvs or resp.kvs[0].create_revision != self._rev:
+                # The view's read (one range over the request key, NAME.ttl/ and
+                # the queue) holds our key: no read of our own (_leader_read).
+                (_, queue, _), revision = await self._leader_read(since)
+                since = asyncio.get_running_loop().time()
+                if not any(bytes(kv.key) == own and kv.create_revision == self._rev for kv in queue):
                     return
                 # Re-read every retry interval: a watch is a hint, the read is the fact.
                 if watch is None:
-                    call = self._b.watch_stream(
-                        self._key.encode(), start_revision=int(resp.header.revision) + 1, no_put=True
-                    )
+                    call = self._b.watch_stream(own, start_revision=revision + 1, no_put=True)
                     watch = _KeptWatch(call, _deleted, end="etcd watch ended")
                 ended = await watch.wait(self._b.re_read_within, self._b.next_renewal(self._lease))
                 if ended:
@@ -1913,22 +2030,49 @@ class EtcdElection:
             if watch is not None:
                 watch.close()
 
+    async def _leader_read(self, since: float) -> tuple[list[list[Any]], int]:
+        """The request key, the queue and NAME.ttl/, read at one revision after ``since`` (loop time).
+
+        A leader's two waits (its own key's deletion, a switchover request)
+        both re-read when its keepalive is answered, and both find what they
+        need in one read: it is made once and shared. Each waiter passes the
+        loop time it began waiting; a read started since then (in flight or
+        done) is as fresh as one of its own. The read is cancelled only when
+        every waiter has gone.
+        """
+        shared = self._shared_read
+        if shared is None or shared.started < since or shared.abandoned:
+            task = asyncio.create_task(self._b.span("leader read", self._leader_ranges()))
+            task.add_done_callback(_retrieved)
+            shared = self._shared_read = _SharedRead(task, asyncio.get_running_loop().time())
+        shared.users += 1
+        try:
+            return await asyncio.shield(shared.task)
+        finally:
+            shared.users -= 1
+            if not shared.users and not shared.task.done():
+                shared.abandoned = True  # a waiter that comes now must not await a cancelled read
+                shared.task.cancel()
+
+    def _leader_ranges(self) -> list[tuple[str, str | bytes | None]]:
+        """What a leader re-reads, in ``_LeaderView.reset``'s order: the request key, the queue, NAME.ttl/."""
+        return [
+            (self._switch_key, None),
+            (self._prefix, prefix_range_end(self._prefix)),
+            (self._ttl_prefix, prefix_range_end(self._ttl_prefix)),
+        ]
+
     async def wait_switchover(self, candidate_id: str) -> SwitchoverRequest:
         self._drop_view()
         view = self._view = _LeaderView(
             self._key, self._switch_key.encode(), self._prefix.encode(), self._ttl_prefix.encode(), candidate_id
         )
         watch: _KeptWatch | None = None
+        since = asyncio.get_running_loop().time()
         try:
             while True:
-                (found, queue, ttls), revision = await self._b.snapshot(
-                    "switchover read",
-                    [
-                        (self._switch_key, None),
-                        (self._prefix, prefix_range_end(self._prefix)),
-                        (self._ttl_prefix, prefix_range_end(self._ttl_prefix)),
-                    ],
-                )
+                (found, queue, ttls), revision = await self._leader_read(since)
+                since = asyncio.get_running_loop().time()
                 view.reset(found[0] if found else None, queue, ttls, revision)
                 # Re-read every retry interval: a watch is a hint, the read is the fact.
                 # One watch over the request key, NAME.ttl/ and the queue, kept over quiet

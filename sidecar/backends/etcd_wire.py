@@ -416,6 +416,7 @@ class KV:
         range_end: str | bytes | None = None,
         revision: int = 0,
         *,
+        limit: int = 0,
         sort_order: SortOrder = SortOrder.NONE,
         sort_target: SortTarget = SortTarget.KEY,
         timeout: float | None = None,
@@ -424,6 +425,7 @@ class KV:
             key=_bytes(key),
             range_end=_bytes(range_end) if range_end is not None else b"",
             revision=revision,
+            limit=limit,
             sort_order=int(sort_order),
             sort_target=int(sort_target),
         )

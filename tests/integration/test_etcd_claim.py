@@ -299,17 +299,17 @@ async def test_a_request_naming_the_next_in_line_is_settled_by_its_claim(env: En
 
 
 def _count_switchover_reads(env: Env) -> list[int]:
-    """Each leader's switchover read, as it returns (the candidates' queue reads are not counted)."""
+    """Each leader's re-read, as it returns (the candidates' queue reads are not counted)."""
     reads: list[int] = []
-    snapshot = env.backend.snapshot
+    span = env.backend.span
 
     async def counted(what: str, ranges: Any) -> Any:
-        got = await snapshot(what, ranges)
-        if what == "switchover read":
+        got = await span(what, ranges)
+        if what == "leader read":
             reads.append(1)
         return got
 
-    env.backend.snapshot = counted  # type: ignore[method-assign,assignment]
+    env.backend.span = counted  # type: ignore[method-assign,assignment]
     return reads
 
 
@@ -323,7 +323,7 @@ async def test_the_leader_acts_on_the_request_its_watch_carries(env: Env) -> Non
     await env.wait("b")
     reads = _count_switchover_reads(env)
     waiting = asyncio.create_task(a.wait_switchover("a"))
-    await eventually(lambda: reads == [1], 5, what="the leader's first switchover read")
+    await eventually(lambda: reads == [1], 5, what="the leader's first read")
     await env.backend.election(env.cfg.election).request_switchover(SwitchoverRequest("b", "test", "r-w", 0, 1e12))
     assert (await asyncio.wait_for(waiting, 5)).id == "r-w"
     assert reads == [1], "the leader read the store again after the watch had brought it the request"
@@ -334,7 +334,7 @@ async def test_a_target_that_joined_after_the_leaders_read_is_seen_by_its_watch(
     a, _ = await env.lead("a")
     reads = _count_switchover_reads(env)
     waiting = asyncio.create_task(a.wait_switchover("a"))
-    await eventually(lambda: reads == [1], 5, what="the leader's first switchover read")
+    await eventually(lambda: reads == [1], 5, what="the leader's first read")
     await env.wait("c")  # joins after that read
     await env.backend.election(env.cfg.election).request_switchover(SwitchoverRequest("c", "test", "r-c", 0, 1e12))
     assert (await asyncio.wait_for(waiting, 5)).to == "c"
@@ -350,7 +350,7 @@ async def test_a_request_for_a_target_that_left_after_the_leaders_read_changes_n
     c = await env.wait("c")
     reads = _count_switchover_reads(env)
     waiting = asyncio.create_task(a.wait_switchover("a"))
-    await eventually(lambda: reads == [1], 5, what="the leader's first switchover read")
+    await eventually(lambda: reads == [1], 5, what="the leader's first read")
     c.task.cancel()
     await asyncio.gather(c.task, return_exceptions=True)
     await env.raw.kv.delete(c.election._key)  # c is gone

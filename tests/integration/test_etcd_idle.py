@@ -39,13 +39,18 @@ class Env:
         self.backend, self.election = backend, election
         self.sessions: list[EtcdSession] = []
         self.tasks: list[asyncio.Task[Any]] = []
-        self.keys_read: list[str] = []
+        self.keys_read: list[str] = []  # the first key of each read
+        self.ranges_read: list[tuple[bytes, bytes]] = []  # each read's [key, range end); a single key: end b""
+        self.started: list[tuple[bytes, bytes]] = []  # the same, as each read is sent
         kv = backend.kv
         get = kv.get
 
-        async def counted(key: str, *args: Any, **kwargs: Any) -> Any:
-            resp = await get(key, *args, **kwargs)
-            self.keys_read.append(key)  # once answered: the reader goes on to wait again
+        async def counted(key: str | bytes, *args: Any, range_end: str | bytes | None = None, **kwargs: Any) -> Any:
+            self.started.append((_encoded(key), _encoded(range_end or b"")))
+            resp = await get(key, *args, range_end=range_end, **kwargs)
+            # Once answered: the reader goes on to wait again.
+            self.keys_read.append(key if isinstance(key, str) else key.decode())
+            self.ranges_read.append((_encoded(key), _encoded(range_end or b"")))
             return resp
 
         kv.get = counted
@@ -61,8 +66,14 @@ class Env:
         self.tasks.append(task)
         return task
 
-    def reads_of(self, key: str) -> int:
-        return self.keys_read.count(key)
+    def reads_of(self, key: str, *, sent: bool = False) -> int:
+        """Reads answered (``sent``: sent) that covered ``key``: of it alone, or of a range holding it."""
+        k = key.encode()
+        return sum(low == k if not end else low <= k < end for low, end in (self.started if sent else self.ranges_read))
+
+
+def _encoded(key: str | bytes) -> bytes:
+    return key.encode() if isinstance(key, str) else key
 
 
 @pytest.fixture
@@ -103,6 +114,28 @@ async def test_the_leaders_own_key_and_view_are_re_read_when_its_keepalive_is_an
     await read_again_after_keepalive(env, session, [own, request])
 
 
+async def test_the_leaders_two_waits_share_one_read_per_renewal(env: Env) -> None:
+    """Issue 16 (idle CPU is per call on grpclib): the own-key wait and the switchover wait
+    each re-read on the renewal, and the view's one range holds our key. Before, every
+    pass read our key twice: alone, and again in the view's read of the queue."""
+    session = await env.session()
+    a: EtcdElection = env.backend.election(env.election)
+    await a.campaign(session, "a")
+    env.start(a.wait_lost())
+    env.start(a.wait_switchover("a"))
+    own = a._key
+    await eventually(lambda: env.reads_of(own) >= 1, 5, what="the first read")
+    for _ in range(2):
+        sent = env.reads_of(own, sent=True)
+        answered = env.reads_of(own)
+        await session.keepalive()
+        # Both waits wake on the same renewal, a loop turn apart: long before any
+        # answer, both have sent whatever they read.
+        await eventually(lambda n=answered: env.reads_of(own) > n, 10, what="the re-read after a keepalive")
+        reads = env.reads_of(own, sent=True) - sent
+        assert reads == 1, f"our key was read {reads} times for one renewal"
+
+
 async def test_a_waiting_candidate_re_reads_the_queue_when_its_keepalive_is_answered(env: Env) -> None:
     a: EtcdElection = env.backend.election(env.election)
     await a.campaign(await env.session(), "a")
@@ -116,6 +149,32 @@ async def test_a_waiting_candidate_re_reads_the_queue_when_its_keepalive_is_answ
     # then on it waits for its renewal.
     await read_again_after_keepalive(env, session, [b._epoch_key], first=2)
     await read_again_after_keepalive(env, session, [b._epoch_key], first=3)
+
+
+async def test_a_waiting_candidate_keeps_its_watch_over_quiet_re_reads(env: Env) -> None:
+    """Issue 16 (idle CPU is per call on grpclib): a stream set up and reset every
+    interval cost an idle candidate as much as a call. Before, each re-read set up a new one."""
+    a: EtcdElection = env.backend.election(env.election)
+    await a.campaign(await env.session(), "a")
+    b: EtcdElection = env.backend.election(env.election)
+    watches: list[bytes] = []
+    watch_stream = env.backend.watch_stream
+
+    def counted(key: bytes, *args: Any, **kwargs: Any) -> Any:
+        watches.append(key)
+        return watch_stream(key, *args, **kwargs)
+
+    env.backend.watch_stream = counted  # type: ignore[method-assign]
+    session = await env.session()
+    queued = asyncio.Event()
+    env.start(b.campaign(session, "b", lambda _: queued.set()))
+    await asyncio.wait_for(queued.wait(), 5)
+    await read_again_after_keepalive(env, session, [b._epoch_key], first=2)
+    await read_again_after_keepalive(env, session, [b._epoch_key], first=3)
+    assert len(watches) == 1, f"{len(watches)} watches set up for one predecessor over three reads"
+    # A new predecessor is a new watch: the kept one follows one key only.
+    await a.resign()
+    await eventually(lambda: b._key and b._rev and not b._pred, 5, what="b leads, its watch closed")
 
 
 async def test_a_no_lead_candidate_re_reads_when_its_keepalive_is_answered(env: Env) -> None:
@@ -204,3 +263,39 @@ async def test_the_transport_runs_no_threads_and_loads_no_grpc(etcd: EtcdServer)
     assert proc.returncode == 0
     threads, grpc_loaded = out.decode().split()
     assert (int(threads), grpc_loaded) == (1, "False")
+
+
+async def test_a_span_read_answers_as_the_separate_ranges_do_and_splits_when_crowded(env: Env) -> None:
+    """One Range over an election's keys (EtcdBackend.span) drops what sorts between them
+    and was not asked for; once others' keys crowd the span it reads range by range."""
+    b, name = env.backend, env.election
+    await b.kv.put(f"{name}.epoch", "e")
+    await b.kv.put(f"{name}/1", "q1")
+    await b.kv.put(f"{name}.ttl/1", "10")  # ours, not asked for
+    await b.kv.put(f"{name}.other", "x")  # another election's key, between
+    reads: list[tuple[str, str | bytes | None]] = [(f"{name}/", f"{name}0"), (f"{name}.epoch", None)]
+
+    def values(kvs: list[list[Any]]) -> list[list[bytes]]:
+        return [[bytes(kv.value) for kv in r] for r in kvs]
+
+    apart, _ = await b.snapshot("test", reads)
+    before = len(env.ranges_read)
+    together, revision = await b.span("test", reads)
+    assert values(together) == values(apart) == [[b"q1"], [b"e"]]
+    assert len(env.ranges_read) == before + 1 and revision > 0
+    for i in range(70):
+        await b.kv.put(f"{name}.other/{i:03}", "x")
+    crowded, _ = await b.span("test", reads)  # reads the span once more, then range by range
+    assert values(crowded) == values(apart)
+    before = len(env.ranges_read)
+    await b.span("test", reads)
+    assert len(env.ranges_read) == before + len(reads), "a crowded span is read again"
+    # A few large values crowd a span as well as many keys do.
+    other = f"{name}-big"
+    await b.kv.put(f"{other}.epoch", "e")
+    await b.kv.put(f"{other}.eu/1", "x" * 100_000)
+    big = [(f"{other}/", f"{other}0"), (f"{other}.epoch", None)]
+    await b.span("test", big)
+    before = len(env.ranges_read)
+    assert values((await b.span("test", big))[0]) == [[], [b"e"]]
+    assert len(env.ranges_read) == before + len(big), "100 kB not asked for are read on every pass"
