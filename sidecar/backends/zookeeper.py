@@ -89,6 +89,7 @@ from sidecar.backends.base import (
     priority_verdict,
     steps_aside_early,
 )
+from sidecar.backends.zk_poll import PollHandler
 from sidecar.clock import Clock
 from sidecar.config import Config, ConfigError, endpoint_hostports
 from sidecar.model import Leadership
@@ -435,7 +436,11 @@ class ZooKeeperSession:
         # default grows to an hour) and never stop while we want the session.
         retry = KazooRetry(max_tries=-1, delay=0.05, backoff=2, max_jitter=0.2, max_delay=self._b.retry_interval)
         return KazooClient(
-            hosts=self._b.hosts, timeout=self._ttl, auth_data=self._b.auth or None, connection_retry=retry
+            hosts=self._b.hosts,
+            timeout=self._ttl,
+            auth_data=self._b.auth or None,
+            connection_retry=retry,
+            handler=PollHandler(),
         )
 
     async def open(self) -> Renewal:
@@ -541,7 +546,10 @@ class ZooKeeperSession:
         """Close our session from a new client that joins it, as a restarted process would."""
         assert self._session_id is not None and self._password is not None
         twin = KazooClient(
-            hosts=self._b.hosts, client_id=(self._session_id, self._password), auth_data=self._b.auth or None
+            hosts=self._b.hosts,
+            client_id=(self._session_id, self._password),
+            auth_data=self._b.auth or None,
+            handler=PollHandler(),
         )
         self._bound_connects(twin)
         try:

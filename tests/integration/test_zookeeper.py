@@ -15,6 +15,7 @@ from kazoo.client import KazooClient
 from kazoo.recipe.election import Election as KazooElection
 
 from sidecar.backends.base import SessionExpired
+from sidecar.backends.zk_poll import PollHandler
 from sidecar.backends.zookeeper import ZooKeeperBackend
 from sidecar.clock import MonotonicClock
 from sidecar_harness.checker import check, read_records
@@ -42,6 +43,8 @@ async def test_server_clamped_session_timeout_is_what_the_deadline_uses(zookeepe
         assert renewal.ttl == pytest.approx(20 * TICK_MS / 1000)
         again = await session.keepalive()
         assert again.ttl == renewal.ttl and again.sent_at > renewal.sent_at
+        # Every session's client waits on its sockets with one poll() (zk_poll.py).
+        assert isinstance(session.client.handler, PollHandler)
     finally:
         await session.close()
         await backend.close()
