@@ -19,6 +19,7 @@ import contextlib
 import sys
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import pytest
@@ -131,9 +132,13 @@ async def test_the_leaders_two_waits_share_one_read_per_renewal(env: Env) -> Non
         await session.keepalive()
         # Both waits wake on the same renewal, a loop turn apart: long before any
         # answer, both have sent whatever they read.
-        await eventually(lambda n=answered: env.reads_of(own) > n, 10, what="the re-read after a keepalive")
+        await eventually(partial(more_reads, env, own, answered), 10, what="the re-read after a keepalive")
         reads = env.reads_of(own, sent=True) - sent
         assert reads == 1, f"our key was read {reads} times for one renewal"
+
+
+def more_reads(env: Env, key: str, than: int) -> bool:
+    return env.reads_of(key) > than
 
 
 async def test_a_waiting_candidate_re_reads_the_queue_when_its_keepalive_is_answered(env: Env) -> None:
@@ -167,14 +172,15 @@ async def test_a_waiting_candidate_keeps_its_watch_over_quiet_re_reads(env: Env)
     env.backend.watch_stream = counted  # type: ignore[method-assign]
     session = await env.session()
     queued = asyncio.Event()
-    env.start(b.campaign(session, "b", lambda _: queued.set()))
+    led = env.start(b.campaign(session, "b", lambda _: queued.set()))
     await asyncio.wait_for(queued.wait(), 5)
     await read_again_after_keepalive(env, session, [b._epoch_key], first=2)
     await read_again_after_keepalive(env, session, [b._epoch_key], first=3)
     assert len(watches) == 1, f"{len(watches)} watches set up for one predecessor over three reads"
     # A new predecessor is a new watch: the kept one follows one key only.
     await a.resign()
-    await eventually(lambda: b._key and b._rev and not b._pred, 5, what="b leads, its watch closed")
+    await asyncio.wait_for(led, 5)
+    assert b._pred is None, "b leads, and the watch it kept is closed"
 
 
 async def test_a_no_lead_candidate_re_reads_when_its_keepalive_is_answered(env: Env) -> None:
@@ -294,7 +300,7 @@ async def test_a_span_read_answers_as_the_separate_ranges_do_and_splits_when_cro
     other = f"{name}-big"
     await b.kv.put(f"{other}.epoch", "e")
     await b.kv.put(f"{other}.eu/1", "x" * 100_000)
-    big = [(f"{other}/", f"{other}0"), (f"{other}.epoch", None)]
+    big: list[tuple[str, str | bytes | None]] = [(f"{other}/", f"{other}0"), (f"{other}.epoch", None)]
     await b.span("test", big)
     before = len(env.ranges_read)
     assert values((await b.span("test", big))[0]) == [[], [b"e"]]
