@@ -121,6 +121,7 @@ NEAR_EXPIRY_POLL = 0.1  # seconds between lease polls once the head's lease runs
 SPAN_MAX_KEYS = 1000
 SPAN_MAX_FOREIGN = 64
 SPAN_MAX_FOREIGN_BYTES = 64 << 10
+SPAN_SPLIT_FOR = 600.0  # seconds a crowded (or failed) span is read range by range before it is tried again
 TTL_SUFFIX = ".ttl"  # NAME.ttl/<lease hex>: the TTL a candidate of ours states (see EtcdElection)
 # A periodic re-read waits for the next acknowledged keepalive, and at most
 # this many retry intervals when none comes (see EtcdBackend.next_renewal).
@@ -227,7 +228,7 @@ class EtcdBackend:
         self.drift = drift
         self._connected = False
         self._renewed: dict[int, asyncio.Future[None]] = {}  # lease -> its next answered keepalive
-        self._split: set[tuple[bytes, bytes]] = set()  # spans read as separate ranges (see span)
+        self._split: dict[tuple[bytes, bytes], float] = {}  # span -> read as separate ranges until (see span)
 
     async def connect(self) -> EtcdBackend:
         # The connection opens with the first call: nothing to wait for here.
@@ -323,17 +324,31 @@ class EtcdBackend:
         application's ``NAME.zzz``): those are dropped here. A span that
         holds more than SPAN_MAX_KEYS, SPAN_MAX_FOREIGN more keys not asked
         for than asked for, or more than SPAN_MAX_FOREIGN_BYTES of them, is
-        read as separate ranges from then on (``snapshot``): a re-read pays
-        for someone else's keys once at most. (grpclib sets no limit on an
-        answer's size, so a crowded span costs that one read, not a failure
-        as past grpc's 4 MiB limit.)
+        read as separate ranges for SPAN_SPLIT_FOR seconds (``snapshot``),
+        then tried whole again: a re-read pays for someone else's keys once
+        in that long. So is a span whose read failed: others' values can make
+        it too slow to come back within a request's timeout, for ever (a
+        review stored 150 MiB under ``NAME.x/``: every span read timed out,
+        and a leader whose key an operator deleted never saw it go, beside
+        its successor). The separate ranges are read at once, so a failed
+        span read costs its timeout, not the read: what a store that is
+        really away fails, they fail too.
         """
+        if len(reads) == 1:
+            return await self.snapshot(what, reads)
         bounds = [(_encoded(k), _encoded(e) if e is not None else _encoded(k) + b"\0") for k, e in reads]
         lo, hi = min(k for k, _ in bounds), max(e for _, e in bounds)
-        if (lo, hi) in self._split:
+        now = self.clock.now()
+        if now < self._split.get((lo, hi), now):
             return await self.snapshot(what, reads)
-        with _store_errors(what):
-            resp = await self.kv.get(lo, range_end=hi, limit=SPAN_MAX_KEYS, timeout=self.timeout)
+        try:
+            with _store_errors(what):
+                resp = await self.kv.get(lo, range_end=hi, limit=SPAN_MAX_KEYS, timeout=self.timeout)
+        except (StoreUnavailable, StoreForbidden):
+            # Forbidden too: a user granted the election's keys one by one,
+            # not the range between them, reads them apart.
+            self._split[(lo, hi)] = self.clock.now() + SPAN_SPLIT_FOR
+            return await self.snapshot(what, reads)
         out: list[list[Any]] = [[] for _ in reads]
         foreign = foreign_bytes = 0
         for kv in resp.kvs:
@@ -345,7 +360,7 @@ class EtcdBackend:
                 foreign += 1
                 foreign_bytes += len(key) + len(kv.value)
         if resp.more or foreign > SPAN_MAX_FOREIGN + len(resp.kvs) - foreign or foreign_bytes > SPAN_MAX_FOREIGN_BYTES:
-            self._split.add((lo, hi))
+            self._split[(lo, hi)] = self.clock.now() + SPAN_SPLIT_FOR
             return await self.snapshot(what, reads)
         return out, int(resp.header.revision)
 
@@ -1734,14 +1749,16 @@ class EtcdElection:
         next in line) the same read holds the record, the request and the
         marker, and a term handed to us is appended there, as the watch would.
         """
-        reads: list[tuple[str, str | bytes | None]] = [(key.decode(errors="replace"), None)]
-        if handed is not None:
-            reads += [(self._epoch_key, None), (self._switch_key, None), (self._marker_key, None)]
-        kvs, _ = await self._b.span("watch catch-up read", reads)
-        if kvs[0] and (not created or int(kvs[0][0].create_revision) == created):
+        if handed is None:
+            (found,), _ = await self._b.snapshot("watch catch-up read", [(key.decode(errors="replace"), None)])
+        else:  # the queue read's span, so its own split state holds here too
+            kvs, _ = await self._b.span("watch catch-up read", self._queue_ranges())
+            queue, seen = kvs[0], _Seen.of(*kvs[1:])
+            found = [kv for kv in queue if bytes(kv.key) == key]
+        if found and (not created or int(found[0].create_revision) == created):
             return False
         if handed is not None:
-            claimed = await self._handed_in_read(_Seen.of(*kvs[-3:]))
+            claimed = await self._handed_in_read(seen)
             if claimed is not None:
                 handed.append(claimed)
         return True

@@ -25,8 +25,9 @@ from typing import Any
 import pytest
 
 from sidecar.backends import connect
-from sidecar.backends.base import SessionExpired
-from sidecar.backends.etcd import EtcdBackend, EtcdElection, EtcdSession
+from sidecar.backends.base import SessionExpired, StoreUnavailable
+from sidecar.backends.etcd import SPAN_MAX_KEYS, EtcdBackend, EtcdElection, EtcdSession
+from sidecar.backends.etcd_wire import TransportError
 from sidecar.clock import MonotonicClock
 from sidecar_harness.fleet import fast_config
 from tests.conftest import EtcdServer
@@ -305,3 +306,57 @@ async def test_a_span_read_answers_as_the_separate_ranges_do_and_splits_when_cro
     before = len(env.ranges_read)
     assert values((await b.span("test", big))[0]) == [[], [b"e"]]
     assert len(env.ranges_read) == before + len(big), "100 kB not asked for are read on every pass"
+
+
+def fail_span_reads(env: Env) -> list[bytes]:
+    """Make every span read (one Range with SPAN_MAX_KEYS as its limit) fail as a timeout would;
+    return the first keys of the reads failed."""
+    failed: list[bytes] = []
+    get = env.backend.kv.get
+
+    async def failing(key: str | bytes, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("limit") == SPAN_MAX_KEYS:
+            failed.append(_encoded(key))
+            raise TransportError("127.0.0.1:0: injected: deadline passed")
+        return await get(key, *args, **kwargs)
+
+    env.backend.kv.get = failing  # type: ignore[method-assign]
+    return failed
+
+
+async def test_a_span_that_cannot_be_read_whole_is_read_apart_then_tried_again(env: Env) -> None:
+    """Review finding: others' values inside the span (150 MiB under NAME.x/) made every span read
+    time out, for ever. A failed span read falls back to the separate ranges at once, and the
+    span is tried whole again SPAN_SPLIT_FOR later."""
+    b, name = env.backend, env.election
+    await b.kv.put(f"{name}.epoch", "e")
+    await b.kv.put(f"{name}/1", "q1")
+    reads: list[tuple[str, str | bytes | None]] = [(f"{name}/", f"{name}0"), (f"{name}.epoch", None)]
+    failed = fail_span_reads(env)
+    got, _ = await b.span("test", reads)
+    assert [[bytes(kv.value) for kv in r] for r in got] == [[b"q1"], [b"e"]]
+    assert len(failed) == 1
+    await b.span("test", reads)
+    assert len(failed) == 1, "a span that failed was tried whole again at once"
+    for span in b._split:
+        b._split[span] = b.clock.now()  # SPAN_SPLIT_FOR has passed
+    await b.span("test", reads)
+    assert len(failed) == 2, "a span that failed is never tried whole again"
+
+
+async def test_a_leader_whose_span_reads_fail_still_sees_its_key_deleted(env: Env) -> None:
+    """Review finding (two leaders): with every span read failing, a leader whose key an
+    operator deleted never saw it go, and its successor led beside it after the lock-delay."""
+    session = await env.session()
+    a: EtcdElection = env.backend.election(env.election)
+    await a.campaign(session, "a")
+    fail_span_reads(env)
+    await env.backend.kv.delete(a._key)
+
+    async def until_noticed() -> None:
+        while True:  # as the elector does (_own_key_gone): a failed wait is logged and tried again
+            with contextlib.suppress(StoreUnavailable):
+                return await a.wait_lost()
+            await asyncio.sleep(0.1)
+
+    await asyncio.wait_for(until_noticed(), 5)
