@@ -1039,7 +1039,10 @@ class EtcdElection:
         read: tuple[list[Any], int, _Seen] | None
         self._rev, read = await self._queue_after_create("campaign txn", value, lease)
         while True:
-            waited = await self._wait_for_predecessors(candidate_id, lease, priority, on_wait, report, read=read)
+            try:
+                waited = await self._wait_for_predecessors(candidate_id, lease, priority, on_wait, report, read=read)
+            finally:
+                self._close_predecessor_watch()
             read = None
             if isinstance(waited, _Claimed):
                 if waited.request is not None and report is not None:
@@ -1205,25 +1208,8 @@ class EtcdElection:
     ) -> list[Any] | _Claimed:
         """Return, with the queue as last read, once nobody is ahead of us;
         or the term we claimed in one txn the moment the head's key went.
-        ``read``: the queue as the txn that registered us read it, if it did."""
-        try:
-            return await self._until_first(candidate_id, lease, priority, on_wait, report, read=read)
-        finally:
-            if self._pred is not None:
-                self._pred.watch.close()
-                self._pred = None
-
-    async def _until_first(
-        self,
-        candidate_id: str,
-        lease: int,
-        priority: int,
-        on_wait: OnWait | None,
-        report: CampaignReport | None,
-        *,
-        read: tuple[list[Any], int, _Seen] | None,
-    ) -> list[Any] | _Claimed:
-        """``_wait_for_predecessors``, but for closing the predecessor's watch it keeps (``_pred``)."""
+        ``read``: the queue as the txn that registered us read it, if it did.
+        The watch on our predecessor it keeps (``_pred``) is the caller's to close."""
         told: tuple[str, int] | None = None
         duplicates_told = False
         while True:
@@ -1678,6 +1664,11 @@ class EtcdElection:
                 known = await self._poll_lease(token, key, lease) or known
                 until = min(known.hi, cap)
             now = clock.now()
+
+    def _close_predecessor_watch(self) -> None:
+        if self._pred is not None:
+            self._pred.watch.close()
+            self._pred = None
 
     def _watch_predecessor(self, key: bytes, from_revision: int, *, created: int, next_in_line: bool) -> _Predecessor:
         """A watch for the deletion of ``key`` (created at ``created``), from ``from_revision``.
