@@ -121,7 +121,8 @@ NEAR_EXPIRY_POLL = 0.1  # seconds between lease polls once the head's lease runs
 SPAN_MAX_KEYS = 1000
 SPAN_MAX_FOREIGN = 64
 SPAN_MAX_FOREIGN_BYTES = 64 << 10
-SPAN_SPLIT_FOR = 600.0  # seconds a crowded (or failed) span is read range by range before it is tried again
+# A leader read still in flight that started this long before a wait began is shared by it (_leader_read).
+SHARED_READ_SLACK = 0.05
 TTL_SUFFIX = ".ttl"  # NAME.ttl/<lease hex>: the TTL a candidate of ours states (see EtcdElection)
 # A periodic re-read waits for the next acknowledged keepalive, and at most
 # this many retry intervals when none comes (see EtcdBackend.next_renewal).
@@ -228,7 +229,7 @@ class EtcdBackend:
         self.drift = drift
         self._connected = False
         self._renewed: dict[int, asyncio.Future[None]] = {}  # lease -> its next answered keepalive
-        self._split: dict[tuple[bytes, bytes], float] = {}  # span -> read as separate ranges until (see span)
+        self._split: set[tuple[bytes, bytes]] = set()  # spans read as separate ranges (see span)
 
     async def connect(self) -> EtcdBackend:
         # The connection opens with the first call: nothing to wait for here.
@@ -324,22 +325,22 @@ class EtcdBackend:
         application's ``NAME.zzz``): those are dropped here. A span that
         holds more than SPAN_MAX_KEYS, SPAN_MAX_FOREIGN more keys not asked
         for than asked for, or more than SPAN_MAX_FOREIGN_BYTES of them, is
-        read as separate ranges for SPAN_SPLIT_FOR seconds (``snapshot``),
-        then tried whole again: a re-read pays for someone else's keys once
-        in that long. So is a span whose read failed: others' values can make
-        it too slow to come back within a request's timeout, for ever (a
-        review stored 150 MiB under ``NAME.x/``: every span read timed out,
-        and a leader whose key an operator deleted never saw it go, beside
-        its successor). The separate ranges are read at once, so a failed
-        span read costs its timeout, not the read: what a store that is
-        really away fails, they fail too.
+        read as separate ranges (``snapshot``) for the rest of the process:
+        someone else's keys are paid for once, and never again (a review saw
+        a crowded span tried whole every 10 minutes cost each sidecar
+        hundreds of MiB and etcd gigabytes each time, all at once). So is a
+        span whose read failed when the separate ranges, read at once, do
+        not: others' values can make it too slow to come back within a
+        request's timeout, every time (a review stored 150 MiB under
+        ``NAME.x/``: every span read timed out, and a leader whose key an
+        operator deleted never saw it go, beside its successor). When they
+        fail too the store is away, and the span is tried whole next time.
         """
         if len(reads) == 1:
             return await self.snapshot(what, reads)
         bounds = [(_encoded(k), _encoded(e) if e is not None else _encoded(k) + b"\0") for k, e in reads]
         lo, hi = min(k for k, _ in bounds), max(e for _, e in bounds)
-        now = self.clock.now()
-        if now < self._split.get((lo, hi), now):
+        if (lo, hi) in self._split:
             return await self.snapshot(what, reads)
         try:
             with _store_errors(what):
@@ -347,8 +348,9 @@ class EtcdBackend:
         except (StoreUnavailable, StoreForbidden):
             # Forbidden too: a user granted the election's keys one by one,
             # not the range between them, reads them apart.
-            self._split[(lo, hi)] = self.clock.now() + SPAN_SPLIT_FOR
-            return await self.snapshot(what, reads)
+            apart = await self.snapshot(what, reads)
+            self._split.add((lo, hi))
+            return apart
         out: list[list[Any]] = [[] for _ in reads]
         foreign = foreign_bytes = 0
         for kv in resp.kvs:
@@ -360,7 +362,7 @@ class EtcdBackend:
                 foreign += 1
                 foreign_bytes += len(key) + len(kv.value)
         if resp.more or foreign > SPAN_MAX_FOREIGN + len(resp.kvs) - foreign or foreign_bytes > SPAN_MAX_FOREIGN_BYTES:
-            self._split[(lo, hi)] = self.clock.now() + SPAN_SPLIT_FOR
+            self._split.add((lo, hi))
             return await self.snapshot(what, reads)
         return out, int(resp.header.revision)
 
@@ -2044,12 +2046,21 @@ class EtcdElection:
         A leader's two waits (its own key's deletion, a switchover request)
         both re-read when its keepalive is answered, and both find what they
         need in one read: it is made once and shared. Each waiter passes the
-        loop time it began waiting; a read started since then (in flight or
-        done) is as fresh as one of its own. The read is cancelled only when
-        every waiter has gone.
+        loop time it began waiting; a read started since then, in flight or
+        answered, is as fresh as one of its own, and so is one still in
+        flight that started at most SHARED_READ_SLACK before (the two waits
+        start a step of the loop apart, and a review saw each make its own
+        first read). One that failed is never shared: a wait tried again
+        after a failure reads again. The read is cancelled only when every
+        waiter has gone.
         """
         shared = self._shared_read
-        if shared is None or shared.started < since or shared.abandoned:
+        if (
+            shared is None
+            or shared.abandoned
+            or shared.started < since - (0.0 if shared.task.done() else SHARED_READ_SLACK)
+            or (shared.task.done() and (shared.task.cancelled() or shared.task.exception() is not None))
+        ):
             task = asyncio.create_task(self._b.span("leader read", self._leader_ranges()))
             task.add_done_callback(_retrieved)
             shared = self._shared_read = _SharedRead(task, asyncio.get_running_loop().time())
