@@ -99,6 +99,7 @@ from sidecar.backends.etcd_wire import (
     SortTarget,
     TransportError,
     Wire,
+    as_bytes,
     prefix_range_end,
     watch_call,
 )
@@ -127,10 +128,6 @@ TTL_SUFFIX = ".ttl"  # NAME.ttl/<lease hex>: the TTL a candidate of ours states 
 # A periodic re-read waits for the next acknowledged keepalive, and at most
 # this many retry intervals when none comes (see EtcdBackend.next_renewal).
 RE_READ_WITHIN = 1.5
-
-
-def _encoded(key: str | bytes) -> bytes:
-    return key.encode() if isinstance(key, str) else key
 
 
 @contextlib.contextmanager
@@ -338,7 +335,7 @@ class EtcdBackend:
         """
         if len(reads) == 1:
             return await self.snapshot(what, reads)
-        bounds = [(_encoded(k), _encoded(e) if e is not None else _encoded(k) + b"\0") for k, e in reads]
+        bounds = [(as_bytes(k), as_bytes(e) if e is not None else as_bytes(k) + b"\0") for k, e in reads]
         lo, hi = min(k for k, _ in bounds), max(e for _, e in bounds)
         if (lo, hi) in self._split:
             return await self.snapshot(what, reads)

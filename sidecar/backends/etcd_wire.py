@@ -100,7 +100,7 @@ _TRANSPORT = (StreamTerminatedError, GrpclibProtocolError, H2Error, ConnectionEr
 
 def prefix_range_end(prefix: str | bytes) -> bytes:
     """The range end that covers every key starting with ``prefix``."""
-    b = bytearray(_bytes(prefix))
+    b = bytearray(as_bytes(prefix))
     for i in reversed(range(len(b))):
         if b[i] < 0xFF:
             b[i] += 1
@@ -108,7 +108,8 @@ def prefix_range_end(prefix: str | bytes) -> bytes:
     return b"\0"
 
 
-def _bytes(data: str | bytes) -> bytes:
+def as_bytes(data: str | bytes) -> bytes:
+    """A key or value as etcd takes it (text is UTF-8)."""
     return data.encode() if isinstance(data, str) else data
 
 
@@ -422,8 +423,8 @@ class KV:
         timeout: float | None = None,
     ) -> Any:
         request = pb.RangeRequest(
-            key=_bytes(key),
-            range_end=_bytes(range_end) if range_end is not None else b"",
+            key=as_bytes(key),
+            range_end=as_bytes(range_end) if range_end is not None else b"",
             revision=revision,
             limit=limit,
             sort_order=int(sort_order),
@@ -432,13 +433,15 @@ class KV:
         return await self._w.unary("/etcdserverpb.KV/Range", request, pb.RangeResponse, timeout)
 
     async def put(self, key: str | bytes, value: str | bytes, *, lease: int = 0, timeout: float | None = None) -> Any:
-        request = pb.PutRequest(key=_bytes(key), value=_bytes(value), lease=lease)
+        request = pb.PutRequest(key=as_bytes(key), value=as_bytes(value), lease=lease)
         return await self._w.unary("/etcdserverpb.KV/Put", request, pb.PutResponse, timeout)
 
     async def delete(
         self, key: str | bytes, range_end: str | bytes | None = None, *, timeout: float | None = None
     ) -> Any:
-        request = pb.DeleteRangeRequest(key=_bytes(key), range_end=_bytes(range_end) if range_end is not None else b"")
+        request = pb.DeleteRangeRequest(
+            key=as_bytes(key), range_end=as_bytes(range_end) if range_end is not None else b""
+        )
         return await self._w.unary("/etcdserverpb.KV/DeleteRange", request, pb.DeleteRangeResponse, timeout)
 
     async def txn(
@@ -454,16 +457,16 @@ class KV:
 
     @staticmethod
     def _compare(target: int, key: str | bytes, result: int, range_end: str | bytes | None, **field: Any) -> Any:
-        compare = Compare(result=result, target=target, key=_bytes(key), **field)
+        compare = Compare(result=result, target=target, key=as_bytes(key), **field)
         if range_end is not None:
-            compare.range_end = _bytes(range_end)
+            compare.range_end = as_bytes(range_end)
         return compare
 
     @classmethod
     def txn_compare_value(
         cls, key: str | bytes, value: str | bytes, *, result: int = Compare.EQUAL, range_end: str | bytes | None = None
     ) -> Any:
-        return cls._compare(Compare.VALUE, key, result, range_end, value=_bytes(value))
+        return cls._compare(Compare.VALUE, key, result, range_end, value=as_bytes(value))
 
     @classmethod
     def txn_compare_version(
@@ -484,17 +487,17 @@ class KV:
 
     @staticmethod
     def txn_op_put(key: str | bytes, value: str | bytes, *, lease: int = 0) -> Any:
-        return pb.RequestOp(request_put=pb.PutRequest(key=_bytes(key), value=_bytes(value), lease=lease))
+        return pb.RequestOp(request_put=pb.PutRequest(key=as_bytes(key), value=as_bytes(value), lease=lease))
 
     @staticmethod
     def txn_op_get(key: str | bytes, *, range_end: str | bytes | None = None, revision: int = 0) -> Any:
-        end = _bytes(range_end) if range_end is not None else b""
-        return pb.RequestOp(request_range=pb.RangeRequest(key=_bytes(key), range_end=end, revision=revision))
+        end = as_bytes(range_end) if range_end is not None else b""
+        return pb.RequestOp(request_range=pb.RangeRequest(key=as_bytes(key), range_end=end, revision=revision))
 
     @staticmethod
     def txn_op_delete(key: str | bytes, *, range_end: str | bytes | None = None) -> Any:
-        end = _bytes(range_end) if range_end is not None else b""
-        return pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=_bytes(key), range_end=end))
+        end = as_bytes(range_end) if range_end is not None else b""
+        return pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=as_bytes(key), range_end=end))
 
 
 class Lease:

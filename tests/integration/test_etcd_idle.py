@@ -27,7 +27,7 @@ import pytest
 from sidecar.backends import connect
 from sidecar.backends.base import SessionExpired, StoreUnavailable
 from sidecar.backends.etcd import SPAN_MAX_KEYS, EtcdBackend, EtcdElection, EtcdSession
-from sidecar.backends.etcd_wire import TransportError
+from sidecar.backends.etcd_wire import TransportError, as_bytes
 from sidecar.clock import MonotonicClock
 from sidecar_harness.fleet import fast_config
 from tests.conftest import EtcdServer
@@ -48,11 +48,11 @@ class Env:
         get = kv.get
 
         async def counted(key: str | bytes, *args: Any, range_end: str | bytes | None = None, **kwargs: Any) -> Any:
-            self.started.append((_encoded(key), _encoded(range_end or b"")))
+            self.started.append((as_bytes(key), as_bytes(range_end or b"")))
             resp = await get(key, *args, range_end=range_end, **kwargs)
             # Once answered: the reader goes on to wait again.
             self.keys_read.append(key if isinstance(key, str) else key.decode())
-            self.ranges_read.append((_encoded(key), _encoded(range_end or b"")))
+            self.ranges_read.append((as_bytes(key), as_bytes(range_end or b"")))
             return resp
 
         kv.get = counted
@@ -72,10 +72,6 @@ class Env:
         """Reads answered (``sent``: sent) that covered ``key``: of it alone, or of a range holding it."""
         k = key.encode()
         return sum(low == k if not end else low <= k < end for low, end in (self.started if sent else self.ranges_read))
-
-
-def _encoded(key: str | bytes) -> bytes:
-    return key.encode() if isinstance(key, str) else key
 
 
 @pytest.fixture
@@ -317,7 +313,7 @@ def fail_span_reads(env: Env) -> list[bytes]:
 
     async def failing(key: str | bytes, *args: Any, **kwargs: Any) -> Any:
         if kwargs.get("limit") == SPAN_MAX_KEYS:
-            failed.append(_encoded(key))
+            failed.append(as_bytes(key))
             raise TransportError("127.0.0.1:0: injected: deadline passed")
         return await get(key, *args, **kwargs)
 
