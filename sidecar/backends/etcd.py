@@ -944,7 +944,6 @@ class _SharedRead:
     task: asyncio.Task[tuple[list[list[Any]], int]]
     started: float
     users: int = 0
-    abandoned: bool = False
 
 
 def _mod_is(key: str, mod_revision: int) -> Compare:
@@ -1291,8 +1290,7 @@ class EtcdElection:
             pred = ahead[-1]
             kept = self._pred
             if kept is None or not kept.follows(bytes(pred.key), int(pred.create_revision), len(ahead) == 1):
-                if kept is not None:
-                    kept.watch.close()
+                self._close_predecessor_watch()
                 kept = self._pred = self._watch_predecessor(
                     bytes(pred.key), revision + 1, created=int(pred.create_revision), next_in_line=len(ahead) == 1
                 )
@@ -2054,7 +2052,7 @@ class EtcdElection:
         shared = self._shared_read
         if (
             shared is None
-            or shared.abandoned
+            or shared.task.cancelling()  # abandoned by its last waiter: a waiter now must not await it
             or shared.started < since - (0.0 if shared.task.done() else SHARED_READ_SLACK)
             or (shared.task.done() and (shared.task.cancelled() or shared.task.exception() is not None))
         ):
@@ -2067,7 +2065,6 @@ class EtcdElection:
         finally:
             shared.users -= 1
             if not shared.users and not shared.task.done():
-                shared.abandoned = True  # a waiter that comes now must not await a cancelled read
                 shared.task.cancel()
 
     def _leader_ranges(self) -> list[tuple[str, str | bytes | None]]:
