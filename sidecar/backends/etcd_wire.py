@@ -192,17 +192,20 @@ class Wire:
 
     def move_on(self, channel: Channel) -> None:
         """The member behind ``channel`` cannot serve: the next calls go to the next endpoint."""
-        if channel is self._channel:
-            self._channel = None
-            self._next = (self._next + 1) % len(self._targets)
-        self._retired.add(channel)
+        self._retire(channel)
         if not self._users.get(channel):
             self._close(channel)
 
     def failed(self, channel: Channel) -> None:
         """A call on ``channel`` failed below gRPC: close it; the next call goes to the next endpoint."""
-        self.move_on(channel)
+        self._retire(channel)
         self._close(channel)
+
+    def _retire(self, channel: Channel) -> None:
+        if channel is self._channel:
+            self._channel = None
+            self._next = (self._next + 1) % len(self._targets)
+        self._retired.add(channel)
 
     def _close(self, channel: Channel) -> None:
         self._retired.add(channel)  # a call still on it closes it again when it ends (done)
