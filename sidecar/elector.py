@@ -133,6 +133,9 @@ class Elector:
         self._marker_pending = False  # a confirmed stop whose resign marker the store did not take yet
         self._out = ""  # why we are out of the election now
         self._term: asyncio.Future[Loss] | None = None
+        self._key_seen = 0.0  # while leading: when the store last confirmed our key (our clock)
+        self._key_error = ""  # why the last attempt to confirm it failed
+        self._renewal_waiters: list[asyncio.Future[None]] = []  # see _next_renewal
         self._seq = 0
         self._stop = asyncio.Event()
         self._resign = asyncio.Event()
@@ -226,6 +229,10 @@ class Elector:
         self._counters["renewals"] += 1
         self._metrics.renewed(self._clock.now() - renewal.sent_at)
         self._backend_up = True
+        waiters, self._renewal_waiters = self._renewal_waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
 
     def renewal_failed(self, failures: int, seconds_to_demote: float, exc: BaseException) -> None:
         self._counters["keepalive_failed"] += 1
@@ -553,6 +560,9 @@ class Elector:
             await self._resign_key()
             return Loss(Reason.BACKEND_UNREACHABLE, "won after our demote time"), True
         self._resign.clear()
+        # The campaign's last call (the claim, or the watch event of a handover)
+        # confirmed our key a moment ago: the first re-read must follow in time.
+        self._key_seen, self._key_error = self._clock.now(), ""
         self._term = asyncio.get_running_loop().create_future()
         grant = self._grant = self._next_grant(lead, lease.expires)
         self._counters["elected"] += 1
@@ -584,11 +594,12 @@ class Elector:
         resign = asyncio.create_task(self._resign.wait(), name="resign")
         stop = asyncio.create_task(self._stop.wait(), name="stop")
         switch = asyncio.create_task(self._switchover_requested(), name="switchover")
+        unconfirmed = asyncio.create_task(self._key_unconfirmed(), name="key-unconfirmed")
         try:
-            waits: set[asyncio.Future[Any]] = {lease.lost, self._term, key, resign, stop, switch}
+            waits: set[asyncio.Future[Any]] = {lease.lost, self._term, key, resign, stop, switch, unconfirmed}
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for t in (key, resign, stop, switch):
+            for t in (key, resign, stop, switch, unconfirmed):
                 t.cancel()
         if lease.lost.done():
             return lease.lost.result()
@@ -597,6 +608,11 @@ class Elector:
         if key.done() and not key.cancelled():
             key.result()  # a bug in the watch surfaces here, and ends the term through _demote
             return Loss(Reason.LEASE_LOST, "our candidate key was deleted")
+        if unconfirmed.done() and not unconfirmed.cancelled():
+            unconfirmed.result()
+            why = f" ({self._key_error})" if self._key_error else ""
+            detail = f"the store has not confirmed our candidate key for {self._cfg.renew_deadline:g}s{why}"
+            return Loss(Reason.BACKEND_UNREACHABLE, detail)
         if resign.done():
             return Loss(Reason.RESIGNED, "resign requested")
         if switch.done() and not switch.cancelled():
@@ -642,18 +658,56 @@ class Elector:
     async def _own_key_gone(self) -> None:
         """Return when our candidate key is deleted (evicted, or lease gone).
 
-        A failing watch does not demote by itself: the lease alone decides
-        when the store has been silent for too long.
+        A failing watch does not demote by itself; what it no longer
+        confirms does (``_key_unconfirmed``).
         """
         while True:
             try:
-                await self._election.wait_lost()
+                await self._election.wait_lost(self._key_confirmed)
                 return
             except SessionExpired:
                 return  # the key went with the session
             except (StoreUnavailable, StoreForbidden) as exc:
+                self._key_error = str(exc) or type(exc).__name__
                 self._store_unreachable(StoreCall.WATCH_OWN_KEY, exc)
-                await self._clock.sleep(self._cfg.retry_interval)
+                # Try again as soon as the store answers a renewal: after an
+                # outage the lease survived, a fixed pause behind a timed-out
+                # read could pass renew_deadline and end a sound term.
+                await self._next_renewal(self._cfg.retry_interval)
+
+    async def _next_renewal(self, longest: float) -> None:
+        """Return at the next acknowledged renewal, or after ``longest`` seconds."""
+        renewed = asyncio.get_running_loop().create_future()
+        self._renewal_waiters.append(renewed)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await wait_for(self._clock, renewed, longest)
+        finally:
+            with contextlib.suppress(ValueError):
+                self._renewal_waiters.remove(renewed)
+
+    def _key_confirmed(self, age: float) -> None:
+        """The store showed our key present, in a call sent ``age`` seconds ago."""
+        self._key_seen = max(self._key_seen, self._clock.now() - age)
+        self._key_error = ""
+
+    async def _key_unconfirmed(self) -> None:
+        """Return once the store has not confirmed our key for ``renew_deadline``.
+
+        Renewals alone do not keep a term: a store that renews our lease but
+        fails every read of our key (a role that lost its read right: etcd
+        does not check rights on keepalives) would let us lead on after an
+        operator deleted the key, and the successor leads once its
+        lock-delay's cap passes, which assumes we saw the delete. The cap is
+        TTL + retry_interval after the delete, and we were last shown the key
+        before it: renew_deadline + kill_grace < TTL (config rule) ends our
+        term first.
+        """
+        while True:
+            left = self._key_seen + self._cfg.renew_deadline - self._clock.now()
+            if left <= 0:
+                return
+            await self._clock.sleep(left)
 
     async def _switchover_requested(self) -> SwitchoverRequest:
         """Return a pending switchover request that someone queued can fulfil.

@@ -31,7 +31,7 @@ class Reason(enum.StrEnum):
 
     LEASE_LOST = "lease-lost"  # the store says our lease or key is gone
     RESIGNED = "resigned"  # asked to hand over
-    BACKEND_UNREACHABLE = "backend-unreachable"  # no renewal acknowledged before demote_at
+    BACKEND_UNREACHABLE = "backend-unreachable"  # no renewal acknowledged before demote_at, or our key unconfirmed
     SHUTDOWN = "shutdown"  # the sidecar is stopping
     WATCHDOG_LOST = "watchdog-lost"  # the out-of-process deadline guard died
     INTERNAL_ERROR = "internal-error"  # a bug or hook failure in the sidecar itself

@@ -10,9 +10,10 @@ calls never return) to exercise the deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -32,6 +33,7 @@ from sidecar.backends.base import (
     ResignMarker,
     Session,
     SessionExpired,
+    StoreForbidden,
     StoreUnavailable,
     SwitchoverRequest,
     candidate_id_of,
@@ -44,9 +46,14 @@ from sidecar.backends.base import (
     priority_verdict,
     steps_aside_early,
 )
-from sidecar.clock import Clock, MonotonicClock
+from sidecar.clock import Clock, MonotonicClock, wait_for
 from sidecar.config import Config
 from sidecar.model import Leadership
+
+# A leader's wait re-reads its key this often (store clock), as the real
+# backends do every retry interval: the elector demotes a leader whose key
+# the store has not confirmed for renew_deadline.
+CONFIRM_EVERY = 0.5
 
 
 @dataclass
@@ -63,6 +70,7 @@ class MemoryStore:
     def __init__(self, clock: Clock | None = None) -> None:
         self.clock = clock or MonotonicClock()
         self.mode = "up"  # "up", "fail" or "hang"
+        self.reads_forbidden = False  # a leader's re-reads of its key refused, keepalives still answered
         self.revision = 0
         self.keys: dict[str, _Key] = {}
         self.plain: dict[str, str] = {}
@@ -386,12 +394,21 @@ class MemoryElection:
         self._mine = None
         return ""
 
-    async def wait_lost(self) -> None:
+    async def wait_lost(self, seen: Callable[[float], None] | None = None) -> None:
         name = self._mine
         key = self._store.keys.get(name) if name else None
         if key is None:
             return
-        await key.deleted.wait()
+        while not key.deleted.is_set():
+            await self._store.gate()
+            if self._store.reads_forbidden:
+                raise StoreForbidden("memory store: reading our key is forbidden")
+            if self._store.keys.get(name or "") is not key:
+                return
+            if seen is not None:
+                seen(0.0)
+            with contextlib.suppress(TimeoutError):
+                await wait_for(self._store.clock, key.deleted.wait(), CONFIRM_EVERY)
 
     def _record(self) -> EpochRecord | str:
         raw = self._store.plain.get(self._epoch_key)

@@ -477,8 +477,15 @@ class Election(Protocol):
         """
         ...
 
-    async def wait_lost(self) -> None:
-        """Return when our candidate key disappears (raises on store errors)."""
+    async def wait_lost(self, seen: Callable[[float], None] | None = None) -> None:
+        """Return when our candidate key disappears (raises on store errors).
+
+        ``seen(age)``: called every time the store shows our key present, in
+        a call sent ``age`` seconds before, at least once a retry interval
+        while the store answers; the elector demotes when it has not been
+        for ``renew_deadline``. A watch alone is not a confirmation: only an
+        answer from the store is.
+        """
         ...
 
     async def wait_switchover(self, candidate_id: str) -> SwitchoverRequest:

@@ -2007,7 +2007,7 @@ class EtcdElection:
             txn = await kv.txn(compare=compare, success=success, failure=[], timeout=self._b.timeout)
         return bool(txn.succeeded)
 
-    async def wait_lost(self) -> None:
+    async def wait_lost(self, seen: Callable[[float], None] | None = None) -> None:
         if not self._key:
             return
         own = self._key.encode()
@@ -2017,10 +2017,12 @@ class EtcdElection:
             while True:
                 # The view's read (one range over the request key, NAME.ttl/ and
                 # the queue) holds our key: no read of our own (_leader_read).
-                (_, queue, _), revision = await self._leader_read(since)
+                (_, queue, _), revision, sent = await self._leader_read(since)
                 since = asyncio.get_running_loop().time()
                 if not any(bytes(kv.key) == own and kv.create_revision == self._rev for kv in queue):
                     return
+                if seen is not None:
+                    seen(since - sent)
                 # Re-read every retry interval: a watch is a hint, the read is the fact.
                 if watch is None:
                     call = self._b.watch_stream(own, start_revision=revision + 1, no_put=True)
@@ -2035,8 +2037,9 @@ class EtcdElection:
             if watch is not None:
                 watch.close()
 
-    async def _leader_read(self, since: float) -> tuple[list[list[Any]], int]:
-        """The request key, the queue and NAME.ttl/, read at one revision after ``since`` (loop time).
+    async def _leader_read(self, since: float) -> tuple[list[list[Any]], int, float]:
+        """The request key, the queue and NAME.ttl/, read at one revision after ``since`` (loop time),
+        and when that read was sent (loop time).
 
         A leader's two waits (its own key's deletion, a switchover request)
         both re-read when its keepalive is answered, and both find what they
@@ -2061,7 +2064,8 @@ class EtcdElection:
             shared = self._shared_read = _SharedRead(task, asyncio.get_running_loop().time())
         shared.users += 1
         try:
-            return await asyncio.shield(shared.task)
+            ranges, revision = await asyncio.shield(shared.task)
+            return ranges, revision, shared.started
         finally:
             shared.users -= 1
             if not shared.users and not shared.task.done():
@@ -2084,7 +2088,7 @@ class EtcdElection:
         since = asyncio.get_running_loop().time()
         try:
             while True:
-                (found, queue, ttls), revision = await self._leader_read(since)
+                (found, queue, ttls), revision, _ = await self._leader_read(since)
                 since = asyncio.get_running_loop().time()
                 view.reset(found[0] if found else None, queue, ttls, revision)
                 # Re-read every retry interval: a watch is a hint, the read is the fact.

@@ -348,6 +348,19 @@ class ZooKeeperSession:
         self._anchor = 0.0  # send time of the last round trip the leader confirmed
         self._password: bytes | None = None  # kept only while a close is owed
         self.liveness: set[str] = set()  # liveness nodes this session created (one per election)
+        self._renewed: asyncio.Future[None] | None = None  # see next_renewal
+
+    def next_renewal(self) -> asyncio.Future[None]:
+        """Done when a keepalive of this session is next acknowledged.
+
+        The leader's re-read of its own node goes out right after it
+        (``ZooKeeperElection.wait_lost``): paced by the renewals the elector
+        makes every retry interval, whatever interval this backend was built
+        with. Shared by its waiters: pass it to asyncio.wait, never cancel it.
+        """
+        if self._renewed is None or self._renewed.done():
+            self._renewed = asyncio.get_running_loop().create_future()
+        return self._renewed
 
     @property
     def expired(self) -> bool:
@@ -510,6 +523,8 @@ class ZooKeeperSession:
             negotiated = self._negotiated
         assert negotiated is not None
         anchor, self._anchor = self._anchor, sent
+        if self._renewed is not None and not self._renewed.done():
+            self._renewed.set_result(None)
         return Renewal(sent, negotiated, valid_from=anchor)
 
     async def close(self) -> None:
@@ -589,6 +604,7 @@ class ZooKeeperElection:
         self._node = ""
         self._value = b""  # our node's data, rewritten as is to wake the next in line
         self._client: KazooClient | None = None
+        self._session: ZooKeeperSession | None = None  # the campaign's: its renewals pace the leader's re-reads
         self._czxid = 0
         self._session_id = 0
         self._head: tuple[int, str] | None = None  # the leader we last queued behind: (czxid, node)
@@ -662,7 +678,7 @@ class ZooKeeperElection:
             return await self._stand_by(session, candidate_id, on_wait)
         value = self._value = encode_candidate(candidate_id, priority).encode()
         client = session.client
-        self._client = client
+        self._client, self._session = client, session
         self._session_id = int(session.id, 16)
         self._head = None  # only what this campaign saw counts
         self._acting_on, self._known = None, []
@@ -1522,17 +1538,33 @@ class ZooKeeperElection:
             tx.set_data(self.marker_path, marker)
             await _call(tx.commit_async)
 
-    async def wait_lost(self) -> None:
+    async def wait_lost(self, seen: Callable[[float], None] | None = None) -> None:
         if not self._node or self._client is None:
             return
         loop = asyncio.get_running_loop()
+        fired = asyncio.Event()
+        watcher = _Rewatch(loop, fired)  # one callback for every pass: see _Rewatch
         while True:
-            fired, watcher = _watch(loop)
+            fired.clear()  # this pass reads again
+            sent = loop.time()
             with _store_errors("watch own node"):
-                stat = await _call(self._client.exists_async, self._node, watcher)
+                async with asyncio.timeout(self._b.timeout):  # a read stuck on a dead connection confirms nothing
+                    stat = await _call(self._client.exists_async, self._node, watcher)
             if stat is None or int(stat.czxid) != self._czxid:
                 return
-            await fired.wait()
+            if seen is not None:
+                seen(loop.time() - sent)
+            # The watch tells us at once; the read after each renewal is what
+            # the elector counts as our node confirmed (see Election.wait_lost).
+            # No renewal comes while the store is away: then 1.5 intervals.
+            woke = asyncio.ensure_future(fired.wait())
+            try:
+                waits: set[asyncio.Future[Any]] = {woke}
+                if self._session is not None:
+                    waits.add(self._session.next_renewal())
+                await asyncio.wait(waits, timeout=1.5 * self._b.retry_interval, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                woke.cancel()
 
     async def wait_switchover(self, candidate_id: str) -> SwitchoverRequest:
         if self._client is None:

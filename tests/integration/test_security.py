@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -325,6 +326,69 @@ def test_user_without_rights_or_with_a_wrong_password_is_refused(
     assert forbidden and words in forbidden[0]["error"].lower()
     # Nothing of the attempted password appears, not even as part of an argv dump.
     assert f"{user}:{password}" not in res.stderr and f'"{password}"' not in res.stderr
+
+
+def log_events(s: SidecarProcess, event: str) -> list[dict[str, Any]]:
+    out = []
+    for line in log_text(s).splitlines():
+        if f'"{event}"' in line:
+            with contextlib.suppress(ValueError):
+                rec = json.loads(line)
+                if rec.get("event") == event:
+                    out.append(rec)
+    return out
+
+
+def test_a_leader_that_can_renew_but_not_read_demotes_before_its_successor_leads(workdir: Path) -> None:
+    """An operator takes the read right from the leader's user; etcd checks no rights on
+    keepalives, so its lease lives on. Its key is then deleted: the successor waits out
+    the lock-delay's cap (TTL + retry interval, resting on the leader's re-reads) and
+    leads. Before, the leader could not read that its key went and led on beside it."""
+    election = "rbac-read"
+    with LocalEtcd(1) as etcd:
+        enable_auth(etcd, election)
+        etcdctl_as_root(etcd, "user", "add", f"carol:{SECRET}")
+        etcdctl_as_root(etcd, "user", "grant-role", "carol", "elector")
+        # alice's own role, so that taking its read right leaves carol's.
+        etcdctl_as_root(etcd, "user", "revoke-role", "alice", "elector")
+        etcdctl_as_root(etcd, "role", "add", "alice-role")
+        etcdctl_as_root(etcd, "role", "grant-permission", "alice-role", "--prefix=true", "readwrite", election)
+        etcdctl_as_root(etcd, "user", "grant-role", "alice", "alice-role")
+        pw = workdir / "pw"
+        pw.write_text(SECRET)
+
+        def sidecar(user: str) -> SidecarProcess:
+            return SidecarProcess(user, workdir, etcd.endpoints, election, dict(FAST_TIMING),
+                                  extra_args=["--etcd-user", user, "--etcd-password-file", str(pw)])  # fmt: skip
+
+        a = sidecar("alice").start()
+        b: SidecarProcess | None = None
+        try:
+            wait_until(lambda: (a.status() or {}).get("state") == "leader", 20, what="alice leads")
+            b = sidecar("carol").start()
+            wait_until(lambda: bool(log_events(b, "race_lost")), 20, what="carol queued")
+            etcdctl_as_root(etcd, "role", "revoke-permission", "alice-role", "--prefix=true", election)
+            etcdctl_as_root(etcd, "role", "grant-permission", "alice-role", "--prefix=true", "write", election)
+            keys = subprocess.run(
+                [find_binary("etcdctl"), "--endpoints", etcd.endpoints[0], "--user", "root:rootpw",
+                 "get", "--prefix", f"{election}/", "--keys-only", "--sort-by=CREATE"],
+                check=True, capture_output=True, text=True, timeout=20,
+            ).stdout.split()  # fmt: skip
+            etcdctl_as_root(etcd, "del", keys[0])  # alice's key; her lease lives on
+            wait_until(lambda: bool(log_events(b, "elected")), 20, what="carol leads")
+            elected = log_events(b, "elected")[0]
+            assert log_events(b, "lock_delay"), "carol did not wait out alice's lease: not the case under test"
+            demoted = log_events(a, "demoted")
+            assert demoted, "alice led on beside carol: her key's deletion went unseen"
+            assert demoted[0]["mono"] < elected["mono"], "alice stopped only after carol led"
+            lost = [r for r in log_events(a, "state_changed") if r.get("to_state") == "demoting"]
+            assert lost[0]["reason"] == "backend-unreachable", lost[0]
+            assert "not confirmed our candidate key" in lost[0]["detail"], lost[0]
+            assert not log_events(a, "keepalive_failed"), "alice's keepalives failed: not the case under test"
+        finally:
+            for s in (a, b):
+                if s is not None:
+                    s.stop()
 
 
 def test_zookeeper_nodes_belong_to_our_identity(zookeeper: ZkServer, workdir: Path) -> None:

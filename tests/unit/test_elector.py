@@ -151,6 +151,48 @@ async def test_silent_store_demotes_at_renew_deadline_before_expiry(h: Harness) 
     assert a.state is not State.LEADER
 
 
+async def test_a_leader_whose_key_reads_fail_demotes_though_its_renewals_succeed(h: Harness) -> None:
+    """Renewals alone kept a term: with every read of its key refused (etcd checks no
+    rights on keepalives) a leader led on, and would not have seen its key deleted."""
+    stops: list[tuple[float, Reason]] = []
+
+    async def stopped(grant: Grant, reason: Reason) -> None:
+        stops.append((h.clock.now(), reason))
+
+    a, sink = h.elector("a", Hooks(stopped_leading=stopped))
+    await h.clock.advance(0.1)
+    await h.clock.advance(3 * CFG.ttl)  # confirmed all along: no demotion of its own
+    assert a.state is State.LEADER and not stops
+    h.store.reads_forbidden = True
+    cut = h.clock.now()
+    renewals = a.counters["renewals"]
+    await h.clock.advance(2 * CFG.renew_deadline)
+    assert stops, "the leader led on with its key unconfirmed"
+    at, reason = stops[0]
+    assert reason is Reason.BACKEND_UNREACHABLE
+    assert at <= cut + CFG.renew_deadline + 0.1
+    assert a.counters["renewals"] > renewals, "the lease went on being renewed: not what ended the term"
+    lost = [f for f in sink.of("state_changed") if f["to_state"] == "demoting"]
+    assert "not confirmed our candidate key" in lost[0]["detail"] and "forbidden" in lost[0]["detail"]
+    assert sink.of("store_unreachable")[0]["during"] == "watch-own-key"
+
+
+async def test_an_outage_the_lease_survives_does_not_end_the_term_for_want_of_reads(h: Harness) -> None:
+    """The key's rule must not be the more eager: reads failed as long as the renewals
+    did, and the first renewal after the outage is followed by a read at once."""
+    a, sink = h.elector("a")
+    await h.clock.advance(0.1)
+    await h.clock.advance(CFG.retry_interval)  # just after a renewal and a confirming read
+    token = grant_of(a).token
+    h.store.mode = "fail"
+    await h.clock.advance(CFG.renew_deadline - CFG.retry_interval)  # short of the lease's deadline
+    assert sink.of("store_unreachable")
+    h.store.mode = "up"
+    await h.clock.advance(3 * CFG.renew_deadline)
+    assert a.state is State.LEADER and grant_of(a).token == token
+    assert not [f for f in sink.of("state_changed") if f["to_state"] == "demoting"]
+
+
 async def test_store_down_and_race_lost_are_told_apart(h: Harness) -> None:
     h.elector("a")
     await h.clock.advance(0.1)

@@ -86,7 +86,7 @@ class ScriptedBackend:
     async def resign(self, *, hand_over: bool = False) -> str:
         return ""
 
-    async def wait_lost(self) -> None:
+    async def wait_lost(self, seen: object = None) -> None:
         await asyncio.Event().wait()
 
     async def wait_switchover(self, candidate_id: str) -> object:
