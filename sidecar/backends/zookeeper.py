@@ -89,7 +89,7 @@ from sidecar.backends.base import (
     priority_verdict,
     steps_aside_early,
 )
-from sidecar.backends.zk_poll import PollHandler
+from sidecar.backends.zk_poll import PollHandler, inline
 from sidecar.clock import Clock
 from sidecar.config import Config, ConfigError, endpoint_hostports
 from sidecar.model import Leadership
@@ -127,7 +127,8 @@ async def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         else:
             fut.set_result(value)
 
-    def deliver(result: Any) -> None:  # kazoo's thread
+    @inline  # on kazoo's connection thread (PollHandler): it only hands the result to the loop
+    def deliver(result: Any) -> None:
         try:
             value = result.get_nowait()
         except BaseException as exc:  # handed to the awaiting coroutine, not lost
@@ -143,7 +144,8 @@ def _watch(loop: asyncio.AbstractEventLoop) -> tuple[asyncio.Event, Callable[[An
     """An asyncio Event and a kazoo watch callback (kazoo's thread) that sets it."""
     fired = asyncio.Event()
 
-    def watcher(event: Any) -> None:
+    @inline
+    def watcher(event: Any) -> None:  # kazoo's connection thread
         loop.call_soon_threadsafe(fired.set)
 
     return fired, watcher
@@ -160,6 +162,8 @@ class _Rewatch:
     fired for (set in kazoo's thread, read on the loop): a change since a
     read shows as a count moved since the read was sent.
     """
+
+    kazoo_inline = True  # runs on kazoo's connection thread (zk_poll.inline)
 
     def __init__(self, loop: asyncio.AbstractEventLoop, fired: asyncio.Event) -> None:
         self._loop, self.fired = loop, fired  # ``fired``: what a new call of the same loop waits on

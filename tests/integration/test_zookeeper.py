@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -16,7 +18,7 @@ from kazoo.recipe.election import Election as KazooElection
 
 from sidecar.backends.base import SessionExpired
 from sidecar.backends.zk_poll import PollHandler
-from sidecar.backends.zookeeper import ZooKeeperBackend
+from sidecar.backends.zookeeper import ZooKeeperBackend, _call, _watch
 from sidecar.clock import MonotonicClock
 from sidecar_harness.checker import check, read_records
 from sidecar_harness.fleet import FAST_TIMING
@@ -170,3 +172,24 @@ async def test_closing_a_lost_session_stops_kazoo_before_releasing_it(zookeeper:
         assert not client.connected
     finally:
         await backend.close()
+
+
+async def test_the_loop_sees_a_watch_event_before_the_answer_sent_after_it(zookeeper: ZkServer) -> None:
+    """ZooKeeper sends a change's watch event before any answer that follows the change
+    on the connection. kazoo ran events and answers on two worker threads, so the loop
+    could see our own delete answered with the watch on that node not yet fired."""
+    client = KazooClient(hosts=",".join(zookeeper.endpoints), handler=PollHandler())
+    await asyncio.to_thread(client.start, 10)
+    loop = asyncio.get_running_loop()
+    late = 0
+    try:
+        for i in range(300):
+            node = await _call(client.create_async, f"/order-{os.getpid()}-{i}", b"", None, True)
+            fired, watcher = _watch(loop)
+            assert await _call(client.exists_async, node, watcher) is not None
+            await _call(client.delete_async, node)
+            late += not fired.is_set()
+    finally:
+        await asyncio.to_thread(client.stop)
+        await asyncio.to_thread(client.close)
+    assert late == 0, f"{late} of 300 answers reached the loop before the watch event sent ahead of them"

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 from kazoo.handlers.threading import SequentialThreadingHandler
+from kazoo.protocol.states import Callback
 
-from sidecar.backends.zk_poll import PollHandler
+from sidecar.backends.zk_poll import PollHandler, inline
 
 
 @pytest.fixture
@@ -71,3 +73,74 @@ def test_the_timeout_is_waited_for_and_is_in_seconds(pair: tuple[socket.socket, 
     assert time.monotonic() - started >= 0.05
     with pytest.raises(ValueError):
         PollHandler().select([a], [], [], -1)
+
+
+def test_inline_callbacks_run_where_the_result_is_set_and_others_on_kazoos_worker() -> None:
+    """One thread handoff fewer per answer: ours run on the thread that read the packet."""
+    handler = PollHandler()
+    handler.start()
+    try:
+        result = handler.async_result()
+        ran: dict[str, threading.Thread] = {}
+        done = threading.Event()
+
+        @inline
+        def ours(r: object) -> None:
+            ran["ours"] = threading.current_thread()
+
+        def theirs(r: object) -> None:
+            ran["theirs"] = threading.current_thread()
+            done.set()
+
+        result.rawlink(ours)
+        result.rawlink(theirs)
+        setter = threading.Thread(target=result.set, args=(42,), name="reader")
+        setter.start()
+        setter.join(5)
+        assert done.wait(5)
+        assert ran["ours"] is setter
+        assert ran["theirs"] is not setter and ran["theirs"] is not threading.current_thread()
+        assert result.get_nowait() == 42
+    finally:
+        handler.stop()
+
+
+def test_an_inline_callback_that_raises_never_reaches_the_thread_that_set_the_result() -> None:
+    """Raised in kazoo's reader it would drop the connection; it is logged instead."""
+    handler = PollHandler()
+    handler.start()
+    try:
+        result = handler.async_result()
+
+        @inline
+        def broken(r: object) -> None:
+            raise RuntimeError("Event loop is closed")
+
+        result.rawlink(broken)
+        result.set(1)  # does not raise
+        assert result.get_nowait() == 1
+    finally:
+        handler.stop()
+
+
+def test_inline_watch_callbacks_run_now_and_others_queue() -> None:
+    handler = PollHandler()
+    handler.start()
+    try:
+        seen: list[str] = []
+        queued = threading.Event()
+
+        @inline
+        def ours(event: object) -> None:
+            seen.append(f"ours {event}")
+
+        def theirs(event: object) -> None:
+            seen.append(f"theirs {event}")
+            queued.set()
+
+        handler.dispatch_callback(Callback("watch", ours, ("e1",)))
+        assert seen == ["ours e1"]  # before dispatch_callback returned
+        handler.dispatch_callback(Callback("watch", theirs, ("e2",)))
+        assert queued.wait(5) and seen == ["ours e1", "theirs e2"]
+    finally:
+        handler.stop()
