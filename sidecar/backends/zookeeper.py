@@ -831,7 +831,11 @@ class ZooKeeperElection:
         """Lead at once after the head's node went, if nothing calls for the slow path; else None.
 
         The same decision as the slow path, on reads sent together (kazoo
-        pipelines them on the session's connection): we head the listing
+        pipelines them on the session's connection), in two rounds. First
+        the record, the marker and our node: a handover multi's record and
+        marker naming our node (``_handed_to_us``) end it there, as that
+        multi deleted every node ahead of ours. Otherwise the rest, one
+        round trip more off the handover's path: we head the listing
         (and the priorities of the others, read only if there are any, do
         not send us aside), the head's node gone
         (an exists watch also fires on a change of its data), no switchover
@@ -846,19 +850,28 @@ class ZooKeeperElection:
         multi: None, and the slow path decides.
         """
         with _store_errors("claim"):
-            names, head_stat, (raw_record, record_stat), (raw_marker, marker_stat), switch = await asyncio.gather(
-                self._children(client),
-                _call(client.exists_async, head),
+            (raw_record, record_stat), (raw_marker, marker_stat), own_stat = await asyncio.gather(
                 self._read(client, self.epoch_path),
                 self._read(client, self.marker_path),
+                _call(client.exists_async, self._node),
+            )
+        if own_stat is None or int(own_stat.czxid) != self._czxid:
+            return None  # the slow path finds out what took our node
+        # A record and marker that the leader's handover multi wrote, naming our
+        # node: it deleted every node ahead of ours, so nothing more to read
+        # (three answers on the handover's path instead of five).
+        handed = self._handed_to_us((raw_record, record_stat), (raw_marker, marker_stat))
+        if handed is not None:
+            return handed  # the leader's multi started our term: nothing to write
+        with _store_errors("claim"):
+            names, head_stat, switch = await asyncio.gather(
+                self._children(client),
+                _call(client.exists_async, head),
                 self._read(client, self.switch_path),
             )
         own = self._node.rsplit("/", 1)[1]
         if head_stat is not None or record_stat is None or names[:1] != [own]:
             return None
-        handed = self._handed_to_us((raw_record, record_stat), (raw_marker, marker_stat))
-        if handed is not None:
-            return handed  # the leader's multi started our term: nothing to write
         raw_switch, switch_stat = switch
         request = parse_switchover(raw_switch) if switch_stat is not None else None
         if switch_stat is not None:

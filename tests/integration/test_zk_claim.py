@@ -956,8 +956,9 @@ async def test_a_pass_on_landing_between_the_record_read_and_the_listing_bumps_o
 
 
 async def test_a_failed_wake_up_read_leaves_no_unretrieved_task_exception(env: Env) -> None:
-    """The record read fails (connection loss) and the listing failed before it: every
-    read's task is retrieved, none logs 'Task exception was never retrieved'."""
+    """The record read fails (connection loss) and the marker read failed before it
+    (the listing too, should the slow path read it): every read's task is retrieved,
+    none logs 'Task exception was never retrieved'."""
     a, _ = await env.lead("a")
     e_b, _, task_b = await env.wait("b")
     loop = asyncio.get_running_loop()
@@ -965,14 +966,17 @@ async def test_a_failed_wake_up_read_leaves_no_unretrieved_task_exception(env: E
     previous = loop.get_exception_handler()
     loop.set_exception_handler(lambda _l, ctx: logged.append(str(ctx.get("message"))))
 
-    listing_failed = asyncio.Event()
+    failed_first = asyncio.Event()
 
     async def lost(client: KazooClient, path: str) -> Any:
-        await listing_failed.wait()  # the record read fails after the listing did
+        if path == e_b.marker_path:
+            failed_first.set()
+            raise ConnectionLoss()
+        await failed_first.wait()  # the record read fails after the marker read did
         raise ConnectionLoss()
 
     async def unlisted(client: KazooClient, watcher: Any = None) -> list[str]:
-        listing_failed.set()
+        failed_first.set()
         raise StoreUnavailable("zookeeper list candidates: ConnectionLoss")
 
     e_b._read = lost  # type: ignore[method-assign]
@@ -989,3 +993,70 @@ async def test_a_failed_wake_up_read_leaves_no_unretrieved_task_exception(env: E
         assert not [m for m in logged if "never retrieved" in m], logged
     finally:
         loop.set_exception_handler(previous)
+
+
+async def test_a_handover_landing_between_the_claims_two_rounds_bumps_once(env: Env) -> None:
+    """The claim decides a handover on its first round (record, marker, our node) and
+    reads the rest only when that says "not handed". b wakes on a data change of the
+    leader's node (a watch that fires without a departure), its first round finds a's
+    term, a's pass-on multi lands, and the second round finds a gone and b at the head:
+    decided on the first round's record, b must not bump the epoch a second time."""
+    a, lead_a = await env.lead("a")
+    e_b, _, task_b = await env.wait("b")
+    watch = await learned(env, a, "a", 1)
+    watch.cancel()
+    await asyncio.gather(watch, return_exceptions=True)
+    client: KazooClient = e_b._client  # type: ignore[assignment]
+    held: list[tuple[Any, tuple[Any, ...], Any]] = []
+    state = {"armed": False, "claims": 0}
+    originals = {n: getattr(client, n) for n in ("get_children_async", "exists_async", "get_async")}
+
+    def hold(name: str) -> Any:
+        def fn(*args: Any) -> Any:
+            if name == "get_children_async" and not held:
+                state["armed"] = True  # the second round starts with the listing
+            if not state["armed"]:
+                return originals[name](*args)
+            ar = client.handler.async_result()
+            held.append((originals[name], args, ar))
+            return ar
+
+        return fn
+
+    for n in originals:
+        setattr(client, n, hold(n))
+    claim = e_b._claim
+
+    async def counted(*args: Any) -> Any:
+        state["claims"] += 1
+        return await claim(*args)
+
+    e_b._claim = counted  # type: ignore[method-assign,assignment]
+    writes: list[int] = []
+    transaction = client.transaction
+
+    def counted_tx() -> Any:
+        writes.append(1)
+        return transaction()
+
+    client.transaction = counted_tx  # type: ignore[method-assign]
+    env.raw.set(a._node, b"touched")  # b's exists watch fires; a still leads
+    await eventually(lambda: len(held) == 3, 5, what="b's second round sent, held")
+    assert await a.resign(hand_over=True) == "b"
+    state["armed"] = False
+
+    def relay(r: Any, ar: Any) -> None:
+        if r.successful():
+            ar.set(r.get_nowait())
+        else:
+            ar.set_exception(r.exception)
+
+    for orig, args, ar in held:
+        orig(*args).rawlink(partial(relay, ar=ar))
+    lead_b = await asyncio.wait_for(task_b, 5)
+    assert state["claims"] == 1
+    assert lead_b.epoch == lead_a.epoch + 1, f"epoch bumped twice in b's term: {lead_a.epoch} -> {lead_b.epoch}"
+    assert writes == [], "b wrote its term again over the one a's multi handed it"
+    _, record_stat = env.raw.get(f"/{env.name}.epoch")
+    _, marker_stat = env.raw.get(f"/{env.name}.resigned")
+    assert record_stat.mzxid == marker_stat.mzxid
