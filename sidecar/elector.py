@@ -561,8 +561,10 @@ class Elector:
             return Loss(Reason.BACKEND_UNREACHABLE, "won after our demote time"), True
         self._resign.clear()
         # The campaign's last call (the claim, or the watch event of a handover)
-        # confirmed our key a moment ago: the first re-read must follow in time.
-        self._key_seen, self._key_error = self._clock.now(), ""
+        # confirmed our key a moment ago; counted from no later than the last
+        # renewal's send, so a stall between that call and now is not counted
+        # as a confirmation (a stall stops the renewals too).
+        self._key_seen, self._key_error = min(self._clock.now(), lease.last.sent_at), ""
         self._term = asyncio.get_running_loop().create_future()
         grant = self._grant = self._next_grant(lead, lease.expires)
         self._counters["elected"] += 1
@@ -594,7 +596,7 @@ class Elector:
         resign = asyncio.create_task(self._resign.wait(), name="resign")
         stop = asyncio.create_task(self._stop.wait(), name="stop")
         switch = asyncio.create_task(self._switchover_requested(), name="switchover")
-        unconfirmed = asyncio.create_task(self._key_unconfirmed(), name="key-unconfirmed")
+        unconfirmed = asyncio.create_task(self._key_unconfirmed(lease), name="key-unconfirmed")
         try:
             waits: set[asyncio.Future[Any]] = {lease.lost, self._term, key, resign, stop, switch, unconfirmed}
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -611,7 +613,7 @@ class Elector:
         if unconfirmed.done() and not unconfirmed.cancelled():
             unconfirmed.result()
             why = f" ({self._key_error})" if self._key_error else ""
-            detail = f"the store has not confirmed our candidate key for {self._cfg.renew_deadline:g}s{why}"
+            detail = f"the store has not confirmed our candidate key for {self._key_budget(lease):.3g}s{why}"
             return Loss(Reason.BACKEND_UNREACHABLE, detail)
         if resign.done():
             return Loss(Reason.RESIGNED, "resign requested")
@@ -670,10 +672,11 @@ class Elector:
             except (StoreUnavailable, StoreForbidden) as exc:
                 self._key_error = str(exc) or type(exc).__name__
                 self._store_unreachable(StoreCall.WATCH_OWN_KEY, exc)
-                # Try again as soon as the store answers a renewal: after an
-                # outage the lease survived, a fixed pause behind a timed-out
-                # read could pass renew_deadline and end a sound term.
-                await self._next_renewal(self._cfg.retry_interval)
+                # Try again at the lease's own retry pace, or at once when the
+                # store answers a renewal: the read riding a renewal is lost
+                # with the connection a member failover cuts, and a wait of a
+                # whole interval behind it ended terms the lease kept (review).
+                await self._next_renewal(self._cfg.retry_interval / 4)
 
     async def _next_renewal(self, longest: float) -> None:
         """Return at the next acknowledged renewal, or after ``longest`` seconds."""
@@ -691,20 +694,28 @@ class Elector:
         self._key_seen = max(self._key_seen, self._clock.now() - age)
         self._key_error = ""
 
-    async def _key_unconfirmed(self) -> None:
-        """Return once the store has not confirmed our key for ``renew_deadline``.
+    def _key_budget(self, lease: Lease) -> float:
+        """How long after a confirmation's send we may lead without another."""
+        return self._timing.grant_validity(lease.last.ttl) - self._timing.kill_grace
+
+    async def _key_unconfirmed(self, lease: Lease) -> None:
+        """Return once the store has not confirmed our key for ``_key_budget``.
 
         Renewals alone do not keep a term: a store that renews our lease but
         fails every read of our key (a role that lost its read right: etcd
         does not check rights on keepalives) would let us lead on after an
         operator deleted the key, and the successor leads once its
         lock-delay's cap passes, which assumes we saw the delete. The cap is
-        TTL + retry_interval after the delete, and we were last shown the key
-        before it: renew_deadline + kill_grace < TTL (config rule) ends our
-        term first.
+        TTL + retry_interval after the successor saw the delete, and we were
+        last shown the key before it: stopped by that confirmation's send +
+        TTL*(1-drift) - margin (this budget, then kill_grace), we are gone
+        first, as a grant from a renewal sent then would be. The budget is
+        the grant's, not renew_deadline: a confirmation rides a renewal and
+        so comes a read later, and renew_deadline ended terms in member
+        failovers the lease survived (review).
         """
         while True:
-            left = self._key_seen + self._cfg.renew_deadline - self._clock.now()
+            left = self._key_seen + self._key_budget(lease) - self._clock.now()
             if left <= 0:
                 return
             await self._clock.sleep(left)

@@ -52,7 +52,7 @@ from sidecar.model import Leadership
 
 # A leader's wait re-reads its key this often (store clock), as the real
 # backends do every retry interval: the elector demotes a leader whose key
-# the store has not confirmed for renew_deadline.
+# the store has not confirmed for its grant's validity less kill_grace.
 CONFIRM_EVERY = 0.5
 
 

@@ -483,8 +483,8 @@ class Election(Protocol):
         ``seen(age)``: called every time the store shows our key present, in
         a call sent ``age`` seconds before, at least once a retry interval
         while the store answers; the elector demotes when it has not been
-        for ``renew_deadline``. A watch alone is not a confirmation: only an
-        answer from the store is.
+        for a grant's validity less kill_grace. A watch alone is not a
+        confirmation: only an answer from the store is.
         """
         ...
 
