@@ -75,72 +75,66 @@ def test_the_timeout_is_waited_for_and_is_in_seconds(pair: tuple[socket.socket, 
         PollHandler().select([a], [], [], -1)
 
 
-def test_inline_callbacks_run_where_the_result_is_set_and_others_on_kazoos_worker() -> None:
+@pytest.fixture
+def running() -> Iterator[PollHandler]:
+    """A started handler: its completion and callback workers run."""
+    handler = PollHandler()
+    handler.start()
+    yield handler
+    handler.stop()
+
+
+def test_inline_callbacks_run_where_the_result_is_set_and_others_on_kazoos_worker(running: PollHandler) -> None:
     """One thread handoff fewer per answer: ours run on the thread that read the packet."""
-    handler = PollHandler()
-    handler.start()
-    try:
-        result = handler.async_result()
-        ran: dict[str, threading.Thread] = {}
-        done = threading.Event()
+    result = running.async_result()
+    ran: dict[str, threading.Thread] = {}
+    done = threading.Event()
 
-        @inline
-        def ours(r: object) -> None:
-            ran["ours"] = threading.current_thread()
+    @inline
+    def ours(r: object) -> None:
+        ran["ours"] = threading.current_thread()
 
-        def theirs(r: object) -> None:
-            ran["theirs"] = threading.current_thread()
-            done.set()
+    def theirs(r: object) -> None:
+        ran["theirs"] = threading.current_thread()
+        done.set()
 
-        result.rawlink(ours)
-        result.rawlink(theirs)
-        setter = threading.Thread(target=result.set, args=(42,), name="reader")
-        setter.start()
-        setter.join(5)
-        assert done.wait(5)
-        assert ran["ours"] is setter
-        assert ran["theirs"] is not setter and ran["theirs"] is not threading.current_thread()
-        assert result.get_nowait() == 42
-    finally:
-        handler.stop()
+    result.rawlink(ours)
+    result.rawlink(theirs)
+    setter = threading.Thread(target=result.set, args=(42,), name="reader")
+    setter.start()
+    setter.join(5)
+    assert done.wait(5)
+    assert ran["ours"] is setter
+    assert ran["theirs"] is not setter and ran["theirs"] is not threading.current_thread()
+    assert result.get_nowait() == 42
 
 
-def test_an_inline_callback_that_raises_never_reaches_the_thread_that_set_the_result() -> None:
+def test_an_inline_callback_that_raises_never_reaches_the_thread_that_set_the_result(running: PollHandler) -> None:
     """Raised in kazoo's reader it would drop the connection; it is logged instead."""
-    handler = PollHandler()
-    handler.start()
-    try:
-        result = handler.async_result()
+    result = running.async_result()
 
-        @inline
-        def broken(r: object) -> None:
-            raise RuntimeError("Event loop is closed")
+    @inline
+    def broken(r: object) -> None:
+        raise RuntimeError("Event loop is closed")
 
-        result.rawlink(broken)
-        result.set(1)  # does not raise
-        assert result.get_nowait() == 1
-    finally:
-        handler.stop()
+    result.rawlink(broken)
+    result.set(1)  # does not raise
+    assert result.get_nowait() == 1
 
 
-def test_inline_watch_callbacks_run_now_and_others_queue() -> None:
-    handler = PollHandler()
-    handler.start()
-    try:
-        seen: list[str] = []
-        queued = threading.Event()
+def test_inline_watch_callbacks_run_now_and_others_queue(running: PollHandler) -> None:
+    seen: list[str] = []
+    queued = threading.Event()
 
-        @inline
-        def ours(event: object) -> None:
-            seen.append(f"ours {event}")
+    @inline
+    def ours(event: object) -> None:
+        seen.append(f"ours {event}")
 
-        def theirs(event: object) -> None:
-            seen.append(f"theirs {event}")
-            queued.set()
+    def theirs(event: object) -> None:
+        seen.append(f"theirs {event}")
+        queued.set()
 
-        handler.dispatch_callback(Callback("watch", ours, ("e1",)))
-        assert seen == ["ours e1"]  # before dispatch_callback returned
-        handler.dispatch_callback(Callback("watch", theirs, ("e2",)))
-        assert queued.wait(5) and seen == ["ours e1", "theirs e2"]
-    finally:
-        handler.stop()
+    running.dispatch_callback(Callback("watch", ours, ("e1",)))
+    assert seen == ["ours e1"]  # before dispatch_callback returned
+    running.dispatch_callback(Callback("watch", theirs, ("e2",)))
+    assert queued.wait(5) and seen == ["ours e1", "theirs e2"]
