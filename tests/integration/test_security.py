@@ -369,6 +369,14 @@ def test_a_leader_that_can_renew_but_not_read_demotes_before_its_successor_leads
             wait_until(lambda: bool(log_events(b, "race_lost")), 20, what="carol queued")
             etcdctl_as_root(etcd, "role", "revoke-permission", "alice-role", "--prefix=true", election)
             etcdctl_as_root(etcd, "role", "grant-permission", "alice-role", "--prefix=true", "write", election)
+            # Her watch on her key, opened while she could read, would still tell
+            # her of the delete (etcd checks rights when a watch is created): wait
+            # until a refused read has closed it, so only the reads are left.
+            wait_until(
+                lambda: any(r.get("during") == "watch-own-key" for r in log_events(a, "store_unreachable")),
+                20,
+                what="alice's read of her key refused",
+            )
             keys = subprocess.run(
                 [find_binary("etcdctl"), "--endpoints", etcd.endpoints[0], "--user", "root:rootpw",
                  "get", "--prefix", f"{election}/", "--keys-only", "--sort-by=CREATE"],
