@@ -87,6 +87,11 @@ class Candidate:
     foreign: bool = False
 
 
+# A periodic re-read waits for the next acknowledged keepalive (it goes out
+# in the renewal's moment), and at most this many retry intervals when none
+# comes (the store is away): etcd's view and own-key reads, ZooKeeper's own-node read.
+RE_READ_WITHIN = 1.5
+
 DEFAULT_PRIORITY = 0
 PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
 NO_LEAD_SUFFIX = ".no-lead"  # NAME.no-lead/<lease or session>: where --no-lead candidates register

@@ -65,6 +65,7 @@ from sidecar.backends.base import (
     NO_LEAD_SUFFIX,
     NO_REQUEST,
     PRIORITY_STEP_ASIDE,
+    RE_READ_WITHIN,
     STEP_ASIDE,
     BackendError,
     CampaignReport,
@@ -125,9 +126,6 @@ SPAN_MAX_FOREIGN_BYTES = 64 << 10
 # A leader read still in flight that started this long before a wait began is shared by it (_leader_read).
 SHARED_READ_SLACK = 0.05
 TTL_SUFFIX = ".ttl"  # NAME.ttl/<lease hex>: the TTL a candidate of ours states (see EtcdElection)
-# A periodic re-read waits for the next acknowledged keepalive, and at most
-# this many retry intervals when none comes (see EtcdBackend.next_renewal).
-RE_READ_WITHIN = 1.5
 
 
 @contextlib.contextmanager

@@ -65,6 +65,7 @@ from sidecar.backends.base import (
     NO_LEAD_SUFFIX,
     NO_REQUEST,
     PRIORITY_STEP_ASIDE,
+    RE_READ_WITHIN,
     STEP_ASIDE,
     CampaignReport,
     Candidate,
@@ -1573,13 +1574,15 @@ class ZooKeeperElection:
                 seen(loop.time() - sent)
             # The watch tells us at once; the read after each renewal is what
             # the elector counts as our node confirmed (see Election.wait_lost).
-            # No renewal comes while the store is away: then 1.5 intervals.
+            # No renewal comes while the store is away: then RE_READ_WITHIN intervals.
             woke = asyncio.ensure_future(fired.wait())
             try:
                 waits: set[asyncio.Future[Any]] = {woke}
                 if self._session is not None:
                     waits.add(self._session.next_renewal())
-                await asyncio.wait(waits, timeout=1.5 * self._b.retry_interval, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    waits, timeout=RE_READ_WITHIN * self._b.retry_interval, return_when=asyncio.FIRST_COMPLETED
+                )
             finally:
                 woke.cancel()
 
