@@ -177,14 +177,33 @@ class GrantServer:
         await self._broadcast(encode({"type": "revoke", "reason": reason}))
 
     async def _broadcast(self, frame: bytes) -> None:
-        await asyncio.gather(*(self._send(peer_id, frame) for peer_id in list(self.peers)))
+        # Every client's copy goes to its socket in this step: a task per
+        # client (gather) wrote each one a loop pass later, and a handover's
+        # revoke and grant are on its path. Only clients the kernel did not
+        # take it all from are waited for, together.
+        behind = [peer_id for peer_id in list(self.peers) if not self._write(peer_id, frame)]
+        if behind:
+            await asyncio.gather(*(self._drain(peer_id) for peer_id in behind))
 
     async def _send(self, peer_id: int, frame: bytes) -> None:
+        if not self._write(peer_id, frame):
+            await self._drain(peer_id)
+
+    def _write(self, peer_id: int, frame: bytes) -> bool:
+        """Write ``frame`` to the client now; False if it must be waited for (``_drain``)."""
+        peer = self.peers.get(peer_id)
+        if peer is None:
+            return True
+        peer.writer.write(frame)  # never blocks: what the socket does not take is buffered
+        transport = peer.writer.transport
+        return transport.get_write_buffer_size() == 0 and not transport.is_closing()
+
+    async def _drain(self, peer_id: int) -> None:
+        """Wait until the client's socket took what was written, or drop the client."""
         peer = self.peers.get(peer_id)
         if peer is None:
             return
         try:
-            peer.writer.write(frame)
             async with asyncio.timeout(WRITE_TIMEOUT):
                 await peer.writer.drain()
         except (OSError, TimeoutError) as exc:

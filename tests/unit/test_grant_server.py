@@ -194,6 +194,29 @@ async def test_a_client_connecting_after_the_deadline_is_not_handed_the_dead_gra
     assert renewed["type"] == "grant" and renewed["valid_for_ms"] == 2500, renewed
 
 
+async def test_a_grant_reaches_every_clients_socket_in_the_step_that_publishes_it(
+    served: tuple[GrantServer, RecordingSink],
+) -> None:
+    """Issue 16: on a handover the leader's revoke and the successor's grant are on the
+    path. A task per client wrote each copy a loop pass later; now publishing finishes
+    without giving the loop a pass, the frames already in the clients' sockets."""
+    srv, _ = served
+    clients = [await connect(srv) for _ in range(2)]
+    for c in clients:
+        assert (await c.next())["type"] == "follower"
+    await eventually(lambda: len(srv.peers) == 2, what="both clients registered")
+    for kind in ("grant", "revoke"):
+        publishing = srv.publish_grant(a_grant()) if kind == "grant" else srv.publish_revoke("resigned")
+        try:
+            publishing.send(None)
+            raise AssertionError("publishing waited for a loop pass")
+        except StopIteration:
+            pass
+        finally:
+            publishing.close()
+        assert [(await c.next())["type"] for c in clients] == [kind, kind]
+
+
 async def test_a_client_connecting_during_a_revoke_never_keeps_the_old_grant(
     served: tuple[GrantServer, RecordingSink],
 ) -> None:
