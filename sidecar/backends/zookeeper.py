@@ -67,6 +67,7 @@ from sidecar.backends.base import (
     PRIORITY_STEP_ASIDE,
     RE_READ_WITHIN,
     STEP_ASIDE,
+    BackendError,
     CampaignReport,
     Candidate,
     EpochRecord,
@@ -117,6 +118,11 @@ def _store_errors(what: str) -> Iterator[None]:
 
 async def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run one kazoo ``*_async`` call and await its result on this loop."""
+    return await _result(fn(*args, **kwargs))
+
+
+async def _result(sent: Any) -> Any:
+    """Await on this loop the result of a kazoo ``*_async`` call already sent."""
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[Any] = loop.create_future()
 
@@ -137,8 +143,17 @@ async def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
             return
         loop.call_soon_threadsafe(settle, value, None)
 
-    fn(*args, **kwargs).rawlink(deliver)
+    sent.rawlink(deliver)
     return await fut
+
+
+async def _data(sent: Any) -> tuple[bytes | None, Any]:
+    """A ``get_async`` already sent: the node's data and stat; (None, None) when it does not exist."""
+    try:
+        data, stat = await _result(sent)
+    except NoNodeError:
+        return None, None
+    return bytes(data or b""), stat
 
 
 def _watch(loop: asyncio.AbstractEventLoop) -> tuple[asyncio.Event, Callable[[Any], None]]:
@@ -173,6 +188,34 @@ class _Rewatch:
     def __call__(self, event: Any) -> None:  # kazoo's thread
         self.count += 1
         self._loop.call_soon_threadsafe(self.fired.set)
+
+
+class _ClaimReads:
+    """The watch of the next in line on its head: it sends the claim's first reads itself.
+
+    When the head's node goes, the claim reads the epoch record and our own
+    node first (``_claim``). Sent here, on kazoo's connection thread as the
+    event is read (``zk_poll.inline``), they go out on that thread's next
+    pass, where from the loop they would wait for the loop to wake and for
+    the connection thread to wake again: two thread handoffs off the
+    handover's path. The loop awaits the answers (``sent``) once the event
+    reaches it. Sending two reads never blocks: kazoo queues them and
+    nudges its own socket pair (a closed or expired client fails them).
+    """
+
+    kazoo_inline = True
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, client: KazooClient, record: str, node: str) -> None:
+        self._loop, self._client, self._record, self._node = loop, client, record, node
+        self.fired = asyncio.Event()
+        self.sent: tuple[Any, Any] | None = None  # set on kazoo's thread before ``fired`` is set
+
+    def __call__(self, event: Any) -> None:  # kazoo's connection thread
+        try:
+            if self.sent is None:
+                self.sent = (self._client.get_async(self._record), self._client.exists_async(self._node))
+        finally:
+            self._loop.call_soon_threadsafe(self.fired.set)
 
 
 def _seq(name: str) -> int:
@@ -634,6 +677,7 @@ class ZooKeeperElection:
         self._listed: list[str] = []
         self._queue: dict[str, _Queued] = {}
         self._marked: bool | None = None  # whether the marker node exists, as of our term's start
+        self._reporting: set[asyncio.Future[None]] = set()  # report reads left running after we lead
         self.wakeups = 0
 
     @property
@@ -745,16 +789,29 @@ class ZooKeeperElection:
                     if first is not None and on_wait is not None and first != told:
                         on_wait(first)
                         told = first
-                    fired, watcher = _watch(loop)
+                    claim_reads: _ClaimReads | None = None
+                    watcher: Callable[[Any], None]
+                    if len(ahead) == 1:  # next in line: the watch itself sends the claim's first reads
+                        claim_reads = _ClaimReads(loop, client, self.epoch_path, self._node)
+                        fired, watcher = claim_reads.fired, claim_reads
+                    else:
+                        fired, watcher = _watch(loop)
                     if await _call(client.exists_async, self.base + "/" + ahead[-1], watcher) is None:
                         continue  # gone between the listing and the watch
                     await fired.wait()
                     self.wakeups += 1
-                    if len(ahead) == 1:
+                    if claim_reads is not None:
                         # The head went (or so the watch says): one pipelined
                         # read and one multi instead of the slow path's five
                         # round trips; anything unusual goes the slow way.
-                        claimed = await self._claim(client, candidate_id, priority, self.base + "/" + ahead[0])
+                        claimed = await self._claim(
+                            client,
+                            candidate_id,
+                            priority,
+                            self.base + "/" + ahead[0],
+                            report=report,
+                            sent=claim_reads.sent,
+                        )
                         if claimed is not None:
                             epoch, settled = claimed
                             if settled is not None and report is not None:
@@ -827,16 +884,26 @@ class ZooKeeperElection:
         return True
 
     async def _claim(
-        self, client: KazooClient, candidate_id: str, priority: int, head: str
+        self,
+        client: KazooClient,
+        candidate_id: str,
+        priority: int,
+        head: str,
+        *,
+        report: CampaignReport | None = None,
+        sent: tuple[Any, Any] | None = None,
     ) -> tuple[int, SwitchoverRequest | None] | None:
         """Lead at once after the head's node went, if nothing calls for the slow path; else None.
 
         The same decision as the slow path, on reads sent together (kazoo
         pipelines them on the session's connection), in two rounds. First
-        the record, the marker and our node: a handover multi's record and
-        marker naming our node (``_handed_to_us``) end it there, as that
-        multi deleted every node ahead of ours. Otherwise the rest, one
-        round trip more off the handover's path: we head the listing
+        the record and our node (``sent``: already sent by the watch,
+        ``_ClaimReads``): a record naming our node that we did not write
+        (``_handed_by_record``) ends it there, as only a leader's handover
+        multi writes one, and that multi deleted every node ahead of ours
+        and wrote its marker. Otherwise the rest, one round trip more off
+        the handover's path, with the record again (a handover since ends it
+        there too): we head the listing
         (and the priorities of the others, read only if there are any, do
         not send us aside), the head's node gone
         (an exists watch also fires on a change of its data), no switchover
@@ -850,27 +917,35 @@ class ZooKeeperElection:
         someone else, a missing epoch node, an unclean exit or a failed
         multi: None, and the slow path decides.
         """
+        if sent is None:
+            sent = (client.get_async(self.epoch_path), client.exists_async(self._node))
         with _store_errors("claim"):
-            (raw_record, record_stat), (raw_marker, marker_stat), own_stat = await asyncio.gather(
-                self._read(client, self.epoch_path),
-                self._read(client, self.marker_path),
-                _call(client.exists_async, self._node),
-            )
+            (raw_record, record_stat), own_stat = await asyncio.gather(_data(sent[0]), _result(sent[1]))
         if own_stat is None or int(own_stat.czxid) != self._czxid:
             return None  # the slow path finds out what took our node
-        # A record and marker that the leader's handover multi wrote, naming our
-        # node: it deleted every node ahead of ours, so nothing more to read
-        # (three answers on the handover's path instead of five).
-        handed = self._handed_to_us((raw_record, record_stat), (raw_marker, marker_stat))
+        # A record naming our node that the leader's handover multi wrote: it
+        # deleted every node ahead of ours, so nothing more to read (two
+        # answers on the handover's path instead of five).
+        handed = self._handed_by_record(client, raw_record, record_stat, report)
         if handed is not None:
             return handed  # the leader's multi started our term: nothing to write
+        # The record again, with the marker: decided on one read before the
+        # marker and a handover landing between, the record would be stale and
+        # the marker new (the multi that follows would fail on the record's
+        # version, a wasted write). Read after the listing, a record naming us
+        # still ends it here.
         with _store_errors("claim"):
-            names, head_stat, switch = await asyncio.gather(
+            names, head_stat, switch, (raw_record, record_stat), (raw_marker, marker_stat) = await asyncio.gather(
                 self._children(client),
                 _call(client.exists_async, head),
                 self._read(client, self.switch_path),
+                self._read(client, self.epoch_path),
+                self._read(client, self.marker_path),
             )
         own = self._node.rsplit("/", 1)[1]
+        handed = self._handed_by_record(client, raw_record, record_stat, report) if own in names else None
+        if handed is not None:
+            return handed
         if head_stat is not None or record_stat is None or names[:1] != [own]:
             return None
         raw_switch, switch_stat = switch
@@ -911,13 +986,62 @@ class ZooKeeperElection:
         self._led, self._led_version, self._marked = written, int(record_stat.version) + 1, marker_stat is not None
         return epoch, request
 
+    def _handed_by_record(
+        self, client: KazooClient, raw_record: bytes | None, record_stat: Any, report: CampaignReport | None
+    ) -> tuple[int, None] | None:
+        """Our term's epoch, when the record names our node and we did not write it.
+
+        Only a leader's handover multi writes a record naming another
+        candidate's node (a bump or a claim names its own), and in that
+        multi it checked our node, deleted every node ahead of it and wrote
+        its marker (the last orchestrator confirmed stopped): what
+        ``_handed_to_us`` reads the marker for, which atomicity already
+        says. Asked only by the next in line (``_claim``): a node that had
+        one ahead when it was woken cannot have bumped the record itself
+        since. Not the record of a term we led on this node (``_led``).
+        The request it settled, if any, is reported once we lead
+        (``_report_settled``).
+        """
+        if raw_record is None or record_stat is None or raw_record == self._led:
+            return None
+        record = parse_epoch_record(self.epoch_path, raw_record)
+        if not isinstance(record, EpochRecord) or record.token != self._czxid or record.key != self._node:
+            return None
+        # The multi created the marker if it was not there.
+        self._led, self._led_version, self._marked = raw_record, int(record_stat.version), True
+        if report is not None:
+            self._report_settled(client, record_stat, report)
+        return record.epoch, None
+
+    def _report_settled(self, client: KazooClient, record_stat: Any, report: CampaignReport) -> None:
+        """Report the request a handover to us settled, read back after we lead.
+
+        The handover's marker holds the request it settled (none for a
+        plain resign's pass-on); it is for the report only, so it is read
+        after we lead instead of before (as on etcd). A marker written at
+        another zxid than the record (rewritten since) or a failed read
+        reports nothing; ``close`` cancels the read.
+        """
+
+        async def read_back() -> None:
+            try:
+                with _store_errors("read the resign marker"):
+                    raw, stat = await self._read(client, self.marker_path)
+            except BackendError:
+                return  # refused or gone (credentials, session): the report is all we lose
+            if stat is None or int(stat.mzxid) != int(record_stat.mzxid):
+                return
+            marker = parse_resign_marker(raw)
+            if marker is not None and marker.settled is not None:
+                report.switchover(COMPLETED, marker.settled)
+
+        task = asyncio.ensure_future(read_back())
+        self._reporting.add(task)
+        task.add_done_callback(self._reporting.discard)
+
     async def _read(self, client: KazooClient, path: str) -> tuple[bytes | None, Any]:
         """The node's data and stat; (None, None) when it does not exist."""
-        try:
-            data, stat = await _call(client.get_async, path)
-        except NoNodeError:
-            return None, None
-        return bytes(data or b""), stat
+        return await _data(client.get_async(path))
 
     async def _get(self, client: KazooClient, path: str) -> bytes | None:
         return (await self._read(client, path))[0]
@@ -1820,7 +1944,8 @@ class ZooKeeperElection:
             await fired.wait()
 
     async def close(self) -> None:
-        return None
+        for task in list(self._reporting):
+            task.cancel()
 
 
 # -- the registry's entry points (sidecar/backends/__init__.py) -------------

@@ -13,6 +13,7 @@ import contextvars
 import gc
 import json
 import socket
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -395,6 +396,49 @@ async def learned(env: Env, leader: ZooKeeperElection, cid: str, queued: int) ->
     return task
 
 
+async def test_the_next_in_lines_watch_sends_its_two_reads_before_it_leads(env: Env) -> None:
+    """Issue 16: on a pass-on b reads only the record and its own node before it leads,
+    and both leave from kazoo's connection thread as the watch on a's node fires, not
+    from the loop a thread handoff later. The marker (the request the handover settled,
+    for the report) is read after b leads.
+
+    Before, the loop sent three reads (the record, the marker, b's node) once the event
+    had reached it.
+    """
+    a, lead_a = await env.lead("a")
+    e_b, _, task_b = await env.wait("b")
+    watch = await learned(env, a, "a", 1)
+    watch.cancel()
+    await asyncio.gather(watch, return_exceptions=True)
+    client: KazooClient = e_b._client  # type: ignore[assignment]
+    loop_thread = threading.get_ident()
+    reads: list[tuple[str, bool]] = []  # (path, sent from the loop's thread)
+
+    def traced(send: Any) -> Any:
+        def fn(path: str, *args: Any, **kw: Any) -> Any:
+            reads.append((path, threading.get_ident() == loop_thread))
+            return send(path, *args, **kw)
+
+        return fn
+
+    for name in ("get_async", "exists_async", "get_children_async"):
+        setattr(client, name, traced(getattr(client, name)))
+    claim = e_b._claim
+
+    async def claimed(*args: Any, **kw: Any) -> Any:
+        out = await claim(*args, **kw)
+        reads.append(("<claimed>", False))
+        return out
+
+    e_b._claim = claimed  # type: ignore[method-assign]
+    assert await a.resign(hand_over=True) == "b"
+    lead_b = await asyncio.wait_for(task_b, 5)
+    assert lead_b.epoch == lead_a.epoch + 1
+    before = reads[: reads.index(("<claimed>", False))]
+    assert sorted(p for p, _ in before) == sorted([e_b.epoch_path, e_b._node]), f"b read before it led: {before}"
+    assert not [p for p, on_loop in before if on_loop], f"sent from the loop, not the watch: {before}"
+
+
 async def test_a_resign_hands_the_term_to_the_next_in_line_in_its_own_multi(env: Env) -> None:
     """Issue 16: the resign multi writes the record naming b (and the marker, at one
     zxid): b leads on its wake-up read with no write of its own, the epoch moves once,
@@ -577,7 +621,9 @@ async def test_a_switchover_to_anyone_is_settled_in_the_resign_multi(env: Env) -
     assert await a.resign(hand_over=True) == "b"
     assert reads == [], f"the leader read between its stop and its multi: {reads}"
     lead_b = await asyncio.wait_for(task_b, 5)
-    assert lead_b.epoch == lead_a.epoch + 1 and report_b.verdicts == ["completed"]
+    assert lead_b.epoch == lead_a.epoch + 1
+    # Read back for the report after b leads, off the handover's path (_report_settled).
+    await eventually(lambda: report_b.verdicts == ["completed"], 5, what="b's report of the request it completed")
     assert await env.backend.election(env.name).switchover_request() is None
 
 
@@ -862,7 +908,9 @@ async def test_a_connection_drop_turns_the_pass_on_off_until_the_next_listing(en
     assert (await asyncio.wait_for(task_c, 10)).id == "c"
 
 
-async def test_a_target_evicted_before_its_wake_up_read_does_not_lead(env: Env) -> None:
+async def test_a_target_evicted_before_its_wake_up_read_does_not_lead(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An operator evicts b right after a's pass-on multi named it, before b's wake-up
     read: its listing misses its node, KeyLost, and its orchestrator never starts (a review
     had it lead on the record and marker alone, on a node that no longer existed)."""
@@ -871,13 +919,14 @@ async def test_a_target_evicted_before_its_wake_up_read_does_not_lead(env: Env) 
     watch = await learned(env, a, "a", 1)
     watch.cancel()
     await asyncio.gather(watch, return_exceptions=True)
-    claim = e_b._claim
+    send_reads = zk_mod._ClaimReads.__call__
 
-    async def evicted_first(*args: Any, **kw: Any) -> Any:
-        await asyncio.to_thread(env.raw.delete, e_b._node)  # `evict b`, landing just after the multi
-        return await claim(*args, **kw)
+    def evicted_first(self: Any, event: Any) -> None:  # b's kazoo thread, as the head's deletion is read
+        if self._node == e_b._node:
+            env.raw.delete(e_b._node)  # `evict b`, landing just after the multi (raw has its own thread)
+        send_reads(self, event)
 
-    e_b._claim = evicted_first  # type: ignore[method-assign]
+    monkeypatch.setattr(zk_mod._ClaimReads, "__call__", evicted_first)
     assert await a.resign(hand_over=True) == "b"
     with pytest.raises(KeyLost):
         await asyncio.wait_for(task_b, 5)
@@ -996,7 +1045,7 @@ async def test_a_failed_wake_up_read_leaves_no_unretrieved_task_exception(env: E
 
 
 async def test_a_handover_landing_between_the_claims_two_rounds_bumps_once(env: Env) -> None:
-    """The claim decides a handover on its first round (record, marker, our node) and
+    """The claim decides a handover on its first round (record, our node) and
     reads the rest only when that says "not handed". b wakes on a data change of the
     leader's node (a watch that fires without a departure), its first round finds a's
     term, a's pass-on multi lands, and the second round finds a gone and b at the head:
@@ -1027,9 +1076,9 @@ async def test_a_handover_landing_between_the_claims_two_rounds_bumps_once(env: 
         setattr(client, n, hold(n))
     claim = e_b._claim
 
-    async def counted(*args: Any) -> Any:
+    async def counted(*args: Any, **kw: Any) -> Any:
         state["claims"] += 1
-        return await claim(*args)
+        return await claim(*args, **kw)
 
     e_b._claim = counted  # type: ignore[method-assign,assignment]
     writes: list[int] = []
@@ -1041,7 +1090,7 @@ async def test_a_handover_landing_between_the_claims_two_rounds_bumps_once(env: 
 
     client.transaction = counted_tx  # type: ignore[method-assign]
     env.raw.set(a._node, b"touched")  # b's exists watch fires; a still leads
-    await eventually(lambda: len(held) == 3, 5, what="b's second round sent, held")
+    await eventually(lambda: len(held) == 5, 5, what="b's second round sent, held")
     assert await a.resign(hand_over=True) == "b"
     state["armed"] = False
 
