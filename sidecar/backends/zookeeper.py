@@ -67,7 +67,6 @@ from sidecar.backends.base import (
     PRIORITY_STEP_ASIDE,
     RE_READ_WITHIN,
     STEP_ASIDE,
-    BackendError,
     CampaignReport,
     Candidate,
     EpochRecord,
@@ -193,27 +192,29 @@ class _Rewatch:
 class _ClaimReads:
     """The watch of the next in line on its head: it sends the claim's first reads itself.
 
-    When the head's node goes, the claim reads the epoch record and our own
-    node first (``_claim``). Sent here, on kazoo's connection thread as the
-    event is read (``zk_poll.inline``), they go out on that thread's next
-    pass, where from the loop they would wait for the loop to wake and for
-    the connection thread to wake again: two thread handoffs off the
-    handover's path. The loop awaits the answers (``sent``) once the event
-    reaches it. Sending two reads never blocks: kazoo queues them and
+    When the head's node goes, the claim reads the epoch record, the marker
+    and our own node first (``_claim``). Sent here, on kazoo's connection
+    thread as the event is read (``zk_poll.inline``), they go out on that
+    thread's next pass, where from the loop they waited for the loop to
+    wake and for the connection thread to wake again: two thread handoffs
+    off the handover's path. The loop awaits the answers (``sent``) once
+    the event reaches it. Sending never blocks: kazoo queues the reads and
     nudges its own socket pair (a closed or expired client fails them).
     """
 
     kazoo_inline = True
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, client: KazooClient, record: str, node: str) -> None:
-        self._loop, self._client, self._record, self._node = loop, client, record, node
+    def __init__(self, loop: asyncio.AbstractEventLoop, client: KazooClient, paths: tuple[str, str, str]) -> None:
+        self._loop, self._client, self._paths = loop, client, paths
         self.fired = asyncio.Event()
-        self.sent: tuple[Any, Any] | None = None  # set on kazoo's thread before ``fired`` is set
+        self.sent: tuple[Any, Any, Any] | None = None  # set on kazoo's thread before ``fired`` is set
 
     def __call__(self, event: Any) -> None:  # kazoo's connection thread
         try:
             if self.sent is None:
-                self.sent = (self._client.get_async(self._record), self._client.exists_async(self._node))
+                record, marker, node = self._paths
+                get, exists = self._client.get_async, self._client.exists_async
+                self.sent = (get(record), get(marker), exists(node))
         finally:
             self._loop.call_soon_threadsafe(self.fired.set)
 
@@ -677,7 +678,6 @@ class ZooKeeperElection:
         self._listed: list[str] = []
         self._queue: dict[str, _Queued] = {}
         self._marked: bool | None = None  # whether the marker node exists, as of our term's start
-        self._reporting: set[asyncio.Future[None]] = set()  # report reads left running after we lead
         self.wakeups = 0
 
     @property
@@ -792,7 +792,7 @@ class ZooKeeperElection:
                     claim_reads: _ClaimReads | None = None
                     watcher: Callable[[Any], None]
                     if len(ahead) == 1:  # next in line: the watch itself sends the claim's first reads
-                        claim_reads = _ClaimReads(loop, client, self.epoch_path, self._node)
+                        claim_reads = _ClaimReads(loop, client, (self.epoch_path, self.marker_path, self._node))
                         fired, watcher = claim_reads.fired, claim_reads
                     else:
                         fired, watcher = _watch(loop)
@@ -809,7 +809,6 @@ class ZooKeeperElection:
                             candidate_id,
                             priority,
                             self.base + "/" + ahead[0],
-                            report=report,
                             sent=claim_reads.sent,
                         )
                         if claimed is not None:
@@ -890,20 +889,17 @@ class ZooKeeperElection:
         priority: int,
         head: str,
         *,
-        report: CampaignReport | None = None,
-        sent: tuple[Any, Any] | None = None,
+        sent: tuple[Any, Any, Any] | None = None,
     ) -> tuple[int, SwitchoverRequest | None] | None:
         """Lead at once after the head's node went, if nothing calls for the slow path; else None.
 
         The same decision as the slow path, on reads sent together (kazoo
         pipelines them on the session's connection), in two rounds. First
-        the record and our node (``sent``: already sent by the watch,
-        ``_ClaimReads``): a record naming our node that we did not write
-        (``_handed_by_record``) ends it there, as only a leader's handover
-        multi writes one, and that multi deleted every node ahead of ours
-        and wrote its marker. Otherwise the rest, one round trip more off
-        the handover's path, with the record again (a handover since ends it
-        there too): we head the listing
+        the record, the marker and our node (``sent``: already sent by the
+        watch, ``_ClaimReads``): a handover multi's record and
+        marker naming our node (``_handed_to_us``) end it there, as that
+        multi deleted every node ahead of ours. Otherwise the rest, one
+        round trip more off the handover's path: we head the listing
         (and the priorities of the others, read only if there are any, do
         not send us aside), the head's node gone
         (an exists watch also fires on a change of its data), no switchover
@@ -917,35 +913,34 @@ class ZooKeeperElection:
         someone else, a missing epoch node, an unclean exit or a failed
         multi: None, and the slow path decides.
         """
-        if sent is None:
-            sent = (client.get_async(self.epoch_path), client.exists_async(self._node))
-        with _store_errors("claim"):
-            (raw_record, record_stat), own_stat = await asyncio.gather(_data(sent[0]), _result(sent[1]))
+        try:
+            first = await self._first_round(client, sent)
+        except StoreUnavailable:
+            if sent is None:
+                raise
+            # Sent by the watch as the event was read, they were in flight
+            # when the connection dropped, and kazoo fails what it holds (a
+            # review dropped it in that very pass: the loop's reads, sent a
+            # moment later, had waited in kazoo's queue across the reconnect).
+            # Once more, on the new connection.
+            await self._connection_back(client)
+            first = await self._first_round(client, None)
+        (raw_record, record_stat), (raw_marker, marker_stat), own_stat = first
         if own_stat is None or int(own_stat.czxid) != self._czxid:
             return None  # the slow path finds out what took our node
-        # A record naming our node that the leader's handover multi wrote: it
-        # deleted every node ahead of ours, so nothing more to read (two
-        # answers on the handover's path instead of five).
-        handed = self._handed_by_record(client, raw_record, record_stat, report)
+        # A record and marker that the leader's handover multi wrote, naming our
+        # node: it deleted every node ahead of ours, so nothing more to read
+        # (three answers on the handover's path instead of five).
+        handed = self._handed_to_us((raw_record, record_stat), (raw_marker, marker_stat))
         if handed is not None:
             return handed  # the leader's multi started our term: nothing to write
-        # The record again, with the marker: decided on one read before the
-        # marker and a handover landing between, the record would be stale and
-        # the marker new (the multi that follows would fail on the record's
-        # version, a wasted write). Read after the listing, a record naming us
-        # still ends it here.
         with _store_errors("claim"):
-            names, head_stat, switch, (raw_record, record_stat), (raw_marker, marker_stat) = await asyncio.gather(
+            names, head_stat, switch = await asyncio.gather(
                 self._children(client),
                 _call(client.exists_async, head),
                 self._read(client, self.switch_path),
-                self._read(client, self.epoch_path),
-                self._read(client, self.marker_path),
             )
         own = self._node.rsplit("/", 1)[1]
-        handed = self._handed_by_record(client, raw_record, record_stat, report) if own in names else None
-        if handed is not None:
-            return handed
         if head_stat is not None or record_stat is None or names[:1] != [own]:
             return None
         raw_switch, switch_stat = switch
@@ -986,58 +981,45 @@ class ZooKeeperElection:
         self._led, self._led_version, self._marked = written, int(record_stat.version) + 1, marker_stat is not None
         return epoch, request
 
-    def _handed_by_record(
-        self, client: KazooClient, raw_record: bytes | None, record_stat: Any, report: CampaignReport | None
-    ) -> tuple[int, None] | None:
-        """Our term's epoch, when the record names our node and we did not write it.
+    async def _connection_back(self, client: KazooClient) -> None:
+        """Wait until kazoo has connected again (at most the session's timeout).
 
-        Only a leader's handover multi writes a record naming another
-        candidate's node (a bump or a claim names its own), and in that
-        multi it checked our node, deleted every node ahead of it and wrote
-        its marker (the last orchestrator confirmed stopped): what
-        ``_handed_to_us`` reads the marker for, which atomicity already
-        says. Asked only by the next in line (``_claim``): a node that had
-        one ahead when it was woken cannot have bumped the record itself
-        since. Not the record of a term we led on this node (``_led``).
-        The request it settled, if any, is reported once we lead
-        (``_report_settled``).
+        kazoo counts the connection down before it fails what it holds, and
+        up again only once reconnected: reads sent from the loop in between
+        could be failed with the rest, so they wait for this.
         """
-        if raw_record is None or record_stat is None or raw_record == self._led:
-            return None
-        record = parse_epoch_record(self.epoch_path, raw_record)
-        if not isinstance(record, EpochRecord) or record.token != self._czxid or record.key != self._node:
-            return None
-        # The multi created the marker if it was not there.
-        self._led, self._led_version, self._marked = raw_record, int(record_stat.version), True
-        if report is not None:
-            self._report_settled(client, record_stat, report)
-        return record.epoch, None
+        loop = asyncio.get_running_loop()
+        back: asyncio.Future[None] = loop.create_future()
 
-    def _report_settled(self, client: KazooClient, record_stat: Any, report: CampaignReport) -> None:
-        """Report the request a handover to us settled, read back after we lead.
+        def arrived() -> None:
+            if not back.done():
+                back.set_result(None)
 
-        The handover's marker holds the request it settled (none for a
-        plain resign's pass-on); it is for the report only, so it is read
-        after we lead instead of before (as on etcd). A marker written at
-        another zxid than the record (rewritten since) or a failed read
-        reports nothing; ``close`` cancels the read.
-        """
+        def listener(state: str) -> None:  # kazoo's thread
+            if state == KazooState.CONNECTED:
+                loop.call_soon_threadsafe(arrived)
 
-        async def read_back() -> None:
-            try:
-                with _store_errors("read the resign marker"):
-                    raw, stat = await self._read(client, self.marker_path)
-            except BackendError:
-                return  # refused or gone (credentials, session): the report is all we lose
-            if stat is None or int(stat.mzxid) != int(record_stat.mzxid):
-                return
-            marker = parse_resign_marker(raw)
-            if marker is not None and marker.settled is not None:
-                report.switchover(COMPLETED, marker.settled)
+        client.add_listener(listener)
+        try:
+            if not client.connected:
+                ttl = self._session.ttl if self._session is not None else self._b.retry_interval
+                with _store_errors("claim"):
+                    await asyncio.wait_for(back, ttl)
+        finally:
+            client.remove_listener(listener)
+        if self._session is not None and self._session.expired:
+            raise SessionExpired(f"zookeeper claim: session {self._session.id} expired")
 
-        task = asyncio.ensure_future(read_back())
-        self._reporting.add(task)
-        task.add_done_callback(self._reporting.discard)
+    async def _first_round(self, client: KazooClient, sent: tuple[Any, Any, Any] | None) -> list[Any]:
+        """The claim's first answers: the record, the marker, our node's stat (``sent`` or sent now)."""
+        if sent is None:
+            sent = (
+                client.get_async(self.epoch_path),
+                client.get_async(self.marker_path),
+                client.exists_async(self._node),
+            )
+        with _store_errors("claim"):
+            return list(await asyncio.gather(_data(sent[0]), _data(sent[1]), _result(sent[2])))
 
     async def _read(self, client: KazooClient, path: str) -> tuple[bytes | None, Any]:
         """The node's data and stat; (None, None) when it does not exist."""
@@ -1944,8 +1926,7 @@ class ZooKeeperElection:
             await fired.wait()
 
     async def close(self) -> None:
-        for task in list(self._reporting):
-            task.cancel()
+        return None
 
 
 # -- the registry's entry points (sidecar/backends/__init__.py) -------------

@@ -396,15 +396,10 @@ async def learned(env: Env, leader: ZooKeeperElection, cid: str, queued: int) ->
     return task
 
 
-async def test_the_next_in_lines_watch_sends_its_two_reads_before_it_leads(env: Env) -> None:
-    """Issue 16: on a pass-on b reads only the record and its own node before it leads,
-    and both leave from kazoo's connection thread as the watch on a's node fires, not
-    from the loop a thread handoff later. The marker (the request the handover settled,
-    for the report) is read after b leads.
-
-    Before, the loop sent three reads (the record, the marker, b's node) once the event
-    had reached it.
-    """
+async def test_the_next_in_lines_watch_sends_its_claims_reads_itself(env: Env) -> None:
+    """Issue 16: on a pass-on b reads the record, the marker and its own node before it
+    leads, and all three leave from kazoo's connection thread as the watch on a's node
+    fires, not from the loop a thread handoff later (as they did before)."""
     a, lead_a = await env.lead("a")
     e_b, _, task_b = await env.wait("b")
     watch = await learned(env, a, "a", 1)
@@ -435,8 +430,60 @@ async def test_the_next_in_lines_watch_sends_its_two_reads_before_it_leads(env: 
     lead_b = await asyncio.wait_for(task_b, 5)
     assert lead_b.epoch == lead_a.epoch + 1
     before = reads[: reads.index(("<claimed>", False))]
-    assert sorted(p for p, _ in before) == sorted([e_b.epoch_path, e_b._node]), f"b read before it led: {before}"
+    assert sorted(p for p, _ in before) == sorted([e_b.epoch_path, e_b.marker_path, e_b._node]), before
     assert not [p for p, on_loop in before if on_loop], f"sent from the loop, not the watch: {before}"
+
+
+@pytest.mark.parametrize("then", ["touch", "resign"])
+async def test_a_record_naming_the_next_in_line_written_by_hand_does_not_start_its_term(env: Env, then: str) -> None:
+    """A review of a claim deciding on the record alone: an operator (or any writer but a
+    handover multi) sets the record to name b. Woken while a still heads the queue (a
+    touch of a's node), b led beside a; woken by a's plain resign, with the record at a's
+    own epoch, b led on that epoch a second time. Only record and marker written by one
+    multi say a handover."""
+    a, lead_a = await env.lead("a")
+    e_b, _, task_b = await env.wait("b")
+    raw_record, _ = env.raw.get(e_b.epoch_path)
+    record = json.loads(raw_record)
+    epoch = record["epoch"] + (1 if then == "touch" else 0)
+    session = int(env.sessions[1].id, 16)
+    forged = dict(record, epoch=epoch, token=e_b._czxid, leader="b", key=e_b._node, lease=session)
+    await asyncio.to_thread(env.raw.set, e_b.epoch_path, json.dumps(forged).encode())
+    if then == "touch":
+        data, _ = await asyncio.to_thread(env.raw.get, a._node)
+        await asyncio.to_thread(env.raw.set, a._node, data)  # the watch fires; a still leads
+        await asyncio.sleep(0.5)
+        assert not task_b.done(), "b led while a's node still headed the queue"
+        return
+    await a.resign()  # a plain resign: the marker only
+    lead_b = await asyncio.wait_for(task_b, 10)
+    assert lead_b.epoch > lead_a.epoch, f"b led on a's epoch {lead_a.epoch} again"
+
+
+async def test_a_connection_drop_as_the_watch_fires_still_leaves_the_handover_to_the_claim(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: the reads the watch sends as the event is read are failed by kazoo if the
+    connection drops in that pass (ConnectionLoss), where the loop's reads, sent later,
+    waited in kazoo's queue across the reconnect. The claim sends them once more itself,
+    and b leads on the handed term instead of pausing a retry interval on a store error."""
+    a, lead_a = await env.lead("a")
+    e_b, _, task_b = await env.wait("b")
+    watch = await learned(env, a, "a", 1)
+    watch.cancel()
+    await asyncio.gather(watch, return_exceptions=True)
+    client: KazooClient = e_b._client  # type: ignore[assignment]
+    send_reads = zk_mod._ClaimReads.__call__
+
+    def dropped_after(self: Any, event: Any) -> None:  # b's kazoo thread
+        send_reads(self, event)
+        if event.type == "DELETED":
+            client._connection._socket.shutdown(socket.SHUT_RDWR)
+
+    monkeypatch.setattr(zk_mod._ClaimReads, "__call__", dropped_after)
+    assert await a.resign(hand_over=True) == "b"
+    lead_b = await asyncio.wait_for(task_b, 10)
+    assert lead_b.epoch == lead_a.epoch + 1
 
 
 async def test_a_resign_hands_the_term_to_the_next_in_line_in_its_own_multi(env: Env) -> None:
@@ -621,9 +668,7 @@ async def test_a_switchover_to_anyone_is_settled_in_the_resign_multi(env: Env) -
     assert await a.resign(hand_over=True) == "b"
     assert reads == [], f"the leader read between its stop and its multi: {reads}"
     lead_b = await asyncio.wait_for(task_b, 5)
-    assert lead_b.epoch == lead_a.epoch + 1
-    # Read back for the report after b leads, off the handover's path (_report_settled).
-    await eventually(lambda: report_b.verdicts == ["completed"], 5, what="b's report of the request it completed")
+    assert lead_b.epoch == lead_a.epoch + 1 and report_b.verdicts == ["completed"]
     assert await env.backend.election(env.name).switchover_request() is None
 
 
@@ -922,7 +967,7 @@ async def test_a_target_evicted_before_its_wake_up_read_does_not_lead(
     send_reads = zk_mod._ClaimReads.__call__
 
     def evicted_first(self: Any, event: Any) -> None:  # b's kazoo thread, as the head's deletion is read
-        if self._node == e_b._node:
+        if self._paths[2] == e_b._node:
             env.raw.delete(e_b._node)  # `evict b`, landing just after the multi (raw has its own thread)
         send_reads(self, event)
 
@@ -1045,7 +1090,7 @@ async def test_a_failed_wake_up_read_leaves_no_unretrieved_task_exception(env: E
 
 
 async def test_a_handover_landing_between_the_claims_two_rounds_bumps_once(env: Env) -> None:
-    """The claim decides a handover on its first round (record, our node) and
+    """The claim decides a handover on its first round (record, marker, our node) and
     reads the rest only when that says "not handed". b wakes on a data change of the
     leader's node (a watch that fires without a departure), its first round finds a's
     term, a's pass-on multi lands, and the second round finds a gone and b at the head:
@@ -1090,7 +1135,7 @@ async def test_a_handover_landing_between_the_claims_two_rounds_bumps_once(env: 
 
     client.transaction = counted_tx  # type: ignore[method-assign]
     env.raw.set(a._node, b"touched")  # b's exists watch fires; a still leads
-    await eventually(lambda: len(held) == 5, 5, what="b's second round sent, held")
+    await eventually(lambda: len(held) == 3, 5, what="b's second round sent, held")
     assert await a.resign(hand_over=True) == "b"
     state["armed"] = False
 
