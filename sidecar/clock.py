@@ -38,6 +38,18 @@ async def wait_for(clock: Clock, aw: Awaitable[T], timeout: float) -> T:
     Raises TimeoutError (and cancels ``aw``) when the clock passes the timeout
     first.
     """
+    if type(clock) is MonotonicClock:
+        # The loop's clock is CLOCK_MONOTONIC too, so the timeout can be the
+        # loop's own and ``aw`` run in this task: in a task of its own it
+        # started a loop pass later, and a handover's resign write is on the path.
+        limit = asyncio.timeout(max(0.0, timeout))
+        try:
+            async with limit:
+                return await aw
+        except TimeoutError:
+            if limit.expired():
+                raise TimeoutError(f"no answer within {timeout:.3f}s") from None
+            raise  # ``aw``'s own
     task = asyncio.ensure_future(aw)
     timer = asyncio.ensure_future(clock.sleep(timeout))
     try:

@@ -138,7 +138,6 @@ class Elector:
         self._renewal_waiters: list[asyncio.Future[None]] = []  # see _next_renewal
         self._seq = 0
         self._stop = asyncio.Event()
-        self._resign = asyncio.Event()
 
     # -- public control and views ------------------------------------------
 
@@ -150,7 +149,10 @@ class Elector:
         """Hand leadership over; we rejoin the queue at its end. False if not leader."""
         if self._state is not State.LEADER:
             return False
-        self._resign.set()
+        # Ends the term as the watchdog's loss does: the term's wait wakes on
+        # this future itself, one loop pass sooner than through a task
+        # waiting on an event (a handover's path starts here).
+        self._end_term(Loss(Reason.RESIGNED, "resign requested"))
         return True
 
     def guard_lost(self, detail: str) -> None:
@@ -559,7 +561,6 @@ class Elector:
             self._emit("warning", "won_too_late", token=lead.token, epoch=lead.epoch)
             await self._resign_key()
             return Loss(Reason.BACKEND_UNREACHABLE, "won after our demote time"), True
-        self._resign.clear()
         # The campaign's last call (the claim, or the watch event of a handover)
         # confirmed our key a moment ago; counted from no later than the last
         # renewal's send, so a stall between that call and now is not counted
@@ -593,19 +594,19 @@ class Elector:
     async def _until_term_ends(self, lease: Lease) -> Loss:
         assert self._term is not None
         key = asyncio.create_task(self._own_key_gone(), name="own-key-gone")
-        resign = asyncio.create_task(self._resign.wait(), name="resign")
         stop = asyncio.create_task(self._stop.wait(), name="stop")
         switch = asyncio.create_task(self._switchover_requested(), name="switchover")
         unconfirmed = asyncio.create_task(self._key_unconfirmed(lease), name="key-unconfirmed")
         try:
-            waits: set[asyncio.Future[Any]] = {lease.lost, self._term, key, resign, stop, switch, unconfirmed}
+            waits: set[asyncio.Future[Any]] = {lease.lost, self._term, key, stop, switch, unconfirmed}
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for t in (key, resign, stop, switch, unconfirmed):
+            for t in (key, stop, switch, unconfirmed):
                 t.cancel()
         if lease.lost.done():
             return lease.lost.result()
-        if self._term.done():
+        asked = self._term.done() and self._term.result().reason is Reason.RESIGNED
+        if self._term.done() and not asked:
             return self._term.result()
         if key.done() and not key.cancelled():
             key.result()  # a bug in the watch surfaces here, and ends the term through _demote
@@ -615,8 +616,8 @@ class Elector:
             why = f" ({self._key_error})" if self._key_error else ""
             detail = f"the store has not confirmed our candidate key for {self._key_budget(lease):.3g}s{why}"
             return Loss(Reason.BACKEND_UNREACHABLE, detail)
-        if resign.done():
-            return Loss(Reason.RESIGNED, "resign requested")
+        if asked:  # a resign: a loss seen in the same pass wins, as it ends our term without a handover
+            return self._term.result()
         if switch.done() and not switch.cancelled():
             req = switch.result()  # a bug in the watch surfaces here, and ends the term through _demote
             to = req.to or "the next candidate"
