@@ -396,15 +396,21 @@ async def learned(env: Env, leader: ZooKeeperElection, cid: str, queued: int) ->
     return task
 
 
+async def b_next_to_a(env: Env) -> tuple[ZooKeeperElection, Leadership, ZooKeeperElection, asyncio.Task[Leadership]]:
+    """a leads, b is next in line, and a's switchover watch has read b (a pass-on can name it)."""
+    a, lead_a = await env.lead("a")
+    e_b, _, task_b = await env.wait("b")
+    watch = await learned(env, a, "a", 1)
+    watch.cancel()  # as the elector's demote does, before the stop and the resign
+    await asyncio.gather(watch, return_exceptions=True)
+    return a, lead_a, e_b, task_b
+
+
 async def test_the_next_in_lines_watch_sends_its_claims_reads_itself(env: Env) -> None:
     """Issue 16: on a pass-on b reads the record, the marker and its own node before it
     leads, and all three leave from kazoo's connection thread as the watch on a's node
     fires, not from the loop a thread handoff later (as they did before)."""
-    a, lead_a = await env.lead("a")
-    e_b, _, task_b = await env.wait("b")
-    watch = await learned(env, a, "a", 1)
-    watch.cancel()
-    await asyncio.gather(watch, return_exceptions=True)
+    a, lead_a, e_b, task_b = await b_next_to_a(env)
     client: KazooClient = e_b._client  # type: ignore[assignment]
     loop_thread = threading.get_ident()
     reads: list[tuple[str, bool]] = []  # (path, sent from the loop's thread)
@@ -467,11 +473,7 @@ async def test_a_connection_drop_as_the_watch_fires_still_leaves_the_handover_to
     connection drops in that pass (ConnectionLoss), where the loop's reads, sent later,
     waited in kazoo's queue across the reconnect. The claim sends them once more itself,
     and b leads on the handed term instead of pausing a retry interval on a store error."""
-    a, lead_a = await env.lead("a")
-    e_b, _, task_b = await env.wait("b")
-    watch = await learned(env, a, "a", 1)
-    watch.cancel()
-    await asyncio.gather(watch, return_exceptions=True)
+    a, lead_a, e_b, task_b = await b_next_to_a(env)
     client: KazooClient = e_b._client  # type: ignore[assignment]
     send_reads = zk_mod._ClaimReads.__call__
 
@@ -1095,11 +1097,7 @@ async def test_a_handover_landing_between_the_claims_two_rounds_bumps_once(env: 
     leader's node (a watch that fires without a departure), its first round finds a's
     term, a's pass-on multi lands, and the second round finds a gone and b at the head:
     decided on the first round's record, b must not bump the epoch a second time."""
-    a, lead_a = await env.lead("a")
-    e_b, _, task_b = await env.wait("b")
-    watch = await learned(env, a, "a", 1)
-    watch.cancel()
-    await asyncio.gather(watch, return_exceptions=True)
+    a, lead_a, e_b, task_b = await b_next_to_a(env)
     client: KazooClient = e_b._client  # type: ignore[assignment]
     held: list[tuple[Any, tuple[Any, ...], Any]] = []
     state = {"armed": False, "claims": 0}
