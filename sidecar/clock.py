@@ -46,10 +46,14 @@ async def wait_for(clock: Clock, aw: Awaitable[T], timeout: float) -> T:
         try:
             async with limit:
                 return await aw
-        except TimeoutError:
+        except Exception:
             if limit.expired():
+                # Whatever the cancelled operation raised on its way out (a
+                # review: kazoo's "Cannot close connection until it is
+                # stopped" from a close cut short) is not its outcome: the
+                # caller is told it timed out, as below.
                 raise TimeoutError(f"no answer within {timeout:.3f}s") from None
-            raise  # ``aw``'s own
+            raise  # ``aw``'s own, its timeout errors included
     task = asyncio.ensure_future(aw)
     timer = asyncio.ensure_future(clock.sleep(timeout))
     try:

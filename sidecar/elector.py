@@ -133,6 +133,12 @@ class Elector:
         self._marker_pending = False  # a confirmed stop whose resign marker the store did not take yet
         self._out = ""  # why we are out of the election now
         self._term: asyncio.Future[Loss] | None = None
+        # Resolved by resign(): a future the term's wait watches itself, not an
+        # event behind a task (one loop pass less on a handover's path). Not
+        # the term's future: a watchdog loss or a failed hook after a resign
+        # must still end the term as what it is (a review found it reported
+        # as "resigned", and no lease_lost counted).
+        self._resign_asked: asyncio.Future[None] | None = None
         self._key_seen = 0.0  # while leading: when the store last confirmed our key (our clock)
         self._key_error = ""  # why the last attempt to confirm it failed
         self._renewal_waiters: list[asyncio.Future[None]] = []  # see _next_renewal
@@ -149,10 +155,8 @@ class Elector:
         """Hand leadership over; we rejoin the queue at its end. False if not leader."""
         if self._state is not State.LEADER:
             return False
-        # Ends the term as the watchdog's loss does: the term's wait wakes on
-        # this future itself, one loop pass sooner than through a task
-        # waiting on an event (a handover's path starts here).
-        self._end_term(Loss(Reason.RESIGNED, "resign requested"))
+        if self._resign_asked is not None and not self._resign_asked.done():
+            self._resign_asked.set_result(None)
         return True
 
     def guard_lost(self, detail: str) -> None:
@@ -567,6 +571,7 @@ class Elector:
         # as a confirmation (a stall stops the renewals too).
         self._key_seen, self._key_error = min(self._clock.now(), lease.last.sent_at), ""
         self._term = asyncio.get_running_loop().create_future()
+        self._resign_asked = asyncio.get_running_loop().create_future()
         grant = self._grant = self._next_grant(lead, lease.expires)
         self._counters["elected"] += 1
         self._metrics.leading(grant)
@@ -592,21 +597,21 @@ class Elector:
         return end, confirmed
 
     async def _until_term_ends(self, lease: Lease) -> Loss:
-        assert self._term is not None
+        assert self._term is not None and self._resign_asked is not None
+        resign = self._resign_asked
         key = asyncio.create_task(self._own_key_gone(), name="own-key-gone")
         stop = asyncio.create_task(self._stop.wait(), name="stop")
         switch = asyncio.create_task(self._switchover_requested(), name="switchover")
         unconfirmed = asyncio.create_task(self._key_unconfirmed(lease), name="key-unconfirmed")
         try:
-            waits: set[asyncio.Future[Any]] = {lease.lost, self._term, key, stop, switch, unconfirmed}
+            waits: set[asyncio.Future[Any]] = {lease.lost, self._term, key, resign, stop, switch, unconfirmed}
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for t in (key, stop, switch, unconfirmed):
                 t.cancel()
         if lease.lost.done():
             return lease.lost.result()
-        asked = self._term.done() and self._term.result().reason is Reason.RESIGNED
-        if self._term.done() and not asked:
+        if self._term.done():
             return self._term.result()
         if key.done() and not key.cancelled():
             key.result()  # a bug in the watch surfaces here, and ends the term through _demote
@@ -616,8 +621,8 @@ class Elector:
             why = f" ({self._key_error})" if self._key_error else ""
             detail = f"the store has not confirmed our candidate key for {self._key_budget(lease):.3g}s{why}"
             return Loss(Reason.BACKEND_UNREACHABLE, detail)
-        if asked:  # a resign: a loss seen in the same pass wins, as it ends our term without a handover
-            return self._term.result()
+        if resign.done():
+            return Loss(Reason.RESIGNED, "resign requested")
         if switch.done() and not switch.cancelled():
             req = switch.result()  # a bug in the watch surfaces here, and ends the term through _demote
             to = req.to or "the next candidate"
@@ -647,6 +652,7 @@ class Elector:
         finally:
             self._grant = None
             self._term = None
+            self._resign_asked = None
         if not confirmed:
             self._unconfirmed = f"orchestrator not confirmed stopped: {detail}"
             self._counters["kill_unconfirmed"] += 1

@@ -38,6 +38,21 @@ async def test_on_the_real_clock_a_timeout_cancels_the_operation_and_says_how_lo
     assert cancelled.is_set()
 
 
+async def test_on_the_real_clock_what_a_timed_out_operation_raises_on_its_way_out_is_the_timeout() -> None:
+    """A review: kazoo's close, cut short by the timeout, raised "Cannot close connection
+    until it is stopped" from its clean-up; it went up past every handler of TimeoutError
+    and the sidecar exited. The caller is told it timed out, as on the injected clock."""
+
+    async def cleanup_fails() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            raise RuntimeError("Cannot close connection until it is stopped")
+
+    with pytest.raises(TimeoutError, match=r"no answer within 0\.010s"):
+        await wait_for(MonotonicClock(), cleanup_fails(), 0.01)
+
+
 async def test_on_the_real_clock_the_operations_own_timeout_error_is_not_taken_for_ours() -> None:
     async def refuses() -> None:
         raise TimeoutError("the store's own deadline")

@@ -365,6 +365,33 @@ async def test_every_exit_from_leader_stops_the_orchestrator_before_handing_over
     assert not h.tasks[0].done() or h.tasks[0].exception() is None
 
 
+async def test_a_watchdog_lost_after_a_resign_is_stopped_for_as_the_watchdogs_loss(h: Harness) -> None:
+    """A resign asked while the orchestrator starts, then the start fails for want of a
+    watchdog: the term ends as watchdog-lost (counted as an unasked loss, no handover),
+    not as the resign. A review found it reported as "resigned" when a resign resolved
+    the term's own future, the first result winning."""
+    stops: list[str] = []
+    starting, go = asyncio.Event(), asyncio.Event()
+
+    async def started(grant: Grant) -> None:
+        starting.set()
+        await go.wait()
+        raise GuardLost("the watchdog is not running")
+
+    async def stopped(grant: Grant, reason: Reason) -> bool:
+        stops.append(reason.value)
+        return True
+
+    a, _ = h.elector("a", Hooks(started_leading=started, stopped_leading=stopped))
+    await h.clock.advance(0.1)
+    assert starting.is_set()
+    assert a.resign()  # the operator's resign, while the orchestrator starts
+    go.set()
+    await h.clock.advance(0.1)
+    assert stops[:1] == ["watchdog-lost"], stops
+    assert a.counters["leadership_lost:resigned"] == 0
+
+
 async def test_cancelling_the_elector_while_leading_stops_the_orchestrator_first(h: Harness) -> None:
     order: list[str] = []
 
