@@ -125,12 +125,24 @@ async def test_a_clean_resign_is_claimed(env: Env) -> None:
     assert json.loads(data)["token"] == lead_b.token
 
 
+async def woken_and_waiting_again(e: ZooKeeperElection, task: asyncio.Task[Leadership], head: str) -> None:
+    """``e``'s watch on ``head`` fired and its campaign decided: it led (``task`` done) or
+    set its watch on ``head`` again (kazoo drops a watch as it fires it), instead of a
+    fixed sleep and the hope that the decision was made within it."""
+    client: KazooClient = e._client  # type: ignore[assignment]
+    await eventually(
+        lambda: task.done() or (e.wakeups > 0 and bool(client._data_watchers.get(head))),
+        5,
+        what=f"{e._node} woken and watching {head} again",
+    )
+
+
 async def test_a_watch_fired_by_a_data_change_is_not_a_departure(env: Env) -> None:
     """An exists watch fires on setData too: the head still holds its node, and the grant."""
     a, _ = await env.lead("a")
-    _, _, task = await env.wait("b")
+    e_b, _, task = await env.wait("b")
     env.raw.set(a._node, b"touched")  # an operator's `set` on the leader's node
-    await asyncio.sleep(1.0)
+    await woken_and_waiting_again(e_b, task, a._node)
     assert not task.done(), "the successor led while the leader's node still existed"
     await a.resign()
     await asyncio.wait_for(task, 5)
@@ -142,9 +154,9 @@ async def test_a_watch_fired_on_a_head_that_never_bumped_is_not_a_departure(env:
     head = env.raw.create(
         f"/{env.name}/{env.raw.client_id[0]:x}{NODE_MARK}", b"x", ephemeral=True, sequence=True, makepath=True
     )
-    _, _, task = await env.wait("b")
+    e_b, _, task = await env.wait("b")
     env.raw.set(head, b"touched")
-    await asyncio.sleep(1.0)
+    await woken_and_waiting_again(e_b, task, head)
     assert not task.done(), "the successor led while the head's node still existed"
     env.raw.delete(head)
     await asyncio.wait_for(task, 5)
@@ -458,7 +470,7 @@ async def test_a_record_naming_the_next_in_line_written_by_hand_does_not_start_i
     if then == "touch":
         data, _ = await asyncio.to_thread(env.raw.get, a._node)
         await asyncio.to_thread(env.raw.set, a._node, data)  # the watch fires; a still leads
-        await asyncio.sleep(0.5)
+        await woken_and_waiting_again(e_b, task_b, a._node)
         assert not task_b.done(), "b led while a's node still headed the queue"
         return
     await a.resign()  # a plain resign: the marker only
