@@ -212,11 +212,15 @@ class _ClaimReads:
     def __call__(self, event: Any) -> None:  # kazoo's connection thread
         try:
             if self.sent is None:
-                record, marker, node = self._paths
-                get, exists = self._client.get_async, self._client.exists_async
-                self.sent = (get(record), get(marker), exists(node))
+                self.sent = _send_claim_reads(self._client, self._paths)
         finally:
             self._loop.call_soon_threadsafe(self.fired.set)
+
+
+def _send_claim_reads(client: KazooClient, paths: tuple[str, str, str]) -> tuple[Any, Any, Any]:
+    """Send the claim's first reads: the record's and the marker's data, our node's stat."""
+    record, marker, node = paths
+    return client.get_async(record), client.get_async(marker), client.exists_async(node)
 
 
 def _seq(name: str) -> int:
@@ -792,7 +796,7 @@ class ZooKeeperElection:
                     claim_reads: _ClaimReads | None = None
                     watcher: Callable[[Any], None]
                     if len(ahead) == 1:  # next in line: the watch itself sends the claim's first reads
-                        claim_reads = _ClaimReads(loop, client, (self.epoch_path, self.marker_path, self._node))
+                        claim_reads = _ClaimReads(loop, client, self._claim_paths())
                         fired, watcher = claim_reads.fired, claim_reads
                     else:
                         fired, watcher = _watch(loop)
@@ -1010,14 +1014,13 @@ class ZooKeeperElection:
         if self._session is not None and self._session.expired:
             raise SessionExpired(f"zookeeper claim: session {self._session.id} expired")
 
+    def _claim_paths(self) -> tuple[str, str, str]:
+        return self.epoch_path, self.marker_path, self._node
+
     async def _first_round(self, client: KazooClient, sent: tuple[Any, Any, Any] | None) -> list[Any]:
         """The claim's first answers: the record, the marker, our node's stat (``sent`` or sent now)."""
         if sent is None:
-            sent = (
-                client.get_async(self.epoch_path),
-                client.get_async(self.marker_path),
-                client.exists_async(self._node),
-            )
+            sent = _send_claim_reads(client, self._claim_paths())
         with _store_errors("claim"):
             return list(await asyncio.gather(_data(sent[0]), _data(sent[1]), _result(sent[2])))
 
