@@ -120,6 +120,8 @@ class GrantServer:
         # Our own user, and root (which can open the socket anyway).
         self._allow_uids = (allow_uids or set()) | {os.getuid(), 0}
         self._on_refused = on_refused
+        # The waits for clients behind on a broadcast, by client (_drain_beside).
+        self._draining: dict[int, asyncio.Task[None]] = {}
         # Told the pid of every client a grant frame is sent to, before the send:
         # from then on that client may act as leader, so it is a kill target.
         self._on_acked = on_acked
@@ -141,6 +143,8 @@ class GrantServer:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+            for task in list(self._draining.values()):
+                task.cancel()
             for peer in list(self.peers.values()):
                 peer.writer.close()
             with contextlib.suppress(Exception):
@@ -179,11 +183,24 @@ class GrantServer:
     async def _broadcast(self, frame: bytes) -> None:
         # Every client's copy goes to its socket in this step: a task per
         # client (gather) wrote each one a loop pass later, and a handover's
-        # revoke and grant are on its path. Only clients the kernel did not
-        # take it all from are waited for, together.
-        behind = [peer_id for peer_id in list(self.peers) if not self._write(peer_id, frame)]
-        if behind:
-            await asyncio.gather(*(self._drain(peer_id) for peer_id in behind))
+        # revoke and grant are on its path. A client whose socket did not
+        # take it all is waited for beside, never here: a revoke is on the
+        # kill path, and a client that stopped reading (frozen, wedged) held
+        # the revoke, and the orchestrator's stop behind it, for
+        # WRITE_TIMEOUT. The revoke is only a cue; the stop is what ends the
+        # term. Its frames stay queued in order, so it still reads the revoke
+        # after the grant if it wakes, or it is dropped.
+        for peer_id in list(self.peers):
+            if not self._write(peer_id, frame):
+                self._drain_beside(peer_id)
+
+    def _drain_beside(self, peer_id: int) -> None:
+        """Wait for a client that is behind in a task of its own (one per client at a time)."""
+        if peer_id in self._draining:
+            return  # the running wait covers what was just queued behind it
+        task = asyncio.get_running_loop().create_task(self._drain(peer_id))
+        self._draining[peer_id] = task
+        task.add_done_callback(lambda _done: self._draining.pop(peer_id, None))
 
     async def _send(self, peer_id: int, frame: bytes) -> None:
         if not self._write(peer_id, frame):

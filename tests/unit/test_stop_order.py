@@ -9,13 +9,16 @@ orchestrator is stopped before anyone is told.
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
 from typing import Any
 
 from sidecar.app import Sidecar
 from sidecar.clock import FakeClock
 from sidecar.config import Config
+from sidecar.fencing.server import GrantServer
 from sidecar.model import Grant, Reason
-from tests.helpers import RecordingSink
+from tests.helpers import RecordingSink, eventually
 
 
 class Recorder:
@@ -48,3 +51,50 @@ async def test_a_live_grant_is_revoked_before_the_orchestrator_is_signalled() ->
 
 async def test_a_grant_already_over_is_killed_before_anyone_is_told() -> None:
     assert await order_for(-0.5) == ["stop", "revoke"]
+
+
+async def test_a_client_that_stopped_reading_does_not_hold_up_the_orchestrators_stop(tmp_path: Path) -> None:
+    """Nothing on the kill path may wait on I/O it does not control. A socket client
+    that stopped reading (frozen, wedged) held the revoke, and the stop behind it,
+    until it was dropped WRITE_TIMEOUT later; the stop must come first."""
+    clock = FakeClock(100.0)
+    sink = RecordingSink()
+    sidecar = Sidecar(Config(http_addr=""), sink, clock)
+
+    async def status() -> dict[str, Any]:
+        return {}
+
+    server = GrantServer(
+        str(tmp_path / "g.sock"),
+        election="e",
+        candidate="c",
+        version="t",
+        log=sink,
+        on_resign=lambda: False,
+        status=status,
+        clock=clock,
+    )
+    await server.start()
+    stuck = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.connect(str(server.path))
+    try:
+        await eventually(lambda: len(server.peers) == 1, what="stuck client registered")
+        grant = Grant("e", "c", 7, 1, clock.now() + 2.0, 1)
+        await server.publish_grant(grant)
+        for peer in server.peers.values():
+            peer.writer.write(b"x" * 1024 * 1024 + b"\n")  # more than its socket takes
+        dropped_at_stop: list[bool] = []
+
+        class Supervisor:
+            async def stopped_leading(self, grant: Grant, reason: Reason) -> bool:
+                dropped_at_stop.append("client_dropped" in sink.names())
+                return True
+
+        fake: Any = Supervisor()
+        sidecar.server, sidecar.supervisor = server, fake
+        assert await sidecar._on_stopped(grant, Reason.LEASE_LOST) is True
+        assert dropped_at_stop == [False], "the stop waited until the stuck client was dropped"
+    finally:
+        stuck.close()
+        await server.close()
