@@ -146,7 +146,7 @@ class GrantServer:
             for task in list(self._draining.values()):
                 task.cancel()
             for peer in list(self.peers.values()):
-                peer.writer.close()
+                peer.writer.transport.abort()  # not close: see _drop
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
             self._server = None
@@ -196,11 +196,19 @@ class GrantServer:
 
     def _drain_beside(self, peer_id: int) -> None:
         """Wait for a client that is behind in a task of its own (one per client at a time)."""
-        if peer_id in self._draining:
-            return  # the running wait covers what was just queued behind it
+        running = self._draining.get(peer_id)
+        if running is not None and not running.done():
+            return  # it waits until what was queued behind it is taken too (_drain)
+        # A finished wait stays listed until its done-callback, a loop pass
+        # later: a broadcast in that pass gets a wait of its own, or a revoke
+        # queued then would never be waited for and its client never dropped.
         task = asyncio.get_running_loop().create_task(self._drain(peer_id))
         self._draining[peer_id] = task
-        task.add_done_callback(lambda _done: self._draining.pop(peer_id, None))
+        task.add_done_callback(lambda done: self._forget_drain(peer_id, done))
+
+    def _forget_drain(self, peer_id: int, done: asyncio.Task[None]) -> None:
+        if self._draining.get(peer_id) is done:
+            del self._draining[peer_id]
 
     async def _send(self, peer_id: int, frame: bytes) -> None:
         if not self._write(peer_id, frame):
@@ -220,13 +228,31 @@ class GrantServer:
         peer = self.peers.get(peer_id)
         if peer is None:
             return
+        transport = peer.writer.transport
         try:
             async with asyncio.timeout(WRITE_TIMEOUT):
                 await peer.writer.drain()
+                # drain() returns at the low-water mark; what was queued behind
+                # meanwhile may have filled the buffer past the high one again.
+                while transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]:
+                    await peer.writer.drain()
         except (OSError, TimeoutError) as exc:
-            self._log.warning("client_dropped", pid=peer.pid, error=str(exc) or type(exc).__name__)
-            self.peers.pop(peer_id, None)
-            peer.writer.close()
+            self._drop(peer_id, peer, str(exc) or type(exc).__name__)
+        except Exception as exc:  # not a client's doing: said loudly, and the client still goes
+            self._log.error("client_drain_failed", pid=peer.pid, error=repr(exc))
+            self._drop(peer_id, peer, type(exc).__name__)
+
+    def _drop(self, peer_id: int, peer: Peer, why: str) -> None:
+        if self.peers.get(peer_id) is not peer:
+            return  # gone already (hung up, or dropped by the other wait on it): not a drop
+        self._log.warning("client_dropped", pid=peer.pid, error=why)
+        self.peers.pop(peer_id, None)
+        # abort, not close: a close waits to flush to the very client that does
+        # not read, and kept its descriptor, its buffer and its _serve task (on
+        # Python 3.12 it also kept the server's close waiting). The client sees
+        # the connection end, which it takes as the end of any grant.
+        transport = peer.writer.transport
+        transport.abort()
 
     # -- serving one client ---------------------------------------------
 

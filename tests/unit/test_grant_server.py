@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from sidecar.clock import FakeClock
-from sidecar.fencing.protocol import MAX_FRAME
-from sidecar.fencing.server import GrantServer
+from sidecar.fencing.protocol import MAX_FRAME, encode
+from sidecar.fencing.server import GrantServer, grant_to_message
 from sidecar.model import Grant
 from tests.helpers import RecordingSink, eventually
 
@@ -256,6 +256,99 @@ async def test_a_client_that_stopped_reading_does_not_hold_up_the_revoke(
         # Still dropped once it has not read for WRITE_TIMEOUT.
         await eventually(lambda: not srv.peers, what="stuck client dropped")
         assert "client_dropped" in sink.names()
+    finally:
+        stuck.close()
+
+
+def behind_below_high_water(srv: GrantServer, margin: int) -> asyncio.WriteTransport:
+    """The only client's transport holding what its socket did not take, ``margin``
+    bytes under the high-water mark: behind, but a drain returns at once."""
+    transport = next(iter(srv.peers.values())).writer.transport
+    while transport.get_write_buffer_size() == 0:  # the kernel's buffer is full from here
+        transport.write(b"x" * 1024 + b"\n")
+    need = transport.get_write_buffer_limits()[1] - margin - transport.get_write_buffer_size()
+    transport.write(b"y" * (need - 1) + b"\n")
+    return transport
+
+
+async def test_a_revoke_in_the_pass_after_a_wait_ended_is_still_waited_for(
+    served: tuple[GrantServer, RecordingSink], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: a wait that had ended stayed listed until its done-callback, one loop
+    pass later, and a broadcast in that pass was not waited for. When that was the
+    term's revoke, a client that never read was never dropped."""
+    monkeypatch.setattr("sidecar.fencing.server.WRITE_TIMEOUT", 0.3)
+    srv, sink = served
+    stuck = stuck_client(srv)
+    try:
+        await eventually(lambda: len(srv.peers) == 1, what="stuck client registered")
+        frame = len(encode(grant_to_message(a_grant(), CLOCK.now())))
+        behind_below_high_water(srv, margin=frame + 10)
+        await srv.publish_grant(a_grant())  # behind, under high water: its wait ends at once
+        await asyncio.sleep(0)  # that wait runs and ends; its done-callback is one pass away
+        await srv.publish_grant(a_grant(2))  # over high water now
+        await srv.publish_revoke("lease-lost")  # the term's last frame
+        await eventually(lambda: not srv.peers, timeout=3.0, what="the stuck client dropped")
+        assert sink.names().count("client_dropped") == 1
+    finally:
+        stuck.close()
+
+
+async def test_a_dropped_client_that_still_does_not_read_is_let_go_of(
+    served: tuple[GrantServer, RecordingSink], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: a drop closed the writer gracefully, which waits to flush to the very
+    client that does not read. Its descriptor, its buffer and the task serving it stayed
+    for as long as it lived, outside MAX_CLIENTS: a local client could repeat it without
+    bound. A drop ends the connection at once."""
+    monkeypatch.setattr("sidecar.fencing.server.WRITE_TIMEOUT", 0.2)
+    srv, sink = served
+    stuck = stuck_client(srv)
+    try:
+        await eventually(lambda: len(srv.peers) == 1, what="stuck client registered")
+        fill(srv)
+        await srv.publish_revoke("lease-lost")
+        await eventually(lambda: "client_dropped" in sink.names(), what="the stuck client dropped")
+        await eventually(lambda: "client_disconnected" in sink.names(), timeout=3.0, what="the connection let go of")
+    finally:
+        stuck.close()
+
+
+async def test_a_client_that_hangs_up_while_waited_for_is_not_reported_dropped(
+    served: tuple[GrantServer, RecordingSink], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It left of its own accord (client_disconnected); a drop warning for it as well
+    would send an operator looking for a wedged orchestrator that does not exist."""
+    monkeypatch.setattr("sidecar.fencing.server.WRITE_TIMEOUT", 0.2)
+    srv, sink = served
+    stuck = stuck_client(srv)
+    await eventually(lambda: len(srv.peers) == 1, what="stuck client registered")
+    fill(srv)
+    await srv.publish_revoke("lease-lost")
+    stuck.close()
+    await eventually(lambda: "client_disconnected" in sink.names(), what="the hang-up seen")
+    await eventually(lambda: not srv._draining, what="the wait on it over")
+    assert "client_dropped" not in sink.names(), sink.names()
+
+
+async def test_a_wait_that_fails_for_a_reason_of_ours_is_said_and_still_drops_the_client(
+    served: tuple[GrantServer, RecordingSink], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug under the wait (not the client's doing) is logged as an error, never left
+    as an unretrieved task exception, and the client does not stay half served."""
+    srv, sink = served
+    stuck = stuck_client(srv)
+    try:
+        await eventually(lambda: len(srv.peers) == 1, what="stuck client registered")
+        fill(srv)
+
+        async def broken(self: asyncio.StreamWriter) -> None:
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(asyncio.StreamWriter, "drain", broken)
+        await srv.publish_revoke("lease-lost")
+        await eventually(lambda: not srv.peers, what="the client dropped")
+        assert [f["error"] for f in sink.of("client_drain_failed")] == ["RuntimeError('a bug')"]
     finally:
         stuck.close()
 
