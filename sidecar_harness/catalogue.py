@@ -519,6 +519,78 @@ async def epoch_corrupt(c: Campaign, leader: SidecarProcess | None, view: View) 
     return Injected(f"{leader.candidate}/epoch-record", hold=1.0)
 
 
+async def epoch_forged(c: Campaign, leader: SidecarProcess | None, view: View) -> Injected:
+    """A well-formed epoch record written by hand naming the next in line, at the
+    leader's own epoch, while the leader leads (a script "repairing" the record, a
+    restore from a backup); then, on ZooKeeper, a touch of the leader's node (its
+    watch fires) and, on both, the leader's resign.
+
+    A hostile review found a claim that decided on the record alone leading
+    beside the leader on the touch, and on the same epoch a second time after
+    the resign. Only the handover's own write (record and marker at one
+    zxid / revision) starts a term: nobody else may lead before the resign,
+    and whoever leads after it leads above the leader's epoch.
+    """
+    if leader is None or not view or not isinstance(view.get("epoch"), int):
+        return NOTHING
+    epoch = int(view["epoch"])
+    queued = [
+        cand
+        for cand in await c.election.candidates()
+        if cand.id != leader.candidate and not (cand.stale or cand.no_lead or cand.foreign)
+    ]
+    if not queued:
+        return NOTHING
+    target = min(queued, key=lambda cand: cand.token)
+    forged: dict[str, Any] = {"epoch": epoch, "token": target.token, "leader": target.id, "key": target.key}
+    if c.backend == "zookeeper":
+        leader_key = await _leader_key(c, leader)
+
+        def forge(zk: Any) -> None:
+            _, stat = zk.get(target.key)
+            forged["lease"] = int(stat.ephemeralOwner)
+            zk.set("/campaign.epoch", json.dumps(forged).encode())
+            if leader_key is not None:
+                data, _ = zk.get(leader_key)
+                zk.set(leader_key, data)  # a touch: the next in line's watch fires, the leader still leads
+
+        with contextlib.suppress(Exception):  # the target or the leader's node gone meanwhile: still forged
+            await _zk(c, forge)
+    else:
+        forged["lease"] = int(target.key.rsplit("/", 1)[1], 16)
+        await _etcdctl(c, "put", "campaign.epoch", json.dumps(forged))
+    since = {sc.candidate: _log_size(sc) for sc in c.sidecars}
+    # Long enough for a woken next in line to read and decide; any term it
+    # started here overlaps the leader's acting orchestrator (the checker).
+    await asyncio.sleep(0.5)
+    # Unless the leader's own term ended meanwhile (then the checker judges the overlap).
+    ended = bool(_events(leader, "demoted", since[leader.candidate]))
+    problems = [
+        f"{sc.candidate} led on a record written by hand, beside {leader.candidate}"
+        for sc in c.sidecars
+        if sc is not leader and not ended and _events(sc, "elected", since[sc.candidate])
+    ]
+    resigned = {sc.candidate: _log_size(sc) for sc in c.sidecars}
+    cut_at = time.monotonic()  # failover is measured from the resign, not from the forgery
+    with contextlib.suppress(OSError, ValueError):
+        await asyncio.to_thread(request, str(leader.socket_path), {"type": "resign"}, 2.0)
+
+    async def check() -> None:
+        end = time.monotonic() + TTL + 5
+        while time.monotonic() < end:
+            for sc in c.sidecars:
+                for ev in _events(sc, "elected", resigned.get(sc.candidate, 0)):
+                    if int(ev.get("epoch", 0)) <= epoch:
+                        problems.append(
+                            f"{sc.candidate} led at epoch {ev.get('epoch')} after a record forged at {epoch}: "
+                            "an epoch led twice"
+                        )
+                    return
+            await asyncio.sleep(0.1)
+
+    return Injected(f"{leader.candidate}/epoch-forged->{target.id}", check, 0.5, problems, cut_at=cut_at)
+
+
 # -- mixed fleets (issue 16) ---------------------------------------------------
 
 FOREIGN = "outsider"  # the plain recipe's value: a candidate id like any other to status and switchover
@@ -800,6 +872,7 @@ FAULTS: list[Fault] = [
     Fault("prefix-delete", _key_gone("prefix")),
     Fault("evict-frozen-leader", evict_frozen),
     Fault("epoch-corrupt", epoch_corrupt, failover="always"),
+    Fault("epoch-forged", epoch_forged, failover="always"),
     # etcd grants what is asked above its 2 s minimum; ZooKeeper clamps to maxSessionTimeout.
     Fault("store-short-ttl", short_ttl, failover="always", backends=("zookeeper",)),
     Fault("session-replaced", session_replaced, backends=("zookeeper",)),
