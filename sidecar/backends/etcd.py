@@ -1665,7 +1665,15 @@ class EtcdElection:
             self._pred.watch.close()
             self._pred = None
 
-    def _watch_predecessor(self, key: bytes, from_revision: int, *, created: int, next_in_line: bool) -> _Predecessor:
+    def _watch_predecessor(
+        self,
+        key: bytes,
+        from_revision: int,
+        *,
+        created: int,
+        next_in_line: bool,
+        handed: list[_Claimed] | None = None,
+    ) -> _Predecessor:
         """A watch for the deletion of ``key`` (created at ``created``), from ``from_revision``.
 
         The next in line watches the whole election, ``[NAME.epoch, end of
@@ -1678,9 +1686,12 @@ class EtcdElection:
         started from a read's revision + 1, so no later read can hold a
         deletion it has not seen; a new one starts when the predecessor or
         our place changes, or after the stream said anything but "not yet".
+        ``handed``: the list to append a handed term to, when a watch
+        replaces one whose list the caller already holds (``_rewatch``).
         """
         lagging = asyncio.Event()
-        handed: list[_Claimed] | None = [] if next_in_line else None
+        if handed is None and next_in_line:
+            handed = []
         judge = _deleted if handed is None else partial(self._head_went, head=(key, created), handed=handed)
 
         def seen(resp: Any) -> bool | None:
@@ -1707,28 +1718,49 @@ class EtcdElection:
         predecessor gone 1 ms after its read. The creation answer carries
         the store's revision; when the store moved, one read answers at once
         (in the first wait on a watch; it is in sync after that).
+
+        When that read finds the predecessor still there, the watch is still
+        in the catch-up loop, and a delete after the read reached us up to
+        100 ms late too: a switchover's target, the last of a fleet to queue,
+        sat 37-54 ms on a handover (any write between its read and its watch,
+        another candidate queueing, is enough). So the watch is replaced by one
+        from that read's revision + 1, in sync at once unless the store moved
+        again; once only, so a store written to without pause costs one read
+        and one watch more, never a loop of them.
         """
-        if not pred.fresh:
-            return bool(await pred.watch.wait(budget, until))
-        pred.fresh = False
-        lag = asyncio.ensure_future(pred.lagging.wait())
         loop = asyncio.get_running_loop()
         end = loop.time() + budget
-        waits: set[asyncio.Future[Any]] = {pred.watch.task, lag, until}
-        try:
-            done, _ = await asyncio.wait(waits, timeout=budget, return_when=asyncio.FIRST_COMPLETED)
-            if (
-                lag in done
-                and pred.watch.task not in done
-                and await self._look_now(pred.key, pred.created, handed=pred.handed)
-            ):
+        for replaced in (False, True):
+            if not pred.fresh:
+                break
+            pred.fresh = False
+            lag = asyncio.ensure_future(pred.lagging.wait())
+            waits: set[asyncio.Future[Any]] = {pred.watch.task, lag, until}
+            try:
+                done, _ = await asyncio.wait(
+                    waits, timeout=max(0.0, end - loop.time()), return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                lag.cancel()
+            if lag not in done or pred.watch.task in done:
+                break
+            gone, revision = await self._look_now(pred.key, pred.created, handed=pred.handed)
+            if gone:
                 return True
-            return bool(await pred.watch.wait(max(0.0, end - loop.time()), until))
-        finally:
-            lag.cancel()
+            if not replaced:
+                self._rewatch(pred, revision + 1)
+        return bool(await pred.watch.wait(max(0.0, end - loop.time()), until))
 
-    async def _look_now(self, key: bytes, created: int, *, handed: list[_Claimed] | None = None) -> bool:
-        """What a lagging watch will say: whether ``key`` is gone (or re-created).
+    def _rewatch(self, pred: _Predecessor, from_revision: int) -> None:
+        """``pred`` watched again from ``from_revision``, in place: the caller holds it and its ``handed``."""
+        pred.watch.close()
+        fresh = self._watch_predecessor(
+            pred.key, from_revision, created=pred.created, next_in_line=pred.handed is not None, handed=pred.handed
+        )
+        pred.watch, pred.lagging, pred.fresh = fresh.watch, fresh.lagging, True
+
+    async def _look_now(self, key: bytes, created: int, *, handed: list[_Claimed] | None = None) -> tuple[bool, int]:
+        """What a lagging watch will say: whether ``key`` is gone (or re-created), and the read's revision.
 
         Re-created counts as gone: a candidate that steps aside deletes its
         key and puts the same key again, behind us. With ``handed`` (the
@@ -1736,18 +1768,18 @@ class EtcdElection:
         marker, and a term handed to us is appended there, as the watch would.
         """
         if handed is None:
-            (found,), _ = await self._b.snapshot("watch catch-up read", [(key.decode(errors="replace"), None)])
+            (found,), revision = await self._b.snapshot("watch catch-up read", [(key.decode(errors="replace"), None)])
         else:  # the queue read's span, so its own split state holds here too
-            kvs, _ = await self._b.span("watch catch-up read", self._queue_ranges())
+            kvs, revision = await self._b.span("watch catch-up read", self._queue_ranges())
             queue, seen = kvs[0], _Seen.of(*kvs[1:])
             found = [kv for kv in queue if bytes(kv.key) == key]
         if found and (not created or int(found[0].create_revision) == created):
-            return False
+            return False, revision
         if handed is not None:
             claimed = await self._handed_in_read(seen)
             if claimed is not None:
                 handed.append(claimed)
-        return True
+        return True, revision
 
     def _head_went(self, resp: Any, *, head: tuple[bytes, int], handed: list[_Claimed]) -> bool | None:
         """``_deleted`` for the next in line's election-wide watch: True once the head's
