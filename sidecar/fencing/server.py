@@ -231,11 +231,13 @@ class GrantServer:
         transport = peer.writer.transport
         try:
             async with asyncio.timeout(WRITE_TIMEOUT):
-                await peer.writer.drain()
                 # drain() returns at the low-water mark; what was queued behind
                 # meanwhile may have filled the buffer past the high one again.
-                while transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]:
+                while True:
                     await peer.writer.drain()
+                    if transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]:
+                        break
+                    await asyncio.sleep(0)  # never a loop that does not yield, whatever drain() did
         except (OSError, TimeoutError) as exc:
             self._drop(peer_id, peer, str(exc) or type(exc).__name__)
         except Exception as exc:  # not a client's doing: said loudly, and the client still goes
