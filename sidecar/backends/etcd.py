@@ -374,7 +374,8 @@ class EtcdBackend:
 
         ``start_revision`` must be a revision we actually read + 1: resuming
         from anything else (a response header's revision, as etcd3aio resumed) can
-        skip the very DELETE we wait for.
+        skip the very DELETE we wait for. Or 0, "from now", with the read sent
+        only after etcd answered the creation (the leader's view watch).
         """
         create = pb.WatchCreateRequest(
             key=key,
@@ -2124,19 +2125,18 @@ class EtcdElection:
             self._key, self._switch_key.encode(), self._prefix.encode(), self._ttl_prefix.encode(), candidate_id
         )
         watch: _KeptWatch | None = None
-        # Set when the watch's creation shows the store past the read it
-        # started from: etcd then serves it from its catch-up loop, every
-        # 100 ms, a request included. A leader elected as the fleet was still
-        # queueing saw a switchover up to 100 ms late (bench: 34-56 ms, the
-        # first round of a fresh fleet). It reads again and watches from
-        # there, in sync at once unless the store moved again; once a term,
-        # so a store written to without pause never makes it a loop.
-        lagging: asyncio.Event | None = asyncio.Event()
-        since = asyncio.get_running_loop().time()
+        # Set when the watch's creation shows the store already past the read it
+        # started from (the fleet still queueing as we were elected): etcd then
+        # serves it from its catch-up loop, every 100 ms, and a request written
+        # meanwhile reached us up to 100 ms late (bench: 34-73 ms, the first
+        # switchover of a fresh fleet).
+        lagging = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        since = loop.time()
         try:
             while True:
                 (found, queue, ttls), revision, _ = await self._leader_read(since)
-                since = asyncio.get_running_loop().time()
+                since = loop.time()
                 view.reset(found[0] if found else None, queue, ttls, revision)
                 # Re-read every retry interval: a watch is a hint, the read is the fact.
                 # One watch over the request key, NAME.ttl/ and the queue, kept over quiet
@@ -2144,16 +2144,13 @@ class EtcdElection:
                 # started before acting on the read too, to feed the view through the demote.
                 if watch is None:
                     call = self._b.watch_stream(self._switch_key.encode(), prefix_range_end(self._prefix), revision + 1)
-                    seen = view.seen if lagging is None else _noting_lag(view.seen, revision + 1, lagging)
-                    watch = self._view_watch = _KeptWatch(call, seen)
+                    watch = self._view_watch = _KeptWatch(call, _noting_lag(view.seen, revision + 1, lagging))
                 if view.acts_now(time.time()):
                     assert view.request is not None
                     return view.request
                 woke = asyncio.ensure_future(view.woke.wait())
-                lag = asyncio.ensure_future(lagging.wait()) if lagging is not None else None
-                waits: set[asyncio.Future[Any]] = {watch.task, woke, self._b.next_renewal(self._lease)}
-                if lag is not None:
-                    waits.add(lag)
+                lag = asyncio.ensure_future(lagging.wait())
+                waits: set[asyncio.Future[Any]] = {watch.task, woke, lag, self._b.next_renewal(self._lease)}
                 try:
                     await asyncio.wait(
                         waits,
@@ -2162,23 +2159,52 @@ class EtcdElection:
                     )
                 finally:
                     woke.cancel()
-                    if lag is not None:
-                        lag.cancel()
+                    lag.cancel()
                 if view.acted is not None:
                     return view.acted
                 if watch.task.done():
                     watch.task.result()  # a failed stream raises here (the finally closes it); False: read afresh
                     watch.close()
                     watch = self._view_watch = None
-                elif lagging is not None and lagging.is_set():
-                    lagging = None
+                elif lagging.is_set():
+                    # Watched again from now, and read once etcd answered that: a
+                    # watch from now is in sync whatever the store does, so this
+                    # happens once, and a store written to without pause never
+                    # makes it a loop. The read after the creation holds everything
+                    # before the watch's first event; what both hold, the view skips.
+                    lagging.clear()
                     watch.close()
-                    watch = self._view_watch = None
+                    watch = self._view_watch = await self._watch_from_now(view)
+                    # Only a read sent after the creation answer (_leader_read shares
+                    # one in flight that started up to SHARED_READ_SLACK before ``since``).
+                    since = loop.time() + SHARED_READ_SLACK
         finally:
             # A live watch goes on feeding the view through the demote: resign
             # may hand over on it. Without one the view only ages: drop it.
             if self._view_watch is None or self._view_watch.task.done():
                 self._drop_view()
+
+    async def _watch_from_now(self, view: _LeaderView) -> _KeptWatch:
+        """The view's watch from the store's next revision, once etcd answered its creation
+        (or within the request timeout: the read that follows is the fact either way)."""
+        created = asyncio.Event()
+
+        def seen(resp: Any) -> bool | None:
+            if resp.created:
+                created.set()
+            return view.seen(resp)
+
+        call = self._b.watch_stream(self._switch_key.encode(), prefix_range_end(self._prefix))
+        watch = _KeptWatch(call, seen)
+        answered = asyncio.ensure_future(created.wait())
+        try:
+            await asyncio.wait({answered, watch.task}, timeout=self._b.timeout, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            watch.close()  # nobody else holds it yet
+            raise
+        finally:
+            answered.cancel()
+        return watch
 
     def _drop_view(self) -> None:
         if self._view_watch is not None:
