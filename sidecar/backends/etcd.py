@@ -1702,7 +1702,9 @@ class EtcdElection:
         deletion it has not seen; a new one starts when the predecessor or
         our place changes, or after the stream said anything but "not yet".
         ``handed``: the list to append a handed term to, when a watch
-        replaces one whose list the caller already holds (``_rewatch``).
+        replaces one whose list the caller already holds. ``from_revision``
+        0: from now, and its creation answer sets ``lagging``, for the read
+        after it that covers what came before (``_rewatch_from_now``).
         """
         lagging = asyncio.Event()
         if handed is None and next_in_line:
@@ -1734,9 +1736,12 @@ class EtcdElection:
         100 ms late too: a switchover's target, the last of a fleet to queue,
         sat 37-54 ms on a handover (any write between its read and its watch,
         another candidate queueing, is enough). So the watch is replaced by one
-        from that read's revision + 1, in sync at once unless the store moved
-        again; once only, so a store written to without pause costs one read
-        and one watch more, never a loop of them.
+        from now (start revision 0), in sync whatever the store does; its
+        creation answer counts as a lag, so the loop's second turn reads once
+        after it, and that read holds everything before its first event. Once
+        only: a store written to without pause costs one read and one watch
+        more, never a loop of them. (A watch from the read's revision + 1 can
+        lag again while a fleet is still queueing, as the leader's did.)
         """
         loop = asyncio.get_running_loop()
         end = loop.time() + budget
@@ -1754,23 +1759,23 @@ class EtcdElection:
                 lag.cancel()
             if lag not in done or pred.watch.task in done:
                 break
-            gone, revision = await self._look_now(pred.key, pred.created, handed=pred.handed)
-            if gone:
+            if await self._look_now(pred.key, pred.created, handed=pred.handed):
                 return True
             if not replaced:
-                self._rewatch(pred, revision + 1)
+                self._rewatch_from_now(pred)
         return bool(await pred.watch.wait(max(0.0, end - loop.time()), until))
 
-    def _rewatch(self, pred: _Predecessor, from_revision: int) -> None:
-        """``pred`` watched again from ``from_revision``, in place: the caller holds it and its ``handed``."""
+    def _rewatch_from_now(self, pred: _Predecessor) -> None:
+        """``pred`` watched again from now, in place (the caller holds it and its ``handed``);
+        its ``lagging`` is set by the creation answer (any revision is >= 0)."""
         pred.watch.close()
         fresh = self._watch_predecessor(
-            pred.key, from_revision, created=pred.created, next_in_line=pred.handed is not None, handed=pred.handed
+            pred.key, 0, created=pred.created, next_in_line=pred.handed is not None, handed=pred.handed
         )
         pred.watch, pred.lagging, pred.fresh = fresh.watch, fresh.lagging, True
 
-    async def _look_now(self, key: bytes, created: int, *, handed: list[_Claimed] | None = None) -> tuple[bool, int]:
-        """What a lagging watch will say: whether ``key`` is gone (or re-created), and the read's revision.
+    async def _look_now(self, key: bytes, created: int, *, handed: list[_Claimed] | None = None) -> bool:
+        """What a lagging watch will say: whether ``key`` is gone (or re-created).
 
         Re-created counts as gone: a candidate that steps aside deletes its
         key and puts the same key again, behind us. With ``handed`` (the
@@ -1778,18 +1783,18 @@ class EtcdElection:
         marker, and a term handed to us is appended there, as the watch would.
         """
         if handed is None:
-            (found,), revision = await self._b.snapshot("watch catch-up read", [(key.decode(errors="replace"), None)])
+            (found,), _ = await self._b.snapshot("watch catch-up read", [(key.decode(errors="replace"), None)])
         else:  # the queue read's span, so its own split state holds here too
-            kvs, revision = await self._b.span("watch catch-up read", self._queue_ranges())
+            kvs, _ = await self._b.span("watch catch-up read", self._queue_ranges())
             queue, seen = kvs[0], _Seen.of(*kvs[1:])
             found = [kv for kv in queue if bytes(kv.key) == key]
         if found and (not created or int(found[0].create_revision) == created):
-            return False, revision
+            return False
         if handed is not None:
             claimed = await self._handed_in_read(seen)
             if claimed is not None:
                 handed.append(claimed)
-        return True, revision
+        return True
 
     def _head_went(self, resp: Any, *, head: tuple[bytes, int], handed: list[_Claimed]) -> bool | None:
         """``_deleted`` for the next in line's election-wide watch: True once the head's
