@@ -238,6 +238,11 @@ class GrantServer:
                     if transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]:
                         break
                     await asyncio.sleep(0)  # never a loop that does not yield, whatever drain() did
+        except ConnectionError:
+            # It hung up (a probe that connects and closes at once, a client
+            # gone while behind): not a drop, and no warning; its _serve ends
+            # and says client_disconnected.
+            self._drop(peer_id, peer, "")
         except (OSError, TimeoutError) as exc:
             self._drop(peer_id, peer, str(exc) or type(exc).__name__)
         except Exception as exc:  # not a client's doing: said loudly, and the client still goes
@@ -245,9 +250,11 @@ class GrantServer:
             self._drop(peer_id, peer, type(exc).__name__)
 
     def _drop(self, peer_id: int, peer: Peer, why: str) -> None:
+        """Let the client go; ``why`` (logged as client_dropped) empty when it hung up itself."""
         if self.peers.get(peer_id) is not peer:
             return  # gone already (hung up, or dropped by the other wait on it): not a drop
-        self._log.warning("client_dropped", pid=peer.pid, error=why)
+        if why:
+            self._log.warning("client_dropped", pid=peer.pid, error=why)
         self.peers.pop(peer_id, None)
         # abort, not close: a close waits to flush to the very client that does
         # not read, and kept its descriptor, its buffer and its _serve task (on

@@ -331,6 +331,21 @@ async def test_a_client_that_hangs_up_while_waited_for_is_not_reported_dropped(
     assert "client_dropped" not in sink.names(), sink.names()
 
 
+async def test_a_client_that_connects_and_hangs_up_at_once_is_no_warning(
+    served: tuple[GrantServer, RecordingSink],
+) -> None:
+    """A probe that connects and closes (a check that the socket answers) met the
+    hello's write with a reset, and every one was logged as a dropped client, a
+    warning an operator would chase. It is a disconnect like any other."""
+    srv, sink = served
+    for _ in range(20):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.connect(str(srv.path))
+        probe.close()
+    await eventually(lambda: sink.names().count("client_disconnected") == 20, what="every probe's hang-up seen")
+    assert "client_dropped" not in sink.names(), sink.names().count("client_dropped")
+
+
 async def test_a_wait_that_fails_for_a_reason_of_ours_is_said_and_still_drops_the_client(
     served: tuple[GrantServer, RecordingSink], monkeypatch: pytest.MonkeyPatch
 ) -> None:
