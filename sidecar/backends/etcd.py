@@ -657,6 +657,21 @@ class _LeaderView:
         self.revision = 0  # the newest revision the view reflects
         self.acted: SwitchoverRequest | None = None  # the request the watch found to act on
         self.woke = asyncio.Event()  # set when ``acted`` is
+        # A watch from now's responses, kept until the read sent after its
+        # creation is applied (``hold``).
+        self._held: list[Any] | None = None
+
+    def hold(self) -> None:
+        """Keep the events of a watch about to start from now until the next ``reset``.
+
+        Applied as they came, an event of the new watch above the next read's
+        revision made that read look old, and ``reset`` skipped it: what changed
+        between the last read and the new watch's creation (a request, among
+        others) was never applied (a review: the leader acted on a request only
+        at a later re-read, 1-3 s on). The next read is applied whatever the
+        view's revision, then the kept events, those it does not hold already.
+        """
+        self._held = []
 
     def reset(self, switch: Any, queue: list[Any], ttls: list[Any], revision: int) -> None:
         """The read's answer: what it found at ``revision``, unless the view is newer.
@@ -667,7 +682,8 @@ class _LeaderView:
         read is the read plus every event since, which is all the read
         would tell.
         """
-        if revision < self.revision:
+        held, self._held = self._held, None
+        if held is None and revision < self.revision:
             return
         self.request = parse_switchover(bytes(switch.value)) if switch is not None else None
         self._request_mod = int(switch.mod_revision) if switch is not None else 0
@@ -676,6 +692,8 @@ class _LeaderView:
         for t in ttls:
             self._ttl_seen(bytes(t.key), bytes(t.value))
         self._read = self.revision = revision
+        for resp in held or ():
+            self._apply(resp)
 
     def _ttl_seen(self, key: bytes, value: bytes | None) -> None:
         lease = key[len(self._ttl_prefix) :]
@@ -699,6 +717,20 @@ class _LeaderView:
             raise StoreUnavailable(f"etcd watch canceled: {resp.cancel_reason or 'no reason given'}")
         if resp.compact_revision:
             return False  # history compacted under us: read the state afresh
+        if self._held is not None:
+            self._held.append(resp)
+            return None
+        self._apply(resp)
+        if self.acted is None and self.acts_now(time.time()):
+            # Kept as it was: a later event of the same batch may change
+            # ``request`` (withdrawn) before the waiter runs, and the stop
+            # this starts is not taken back (docs/design.md, 1c).
+            self.acted = self.request
+            self.woke.set()
+        return None
+
+    def _apply(self, resp: Any) -> None:
+        """A watch response's events, those the last read does not hold already."""
         for ev in resp.events:
             key = bytes(ev.kv.key)
             if int(ev.kv.mod_revision) <= self._read:
@@ -715,13 +747,6 @@ class _LeaderView:
                     self._queue[key] = ev.kv
             elif key.startswith(self._ttl_prefix):
                 self._ttl_seen(key, None if ev.type == _DELETE else bytes(ev.kv.value))
-        if self.acted is None and self.acts_now(time.time()):
-            # Kept as it was: a later event of the same batch may change
-            # ``request`` (withdrawn) before the waiter runs, and the stop
-            # this starts is not taken back (docs/design.md, 1c).
-            self.acted = self.request
-            self.woke.set()
-        return None
 
     def successor(self, my_priority: int, now: float) -> _Handover | None:
         """Who a resign now would hand the term to, or None (a plain resign).
@@ -943,6 +968,7 @@ class _Predecessor:
     watch: _KeptWatch
     lagging: asyncio.Event  # the store had moved past our read when the watch was set up
     fresh: bool = True  # no wait has run on it yet: the set-up's catch-up check is due
+    from_now: bool = False  # watched again from now: the read after its creation answer is due
 
     def follows(self, key: bytes, created: int, next_in_line: bool) -> bool:
         """Still the watch to wait on: the same key, the same place, and the stream said nothing yet."""
@@ -1736,43 +1762,57 @@ class EtcdElection:
         100 ms late too: a switchover's target, the last of a fleet to queue,
         sat 37-54 ms on a handover (any write between its read and its watch,
         another candidate queueing, is enough). So the watch is replaced by one
-        from now (start revision 0), in sync whatever the store does; its
-        creation answer counts as a lag, so the loop's second turn reads once
-        after it, and that read holds everything before its first event. Once
-        only: a store written to without pause costs one read and one watch
-        more, never a loop of them. (A watch from the read's revision + 1 can
-        lag again while a fleet is still queueing, as the leader's did.)
+        from now (start revision 0), in sync whatever the store does; once
+        its creation is answered a read is made (``from_now``), and that read
+        holds everything before its first event. Once only: a store written
+        to without pause costs one read and one watch more, never a loop of
+        them. (A watch from the read's revision + 1 can lag again while a
+        fleet is still queueing, as the leader's did.)
         """
         loop = asyncio.get_running_loop()
         end = loop.time() + budget
-        for replaced in (False, True):
-            if not pred.fresh:
-                break
+        if pred.fresh:
             pred.fresh = False
-            lag = asyncio.ensure_future(pred.lagging.wait())
-            waits: set[asyncio.Future[Any]] = {pred.watch.task, lag, until}
-            try:
-                done, _ = await asyncio.wait(
-                    waits, timeout=max(0.0, end - loop.time()), return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                lag.cancel()
-            if lag not in done or pred.watch.task in done:
-                break
+            if await self._lag_shown(pred, end, until):
+                if await self._look_now(pred.key, pred.created, handed=pred.handed):
+                    return True
+                if not pred.watch.task.done():  # what it said meanwhile is kept, not thrown away
+                    self._rewatch_from_now(pred)
+        if pred.from_now and await self._lag_shown(pred, end, until):
+            # Only once its creation was answered, and only then no more due: a
+            # wait that ran out first leaves the read to the next wait on it (a
+            # review delayed the creation past the wait, and the deletion came
+            # in between: seen at the next interval's re-read, 2.9 s on).
+            pred.from_now = False
             if await self._look_now(pred.key, pred.created, handed=pred.handed):
                 return True
-            if not replaced:
-                self._rewatch_from_now(pred)
         return bool(await pred.watch.wait(max(0.0, end - loop.time()), until))
+
+    @staticmethod
+    async def _lag_shown(pred: _Predecessor, end: float, until: asyncio.Future[None]) -> bool:
+        """True once the watch's creation answer showed a lag (for a watch from now: its
+        creation answer) and the watch has said nothing else; False when it said something,
+        or the time ran out, or ``until`` came."""
+        loop = asyncio.get_running_loop()
+        lag = asyncio.ensure_future(pred.lagging.wait())
+        waits: set[asyncio.Future[Any]] = {pred.watch.task, lag, until}
+        try:
+            done, _ = await asyncio.wait(
+                waits, timeout=max(0.0, end - loop.time()), return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            lag.cancel()
+        return lag in done and pred.watch.task not in done
 
     def _rewatch_from_now(self, pred: _Predecessor) -> None:
         """``pred`` watched again from now, in place (the caller holds it and its ``handed``);
-        its ``lagging`` is set by the creation answer (any revision is >= 0)."""
+        its ``lagging`` is set by the creation answer (any revision is >= 0), and the read
+        after that answer is due (``from_now``)."""
         pred.watch.close()
         fresh = self._watch_predecessor(
             pred.key, 0, created=pred.created, next_in_line=pred.handed is not None, handed=pred.handed
         )
-        pred.watch, pred.lagging, pred.fresh = fresh.watch, fresh.lagging, True
+        pred.watch, pred.lagging, pred.from_now = fresh.watch, fresh.lagging, True
 
     async def _look_now(self, key: bytes, created: int, *, handed: list[_Claimed] | None = None) -> bool:
         """What a lagging watch will say: whether ``key`` is gone (or re-created).
@@ -2179,6 +2219,7 @@ class EtcdElection:
                     # before the watch's first event; what both hold, the view skips.
                     lagging.clear()
                     watch.close()
+                    view.hold()
                     watch = self._view_watch = await self._watch_from_now(view)
                     # Only a read sent after the creation answer (_leader_read shares
                     # one in flight that started up to SHARED_READ_SLACK before ``since``).

@@ -573,6 +573,137 @@ async def test_a_leader_whose_watch_started_lagging_sees_a_switchover_at_once(
     )
 
 
+async def test_a_leader_applies_what_came_before_its_new_watch_whatever_that_watch_says_first(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review of the leader's watch from now (after its first watch lagged): an event
+    of the new watch above the read sent after its creation made that read look old,
+    and the view skipped it. A request written between the first read and the new
+    watch was acted on only at a later re-read (3 s on here). The read is now applied,
+    then the new watch's events it does not hold."""
+    a, _ = await env.lead("a")
+    await env.wait("b")
+    admin = env.backend.election(env.cfg.election)
+    above: list[int] = []
+    later = asyncio.Event()
+    seen = etcd_mod._LeaderView.seen
+
+    def noted(self: Any, resp: Any) -> bool | None:
+        if above and any(int(ev.kv.mod_revision) > above[0] for ev in resp.events):
+            later.set()
+        return seen(self, resp)
+
+    monkeypatch.setattr(etcd_mod._LeaderView, "seen", noted)
+    read = a._leader_read
+    reads: list[int] = []
+
+    async def read_then(since: float) -> Any:
+        got = await read(since)
+        reads.append(got[1])
+        if len(reads) == 1:
+            # Between the first read and its watch: the store moves (that watch
+            # lags) and the request lands in the gap.
+            await admin.request_switchover(SwitchoverRequest("b", "test", "r1", time.time(), 60))
+        elif len(reads) == 2:
+            # The read after the new watch's creation: an event above it (another
+            # election's key, in the watched range) reaches the watch first.
+            above.append(got[1])
+            await env.raw.kv.put(env.cfg.election + ".x", "y")
+            await asyncio.wait_for(later.wait(), 5)
+        return got
+
+    a._leader_read = read_then  # type: ignore[method-assign]
+    request = await asyncio.wait_for(a.wait_switchover("a"), 10)
+    assert request.to == "b"
+    assert len(reads) == 2, f"acted after {len(reads)} reads: the one after the new watch's creation was skipped"
+
+
+class _LateWatch:
+    """A watch call whose creation is sent ``delay`` s late (a slow stream set-up)."""
+
+    def __init__(self, make: Any, delay: float) -> None:
+        self._make, self._delay, self._cancelled = make, delay, False
+        self._call: Any = None
+
+    def __aiter__(self) -> Any:
+        return self._gen()
+
+    async def _gen(self) -> Any:
+        await asyncio.sleep(self._delay)
+        if self._cancelled:
+            return
+        self._call = self._make()
+        async for resp in self._call:
+            yield resp
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        if self._call is not None:
+            self._call.cancel()
+
+
+async def test_a_waiter_whose_new_watch_was_created_late_still_reads_after_it(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: the watch from now that replaces a lagging one is only gap-free with a
+    read after its creation. When the creation came after the wait's time ran out, the
+    next wait went straight to the watch, and a predecessor deleted before that
+    creation was seen only at the next interval's re-read (2.9 s on)."""
+    a, _ = await env.lead("a")
+    b = env.backend.election(env.cfg.election)
+    register = b._queue_after_create
+
+    async def read_then_write(*args: Any) -> Any:
+        got = await register(*args)
+        await env.raw.kv.put("~unrelated", "x")  # the store moves past b's read: its watch lags
+        return got
+
+    b._queue_after_create = read_then_write  # type: ignore[method-assign,assignment]
+    real_watch = env.backend.watch_stream
+    late = 4 * etcd_mod.NEAR_EXPIRY_POLL  # past the first wait on a new head
+    rewatched = asyncio.Event()
+    rewatch = b._rewatch_from_now
+
+    def rewatch_late(pred: Any) -> None:
+        monkeypatch.setattr(
+            env.backend, "watch_stream", lambda *a, **kw: _LateWatch(lambda: real_watch(*a, **kw), late)
+        )
+        try:
+            rewatch(pred)
+        finally:
+            monkeypatch.setattr(env.backend, "watch_stream", real_watch)
+            rewatched.set()
+
+    b._rewatch_from_now = rewatch_late  # type: ignore[method-assign]
+    noticed: list[str] = []  # how b first learnt that a's key was gone
+    queue_reads: list[int] = []
+    look, queue_read = b._look_now, b._queue_read
+
+    async def noted_look(*args: Any, **kw: Any) -> bool:
+        gone = await look(*args, **kw)
+        if gone and not noticed:
+            noticed.append("the read after the new watch's creation")
+        return gone
+
+    async def noted_queue_read(*args: Any, **kw: Any) -> Any:
+        got = await queue_read(*args, **kw)
+        queue_reads.append(1)
+        if not noticed and not any(bytes(kv.key) == a._key.encode() for kv in got[0]):
+            noticed.append("a periodic queue re-read")
+        return got
+
+    b._look_now, b._queue_read = noted_look, noted_queue_read  # type: ignore[method-assign]
+    task = asyncio.create_task(b.campaign(await env.session(), "b"))
+    env.tasks.append(task)
+    await asyncio.wait_for(rewatched.wait(), 5)
+    at_rewatch = len(queue_reads)
+    # The first wait ran out (b re-read the queue), and the late creation is still to come.
+    await eventually(lambda: len(queue_reads) > at_rewatch, 5, interval=0.005, what="b's re-read after its first wait")
+    await env.raw.kv.delete(a._key)  # the predecessor goes (an operator's delete)
+    await eventually(lambda: bool(noticed), 10, what="b noticing the deletion")
+    assert noticed == ["the read after the new watch's creation"], noticed
+
+
 # -- Issue 16: the leader hands its term over in the txn that deletes its key --
 
 
