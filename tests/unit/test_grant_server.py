@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -217,12 +218,18 @@ async def test_a_grant_reaches_every_clients_socket_in_the_step_that_publishes_i
         assert [(await c.next())["type"] for c in clients] == [kind, kind]
 
 
-def stuck_client(srv: GrantServer) -> socket.socket:
-    """A client that never reads, with a small receive buffer: the server's writes back up."""
+@contextlib.asynccontextmanager
+async def stuck_client(srv: GrantServer) -> AsyncIterator[socket.socket]:
+    """The only client, registered: one that never reads, with a small receive buffer,
+    so the server's writes back up."""
     stuck = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     stuck.connect(str(srv.path))
-    return stuck
+    try:
+        await eventually(lambda: len(srv.peers) == 1, what="stuck client registered")
+        yield stuck
+    finally:
+        stuck.close()
 
 
 def fill(srv: GrantServer) -> None:
@@ -239,9 +246,7 @@ async def test_a_client_that_stopped_reading_does_not_hold_up_the_revoke(
     is done in the step that publishes it, and that client is waited for beside it."""
     monkeypatch.setattr("sidecar.fencing.server.WRITE_TIMEOUT", 0.3)
     srv, sink = served
-    stuck = stuck_client(srv)
-    try:
-        await eventually(lambda: len(srv.peers) == 1, what="stuck client registered")
+    async with stuck_client(srv):
         await srv.publish_grant(a_grant())
         fill(srv)
         revoking = srv.publish_revoke("lease-lost")
@@ -256,8 +261,6 @@ async def test_a_client_that_stopped_reading_does_not_hold_up_the_revoke(
         # Still dropped once it has not read for WRITE_TIMEOUT.
         await eventually(lambda: not srv.peers, what="stuck client dropped")
         assert "client_dropped" in sink.names()
-    finally:
-        stuck.close()
 
 
 def behind_below_high_water(srv: GrantServer, margin: int) -> asyncio.WriteTransport:
@@ -279,9 +282,7 @@ async def test_a_revoke_in_the_pass_after_a_wait_ended_is_still_waited_for(
     term's revoke, a client that never read was never dropped."""
     monkeypatch.setattr("sidecar.fencing.server.WRITE_TIMEOUT", 0.3)
     srv, sink = served
-    stuck = stuck_client(srv)
-    try:
-        await eventually(lambda: len(srv.peers) == 1, what="stuck client registered")
+    async with stuck_client(srv):
         frame = len(encode(grant_to_message(a_grant(), CLOCK.now())))
         behind_below_high_water(srv, margin=frame + 10)
         await srv.publish_grant(a_grant())  # behind, under high water: its wait ends at once
@@ -290,8 +291,6 @@ async def test_a_revoke_in_the_pass_after_a_wait_ended_is_still_waited_for(
         await srv.publish_revoke("lease-lost")  # the term's last frame
         await eventually(lambda: not srv.peers, timeout=3.0, what="the stuck client dropped")
         assert sink.names().count("client_dropped") == 1
-    finally:
-        stuck.close()
 
 
 async def test_a_dropped_client_that_still_does_not_read_is_let_go_of(
@@ -303,15 +302,11 @@ async def test_a_dropped_client_that_still_does_not_read_is_let_go_of(
     bound. A drop ends the connection at once."""
     monkeypatch.setattr("sidecar.fencing.server.WRITE_TIMEOUT", 0.2)
     srv, sink = served
-    stuck = stuck_client(srv)
-    try:
-        await eventually(lambda: len(srv.peers) == 1, what="stuck client registered")
+    async with stuck_client(srv):
         fill(srv)
         await srv.publish_revoke("lease-lost")
         await eventually(lambda: "client_dropped" in sink.names(), what="the stuck client dropped")
         await eventually(lambda: "client_disconnected" in sink.names(), timeout=3.0, what="the connection let go of")
-    finally:
-        stuck.close()
 
 
 async def test_a_client_that_hangs_up_while_waited_for_is_not_reported_dropped(
@@ -321,11 +316,10 @@ async def test_a_client_that_hangs_up_while_waited_for_is_not_reported_dropped(
     would send an operator looking for a wedged orchestrator that does not exist."""
     monkeypatch.setattr("sidecar.fencing.server.WRITE_TIMEOUT", 0.2)
     srv, sink = served
-    stuck = stuck_client(srv)
-    await eventually(lambda: len(srv.peers) == 1, what="stuck client registered")
-    fill(srv)
-    await srv.publish_revoke("lease-lost")
-    stuck.close()
+    async with stuck_client(srv) as stuck:
+        fill(srv)
+        await srv.publish_revoke("lease-lost")
+        stuck.close()
     await eventually(lambda: "client_disconnected" in sink.names(), what="the hang-up seen")
     await eventually(lambda: not srv._draining, what="the wait on it over")
     assert "client_dropped" not in sink.names(), sink.names()
@@ -352,9 +346,7 @@ async def test_a_wait_that_fails_for_a_reason_of_ours_is_said_and_still_drops_th
     """A bug under the wait (not the client's doing) is logged as an error, never left
     as an unretrieved task exception, and the client does not stay half served."""
     srv, sink = served
-    stuck = stuck_client(srv)
-    try:
-        await eventually(lambda: len(srv.peers) == 1, what="stuck client registered")
+    async with stuck_client(srv):
         fill(srv)
 
         async def broken(self: asyncio.StreamWriter) -> None:
@@ -364,8 +356,6 @@ async def test_a_wait_that_fails_for_a_reason_of_ours_is_said_and_still_drops_th
         await srv.publish_revoke("lease-lost")
         await eventually(lambda: not srv.peers, what="the client dropped")
         assert [f["error"] for f in sink.of("client_drain_failed")] == ["RuntimeError('a bug')"]
-    finally:
-        stuck.close()
 
 
 async def test_a_client_connecting_while_a_stuck_client_is_waited_for_never_gets_the_old_grant(
@@ -374,9 +364,7 @@ async def test_a_client_connecting_while_a_stuck_client_is_waited_for_never_gets
     """While a client that does not read is still being waited for after a revoke, a
     client that connects must be told it is not leader, not handed the old grant."""
     srv, _ = served
-    stuck = stuck_client(srv)
-    try:
-        await eventually(lambda: len(srv.peers) == 1, what="stuck client registered")
+    async with stuck_client(srv):
         await srv.publish_grant(a_grant())
         fill(srv)
         await srv.publish_revoke("lease-lost")
@@ -384,5 +372,3 @@ async def test_a_client_connecting_while_a_stuck_client_is_waited_for_never_gets
         late = await connect(srv)
         first = await late.next()
         assert first["type"] == "follower" and first["leader"] is False, first
-    finally:
-        stuck.close()
