@@ -2216,7 +2216,8 @@ class EtcdElection:
                     # watch from now is in sync whatever the store does, so this
                     # happens once, and a store written to without pause never
                     # makes it a loop. The read after the creation holds everything
-                    # before the watch's first event; what both hold, the view skips.
+                    # before the watch's first event; the view holds the new watch's
+                    # events until that read is applied (``_LeaderView.hold``).
                     lagging.clear()
                     watch.close()
                     view.hold()
