@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sidecar.fencing.server import GrantServer
 
 
 class RecordingSink:
@@ -65,3 +70,23 @@ def grant_of(elector: Any) -> Any:
     grant = elector.snapshot().grant
     assert grant is not None, f"{elector.snapshot().candidate} holds no grant (state {elector.state})"
     return grant
+
+
+@contextlib.asynccontextmanager
+async def stuck_client(srv: GrantServer) -> AsyncIterator[socket.socket]:
+    """The socket's only client, registered: one that never reads, with a small receive
+    buffer, so the server's writes back up."""
+    stuck = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.connect(str(srv.path))
+    try:
+        await eventually(lambda: len(srv.peers) == 1, what="stuck client registered")
+        yield stuck
+    finally:
+        stuck.close()
+
+
+def fill(srv: GrantServer) -> None:
+    """Queue more for every client than its socket takes, so the next broadcast is behind."""
+    for peer in srv.peers.values():
+        peer.writer.write(b"x" * 1024 * 1024 + b"\n")

@@ -2234,15 +2234,9 @@ class EtcdElection:
     async def _watch_from_now(self, view: _LeaderView) -> _KeptWatch:
         """The view's watch from the store's next revision, once etcd answered its creation
         (or within the request timeout: the read that follows is the fact either way)."""
-        created = asyncio.Event()
-
-        def seen(resp: Any) -> bool | None:
-            if resp.created:
-                created.set()
-            return view.seen(resp)
-
+        created = asyncio.Event()  # any creation answer's revision is >= 0
         call = self._b.watch_stream(self._switch_key.encode(), prefix_range_end(self._prefix))
-        watch = _KeptWatch(call, seen)
+        watch = _KeptWatch(call, _noting_lag(view.seen, 0, created))
         answered = asyncio.ensure_future(created.wait())
         try:
             await asyncio.wait({answered, watch.task}, timeout=self._b.timeout, return_when=asyncio.FIRST_COMPLETED)

@@ -260,8 +260,7 @@ class GrantServer:
         # not read, and kept its descriptor, its buffer and its _serve task (on
         # Python 3.12 it also kept the server's close waiting). The client sees
         # the connection end, which it takes as the end of any grant.
-        transport = peer.writer.transport
-        transport.abort()
+        peer.writer.transport.abort()
 
     # -- serving one client ---------------------------------------------
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import socket
@@ -19,7 +18,7 @@ from sidecar.clock import FakeClock
 from sidecar.fencing.protocol import MAX_FRAME, encode
 from sidecar.fencing.server import GrantServer, grant_to_message
 from sidecar.model import Grant
-from tests.helpers import RecordingSink, eventually
+from tests.helpers import RecordingSink, eventually, fill, stuck_client
 
 
 class Conn:
@@ -216,26 +215,6 @@ async def test_a_grant_reaches_every_clients_socket_in_the_step_that_publishes_i
         finally:
             publishing.close()
         assert [(await c.next())["type"] for c in clients] == [kind, kind]
-
-
-@contextlib.asynccontextmanager
-async def stuck_client(srv: GrantServer) -> AsyncIterator[socket.socket]:
-    """The only client, registered: one that never reads, with a small receive buffer,
-    so the server's writes back up."""
-    stuck = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    stuck.connect(str(srv.path))
-    try:
-        await eventually(lambda: len(srv.peers) == 1, what="stuck client registered")
-        yield stuck
-    finally:
-        stuck.close()
-
-
-def fill(srv: GrantServer) -> None:
-    """Queue more for every client than its socket takes, so the next broadcast is behind."""
-    for peer in srv.peers.values():
-        peer.writer.write(b"x" * 1024 * 1024 + b"\n")
 
 
 async def test_a_client_that_stopped_reading_does_not_hold_up_the_revoke(

@@ -9,7 +9,6 @@ orchestrator is stopped before anyone is told.
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from sidecar.clock import FakeClock
 from sidecar.config import Config
 from sidecar.fencing.server import GrantServer
 from sidecar.model import Grant, Reason
-from tests.helpers import RecordingSink, eventually
+from tests.helpers import RecordingSink, fill, stuck_client
 
 
 class Recorder:
@@ -75,26 +74,21 @@ async def test_a_client_that_stopped_reading_does_not_hold_up_the_orchestrators_
         clock=clock,
     )
     await server.start()
-    stuck = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    stuck.connect(str(server.path))
     try:
-        await eventually(lambda: len(server.peers) == 1, what="stuck client registered")
-        grant = Grant("e", "c", 7, 1, clock.now() + 2.0, 1)
-        await server.publish_grant(grant)
-        for peer in server.peers.values():
-            peer.writer.write(b"x" * 1024 * 1024 + b"\n")  # more than its socket takes
-        dropped_at_stop: list[bool] = []
+        async with stuck_client(server):
+            grant = Grant("e", "c", 7, 1, clock.now() + 2.0, 1)
+            await server.publish_grant(grant)
+            fill(server)
+            dropped_at_stop: list[bool] = []
 
-        class Supervisor:
-            async def stopped_leading(self, grant: Grant, reason: Reason) -> bool:
-                dropped_at_stop.append("client_dropped" in sink.names())
-                return True
+            class Supervisor:
+                async def stopped_leading(self, grant: Grant, reason: Reason) -> bool:
+                    dropped_at_stop.append("client_dropped" in sink.names())
+                    return True
 
-        fake: Any = Supervisor()
-        sidecar.server, sidecar.supervisor = server, fake
-        assert await sidecar._on_stopped(grant, Reason.LEASE_LOST) is True
-        assert dropped_at_stop == [False], "the stop waited until the stuck client was dropped"
+            fake: Any = Supervisor()
+            sidecar.server, sidecar.supervisor = server, fake
+            assert await sidecar._on_stopped(grant, Reason.LEASE_LOST) is True
+            assert dropped_at_stop == [False], "the stop waited until the stuck client was dropped"
     finally:
-        stuck.close()
         await server.close()
