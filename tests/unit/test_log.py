@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import datetime
 import io
+import json
 import os
 import threading
+import time
+from typing import Any
 
+from sidecar import log
 from sidecar.log import QueuedStream
 
 
@@ -43,3 +49,112 @@ def test_lines_keep_their_order_and_the_drop_count_is_reported() -> None:
         '{"event": "log_lines_dropped", "level": "warning", "lines": 3}',
         "after",
     ]
+
+
+class _Sink:
+    """A stream that says when something was written to it, and by which thread."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.written = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.lines.append(text)
+        self.written.set()
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _logger_to(sink: _Sink) -> tuple[QueuedStream, Any]:
+    """structlog configured as the sidecar does it, onto a QueuedStream over ``sink``."""
+    out = QueuedStream(sink)
+    log.configure("json", "info", stream=None, queued=out)
+    return out, log.get(election="e", candidate="c")
+
+
+def test_a_line_logged_on_the_loop_does_not_wake_the_writer_within_the_step() -> None:
+    """Woken at once, the writer took the interpreter lock in the middle of a
+    handover's step: 0.8 ms more from resign to the successor's grant."""
+    sink = _Sink()
+    _, logger = _logger_to(sink)
+
+    async def step() -> None:
+        logger.info("elected", token=7, epoch=3)
+        # Still in the step that logged: the loop cannot run meanwhile.
+        assert not sink.written.wait(0.2), "the writer wrote during the step that logged"
+        await asyncio.wait_for(asyncio.to_thread(sink.written.wait, 5.0), 10.0)
+
+    asyncio.run(step())
+    line = json.loads(sink.lines[0])
+    assert (line["event"], line["token"], line["epoch"], line["level"]) == ("elected", 7, 3, "info")
+    assert (line["election"], line["candidate"]) == ("e", "c")
+
+
+def test_a_line_logged_off_the_loop_is_written_at_once() -> None:
+    sink = _Sink()
+    _, logger = _logger_to(sink)
+    logger.warning("library_log", message="from kazoo's thread")
+    assert sink.written.wait(5.0)
+    assert json.loads(sink.lines[0])["message"] == "from kazoo's thread"
+
+
+def test_a_line_carries_the_time_it_was_logged_not_the_time_it_was_written() -> None:
+    sink = _Sink()
+    _, logger = _logger_to(sink)
+
+    async def step() -> tuple[float, float]:
+        logger.info("demoted")
+        after = time.time(), time.monotonic()
+        # The loop held: the line is rendered at least this much after it was logged.
+        assert not sink.written.wait(0.2)
+        await asyncio.to_thread(sink.written.wait, 5.0)
+        return after
+
+    wall_after, mono_after = asyncio.run(step())
+    line = json.loads(sink.lines[0])
+    stamped = datetime.datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00")).timestamp()
+    assert stamped <= wall_after and line["mono"] <= mono_after
+    assert line["timestamp"].endswith("Z")
+
+
+def test_an_exception_is_rendered_from_the_moment_it_was_logged() -> None:
+    sink = _Sink()
+    _, logger = _logger_to(sink)
+
+    async def step() -> None:
+        try:
+            raise ValueError("the store said no")
+        except ValueError:
+            logger.error("leader_loop_failed", exc_info=True)
+        # Rendered later, outside the except: the traceback was taken at the call.
+        await asyncio.to_thread(sink.written.wait, 5.0)
+
+    asyncio.run(step())
+    assert "ValueError: the store said no" in json.loads(sink.lines[0])["exception"]
+
+
+def test_a_line_that_cannot_be_rendered_is_said_and_the_writer_goes_on() -> None:
+    sink = _Sink()
+    out, logger = _logger_to(sink)
+    logger.info("odd", keys={(1, 2): "a tuple key JSON cannot take"})
+    logger.info("after")
+    out.flush_for(5.0)
+    events = [json.loads(line)["event"] for line in sink.lines]
+    assert events == ["log_line_unrendered", "after"]
+
+
+def test_lines_whose_loop_ended_before_waking_the_writer_are_written_at_exit() -> None:
+    sink = _Sink()
+    out, logger = _logger_to(sink)
+
+    async def last_words() -> None:
+        logger.info("stopped")
+
+    asyncio.run(last_words())  # the loop closes before its wake-up is due
+    out.flush_for(5.0)  # what atexit runs
+    assert [json.loads(line)["event"] for line in sink.lines] == ["stopped"]
