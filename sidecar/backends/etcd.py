@@ -126,6 +126,9 @@ SPAN_MAX_FOREIGN_BYTES = 64 << 10
 # A leader read still in flight that started this long before a wait began is shared by it (_leader_read).
 SHARED_READ_SLACK = 0.05
 TTL_SUFFIX = ".ttl"  # NAME.ttl/<lease hex>: the TTL a candidate of ours states (see EtcdElection)
+# A closed watch's stream is reset this much later (StreamCall.cancel): after
+# the handover step that closed it, not in the loop pass right behind it.
+STREAM_RESET_DELAY = 0.01
 
 
 @contextlib.contextmanager
@@ -880,7 +883,9 @@ class _KeptWatch:
 
     def close(self) -> None:
         self._task.cancel()
-        self._call.cancel()
+        # The stream's reset waits until the step that closed it has moved on:
+        # the successor closes its predecessor's watch as it returns its term.
+        self._call.cancel(reset_after=STREAM_RESET_DELAY)
 
 
 @dataclass

@@ -298,10 +298,10 @@ class StreamCall:
     """One bidirectional stream, run by a task of its own.
 
     The task owns grpclib's stream for its whole life (its ``async with``),
-    so a cancel is a plain task cancel, synchronous for the caller, and the
-    stream is reset and released by grpclib's own exit. Answers reach the
+    so the stream is reset and released by grpclib's own exit when the task
+    is cancelled (``cancel``: at once, or a moment later). Answers reach the
     reader through a queue. Reading after a cancel raises CancelledError, as
-    a cancelled grpc.aio call did.
+    a cancelled grpc.aio call did, whenever the reset comes.
     """
 
     _CANCELLED = object()
@@ -317,6 +317,7 @@ class StreamCall:
         self._stream: Any = None
         self._failed: BaseException | None = None
         self._ended = False
+        self._cancelled = False
         self._task = asyncio.create_task(self._run(metadata, first))
 
     async def _run(self, metadata: list[tuple[str, str]], first: Any) -> None:
@@ -371,9 +372,11 @@ class StreamCall:
         """The next answer; None once the member ended the stream."""
         if self._ended:
             return None
+        if self._cancelled:
+            raise asyncio.CancelledError
         answer = await self._answers.get()
-        if answer is self._CANCELLED:
-            self._answers.put_nowait(answer)
+        if answer is self._CANCELLED or self._cancelled:
+            self._answers.put_nowait(self._CANCELLED)  # for any other reader waiting
             raise asyncio.CancelledError
         if answer is None:
             self._ended = True
@@ -392,10 +395,24 @@ class StreamCall:
             raise StopAsyncIteration
         return answer
 
-    def cancel(self) -> None:
-        if not self._task.done():
+    def cancel(self, *, reset_after: float = 0.0) -> None:
+        """Answer nothing more from now on; reset the stream now, or ``reset_after`` seconds later.
+
+        The reset is grpclib's HTTP/2 work on this loop: 0.15-0.26 ms
+        measured, in the loop pass right after the cancel. A watch closed on
+        a handover's way (the successor's on its predecessor, as it returns
+        its term) put that pass between the cancel and the next step of the
+        handover. Until the reset the stream may still take answers; they
+        are never read.
+        """
+        self._cancelled = True
+        self._answers.put_nowait(self._CANCELLED)  # wakes a reader waiting now
+        if self._task.done():
+            return
+        if reset_after > 0:
+            asyncio.get_running_loop().call_later(reset_after, self._task.cancel)
+        else:
             self._task.cancel()
-        self._answers.put_nowait(self._CANCELLED)
 
     def fail(self) -> None:
         """Cancel, and close the connection the stream was on (no answer in time):
