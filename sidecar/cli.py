@@ -51,6 +51,21 @@ STORE_FIELDS = (
 LOG_FIELDS = ("log_format", "log_level")
 
 
+def _run(main: Any) -> Any:
+    """``asyncio.run``, then what its loop logged in its last 20 ms is written before we go on.
+
+    Info lines logged on the loop wait for a timer of that loop before
+    they are written (sidecar/log.py); the timer ends with the loop, and
+    what the command prints next would come before them.
+    """
+    from sidecar import log as logmod
+
+    try:
+        return asyncio.run(main)
+    finally:
+        logmod.wake_writer(wait=1.0)
+
+
 def _flag(f: dataclasses.Field[Any]) -> str:
     return "--" + str(f.metadata.get("flag", f.name)).replace("_", "-")
 
@@ -203,7 +218,7 @@ def run(command: tuple[str, ...], **values: Any) -> None:
     if fitted:
         logger.info("timing_derived", ttl=cfg.ttl, **{n: getattr(cfg, n) for n in DERIVED_TIMING}, derived=fitted)
     try:
-        code = asyncio.run(Sidecar(cfg, logger, command=list(command)).run())
+        code = _run(Sidecar(cfg, logger, command=list(command)).run())
     except FileExistsError as exc:
         click.echo(f"election-sidecar: socket: {exc}", err=True)
         sys.exit(2)
@@ -250,7 +265,7 @@ def status(output: str, sidecars: str, **values: Any) -> None:
 
     cfg = load_config(values, logs=True)
     try:
-        view = asyncio.run(gather(cfg))
+        view = _run(gather(cfg))
     except Exception as exc:  # one line for the operator, whatever broke
         click.echo(f"election-sidecar: status: {exc}", err=True)
         sys.exit(1)
@@ -275,7 +290,7 @@ def watch(output: str, **values: Any) -> None:
 
     cfg = load_config(values, logs=True)
     try:
-        asyncio.run(watch_leader(cfg, json_lines=output == "json"))
+        _run(watch_leader(cfg, json_lines=output == "json"))
     except KeyboardInterrupt:
         pass
     except Exception as exc:
@@ -304,7 +319,7 @@ def evict(candidate: str, key: str, force: bool, **values: Any) -> None:
 
     cfg = load_config(values, logs=True)
     try:
-        gone = asyncio.run(evict_candidate(cfg, candidate, key=key, force=force))
+        gone = _run(evict_candidate(cfg, candidate, key=key, force=force))
     except EvictRefused as exc:
         click.echo(f"election-sidecar: evict: {exc}", err=True)
         sys.exit(1)
@@ -347,7 +362,7 @@ def switchover(to: str, wait: bool, request_ttl: float, output: str, **values: A
         sys.exit(2)
     cfg = load_config(values, logs=True)
     try:
-        res = asyncio.run(request_switchover(cfg, to, ttl=request_ttl, wait=wait))
+        res = _run(request_switchover(cfg, to, ttl=request_ttl, wait=wait))
     except SwitchoverRefused as exc:
         click.echo(f"election-sidecar: switchover refused: {exc}", err=True)
         sys.exit(4)

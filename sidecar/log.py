@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import datetime
 import logging
 import sys
@@ -30,16 +31,20 @@ def _add_mono(logger: Any, method: str, event: MutableMapping[str, Any]) -> Muta
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
-# How long a line logged on the event loop waits before the writer thread
-# is woken for it. A line is logged in the middle of a step (``elected``
-# just before the grant goes out, ``demoted`` just before the resign's
-# write), and a writer woken then takes the interpreter lock at the step's
-# next system call: measured on a handover, resign to the successor's grant
-# took 0.8 ms longer with the lines written than with none logged (about a
-# fifth of `etcdctl elect`'s whole handover). Woken this much later, it
-# writes once the step and the store's answer are done. Lines logged off
-# the loop (kazoo's thread, the CLI) wake it at once.
+# How long an info or debug line logged on the event loop waits before the
+# writer thread is woken for it. A line is logged in the middle of a step
+# (``elected`` just before the grant goes out, ``demoted`` just before the
+# resign's write), and a writer woken then takes the interpreter lock at the
+# step's next system call: measured on a handover, resign to the
+# successor's grant took 0.8 ms longer with the lines written than with
+# none logged (about a fifth of `etcdctl elect`'s whole handover). Woken
+# this much later, it writes once the step and the store's answer are done.
+# Warnings and errors wake it at once, as do lines logged off the loop
+# (kazoo's thread, the CLI): they are rare, and they are what explains a
+# loop that stalls or a process killed right after (a review: a line
+# logged just before the loop blocked was written only when it ran again).
 WAKE_DELAY = 0.02
+_URGENT = frozenset({"warning", "error", "critical", "exception"})
 
 Event = MutableMapping[str, Any]
 
@@ -105,10 +110,10 @@ class QueuedStream:
 
     def put(self, item: str | Event) -> None:
         """Keep a rendered line or an event to render; never blocks."""
-        try:
-            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
+        loop: asyncio.AbstractEventLoop | None = None
+        if isinstance(item, str) or item.get("level") not in _URGENT:
+            with contextlib.suppress(RuntimeError):
+                loop = asyncio.get_running_loop()
         with self._ready:
             if len(self._pending) >= self._max:
                 self.dropped += 1
@@ -136,11 +141,15 @@ class QueuedStream:
     def isatty(self) -> bool:
         return bool(self._stream.isatty())
 
-    def flush_for(self, timeout: float) -> None:
-        """Wake the writer now and give it ``timeout`` seconds to write everything kept."""
+    def wake(self) -> None:
+        """Have the writer write what is kept now (a loop that logged it may have ended)."""
         with self._ready:
             self._awake = True
             self._ready.notify()
+
+    def flush_for(self, timeout: float) -> None:
+        """Wake the writer now and give it ``timeout`` seconds to write everything kept."""
+        self.wake()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._ready:
@@ -174,7 +183,17 @@ class QueuedStream:
         try:
             return self.render(event)
         except Exception as exc:  # a line of ours must not end the writer: say what failed instead
-            return _json_line({"event": "log_line_unrendered", "level": "error", "error": repr(exc)[:200]})
+            said = {k: event.get(k) for k in ("timestamp", "mono") if k in event}
+            return _json_line(
+                {
+                    "event": "log_line_unrendered",
+                    "level": "error",
+                    "unrendered": str(event.get("event"))[:200],
+                    "unrendered_level": str(event.get("level")),
+                    "error": repr(exc)[:200],
+                    **said,
+                }
+            )
 
 
 def _json_line(event: Event) -> str:
@@ -193,10 +212,21 @@ class _EventLogger:
     debug = info = warning = warn = error = critical = exception = fatal = log = msg
 
 
+_current: list[QueuedStream] = []  # what configure() set up last, if it queues
+
+
+def wake_writer(wait: float = 0.0) -> None:
+    """Have what was logged written now, and wait up to ``wait`` seconds for it: a loop
+    that logged its last lines has ended (``asyncio.run`` returned), and its timer with it."""
+    for queued in _current:
+        queued.flush_for(wait)
+
+
 def configure(fmt: str = "auto", level: str = "info", stream: Any = None, queued: QueuedStream | None = None) -> None:
     """Log to ``stream``, rendered on the caller's thread (tests), else through ``queued`` (our stderr's by default)."""
     # A stream handed in is written on the caller's thread, line by line.
     queued = (queued or QueuedStream(sys.stderr)) if stream is None else None
+    _current[:] = [queued] if queued is not None else []
     out = queued or stream
     json_out = fmt == "json" or (fmt == "auto" and not out.isatty())
     renderer: Any = structlog.processors.JSONRenderer() if json_out else structlog.dev.ConsoleRenderer(colors=False)

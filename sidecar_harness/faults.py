@@ -85,11 +85,28 @@ def events_before(lines: list[str], at: int, n: int = 10) -> str:
 
     last = parsed(lines[at]) or {}
     t = last.get("mono")
-    out = []
-    for line in lines[max(0, at - 4 * n) : at + 1]:
-        d = parsed(line)
+    # In the order of their ``mono``, not of the file: the sidecar's info
+    # lines reach the shared stderr up to 20 ms late (sidecar/log.py), so
+    # some that came before the kill line in time follow it in the file. A
+    # line without a clock keeps its place behind the line before it.
+    keyed: list[tuple[float, int, dict[str, Any]]] = []
+    before = float("-inf")
+    for i in range(max(0, at - 4 * n), min(len(lines), at + 4 * n + 1)):
+        d = parsed(lines[i])
         if d is None:
             continue
+        mono = d.get("mono")
+        if isinstance(mono, int | float):
+            before = float(mono)
+        elif i > at:
+            continue
+        if i > at and not (isinstance(t, int | float) and before <= t):
+            continue
+        keyed.append((before, i, d))
+    keyed.sort(key=lambda k: (k[0], k[1]))
+    events = [d for _, _, d in keyed]
+    out = []
+    for d in events:
         mono = d.get("mono")
         when = f"{mono - t:+.3f}s" if isinstance(mono, int | float) and isinstance(t, int | float) else "?"
         extra = ",".join(f"{k}={d[k]}" for k in ("kill_at", "late_by", "reason", "state") if k in d)

@@ -318,9 +318,11 @@ class StreamCall:
         self._failed: BaseException | None = None
         self._ended = False
         self._cancelled = False
+        self._started = False  # the task took its first step
         self._task = asyncio.create_task(self._run(metadata, first))
 
     async def _run(self, metadata: list[tuple[str, str]], first: Any) -> None:
+        self._started = True
         try:
             channel = self._channel = self._wire.channel()
         except TransportError as exc:  # the wire was closed before this task started
@@ -403,13 +405,15 @@ class StreamCall:
         a handover's way (the successor's on its predecessor, as it returns
         its term) put that pass between the cancel and the next step of the
         handover. Until the reset the stream may still take answers; they
-        are never read.
+        are never read. A stream whose task has not started yet is never
+        opened (a review: it dialled a connection and opened the stream
+        only to reset it).
         """
         self._cancelled = True
         self._answers.put_nowait(self._CANCELLED)  # wakes a reader waiting now
         if self._task.done():
             return
-        if reset_after > 0:
+        if reset_after > 0 and self._started:
             asyncio.get_running_loop().call_later(reset_after, self._task.cancel)
         else:
             self._task.cancel()

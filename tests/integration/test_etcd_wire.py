@@ -223,3 +223,17 @@ async def test_a_kept_watch_closed_in_a_step_is_reset_after_the_passes_behind_it
         await asyncio.wait_for(_until(call.done), 5)
     finally:
         wire.close()
+
+
+async def test_a_stream_cancelled_before_its_task_started_is_never_opened(etcd: EtcdServer) -> None:
+    """A watch closed in the step that made it: nothing to reset later, so nothing is
+    dialled or opened (a review saw one connection dialled and one stream opened)."""
+    wire = Wire(etcd.endpoints)
+    try:
+        call = watch_call(wire, pb.WatchCreateRequest(key=b"wire-unstarted"))
+        _KeptWatch(call, lambda answer: None).close()
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert call.done() and call._channel is None
+    finally:
+        wire.close()

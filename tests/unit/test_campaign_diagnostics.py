@@ -40,3 +40,16 @@ def test_only_the_last_few_are_kept() -> None:
 
 def test_lines_without_a_clock_still_name_their_event() -> None:
     assert events_before([json.dumps({"event": "a"}), line("b", 1.0)], 1) == "a@?; b@+0.000s"
+
+
+def test_a_sidecar_line_written_after_the_kill_but_logged_before_it_comes_before_it() -> None:
+    """The sidecar's info lines reach the shared stderr up to 20 ms late (a review saw
+    ``state_changed`` 8.7 ms before a watchdog line, written after it)."""
+    lines = [
+        line("watchdog_armed", 10.0, component="watchdog"),
+        line("watchdog_fired_kill", 10.020, late_by=0.0),
+        line("demoted", 10.011),
+        line("much_later", 11.0),
+    ]
+    told = events_before(lines, 1)
+    assert told == "watchdog_armed@-0.020s; demoted@-0.009s; watchdog_fired_kill@+0.000s[late_by=0.0]"

@@ -144,8 +144,40 @@ def test_a_line_that_cannot_be_rendered_is_said_and_the_writer_goes_on() -> None
     logger.info("odd", keys={(1, 2): "a tuple key JSON cannot take"})
     logger.info("after")
     out.flush_for(5.0)
-    events = [json.loads(line)["event"] for line in sink.lines]
-    assert events == ["log_line_unrendered", "after"]
+    said = [json.loads(line) for line in sink.lines]
+    assert [line["event"] for line in said] == ["log_line_unrendered", "after"]
+    # Which line, and when: a review found only the error said.
+    assert (said[0]["unrendered"], said[0]["unrendered_level"]) == ("odd", "info")
+    assert said[0]["mono"] <= said[1]["mono"] and said[0]["timestamp"].endswith("Z")
+
+
+def test_a_warning_logged_on_the_loop_is_written_at_once() -> None:
+    """What explains a loop that stalls, or a process killed right after, is not held
+    for the loop's timer (a review: written only once the loop ran again, 3 s later)."""
+    sink = _Sink()
+    _, logger = _logger_to(sink)
+
+    async def step() -> None:
+        logger.warning("store_unreachable", during="renewal")
+        assert sink.written.wait(5.0), "the warning waited for the loop"
+
+    asyncio.run(step())
+    assert json.loads(sink.lines[0])["event"] == "store_unreachable"
+
+
+def test_a_commands_last_lines_are_written_before_it_goes_on() -> None:
+    """A CLI command prints after its loop ended: the loop's timer ended with it."""
+    from sidecar.cli import _run
+
+    sink = _Sink()
+    _logger_to(sink)
+    logger = log.get()
+
+    async def command() -> None:
+        logger.info("switchover_requested")
+
+    _run(command())
+    assert [json.loads(line)["event"] for line in sink.lines] == ["switchover_requested"]
 
 
 def test_lines_whose_loop_ended_before_waking_the_writer_are_written_at_exit() -> None:
