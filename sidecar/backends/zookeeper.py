@@ -43,7 +43,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import (
@@ -218,6 +218,40 @@ def _as_value(outcome: tuple[Any, BaseException | None]) -> Any:
     if error is not None:
         raise error
     return value
+
+
+def _queue_of(listed: tuple[Any, BaseException | None]) -> list[str]:
+    """The candidate nodes of a ``get_children_async`` outcome, in queue order ([] if no election node)."""
+    names, error = listed
+    if isinstance(error, NoNodeError):
+        return []
+    with _store_errors("list candidates"):
+        if error is not None:
+            raise error
+    return sorted((n for n in names if _seq(n) >= 0), key=_seq)
+
+
+def _switchover_of(read: tuple[Any, BaseException | None]) -> tuple[SwitchoverRequest | None, int]:
+    """The request and its node version (-1: absent) of a ``get_async`` outcome of the request node."""
+    value, error = read
+    if isinstance(error, NoNodeError):
+        return None, -1
+    with _store_errors("switchover read"):
+        if error is not None:
+            raise error
+    data, stat = value
+    return parse_switchover(data), int(stat.version)
+
+
+def _node_id_of(name: str, read: tuple[Any, BaseException | None]) -> tuple[str, str] | None:
+    """(node name, candidate id) of a ``get_async`` outcome of a queued node; None if it is gone."""
+    value, error = read
+    if isinstance(error, NoNodeError):
+        return None
+    with _store_errors("read candidate"):
+        if error is not None:
+            raise error
+    return name, parse_candidate((value[0] or b"").decode(errors="replace"))[0]
 
 
 async def _data(sent: Any) -> tuple[bytes | None, Any]:
@@ -776,12 +810,8 @@ class ZooKeeperElection:
         return f"{self.sessions_path}/{session_id:x}"
 
     async def _children(self, client: KazooClient, watcher: Callable[[Any], None] | None = None) -> list[str]:
-        with _store_errors("list candidates"):
-            try:
-                names = await _call(client.get_children_async, self.base, watcher)
-            except NoNodeError:
-                return []
-        return sorted((n for n in names if _seq(n) >= 0), key=_seq)
+        (listed,) = await _together(client.get_children_async(self.base, watcher))
+        return _queue_of(listed)
 
     async def _ensure_liveness(self, client: KazooClient, session: ZooKeeperSession) -> None:
         """Create this session's liveness node once, before its first candidate node.
@@ -1221,12 +1251,8 @@ class ZooKeeperElection:
 
     async def _read_switchover(self, client: KazooClient) -> tuple[SwitchoverRequest | None, int]:
         """The request and its node version (-1: absent), which the epoch multi checks."""
-        with _store_errors("switchover read"):
-            try:
-                data, stat = await _call(client.get_async, self.switch_path)
-            except NoNodeError:
-                return None, -1
-        return parse_switchover(data), int(stat.version)
+        (read,) = await _together(client.get_async(self.switch_path))
+        return _switchover_of(read)
 
     async def _priorities(self, client: KazooClient, names: list[str]) -> dict[str, int]:
         """id -> priority of ``names``, read in parallel (one round trip's wait, not one per node)."""
@@ -1248,10 +1274,8 @@ class ZooKeeperElection:
 
     async def _node_id(self, client: KazooClient, name: str) -> tuple[str, str] | None:
         """(node name, candidate id) of one queued node; None if it is gone."""
-        with _store_errors("read candidate"), contextlib.suppress(NoNodeError):
-            data, _ = await _call(client.get_async, self.base + "/" + name)
-            return name, parse_candidate((data or b"").decode(errors="replace"))[0]
-        return None
+        (read,) = await _together(client.get_async(self.base + "/" + name))
+        return _node_id_of(name, read)
 
     async def _stand_by(self, session: ZooKeeperSession, candidate_id: str, on_wait: OnWait | None) -> Leadership:
         """A --no-lead candidacy: one ephemeral node under NAME.no-lead/, then watches and reads only.
@@ -1800,11 +1824,6 @@ class ZooKeeperElection:
         # was guarded by its own watches, not these: nothing of it is decided on.
         self._listed, self._listed_mark, self._acting_mark = [], -1, -1
 
-        async def watch_request() -> None:
-            with _store_errors("watch switchover"):
-                # An exists watch fires on create, change and delete alike.
-                await _call(client.exists_async, self.switch_path, request_watch)
-
         while True:
             fired.clear()  # this pass reads everything again
             request_mark, queue_mark = request_watch.count, queue_watch.count
@@ -1817,18 +1836,21 @@ class ZooKeeperElection:
             # interval lists the queue and reads ids only when a request is there.
             # The queue is watched too: a candidate that joins may outrank the
             # next in line our resign would pass the term to (``_pass_on``).
-            got = await asyncio.gather(
-                watch_request(),
-                self._read_switchover(client),
-                self._children(client, queue_watch),
-                *(self._node_id(client, n) for n in (known if woke else [])),
-                return_exceptions=True,
+            # Handed to the loop together (``_together``): one answer at a
+            # time, each woke the loop on the switchover's way.
+            asked = known if woke else []
+            watched, got_request, got_queue, *got_ids = await _together(
+                # An exists watch fires on create, change and delete alike.
+                client.exists_async(self.switch_path, request_watch),
+                client.get_async(self.switch_path),
+                client.get_children_async(self.base, queue_watch),
+                *(client.get_async(self.base + "/" + n) for n in asked),
             )
-            for failed in got:
-                if isinstance(failed, BaseException):
-                    raise failed  # the first in the order sent; the others' outcomes are moot
-            read, listed = cast(tuple[SwitchoverRequest | None, int], got[1]), cast(list[str], got[2])
-            fresh = dict(cast(tuple[str, str], x) for x in got[3:] if x is not None)
+            # A failure raises in the order sent; the others' outcomes are then moot.
+            with _store_errors("watch switchover"):
+                _as_value(watched)
+            read, listed = _switchover_of(got_request), _queue_of(got_queue)
+            fresh = dict(x for x in (_node_id_of(n, o) for n, o in zip(asked, got_ids, strict=True)) if x is not None)
             request = read[0]
             own = self._node.rsplit("/", 1)[-1]
             known = [n for n in listed if n != own]

@@ -801,7 +801,9 @@ async def test_a_successor_gone_before_it_read_the_term_handed_to_it(env: Env) -
     assert lead_c.epoch == lead_a.epoch + 2 and json.loads(record)["token"] == lead_c.token
 
 
-async def test_watches_set_again_every_pass_do_not_pile_up(zookeeper: ZkServer, election_name: str) -> None:
+async def test_watches_set_again_every_pass_do_not_pile_up(
+    zookeeper: ZkServer, election_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """kazoo keeps a path's watch callbacks in a set until an event fires them: a new
     callback on every pass of a loop that re-reads each retry interval added one entry per
     pass on a quiet path, as long as a leader led (about 43,000 a day at the default 2 s)."""
@@ -813,17 +815,17 @@ async def test_watches_set_again_every_pass_do_not_pile_up(zookeeper: ZkServer, 
     try:
         await leader.campaign(sessions[0], "a")
         passes: list[str] = []
-        read, looked = leader._read_switchover, standby._leadership
+        read, looked = zk_mod._switchover_of, standby._leadership
 
-        async def counted(client: KazooClient) -> tuple[SwitchoverRequest | None, int]:
+        def counted(outcome: Any) -> tuple[SwitchoverRequest | None, int]:  # each pass reads the request
             passes.append("leader")
-            return await read(client)
+            return read(outcome)
 
         async def counted_look(*args: Any, **kw: Any) -> Leadership | None:
             passes.append("no-lead")
             return await looked(*args, **kw)
 
-        leader._read_switchover = counted  # type: ignore[method-assign]
+        monkeypatch.setattr(zk_mod, "_switchover_of", counted)
         standby._leadership = counted_look  # type: ignore[method-assign]
         tasks = [
             asyncio.create_task(leader.wait_switchover("a")),
