@@ -11,6 +11,7 @@ import atexit
 import contextlib
 import datetime
 import logging
+import os
 import sys
 import threading
 import time
@@ -45,6 +46,22 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 # logged just before the loop blocked was written only when it ran again).
 WAKE_DELAY = 0.02
 _URGENT = frozenset({"warning", "error", "critical", "exception"})
+# Seconds, from 0 (lines written at once, as before issue 16's change) to 1.
+# The integration tests set 0: they read sidecars' log files right after
+# seeing a state change by another way (a socket, the store), and a line
+# still held would read as missing (docs/design.md, 5b).
+WAKE_DELAY_ENV = "ELECTION_SIDECAR_LOG_WAKE_DELAY"
+
+
+def wake_delay_from_env() -> float:
+    """``WAKE_DELAY``, or the value of ``ELECTION_SIDECAR_LOG_WAKE_DELAY`` if it is a number in [0, 1]."""
+    raw = os.environ.get(WAKE_DELAY_ENV, "")
+    try:
+        value = float(raw) if raw else WAKE_DELAY
+    except ValueError:
+        return WAKE_DELAY
+    return value if 0.0 <= value <= 1.0 else WAKE_DELAY
+
 
 Event = MutableMapping[str, Any]
 
@@ -90,8 +107,9 @@ class QueuedStream:
     (numbers, strings, fresh lists).
     """
 
-    def __init__(self, stream: Any, max_lines: int = 10_000) -> None:
+    def __init__(self, stream: Any, max_lines: int = 10_000, wake_delay: float = WAKE_DELAY) -> None:
         self._stream = stream
+        self._wake_delay = wake_delay
         self._max = max_lines
         self._pending: list[str | Event] = []
         self._in_hand = 0  # taken by the writer, not yet written
@@ -111,7 +129,7 @@ class QueuedStream:
     def put(self, item: str | Event) -> None:
         """Keep a rendered line or an event to render; never blocks."""
         loop: asyncio.AbstractEventLoop | None = None
-        if isinstance(item, str) or item.get("level") not in _URGENT:
+        if self._wake_delay > 0 and (isinstance(item, str) or item.get("level") not in _URGENT):
             with contextlib.suppress(RuntimeError):
                 loop = asyncio.get_running_loop()
         with self._ready:
@@ -126,7 +144,7 @@ class QueuedStream:
                 self._ready.notify()
                 return
             self._wake_on = loop
-        loop.call_later(WAKE_DELAY, self._wake)
+        loop.call_later(self._wake_delay, self._wake)
 
     def _wake(self) -> None:
         with self._ready:
@@ -225,7 +243,7 @@ def wake_writer(wait: float = 0.0) -> None:
 def configure(fmt: str = "auto", level: str = "info", stream: Any = None, queued: QueuedStream | None = None) -> None:
     """Log to ``stream``, rendered on the caller's thread (tests), else through ``queued`` (our stderr's by default)."""
     # A stream handed in is written on the caller's thread, line by line.
-    queued = (queued or QueuedStream(sys.stderr)) if stream is None else None
+    queued = (queued or QueuedStream(sys.stderr, wake_delay=wake_delay_from_env())) if stream is None else None
     _current[:] = [queued] if queued is not None else []
     out = queued or stream
     json_out = fmt == "json" or (fmt == "auto" and not out.isatty())

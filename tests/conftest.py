@@ -15,10 +15,19 @@ from typing import Any
 
 import pytest
 
+from sidecar.log import WAKE_DELAY_ENV
 from sidecar_harness.localetcd import EtcdNotFound, LocalEtcd
 from sidecar_harness.localpg import LocalPostgres, PostgresNotFound
 from sidecar_harness.localstore import last_words
 from sidecar_harness.localzk import LocalZooKeeper, ZooKeeperNotFound
+
+# The sidecars these tests start write their info lines at once, not up to
+# 20 ms later (sidecar/log.py, WAKE_DELAY): the tests read their log files
+# right after seeing a state change by another way, and a line still held
+# read as missing (a leader's `demoted` checked against its successor's
+# `elected`). tests/unit/test_log.py covers the delay itself; bench.py,
+# `make demo` and `election-sidecar validate` run with it.
+os.environ.setdefault(WAKE_DELAY_ENV, "0")
 
 ETCD_IMAGE = "quay.io/coreos/etcd:v3.5.17"
 ZK_IMAGE = "zookeeper:3.8"

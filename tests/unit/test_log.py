@@ -11,6 +11,8 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
 from sidecar import log
 from sidecar.log import QueuedStream
 
@@ -190,3 +192,35 @@ def test_lines_whose_loop_ended_before_waking_the_writer_are_written_at_exit() -
     asyncio.run(last_words())  # the loop closes before its wake-up is due
     out.flush_for(5.0)  # what atexit runs
     assert [json.loads(line)["event"] for line in sink.lines] == ["stopped"]
+
+
+def test_with_no_delay_a_line_logged_on_the_loop_is_written_at_once() -> None:
+    """What the integration tests set: they read log files right after a state change."""
+    sink = _Sink()
+    out = QueuedStream(sink, wake_delay=0.0)
+    log.configure("json", "info", queued=out)
+    logger = log.get()
+
+    async def step() -> None:
+        logger.info("elected")
+        assert sink.written.wait(5.0), "the line waited for the loop"
+
+    asyncio.run(step())
+
+
+@pytest.mark.parametrize(
+    ("raw", "delay"),
+    [
+        ("", log.WAKE_DELAY),
+        ("0", 0.0),
+        ("0.005", 0.005),
+        ("2", log.WAKE_DELAY),
+        ("soon", log.WAKE_DELAY),
+        ("-1", log.WAKE_DELAY),
+    ],
+)
+def test_the_delay_from_the_environment_is_a_number_from_0_to_1(
+    raw: str, delay: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(log.WAKE_DELAY_ENV, raw)
+    assert log.wake_delay_from_env() == delay
