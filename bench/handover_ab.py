@@ -19,7 +19,6 @@ the same servers, as in bench.py.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench import StampedClient, etcdctl_handover, kazoo_handover, med, p, queued, wait  # noqa: E402
+from bench.bench import StampedClient, etcdctl_handover, kazoo_handover, log_events, med, p, queued, wait  # noqa: E402
 from sidecar_harness.fleet import FAST_TIMING, SidecarProcess  # noqa: E402
 from sidecar_harness.localetcd import LocalEtcd  # noqa: E402
 from sidecar_harness.localzk import LocalZooKeeper  # noqa: E402
@@ -37,16 +36,8 @@ from sidecar_harness.localzk import LocalZooKeeper  # noqa: E402
 
 def _first(path: Path, since: float, event: str) -> float | None:
     """The ``mono`` of the first ``event`` line at or after ``since``, relative to it."""
-    for line in path.read_text(errors="replace").splitlines():
-        if f'"{event}"' not in line:
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if rec.get("event") == event and float(rec.get("mono", -1)) >= since:
-            return float(rec["mono"]) - since
-    return None
+    later = [m for m in log_events(path, event) if m >= since]
+    return later[0] - since if later else None
 
 
 class Pair:
