@@ -130,6 +130,13 @@ def load_config(values: dict[str, Any], command: tuple[str, ...] | None = None, 
     if typos:
         click.echo(f"election-sidecar: invalid config: environment {typos[0]}: not a known setting", err=True)
         sys.exit(2)
+    from sidecar import log as logmod
+
+    try:
+        logmod.wake_delay_from_env()
+    except ValueError as exc:
+        click.echo(f"election-sidecar: invalid config: {exc}", err=True)
+        sys.exit(2)
     try:
         cfg = build_config(values, command)
         check_files(cfg)
@@ -137,8 +144,6 @@ def load_config(values: dict[str, Any], command: tuple[str, ...] | None = None, 
         click.echo(f"election-sidecar: {exc}", err=True)
         sys.exit(2)
     if logs:
-        from sidecar import log as logmod
-
         logmod.configure(cfg.log_format, cfg.log_level)
     return cfg
 

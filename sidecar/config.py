@@ -318,6 +318,7 @@ OTHER_ENV = {
     "PROMETHEUS_BIN",
     "PROMTOOL_BIN",
     "KILL_TREE",
+    "LOG_WAKE_DELAY",
 }
 
 

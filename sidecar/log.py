@@ -11,6 +11,7 @@ import atexit
 import contextlib
 import datetime
 import logging
+import math
 import os
 import sys
 import threading
@@ -54,13 +55,17 @@ WAKE_DELAY_ENV = "ELECTION_SIDECAR_LOG_WAKE_DELAY"
 
 
 def wake_delay_from_env() -> float:
-    """``WAKE_DELAY``, or the value of ``ELECTION_SIDECAR_LOG_WAKE_DELAY`` if it is a number in [0, 1]."""
+    """``WAKE_DELAY``, or ``ELECTION_SIDECAR_LOG_WAKE_DELAY``; ValueError (one line) if that is no number in [0, 1]."""
     raw = os.environ.get(WAKE_DELAY_ENV, "")
-    try:
-        value = float(raw) if raw else WAKE_DELAY
-    except ValueError:
+    if not raw:
         return WAKE_DELAY
-    return value if 0.0 <= value <= 1.0 else WAKE_DELAY
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"environment {WAKE_DELAY_ENV}={raw!r}: a number of seconds from 0 to 1")
+    return value
 
 
 Event = MutableMapping[str, Any]

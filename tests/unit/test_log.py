@@ -7,6 +7,8 @@ import datetime
 import io
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -208,19 +210,20 @@ def test_with_no_delay_a_line_logged_on_the_loop_is_written_at_once() -> None:
     asyncio.run(step())
 
 
-@pytest.mark.parametrize(
-    ("raw", "delay"),
-    [
-        ("", log.WAKE_DELAY),
-        ("0", 0.0),
-        ("0.005", 0.005),
-        ("2", log.WAKE_DELAY),
-        ("soon", log.WAKE_DELAY),
-        ("-1", log.WAKE_DELAY),
-    ],
-)
-def test_the_delay_from_the_environment_is_a_number_from_0_to_1(
-    raw: str, delay: float, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.parametrize(("raw", "delay"), [("", log.WAKE_DELAY), ("0", 0.0), ("0.005", 0.005), ("1", 1.0)])
+def test_the_delay_from_the_environment(raw: str, delay: float, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(log.WAKE_DELAY_ENV, raw)
     assert log.wake_delay_from_env() == delay
+
+
+@pytest.mark.parametrize("raw", ["soon", "2", "-1", "nan"])
+def test_a_bad_delay_in_the_environment_fails_the_start_with_one_line(raw: str) -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "sidecar", "check-config"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, log.WAKE_DELAY_ENV: raw},
+        check=False,
+    )
+    assert res.returncode == 2 and res.stderr.strip().count("\n") == 0, res.stderr
+    assert f"{log.WAKE_DELAY_ENV}={raw!r}" in res.stderr and "from 0 to 1" in res.stderr
