@@ -391,8 +391,11 @@ class Campaign:
             f"validate: {self.backend}, {self.n} sidecars, {self.faults} faults, seed {self.seed} "
             f"(replay: --seed {self.seed}), TTL {TTL:g}s, fenced store {self.fenced.kind}, work dir {self.workdir}"
         )
-        await self.start()
         try:
+            # Inside: a start that fails halfway (a sidecar that exits on a bad
+            # setting) left its store's members running after the run ended
+            # (a CI run left six etcd and ZooKeeper ensembles behind).
+            await self.start()
             await self.wait_single_leader(30)
             for i in range(1, self.faults + 1):
                 kind = self.rng.choice(self.kinds)

@@ -110,3 +110,23 @@ def test_a_store_member_that_exits_on_its_own_is_reported_and_started_again() ->
         problems = revive_exited(cluster)
         assert len(problems) == 1 and "m0 exited on its own" in problems[0], problems
         assert m.alive, "the member was not started again"
+
+
+def test_a_campaign_whose_sidecars_cannot_start_stops_what_it_started(
+    etcd: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sidecar that exits at start (here on a setting it does not know) fails the run,
+    and the store's members the campaign started are stopped, not left running."""
+    import asyncio
+
+    from sidecar_harness.faults import Campaign
+
+    monkeypatch.setenv("ELECTION_SIDECAR_NOT_A_SETTING", "1")
+    c = Campaign("etcd", candidates=2, faults=1, seed=1, progress=False)
+    try:
+        with pytest.raises(RuntimeError, match="not a known setting"):
+            asyncio.run(c.run())
+        assert c.cluster.members and not any(m.alive for m in c.cluster.members), "store members left running"
+    finally:
+        c.cluster.stop()
+        c.fenced.stop()
