@@ -121,29 +121,9 @@ async def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 
 async def _result(sent: Any) -> Any:
-    """Await on this loop the result of a kazoo ``*_async`` call already sent."""
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[Any] = loop.create_future()
-
-    def settle(value: Any, error: BaseException | None) -> None:  # on the loop
-        if fut.done():
-            return
-        if error is not None:
-            fut.set_exception(error)
-        else:
-            fut.set_result(value)
-
-    @inline  # on kazoo's connection thread (PollHandler): it only hands the result to the loop
-    def deliver(result: Any) -> None:
-        try:
-            value = result.get_nowait()
-        except BaseException as exc:  # handed to the awaiting coroutine, not lost
-            loop.call_soon_threadsafe(settle, None, exc)
-            return
-        loop.call_soon_threadsafe(settle, value, None)
-
-    sent.rawlink(deliver)
-    return await fut
+    """Await on this loop the result of a kazoo ``*_async`` call already sent (``_together`` of one)."""
+    (outcome,) = await _together(sent)
+    return _as_value(outcome)
 
 
 def _when_answered(sent: tuple[Any, ...], then: Callable[[], None]) -> None:
@@ -178,13 +158,13 @@ def _outcome(result: Any) -> tuple[Any, BaseException | None]:
 async def _together(*sent: Any) -> list[tuple[Any, BaseException | None]]:
     """Await on this loop kazoo ``*_async`` calls already sent: each one's (value, error), handed over at once.
 
-    ``_result`` hands each answer to the loop as it comes, and a gather of
-    them runs a task per answer: the claim's three answers, read one per
-    pass of kazoo's connection thread, woke the loop three times, each
-    taking the interpreter lock back from that thread (traced: 0.3-0.8 ms
-    between the first answer at the loop and the last). Kept on kazoo's
-    thread until the last one is in, they wake the loop once; already in,
-    not at all.
+    Awaited one by one (a gather of single reads, a task each), the claim's
+    three answers, read one per pass of kazoo's connection thread, woke the
+    loop three times, each taking the interpreter lock back from that
+    thread (traced: 0.3-0.8 ms between the first answer at the loop and the
+    last). Kept on kazoo's thread until the last one is in, they wake the
+    loop once; already in, not at all. A single call (``_result``) is the
+    case of one.
     """
     if not all(one.ready() for one in sent):
         loop = asyncio.get_running_loop()
@@ -256,11 +236,8 @@ def _node_id_of(name: str, read: tuple[Any, BaseException | None]) -> tuple[str,
 
 async def _data(sent: Any) -> tuple[bytes | None, Any]:
     """A ``get_async`` already sent: the node's data and stat; (None, None) when it does not exist."""
-    try:
-        data, stat = await _result(sent)
-    except NoNodeError:
-        return None, None
-    return bytes(data or b""), stat
+    (outcome,) = await _together(sent)
+    return _as_data(outcome)
 
 
 def _watch(loop: asyncio.AbstractEventLoop) -> tuple[asyncio.Event, Callable[[Any], None]]:
