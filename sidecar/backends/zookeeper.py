@@ -90,6 +90,8 @@ from sidecar.backends.base import (
     priority_verdict,
     steps_aside_early,
 )
+from sidecar.backends.zk_multiread import multi_read_supported, send_reads
+from sidecar.backends.zk_multiread import refused as multi_read_refused
 from sidecar.backends.zk_poll import PollHandler, inline
 from sidecar.clock import Clock
 from sidecar.config import Config, ConfigError, endpoint_hostports
@@ -290,8 +292,10 @@ class _ClaimReads:
 
     kazoo_inline = True
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, client: KazooClient, paths: tuple[str, str, str]) -> None:
-        self._loop, self._client, self._paths = loop, client, paths
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, client: KazooClient, paths: tuple[str, str, str], *, multi: bool = False
+    ) -> None:
+        self._loop, self._client, self._paths, self._multi = loop, client, paths, multi
         self.fired = asyncio.Event()
         self.sent: tuple[Any, Any, Any] | None = None  # set on kazoo's thread before ``fired`` is set
 
@@ -303,7 +307,7 @@ class _ClaimReads:
             wake()
             return
         try:
-            self.sent = _send_claim_reads(self._client, self._paths)
+            self.sent = _send_claim_reads(self._client, self._paths, multi=self._multi)
         except BaseException:
             wake()
             raise
@@ -312,9 +316,16 @@ class _ClaimReads:
         _when_answered(self.sent, wake)
 
 
-def _send_claim_reads(client: KazooClient, paths: tuple[str, str, str]) -> tuple[Any, Any, Any]:
-    """Send the claim's first reads: the record's and the marker's data, our node's stat."""
+def _send_claim_reads(client: KazooClient, paths: tuple[str, str, str], *, multi: bool) -> tuple[Any, Any, Any]:
+    """Send the claim's first reads: the record's and the marker's data, our node's stat.
+
+    ``multi``: in one ``multiRead`` (zk_multiread), where the server has it;
+    the results are the same as the three reads' either way.
+    """
     record, marker, node = paths
+    if multi:
+        r, m, n = send_reads(client, paths, stat_only=(False, False, True))
+        return r, m, n
     return client.get_async(record), client.get_async(marker), client.exists_async(node)
 
 
@@ -419,6 +430,7 @@ class ZooKeeperBackend:
         self.timeout = request_timeout
         self.retry_interval = retry_interval
         self.server_version = ""  # learnt by describe() at start
+        self.multi_read_refused = False  # a member refused multiRead: the claim reads one by one
         self.auth = auth or []
         self._observer: ZooKeeperSession | None = None
         # With digest auth, our nodes are ours alone to change or delete;
@@ -431,6 +443,11 @@ class ZooKeeperBackend:
 
     def session(self, ttl: float) -> ZooKeeperSession:
         return ZooKeeperSession(self, ttl)
+
+    @property
+    def multi_read(self) -> bool:
+        """Whether the claim's reads go in one ``multiRead`` (ZooKeeper 3.6 on, by ``describe``'s version)."""
+        return multi_read_supported(self.server_version) and not self.multi_read_refused
 
     async def describe(self) -> dict[str, str]:
         """Facts about the store for the start-up log and the store_info metric.
@@ -887,7 +904,7 @@ class ZooKeeperElection:
                     claim_reads: _ClaimReads | None = None
                     watcher: Callable[[Any], None]
                     if len(ahead) == 1:  # next in line: the watch itself sends the claim's first reads
-                        claim_reads = _ClaimReads(loop, client, self._claim_paths())
+                        claim_reads = _ClaimReads(loop, client, self._claim_paths(), multi=self._b.multi_read)
                         fired, watcher = claim_reads.fired, claim_reads
                     else:
                         fired, watcher = _watch(loop)
@@ -1111,9 +1128,17 @@ class ZooKeeperElection:
     async def _first_round(self, client: KazooClient, sent: tuple[Any, Any, Any] | None) -> list[Any]:
         """The claim's first answers: the record, the marker, our node's stat (``sent`` or sent now)."""
         if sent is None:
-            sent = _send_claim_reads(client, self._claim_paths())
+            sent = _send_claim_reads(client, self._claim_paths(), multi=self._b.multi_read)
+        record, marker, own = await _together(*sent)
+        if record[1] is not None and multi_read_refused(record[1]):
+            # The member we are on does not know multiRead, though the one
+            # ``srvr`` was asked of did (an ensemble in the middle of an
+            # upgrade): one by one from now on. ZooKeeper closes the
+            # connection after an unknown request, so first wait for kazoo's next.
+            self._b.multi_read_refused = True
+            await self._connection_back(client)
+            record, marker, own = await _together(*_send_claim_reads(client, self._claim_paths(), multi=False))
         with _store_errors("claim"):
-            record, marker, own = await _together(*sent)
             return [_as_data(record), _as_data(marker), _as_value(own)]
 
     async def _read(self, client: KazooClient, path: str) -> tuple[bytes | None, Any]:

@@ -25,6 +25,7 @@ from kazoo.exceptions import ConnectionLoss
 
 from sidecar.backends import zookeeper as zk_mod
 from sidecar.backends.base import KeyLost, LockDelay, StoreUnavailable, SwitchoverRequest, leader_should_hand_over
+from sidecar.backends.zk_multiread import MultiRead
 from sidecar.backends.zookeeper import NODE_MARK, ZooKeeperBackend, ZooKeeperElection, ZooKeeperSession
 from sidecar.clock import MonotonicClock
 from sidecar.model import Leadership
@@ -89,9 +90,14 @@ class Env:
         return e, report, task
 
 
-@pytest.fixture
-async def env(zookeeper: ZkServer, election_name: str) -> AsyncIterator[Env]:
+@pytest.fixture(params=["one-by-one", "multiRead"])
+async def env(zookeeper: ZkServer, election_name: str, request: pytest.FixtureRequest) -> AsyncIterator[Env]:
+    """Every claim test twice: the claim's first reads as three requests, and as one
+    ``multiRead`` (a sidecar learns the server's version at start, ``describe``)."""
     backend = ZooKeeperBackend(zookeeper.endpoints, MonotonicClock(), retry_interval=0.5)
+    if request.param == "multiRead":
+        await backend.describe()
+        assert backend.multi_read, f"ZooKeeper {backend.server_version} has no multiRead"
     raw = KazooClient(hosts=",".join(zookeeper.endpoints))
     raw.start()
     e = Env(backend, election_name, raw)
@@ -436,6 +442,14 @@ async def test_the_next_in_lines_watch_sends_its_claims_reads_itself(env: Env) -
 
     for name in ("get_async", "exists_async", "get_children_async"):
         setattr(client, name, traced(getattr(client, name)))
+    call = client._call
+
+    def traced_call(request: Any, result: Any) -> Any:
+        for path in getattr(request, "paths", ()) if isinstance(request, MultiRead) else ():
+            reads.append((path, threading.get_ident() == loop_thread))
+        return call(request, result)
+
+    client._call = traced_call  # type: ignore[method-assign]
     claim = e_b._claim
 
     async def claimed(*args: Any, **kw: Any) -> Any:
