@@ -118,3 +118,27 @@ async def test_a_failed_read_still_wakes_the_loop_and_is_raised_as_the_store_bei
     assert reads.sent is not None
     with pytest.raises(StoreUnavailable, match="claim"):
         await ZooKeeperElection._first_round(cast(Any, None), cast(Any, None), reads.sent)
+
+
+async def test_answers_already_in_come_after_the_watch_event_sent_ahead_of_them() -> None:
+    """ZooKeeper sends a watch event before the answers that follow the change, and kazoo's
+    thread hands the event to the loop before it sets those answers. Awaited once already
+    set, they were returned at once, ahead of the event still in the loop's queue (seen as
+    test_the_loop_sees_a_watch_event_before_the_answer_sent_after_it failing under load)."""
+    from sidecar.backends.zookeeper import _together, _watch
+
+    loop = asyncio.get_running_loop()
+    client = _Client()
+    answer = client.get_async("/e/own")
+    fired, watcher = _watch(loop)
+
+    def kazoos_thread() -> None:  # the event, then the answer after it, both read before the loop runs
+        watcher(None)
+        answer.set((b"", _Stat()))
+
+    thread = threading.Thread(target=kazoos_thread)
+    thread.start()
+    thread.join()
+    assert answer.ready()
+    await _together(answer)
+    assert fired.is_set(), "the answer reached the loop ahead of the watch event sent before it"
