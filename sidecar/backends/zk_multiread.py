@@ -64,8 +64,11 @@ def multi_read_supported(server_version: str) -> bool:
 def refused(exc: BaseException) -> bool:
     """Whether a failed ``multiRead`` says the server does not know it (not: the connection failed).
 
-    A server older than 3.6 answers an unknown request type with an empty
-    answer, which does not parse (``struct.error``); others refuse it.
+    A server older than 3.6 answers a request type it does not know with
+    ``UnimplementedError`` and closes the connection (ZooKeeper's
+    UnimplementedRequestProcessor, since 3.4.6: ZOOKEEPER-1495), as 3.8
+    does for an op it does not know. An answer that does not parse says
+    the same.
     """
     return isinstance(exc, struct.error | MarshallingError | UnimplementedError | BadArgumentsError)
 
