@@ -10,9 +10,10 @@ one kazoo client on a warm server, 200 of each alternated: three
 pipelined reads 1.68 ms median (p90 3.06), one ``multiRead`` of the same
 three 1.26 ms (p90 2.09), one single read 1.25 ms.
 
-A ``multiRead`` is also one snapshot: ZooKeeper's commit processor applies
-no write while a read is in flight, so the three answers are of one
-instant, where three requests could straddle a write.
+A ``multiRead`` is also one request on the server, whose commit processor
+starts no write while a read is in process: its answers are of one
+instant, where three requests could straddle a write. The claim does not
+rely on that: its checks hold on answers of different instants.
 
 Only ``getData`` and ``getChildren`` may go in one (not ``exists``): a
 node's stat is read with ``getData``, and a missing node is that read's
