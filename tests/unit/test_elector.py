@@ -445,3 +445,49 @@ async def test_a_lease_that_could_not_be_revoked_is_revoked_when_the_store_retur
     # The confirmed stop's resign marker was left before the orphan went: no lock-delay for the successor.
     assert h.store.plain.get("unit.resigned"), h.store.plain
     assert state(a) in (State.CANDIDATE, State.LEADER)
+
+
+async def test_the_grant_goes_out_before_the_new_term_is_reported(h: Harness) -> None:
+    """The state is LEADER when the grant is handed out, but its counters, metrics and
+    log lines come after, in the same order as before, with "elected" stamped at the
+    instant it describes (issue 16: they were 0.1-0.15 ms of a handover's path)."""
+    seen: list[tuple[State, list[str]]] = []
+    a: Elector | None = None
+
+    async def started(grant: Grant) -> None:
+        assert a is not None
+        seen.append((a.state, sink.names()[:]))
+
+    a, sink = h.elector("a", Hooks(started_leading=started))
+    decided = h.clock.now()
+    await h.clock.advance(0.1)
+    assert seen, "no grant handed out"
+    state_then, lines_then = seen[0]
+    assert state_then is State.LEADER
+    assert "elected" not in lines_then and "state_changed" not in lines_then[-1:], lines_then
+    names = sink.names()
+    assert names.index("state_changed") < names.index("elected"), names
+    changed = [f for f in sink.of("state_changed") if f["to_state"] == "leader"]
+    assert changed and changed[0]["token"] == grant_of(a).token
+    assert sink.of("elected")[0]["mono"] == pytest.approx(decided, abs=0.1)
+    assert a.counters["transition:leader"] == 1
+
+
+async def test_a_line_logged_in_the_start_hook_comes_after_the_report_of_the_term(h: Harness) -> None:
+    """A line logged while the grant goes out (a failing hook) still follows the
+    lines that report the term it belongs to."""
+
+    failed: list[int] = []
+
+    async def started(grant: Grant) -> None:
+        if not failed:  # once: a candidate alone would win and fail again at once
+            failed.append(grant.token)
+            raise RuntimeError("bug while starting")
+
+    _, sink = h.elector("a", Hooks(started_leading=started))
+    await h.clock.advance(0.1)
+    names = sink.names()
+    assert "hook_failed" in names, names
+    assert names.index("elected") < names.index("hook_failed"), names
+    leader = [i for i, (_, e, f) in enumerate(sink.events) if e == "state_changed" and f["to_state"] == "leader"]
+    assert leader and leader[0] < names.index("elected"), names
