@@ -662,6 +662,7 @@ class Elector:
 
     async def _demote(self, grant: Grant, end: Loss) -> bool:
         """The one exit from LEADER: stop the orchestrator, confirm it, report."""
+        self._report_now()  # the term's own report first: its leader metrics must not land after ours
         self._end_term(end)
         self._counters[f"leadership_lost:{end.reason.value}"] += 1
         if end.reason.unasked:
