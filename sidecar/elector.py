@@ -478,8 +478,7 @@ class Elector:
             stop.cancel()
             if not campaign.done():
                 campaign.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await campaign
+                await _reaped(campaign)
         if campaign.cancelled():
             return None
         try:
@@ -788,6 +787,23 @@ class Elector:
             self._counters["handed_over"] += 1
             self._emit("info", "handed_over", to=to)
         return True
+
+
+async def _reaped(task: asyncio.Task[Any]) -> None:
+    """Wait for ``task``, which we cancelled, to end however it ends, except by our own cancellation.
+
+    A ``suppress(CancelledError)`` around the wait also swallowed a
+    cancellation of ours that came meanwhile, and the elector campaigned on
+    (a test's start hook that always failed showed it).
+    """
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+    except Exception:  # its outcome no longer matters: we cancelled it (as before)
+        pass
 
 
 async def _uncancellable(aw: Awaitable[bool]) -> bool:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
 from sidecar.clock import FakeClock
 from sidecar.config import Config, validate
 from sidecar.elector import Elector, Hooks
-from sidecar.model import Grant, GuardLost, Reason, State
-from sidecar_harness.memory import MemoryBackend, MemoryStore
+from sidecar.model import Grant, GuardLost, Leadership, Reason, State
+from sidecar_harness.memory import MemoryBackend, MemoryElection, MemoryStore
 from tests.helpers import RecordingSink, grant_of
 
 CFG = validate(
@@ -491,3 +492,42 @@ async def test_a_line_logged_in_the_start_hook_comes_after_the_report_of_the_ter
     assert names.index("elected") < names.index("hook_failed"), names
     leader = [i for i, (_, e, f) in enumerate(sink.events) if e == "state_changed" and f["to_state"] == "leader"]
     assert leader and leader[0] < names.index("elected"), names
+
+
+async def test_a_cancellation_during_a_campaigns_own_cancellation_ends_the_elector(h: Harness) -> None:
+    """The campaign is cancelled when the lease goes, and waited for; an elector cancelled
+    during that wait must end. It campaigned on: the wait suppressed every CancelledError,
+    the elector's own included (seen with a start hook that always failed)."""
+    cancelling, release = asyncio.Event(), asyncio.Event()
+
+    class SlowToCancel(MemoryElection):
+        async def campaign(self, *args: Any, **kwargs: Any) -> Leadership:
+            try:
+                return await super().campaign(*args, **kwargs)
+            except asyncio.CancelledError:
+                cancelling.set()
+                await release.wait()  # a store call still cleaning up
+                raise
+
+    class Backend(MemoryBackend):
+        def election(self, name: str) -> MemoryElection:
+            return SlowToCancel(self.store, name)
+
+    h.elector("a")
+    await h.clock.advance(0.1)
+    b = Elector(replace(CFG, candidate_id="b"), Backend(h.store), h.clock, RecordingSink())
+    task = asyncio.create_task(b.run())
+    h.tasks.append(task)
+    await h.clock.advance(0.1)
+    assert b.state is State.CANDIDATE
+    lease = max(h.store.leases)  # b's, the newer
+    await h.store.revoke(lease)
+    for _ in range(100):  # the next renewal finds the lease gone
+        if cancelling.is_set():
+            break
+        await h.clock.advance(0.1)
+    assert cancelling.is_set(), "the lost lease did not cancel the campaign"
+    task.cancel()
+    release.set()
+    await h.clock.advance(CFG.retry_interval * 3)
+    assert task.done() and task.cancelled(), "the elector swallowed its cancellation and campaigned on"
