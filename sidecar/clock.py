@@ -13,7 +13,7 @@ import heapq
 import itertools
 import time
 from collections.abc import Awaitable
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -68,9 +68,26 @@ async def wait_for(clock: Clock, aw: Awaitable[T], timeout: float) -> T:
     task.cancel()
     # The operation's own outcome no longer matters: the caller is told it
     # timed out, which is what happened from its point of view.
+    await reaped(task)
+    raise TimeoutError(f"no answer within {timeout:.3f}s")
+
+
+async def reaped(task: asyncio.Future[Any]) -> None:
+    """Wait for ``task``, which we cancelled, to end however it ends; raise only our own cancellation.
+
+    A ``suppress(CancelledError)`` around the wait swallowed a cancellation
+    of the waiter that came meanwhile: the elector campaigned on after it
+    was cancelled. Such a cancellation is handed on to ``task`` (a task's
+    cancel cancels what it awaits), so it can come back as anything ``task``
+    ends with, a result or an error of its clean-up included: what tells
+    it is our own pending cancellations, counted before and after.
+    """
+    current = asyncio.current_task()
+    before = current.cancelling() if current is not None else 0
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await task
-    raise TimeoutError(f"no answer within {timeout:.3f}s")
+    if current is not None and current.cancelling() > before:
+        raise asyncio.CancelledError
 
 
 class FakeClock:

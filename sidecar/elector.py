@@ -48,7 +48,7 @@ from sidecar.backends.base import (
     StoreUnavailable,
     SwitchoverRequest,
 )
-from sidecar.clock import Clock, wait_for
+from sidecar.clock import Clock, reaped, wait_for
 from sidecar.config import Config, ConfigError, check_timing
 from sidecar.lease import Lease, LoopProbe, Orphans
 from sidecar.model import (
@@ -145,6 +145,7 @@ class Elector:
         self._seq = 0
         self._stop = asyncio.Event()
         self._unreported: Callable[[], None] | None = None  # see _report_soon
+        self._report_error: Exception | None = None  # what a deferred report raised (_report_failed)
 
     # -- public control and views ------------------------------------------
 
@@ -227,8 +228,19 @@ class Elector:
 
     def _report_now(self) -> None:
         report, self._unreported = self._unreported, None
-        if report is not None:
+        if report is None:
+            return
+        try:
             report()
+        except Exception as exc:  # raised in the elector's own task (_report_failed), not whoever ran this
+            self._report_error = self._report_error or exc
+
+    def _report_failed(self) -> None:
+        """Raise what the term's report raised, in the elector's task: it ends the term as a bug of ours."""
+        self._report_now()
+        error, self._report_error = self._report_error, None
+        if error is not None:
+            raise error
 
     def _set_state(self, state: State, **fields: Any) -> None:
         if state is self._state:
@@ -478,7 +490,7 @@ class Elector:
             stop.cancel()
             if not campaign.done():
                 campaign.cancel()
-                await _reaped(campaign)
+                await reaped(campaign)
         if campaign.cancelled():
             return None
         try:
@@ -604,7 +616,7 @@ class Elector:
         def elected() -> None:
             self._metrics.leading(grant)
             if was is not State.LEADER:
-                self._report_transition(was, State.LEADER, grant, {})
+                self._report_transition(was, State.LEADER, grant, {"mono": mono})
             self._emit("info", "elected", token=lead.token, epoch=lead.epoch, valid_for=valid_for, mono=mono)
 
         self._report_soon(elected)
@@ -614,6 +626,7 @@ class Elector:
                 await self._hooks.started_leading(grant)
             except Exception as exc:
                 self._hook_failed("started_leading", exc)
+            self._report_failed()
             end = await self._until_term_ends(lease)
         except asyncio.CancelledError:
             cancelled = True
@@ -787,23 +800,6 @@ class Elector:
             self._counters["handed_over"] += 1
             self._emit("info", "handed_over", to=to)
         return True
-
-
-async def _reaped(task: asyncio.Task[Any]) -> None:
-    """Wait for ``task``, which we cancelled, to end however it ends, except by our own cancellation.
-
-    A ``suppress(CancelledError)`` around the wait also swallowed a
-    cancellation of ours that came meanwhile, and the elector campaigned on
-    (a test's start hook that always failed showed it).
-    """
-    try:
-        await task
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise
-    except Exception:  # its outcome no longer matters: we cancelled it (as before)
-        pass
 
 
 async def _uncancellable(aw: Awaitable[bool]) -> bool:

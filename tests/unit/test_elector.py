@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
+from sidecar.backends.base import StoreUnavailable
 from sidecar.clock import FakeClock
 from sidecar.config import Config, validate
 from sidecar.elector import Elector, Hooks
-from sidecar.model import Grant, GuardLost, Leadership, Reason, State
+from sidecar.model import ElectorMetrics, Grant, GuardLost, Leadership, Reason, State
 from sidecar_harness.memory import MemoryBackend, MemoryElection, MemoryStore
 from tests.helpers import RecordingSink, grant_of
 
@@ -471,6 +472,7 @@ async def test_the_grant_goes_out_before_the_new_term_is_reported(h: Harness) ->
     changed = [f for f in sink.of("state_changed") if f["to_state"] == "leader"]
     assert changed and changed[0]["token"] == grant_of(a).token
     assert sink.of("elected")[0]["mono"] == pytest.approx(decided, abs=0.1)
+    assert changed[0]["mono"] == sink.of("elected")[0]["mono"]  # a timeline by mono keeps them at the decision
     assert a.counters["transition:leader"] == 1
 
 
@@ -494,11 +496,15 @@ async def test_a_line_logged_in_the_start_hook_comes_after_the_report_of_the_ter
     assert leader and leader[0] < names.index("elected"), names
 
 
-async def test_a_cancellation_during_a_campaigns_own_cancellation_ends_the_elector(h: Harness) -> None:
+@pytest.mark.parametrize("cleanup", ["cancelled", "raises", "returns"])
+async def test_a_cancellation_during_a_campaigns_own_cancellation_ends_the_elector(h: Harness, cleanup: str) -> None:
     """The campaign is cancelled when the lease goes, and waited for; an elector cancelled
-    during that wait must end. It campaigned on: the wait suppressed every CancelledError,
-    the elector's own included (seen with a start hook that always failed)."""
+    during that wait must end, however the campaign's clean-up ends. It campaigned on:
+    the wait suppressed every CancelledError, the elector's own included (seen with a
+    start hook that always failed); and the elector's cancel, handed on to the campaign
+    it waits for, can come back as the clean-up's error or result (a review)."""
     cancelling, release = asyncio.Event(), asyncio.Event()
+    started: list[Grant] = []
 
     class SlowToCancel(MemoryElection):
         async def campaign(self, *args: Any, **kwargs: Any) -> Leadership:
@@ -506,16 +512,27 @@ async def test_a_cancellation_during_a_campaigns_own_cancellation_ends_the_elect
                 return await super().campaign(*args, **kwargs)
             except asyncio.CancelledError:
                 cancelling.set()
-                await release.wait()  # a store call still cleaning up
-                raise
+                try:
+                    await release.wait()  # a store call still cleaning up
+                except asyncio.CancelledError:
+                    if cleanup == "cancelled":
+                        raise
+                if cleanup == "raises":
+                    raise StoreUnavailable("clean-up after cancel: store not answering") from None
+                return Leadership("b", 999, 99)  # the claim's answer raced the cancel
 
     class Backend(MemoryBackend):
         def election(self, name: str) -> MemoryElection:
             return SlowToCancel(self.store, name)
 
+    async def on_start(grant: Grant) -> None:
+        started.append(grant)
+
     h.elector("a")
     await h.clock.advance(0.1)
-    b = Elector(replace(CFG, candidate_id="b"), Backend(h.store), h.clock, RecordingSink())
+    b = Elector(
+        replace(CFG, candidate_id="b"), Backend(h.store), h.clock, RecordingSink(), Hooks(started_leading=on_start)
+    )
     task = asyncio.create_task(b.run())
     h.tasks.append(task)
     await h.clock.advance(0.1)
@@ -527,7 +544,41 @@ async def test_a_cancellation_during_a_campaigns_own_cancellation_ends_the_elect
             break
         await h.clock.advance(0.1)
     assert cancelling.is_set(), "the lost lease did not cancel the campaign"
-    task.cancel()
-    release.set()
+    task.cancel()  # handed on to the campaign the elector waits for
     await h.clock.advance(CFG.retry_interval * 3)
     assert task.done() and task.cancelled(), "the elector swallowed its cancellation and campaigned on"
+    assert not started, "a cancelled elector started a term"
+
+
+async def test_a_report_that_raises_ends_the_term_in_the_electors_own_task(h: Harness) -> None:
+    """The new term's report runs after the grant, at the step's end or in whatever logs
+    next (the lease's task, on a failed renewal: a review). A bug there (metrics that
+    raise) is raised in the elector's task, ending the term through the stop as any bug
+    of ours does, never in the loop's exception handler or in another task."""
+    stops: list[str] = []
+    loop_errors: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: loop_errors.append(ctx))
+
+    class Broken(ElectorMetrics):
+        failed = False
+
+        def leading(self, grant: Grant | None) -> None:
+            if grant is not None and not self.failed:
+                self.failed = True
+                raise RuntimeError("metrics backend blew up")
+
+    async def stopped(grant: Grant, reason: Reason) -> bool:
+        stops.append(reason.value)
+        return True
+
+    sink = RecordingSink()
+    a = Elector(
+        replace(CFG, candidate_id="a"), h.backend, h.clock, sink, Hooks(stopped_leading=stopped), metrics=Broken()
+    )
+    h.tasks.append(asyncio.create_task(a.run()))
+    await h.clock.advance(0.1)
+    assert not loop_errors, loop_errors
+    failed = sink.of("leader_loop_failed")
+    assert failed and "metrics backend blew up" in failed[0]["error"], sink.names()
+    assert stops[:1] == ["internal-error"], stops
+    assert a.counters["leadership_lost:internal-error"] == 1
