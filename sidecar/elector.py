@@ -675,6 +675,9 @@ class Elector:
     async def _demote(self, grant: Grant, end: Loss) -> bool:
         """The one exit from LEADER: stop the orchestrator, confirm it, report."""
         self._report_now()  # the term's own report first: its leader metrics must not land after ours
+        if self._report_error is not None:  # cancelled before _report_failed: the term ends anyway, say why
+            error, self._report_error = self._report_error, None
+            self._emit("error", "leader_loop_failed", error=repr(error))
         self._end_term(end)
         self._counters[f"leadership_lost:{end.reason.value}"] += 1
         if end.reason.unasked:

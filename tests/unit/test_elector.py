@@ -582,3 +582,33 @@ async def test_a_report_that_raises_ends_the_term_in_the_electors_own_task(h: Ha
     assert failed and "metrics backend blew up" in failed[0]["error"], sink.names()
     assert stops[:1] == ["internal-error"], stops
     assert a.counters["leadership_lost:internal-error"] == 1
+
+
+async def test_a_report_that_raised_during_a_start_cut_short_is_said_not_kept(h: Harness) -> None:
+    """Cancelled while the start hook waits, the term ends before its report's error is
+    raised: it is logged by the exit, not kept to end the next term."""
+    starting = asyncio.Event()
+
+    class Broken(ElectorMetrics):
+        def leading(self, grant: Grant | None) -> None:
+            if grant is not None:
+                raise RuntimeError("metrics backend blew up")
+
+    async def started(grant: Grant) -> None:
+        starting.set()
+        await asyncio.Event().wait()  # an orchestrator slow to start
+
+    sink = RecordingSink()
+    a = Elector(
+        replace(CFG, candidate_id="a"), h.backend, h.clock, sink, Hooks(started_leading=started), metrics=Broken()
+    )
+    task = asyncio.create_task(a.run())
+    h.tasks.append(task)
+    await h.clock.advance(0.1)
+    assert starting.is_set()
+    task.cancel()
+    await h.clock.advance(0.5)
+    assert task.done()
+    failed = sink.of("leader_loop_failed")
+    assert failed and "metrics backend blew up" in failed[0]["error"], sink.names()
+    assert a._report_error is None
