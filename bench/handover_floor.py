@@ -19,7 +19,7 @@ times it with the same client as ``bench.py``:
 * the successor leads on the store's event (etcd: the DELETE of the
   leader's key on a watch opened once; ZooKeeper: the exists watch on the
   leader's node, then one read of the record, which a ZooKeeper event does
-  not carry) and writes a prebuilt grant;
+  not carry) and writes a grant;
 * the old leader queues again (a new key or node) while nobody is timed.
 
 It checks nothing the sidecar checks (priorities, switchover requests,

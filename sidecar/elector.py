@@ -606,12 +606,12 @@ class Elector:
         self._resign_asked = asyncio.get_running_loop().create_future()
         grant = self._grant = self._next_grant(lead, lease.expires)
         self._counters["elected"] += 1
-        self._report_now()
         was, self._state = self._state, State.LEADER
-        valid_for = round(lease.expires - self._clock.now(), 3)
+        now = self._clock.now()
+        valid_for = round(lease.expires - now, 3)
         # "elected" keeps the instant it describes: the time stamp of its line
         # is the store-level end of a handover (bench.py).
-        mono = round(self._clock.now(), 6)
+        mono = round(now, 6)
 
         def elected() -> None:
             self._metrics.leading(grant)
@@ -674,10 +674,10 @@ class Elector:
 
     async def _demote(self, grant: Grant, end: Loss) -> bool:
         """The one exit from LEADER: stop the orchestrator, confirm it, report."""
-        self._report_now()  # the term's own report first: its leader metrics must not land after ours
-        if self._report_error is not None:  # cancelled before _report_failed: the term ends anyway, say why
-            error, self._report_error = self._report_error, None
-            self._emit("error", "leader_loop_failed", error=repr(error))
+        try:
+            self._report_failed()  # the term's own report first: its leader metrics must not land after ours
+        except Exception as exc:  # cancelled before _lead raised it: the term ends anyway, so say why
+            self._emit("error", "leader_loop_failed", error=repr(exc))
         self._end_term(end)
         self._counters[f"leadership_lost:{end.reason.value}"] += 1
         if end.reason.unasked:
